@@ -1,0 +1,326 @@
+"""Avro codecs for the ``selfheal.v1`` contracts (fastavro).
+
+Wire format: Avro *single-object encoding* (Avro 1.11 specification, "Single object encoding"):
+two marker bytes ``C3 01``, the 8-byte little-endian CRC-64-AVRO fingerprint of the writer
+schema's parsing canonical form, then the Avro binary body. The fingerprint lets one topic carry
+several record types (``AgentTrace`` or ``AgentTraceBatch``) and several versions of a schema:
+a reader that knows an older writer schema resolves it to the current one (Avro schema
+resolution); an unknown fingerprint is a dead-letter reason, not a crash.
+
+Timestamps travel as ``timestamp-millis``; on the Python side the codec hands out plain ``int``
+epoch milliseconds (decoding into ``datetime`` costs ~10% of decode time on the hot path).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+from pydantic import BaseModel
+
+from schemas.common import Contract, from_ms, to_ms
+
+MAGIC = b"\xc3\x01"
+HEADER_LEN = 10
+
+#: Files in ``avro/`` in dependency order (a file may use named types of the files before it).
+SCHEMA_FILES = (
+    "release_manifest.avsc",
+    "agent_trace.avsc",
+    "agent_trace_batch.avsc",
+    "feedback.avsc",
+    "feedback_batch.avsc",
+    "incident.avsc",
+    "dead_letter.avsc",
+)
+
+
+class CodecError(ValueError):
+    """A message that cannot be decoded. ``error_class`` is the dead-letter reason code."""
+
+    error_class = "malformed_avro"
+
+    def __init__(self, message: str, *, fingerprint_hex: str | None = None) -> None:
+        super().__init__(message)
+        self.fingerprint_hex = fingerprint_hex
+
+
+class NotAvroError(CodecError):
+    """Payload does not start with the single-object marker ``C3 01`` (or is shorter than 10 B)."""
+
+    error_class = "not_avro"
+
+
+class UnknownSchemaError(CodecError):
+    """The fingerprint names no schema this reader knows."""
+
+    error_class = "unknown_schema"
+
+
+class TruncatedError(CodecError):
+    """The body ended before the record did."""
+
+    error_class = "truncated"
+
+
+class InvalidUtf8Error(CodecError):
+    """A string field holds bytes that are not UTF-8."""
+
+    error_class = "invalid_utf8"
+
+
+class TrailingBytesError(CodecError):
+    """Bytes left over after the record: wrong schema or concatenated messages."""
+
+    error_class = "trailing_bytes"
+
+
+def default_avro_dir() -> Path:
+    """Directory holding the ``.avsc`` contracts.
+
+    ``SELFHEAL_AVRO_DIR`` wins; then ``avro/`` shipped inside the wheel (``schemas/avro``); then the
+    repository's top-level ``avro/`` (editable installs).
+
+    Raises:
+        FileNotFoundError: when none exists.
+    """
+    candidates = [
+        os.environ.get("SELFHEAL_AVRO_DIR"),
+        Path(__file__).with_name("avro"),
+        Path(__file__).resolve().parents[2] / "avro",
+    ]
+    for c in candidates:
+        if c and (Path(c) / SCHEMA_FILES[0]).exists():
+            return Path(c)
+    raise FileNotFoundError(f"no avro/ directory with {SCHEMA_FILES[0]} in {candidates}")
+
+
+def _strip_logical_types(schema: Any) -> Any:
+    """Copy of a schema with ``timestamp-millis`` turned into plain ``long`` (same binary form)."""
+    if isinstance(schema, dict):
+        if schema.get("logicalType") == "timestamp-millis":
+            return "long"
+        return {k: _strip_logical_types(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_strip_logical_types(s) for s in schema]
+    return schema
+
+
+@dataclass(frozen=True)
+class SchemaEntry:
+    """One known writer schema: its name, fingerprint and parsed forms."""
+
+    name: str
+    fingerprint: bytes
+    #: parsed, fully expanded, logical types stripped (what encode/decode use)
+    parsed: Any
+    #: the expanded JSON form (for tests and schema resolution)
+    expanded: Any
+
+
+class AvroCodec:
+    """Registry of the ``selfheal.v1`` schemas plus any older writer versions.
+
+    Args:
+        avro_dir: directory with the ``.avsc`` files listed in :data:`SCHEMA_FILES`.
+        extra_writer_schemas: older (or newer) versions of the contracts, as JSON dicts with the
+            same full names, which this reader must still decode; they are resolved to the
+            current schema of the same name (Avro schema resolution, fastavro ``reader_schema``).
+
+    Encode/decode rates on one core (fastavro 1.13, 250-byte traces): ~60k traces/s each.
+    """
+
+    def __init__(
+        self,
+        avro_dir: Path | None = None,
+        extra_writer_schemas: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
+        self.avro_dir = Path(avro_dir) if avro_dir else default_avro_dir()
+        named: dict[str, Any] = {}
+        self.current: dict[str, SchemaEntry] = {}
+        self.by_fingerprint: dict[bytes, SchemaEntry] = {}
+        self._resolve_to: dict[bytes, SchemaEntry] = {}
+        for fname in SCHEMA_FILES:
+            raw = json.loads((self.avro_dir / fname).read_text())
+            # fastavro expands one level of references; registering the expanded form makes the
+            # next file's expansion complete (AgentTraceBatch -> AgentTrace -> ReleaseManifest).
+            expanded = parse_schema(raw, named_schemas=dict(named), expand=True, _write_hint=False)
+            parse_schema(expanded, named_schemas=named)
+            entry = self._entry(expanded)
+            self.current[entry.name] = entry
+            self.by_fingerprint[entry.fingerprint] = entry
+        for raw in extra_writer_schemas:
+            # resolve references against the current named types, then register
+            expanded = parse_schema(copy.deepcopy(dict(raw)), named_schemas=dict(named), expand=True, _write_hint=False)
+            entry = self._entry(expanded)
+            if entry.fingerprint in self.by_fingerprint:
+                continue
+            if entry.name not in self.current:
+                raise ValueError(f"extra writer schema {entry.name!r} has no current version to resolve to")
+            self.by_fingerprint[entry.fingerprint] = entry
+            self._resolve_to[entry.fingerprint] = self.current[entry.name]
+
+    @staticmethod
+    def _entry(expanded: Any) -> SchemaEntry:
+        name = expanded["name"] if "." in expanded["name"] else f"{expanded['namespace']}.{expanded['name']}"
+        canonical = to_parsing_canonical_form(expanded)
+        fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+        stripped = parse_schema(_strip_logical_types(expanded), _write_hint=False)
+        return SchemaEntry(name=name, fingerprint=fp, parsed=stripped, expanded=expanded)
+
+    # ------------------------------------------------------------------ encode
+    def header(self, name: str) -> bytes:
+        """The 10-byte single-object header for the current schema ``name``.
+
+        Raises:
+            KeyError: unknown schema name.
+        """
+        return MAGIC + self.current[name].fingerprint
+
+    def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
+        """Encode one record (plain dict, timestamps as epoch ms) with the current schema ``name``.
+
+        Raises:
+            KeyError: unknown schema name.
+            ValueError, TypeError: the record does not fit the schema (fastavro names the field).
+        """
+        entry = self.current[name]
+        buf = io.BytesIO()
+        buf.write(MAGIC)
+        buf.write(entry.fingerprint)
+        schemaless_writer(buf, entry.parsed, record)
+        return buf.getvalue()
+
+    def encode_model(self, model: Contract) -> bytes:
+        """Encode a contract model with its own schema (``model.AVRO_NAME``)."""
+        return self.encode(type(model).AVRO_NAME, to_avro_dict(model))
+
+    # ------------------------------------------------------------------ decode
+    def peek(self, payload: bytes) -> SchemaEntry:
+        """Identify the writer schema of a message without decoding the body.
+
+        Raises:
+            NotAvroError: no single-object header.
+            UnknownSchemaError: unknown fingerprint.
+        """
+        if len(payload) < HEADER_LEN or payload[:2] != MAGIC:
+            raise NotAvroError(
+                f"payload of {len(payload)} bytes does not start with the Avro single-object "
+                f"marker C3 01 (starts with {payload[:4].hex() or 'nothing'})"
+            )
+        fp = payload[2:HEADER_LEN]
+        entry = self.by_fingerprint.get(fp)
+        if entry is None:
+            raise UnknownSchemaError(
+                f"schema fingerprint {fp.hex()} is not a known selfheal.v1 writer schema",
+                fingerprint_hex=fp.hex(),
+            )
+        return entry
+
+    def decode(self, payload: bytes) -> tuple[str, dict[str, Any]]:
+        """Decode one message into ``(schema full name, record dict)``.
+
+        Older writer versions are resolved to the current schema of the same name.
+
+        Raises:
+            CodecError: a subclass whose ``error_class`` is the dead-letter reason
+                (``not_avro``, ``unknown_schema``, ``truncated``, ``invalid_utf8``,
+                ``trailing_bytes``, ``malformed_avro``).
+        """
+        entry = self.peek(payload)
+        target = self._resolve_to.get(entry.fingerprint)
+        fo = io.BytesIO(payload)
+        fo.seek(HEADER_LEN)
+        fp_hex = entry.fingerprint.hex()
+        try:
+            if target is None:
+                record = schemaless_reader(fo, entry.parsed, None)
+            else:
+                record = schemaless_reader(fo, entry.parsed, target.parsed)
+        except (EOFError, StopIteration) as exc:
+            raise TruncatedError(
+                f"{entry.name} body ends early after {fo.tell()} of {len(payload)} bytes",
+                fingerprint_hex=fp_hex,
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise InvalidUtf8Error(
+                f"{entry.name} has a string that is not UTF-8 near byte {fo.tell()}: {exc.reason}",
+                fingerprint_hex=fp_hex,
+            ) from exc
+        except (ValueError, IndexError, TypeError, OverflowError, MemoryError, struct.error) as exc:
+            raise CodecError(
+                f"{entry.name} body is not valid Avro near byte {fo.tell()}: {exc}", fingerprint_hex=fp_hex
+            ) from exc
+        if fo.tell() != len(payload):
+            raise TrailingBytesError(
+                f"{entry.name} decoded in {fo.tell()} of {len(payload)} bytes; "
+                f"{len(payload) - fo.tell()} trailing bytes",
+                fingerprint_hex=fp_hex,
+            )
+        return (target or entry).name, record
+
+
+@lru_cache(maxsize=1)
+def default_codec() -> AvroCodec:
+    """Process-wide codec over :func:`default_avro_dir` (schemas parsed once)."""
+    return AvroCodec()
+
+
+def to_avro_dict(model: BaseModel) -> dict[str, Any]:
+    """Model → plain dict for fastavro: datetimes to epoch ms, enums to their symbol, recursively."""
+    return _to_avro(model.model_dump(mode="python"))
+
+
+def _to_avro(value: Any) -> Any:
+    from datetime import datetime
+    from enum import Enum
+
+    if isinstance(value, dict):
+        return {k: _to_avro(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_avro(v) for v in value]
+    if isinstance(value, datetime):
+        return to_ms(value)
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def canonical_json(record: Mapping[str, Any]) -> bytes:
+    """Deterministic JSON bytes of a decoded record (dead-letter payloads, content hashes)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=_json_default).encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+__all__ = [
+    "HEADER_LEN",
+    "MAGIC",
+    "AvroCodec",
+    "CodecError",
+    "InvalidUtf8Error",
+    "NotAvroError",
+    "TrailingBytesError",
+    "TruncatedError",
+    "UnknownSchemaError",
+    "canonical_json",
+    "default_codec",
+    "from_ms",
+    "to_avro_dict",
+]

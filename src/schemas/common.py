@@ -1,0 +1,78 @@
+"""Types and limits shared by every contract.
+
+The limits here are the single source for both the pydantic models (SDK-side and slow-path
+validation) and the vectorised checks in :mod:`streams.processors.ingest` (hot path); a unit test
+asserts the two agree record by record.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+
+#: Tenant ids are lower-case slugs: they appear in Kafka keys, ClickHouse row policies and HMAC
+#: keys, so anything looser invites injection and ambiguity.
+TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+#: Labels (cohort, workflow, intent, release, tool names): no "|" or "/" (slice-key separators).
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+MAX_ID_LEN = 128
+MAX_TOKENS = 2_000_000
+MAX_LATENCY_MS = 3_600_000.0
+MAX_COST_USD = 1_000.0
+MAX_RETRIES = 1_000
+MAX_TOOL_CALLS = 256
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_LEN = 2_048
+MAX_TEXT_LEN = 65_536
+#: Earliest accepted event time: 2020-01-01T00:00:00Z, ms. Later bounds are relative to "now" and
+#: come from settings (``max_event_age_s``, ``max_clock_skew_s``).
+MIN_EVENT_TIME_MS = 1_577_836_800_000
+
+TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN)]
+Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN)]
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+#: Event time: timezone-aware UTC datetime; naive values are taken as UTC. Avro timestamp-millis.
+EventTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def to_ms(value: datetime) -> int:
+    """Convert an aware datetime to Unix epoch milliseconds (Avro ``timestamp-millis``)."""
+    return int(value.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    """Convert Unix epoch milliseconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class Severity(StrEnum):
+    """Severity of feedback or an incident, lowest first (Avro enum ``selfheal.v1.Severity``)."""
+
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+class Contract(BaseModel):
+    """Base of every contract model: unknown fields are errors, values are validated on assign.
+
+    ``AVRO_NAME`` is the full name of the matching schema in ``avro/`` (``selfheal.v1.<Name>``);
+    :mod:`schemas.codec` uses it to encode a model and ``tests/unit/test_contracts.py`` to check
+    that model and schema agree field by field.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    AVRO_NAME: ClassVar[str] = ""

@@ -1,0 +1,176 @@
+"""Agent trace contract: one structured record per agent run (``avro/agent_trace.avsc``).
+
+Agents emit traces through :class:`streams.sdk.SelfhealProducer`, which validates them with these
+models before sending. The worker re-validates on the hot path with the vectorised checks in
+:mod:`streams.processors.ingest` and falls back to these models to explain a failing record.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar
+
+from pydantic import Field, ValidationInfo, model_validator
+
+from schemas.common import (
+    MAX_ATTRIBUTE_LEN,
+    MAX_ATTRIBUTES,
+    MAX_COST_USD,
+    MAX_LATENCY_MS,
+    MAX_RETRIES,
+    MAX_TOKENS,
+    MAX_TOOL_CALLS,
+    MIN_EVENT_TIME_MS,
+    Contract,
+    EventTime,
+    Identifier,
+    Label,
+    TenantId,
+    to_ms,
+)
+
+LatencyMs = Annotated[float, Field(ge=0.0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+
+
+class Outcome(StrEnum):
+    """How the run ended (Avro enum ``Outcome``)."""
+
+    success = "success"
+    failure = "failure"
+    escalated = "escalated"
+    abandoned = "abandoned"
+
+
+class ToolStatus(StrEnum):
+    """Result of one tool call (Avro enum ``ToolStatus``)."""
+
+    ok = "ok"
+    error = "error"
+    timeout = "timeout"
+    denied = "denied"
+
+
+class RolloutArm(StrEnum):
+    """Arm of a staged rollout: control serves the incumbent, canary the candidate, shadow runs
+    the candidate without serving it (Avro enum ``RolloutArm``)."""
+
+    control = "control"
+    canary = "canary"
+    shadow = "shadow"
+
+
+class ReleaseManifest(Contract):
+    """Versions deployed for a run; ``release_id`` names the whole manifest."""
+
+    AVRO_NAME: ClassVar[str] = "selfheal.v1.ReleaseManifest"
+
+    release_id: Label
+    model: Identifier
+    prompt_version: Identifier
+    tool_schema_version: Identifier
+    policy_version: Identifier
+    retrieval_index_version: Identifier
+
+
+class Rollout(Contract):
+    """Rollout arm and exposure stage (percent of traffic on the candidate, (0, 100])."""
+
+    AVRO_NAME: ClassVar[str] = "selfheal.v1.Rollout"
+
+    arm: RolloutArm
+    stage_pct: float = Field(gt=0.0, le=100.0, allow_inf_nan=False)
+    candidate_release_id: Label
+
+
+class ToolCall(Contract):
+    """One tool invocation inside a run; ``latency_ms`` in milliseconds."""
+
+    AVRO_NAME: ClassVar[str] = "selfheal.v1.ToolCall"
+
+    name: Label
+    status: ToolStatus
+    latency_ms: LatencyMs
+
+
+class AgentTrace(Contract):
+    """One agent run, as emitted to ``agent.traces.v1`` (key: ``tenant_id``).
+
+    Units: ``latency_ms`` ms, tokens as counts, ``cost_usd`` US dollars, ``confidence`` in [0, 1].
+    ``event_time`` must lie between ``now - max_event_age_s`` and ``now + max_clock_skew_s`` when a
+    validation context ``{"now_ms", "max_event_age_s", "max_clock_skew_s"}`` is given, and after
+    2020-01-01 always.
+
+    Raises:
+        pydantic.ValidationError: naming the field (``loc``) and the offending value.
+    """
+
+    AVRO_NAME: ClassVar[str] = "selfheal.v1.AgentTrace"
+
+    trace_id: Identifier
+    tenant_id: TenantId
+    cohort: Label
+    workflow: Label
+    intent: Label | None = None
+    agent_id: Identifier
+    session_id: Identifier
+    event_time: EventTime
+    release: ReleaseManifest
+    rollout: Rollout | None = None
+    latency_ms: LatencyMs
+    input_tokens: Tokens
+    output_tokens: Tokens
+    cost_usd: float = Field(ge=0.0, le=MAX_COST_USD, allow_inf_nan=False)
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    outcome: Outcome
+    tool_calls: list[ToolCall] = Field(default_factory=list, max_length=MAX_TOOL_CALLS)
+    retrieval_queries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    retrieval_hits: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    policy_blocked: bool = False
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    fallback_used: bool = False
+    output_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    attributes: dict[
+        Annotated[str, Field(min_length=1, max_length=128)],
+        Annotated[str, Field(max_length=MAX_ATTRIBUTE_LEN)],
+    ] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
+
+    @model_validator(mode="after")
+    def _cross_field(self, info: ValidationInfo) -> AgentTrace:
+        if self.retrieval_hits > self.retrieval_queries:
+            raise ValueError(
+                f"retrieval_hits={self.retrieval_hits} exceeds "
+                f"retrieval_queries={self.retrieval_queries}"
+            )
+        check_event_time(to_ms(self.event_time), info.context)
+        return self
+
+
+class AgentTraceBatch(Contract):
+    """Traces of one tenant in one Kafka message (what the SDK sends; see ``avro/``)."""
+
+    AVRO_NAME: ClassVar[str] = "selfheal.v1.AgentTraceBatch"
+
+    batch_id: Identifier
+    producer_id: Identifier
+    sent_at: EventTime
+    traces: list[AgentTrace] = Field(min_length=1)
+
+
+def check_event_time(event_ms: int, context: object) -> None:
+    """Check an event time (epoch ms) against the accepted window.
+
+    ``context`` is the pydantic validation context: a mapping with ``now_ms`` (epoch ms),
+    ``max_event_age_s`` and ``max_clock_skew_s`` (seconds), or ``None`` for the static bound only.
+
+    Raises:
+        ValueError: naming ``event_time`` and the value when outside the window.
+    """
+    if event_ms < MIN_EVENT_TIME_MS:
+        raise ValueError(f"event_time={event_ms} ms is before 2020-01-01")
+    if isinstance(context, dict) and "now_ms" in context:
+        now_ms = int(context["now_ms"])
+        if event_ms > now_ms + int(context.get("max_clock_skew_s", 300)) * 1000:
+            raise ValueError(f"event_time={event_ms} ms is in the future (now={now_ms} ms)")
+        if event_ms < now_ms - int(context.get("max_event_age_s", 30 * 86400)) * 1000:
+            raise ValueError(f"event_time={event_ms} ms is older than the accepted age")
