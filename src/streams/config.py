@@ -1,0 +1,155 @@
+"""Settings: one typed place, read from ``SELFHEAL_*`` environment variables (pydantic-settings).
+
+Every setting, its default and unit is listed in README.md ("Settings"). Secrets (Kafka SASL
+password, ClickHouse password, tenant HMAC key) are ``SecretStr`` and never logged; each can also
+be read from a file (``SELFHEAL_<NAME>_FILE``), the usual way to mount secrets in containers.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.errors import ConfigError
+
+#: Repository root in an editable install (state dir default lives under it).
+ROOT = Path(__file__).resolve().parents[2]
+
+LAYERS = ("tenant", "tenant_cohort", "tenant_workflow", "tenant_cohort_workflow", "release")
+
+
+class Settings(BaseSettings):
+    """All selfheal settings. Environment: ``SELFHEAL_<FIELD>`` (case-insensitive).
+
+    Raises:
+        ConfigError: on an invalid combination (e.g. unknown layer names).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SELFHEAL_", extra="ignore")
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port]")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    topic_prefix: str = Field("", description="prepended to every topic and the app id (test isolation)")
+    partitions: int = Field(6, ge=1, description="partitions of the source topics")
+    replication: int = Field(1, ge=1)
+
+    # --- worker (faust) --------------------------------------------------------------------
+    app_id: str = "selfheal"
+    state_dir: Path = ROOT / ".local"
+    take_max_messages: int = Field(64, ge=1, description="Kafka messages per processing batch")
+    take_within_s: float = Field(0.5, gt=0, description="max wait to fill a batch, s")
+    web_port: int = Field(6066, description="faust web (metrics, health); bound to 127.0.0.1")
+    web_enabled: bool = False
+    faust_loglevel: Literal["crit", "error", "warn", "info", "debug"] = Field("warn", description="faust's own log level")
+    broker_session_timeout_s: float = Field(10.0, description="consumer group session timeout, s")
+    max_message_bytes: int = Field(1_048_576, description="larger messages are dead-lettered, bytes")
+    max_event_age_s: int = Field(30 * 86400, description="older event_time is dead-lettered, s")
+    max_clock_skew_s: int = Field(300, description="event_time further in the future is dead-lettered, s")
+
+    # --- ClickHouse ----------------------------------------------------------------------
+    clickhouse_url: str | None = Field(None, description="http(s)://host:8123 of a real server; unset = embedded chDB")
+    clickhouse_path: Path | None = Field(None, description="chDB data dir (default <state_dir>/clickhouse)")
+    clickhouse_database: str = "selfheal"
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr | None = None
+
+    # --- detection -----------------------------------------------------------------------
+    layers: tuple[str, ...] = Field(LAYERS, description="baseline layers that are on")
+    warmup_traces: int = Field(300, ge=10, description="traces before a slice's baseline is trusted")
+    baseline_half_life_traces: float = Field(20_000, gt=0, description="EW half-life of baselines, traces")
+    cusum_threshold: float = Field(18.0, gt=0, description="CUSUM decision interval h, nats")
+    rate_shift: float = Field(1.5, gt=1, description="rate ratio the Bernoulli CUSUMs are tuned for")
+    mean_shift_sigma: float = Field(1.0, gt=0, description="mean shift the Gaussian CUSUMs are tuned for, sigma")
+    resolve_after_traces: int = Field(2_000, ge=1, description="quiet traces before an incident resolves")
+    incident_update_interval_s: float = Field(60.0, ge=0, description="min time between updates of one incident, s")
+    evidence_traces: int = Field(20, ge=1, le=64, description="evidence trace ids per incident")
+    trace_index_size: int = Field(2_000_000, ge=1000, description="recent traces kept for feedback joins")
+    feedback_grace_s: float = Field(30.0, ge=0, description="how long feedback for an unseen trace waits, s")
+    feedback_maturity_s: float = Field(600.0, gt=0, description=(
+        "event time after which a trace's feedback is taken as complete for correction-rate detection, s; "
+        "later feedback is stored but not counted by detectors"))
+
+    # --- privacy -------------------------------------------------------------------------
+    tenant_hmac_key: SecretStr = Field(SecretStr("selfheal-dev-key-change-me"),
+                                       description="key for tenant-keyed HMAC of identifiers")
+    redact: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: dict) -> dict:
+        # SELFHEAL_<NAME>_FILE=/run/secrets/x reads the secret from a file.
+        for name in ("kafka_sasl_password", "clickhouse_password", "tenant_hmac_key"):
+            path = os.environ.get(f"SELFHEAL_{name.upper()}_FILE")
+            if path and name not in data:
+                try:
+                    data[name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"SELFHEAL_{name.upper()}_FILE={path}: {exc.strerror}") from exc
+        return data
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _split_layers(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        unknown = set(value) - set(LAYERS)  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"unknown layers {sorted(unknown)}; known: {', '.join(LAYERS)}")
+        return value
+
+    # --- derived -------------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        """Full topic name: ``topic_prefix`` + one of ``traces``, ``feedback``, ``incidents``,
+        ``deadletter``, ``verdicts``.
+
+        Raises:
+            ConfigError: unknown topic name.
+        """
+        try:
+            return self.topic_prefix + TOPICS[name]
+        except KeyError:
+            raise ConfigError(f"unknown topic {name!r}; known: {', '.join(TOPICS)}") from None
+
+    @property
+    def full_app_id(self) -> str:
+        """faust app id (consumer group and changelog topic prefix)."""
+        return self.topic_prefix + self.app_id
+
+    @property
+    def clickhouse_dir(self) -> Path:
+        """chDB data directory used when ``clickhouse_url`` is unset."""
+        return self.clickhouse_path or (self.state_dir / "clickhouse")
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) client configuration: bootstrap and security only."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap, "security.protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        return conf
+
+
+#: Logical topic name → Kafka topic (before ``topic_prefix``).
+TOPICS = {
+    "traces": "agent.traces.v1",
+    "feedback": "agent.feedback.v1",
+    "incidents": "agent.incidents.v1",
+    "deadletter": "agent.deadletter.v1",
+    "verdicts": "agent.rollout-verdicts.v1",
+}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (cached; tests build their own ``Settings``)."""
+    return Settings()

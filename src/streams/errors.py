@@ -1,0 +1,40 @@
+"""One exception hierarchy for selfheal. Every message names the field, value or topic at fault."""
+
+from __future__ import annotations
+
+
+class SelfhealError(Exception):
+    """Base of every error selfheal raises on purpose."""
+
+
+class ConfigError(SelfhealError):
+    """A setting is missing or invalid (names the ``SELFHEAL_*`` variable)."""
+
+
+class ContractViolation(SelfhealError, ValueError):
+    """A record breaks its contract.
+
+    Attributes:
+        field: dotted path of the first field at fault (``release.model``, ``tool_calls.0.latency_ms``).
+        value: the offending value, as given.
+        error_class: dead-letter reason code (``validation``, ``oversized``, ``duplicate_conflict`` ...).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, value: object = None,
+                 error_class: str = "validation") -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.error_class = error_class
+
+
+class DeliveryError(SelfhealError):
+    """Kafka did not acknowledge a message (names topic, partition and the broker error)."""
+
+
+class SinkError(SelfhealError):
+    """ClickHouse refused or failed a write after retries (names table and row count)."""
+
+
+class TenantScopeError(SelfhealError, PermissionError):
+    """A query helper was called without a valid tenant, or would cross tenants."""

@@ -1,0 +1,364 @@
+"""Layered online baselines: one row of state per slice, columnar (numpy), updated per batch.
+
+Slices and layers
+-----------------
+A *slice* is a subset of traffic with its own baseline. Layers (configurable, see
+``Settings.layers``) and their key parts:
+
+==========================  ======================================  =================
+layer                       key                                     parent (prior)
+==========================  ======================================  =================
+``tenant``                  tenant                                  none
+``tenant_cohort``           tenant, cohort                          none
+``tenant_workflow``         tenant, workflow                        none
+``tenant_cohort_workflow``  tenant, cohort, workflow                none
+``release``                 tenant, cohort, workflow, release_id    tenant_cohort_workflow
+==========================  ======================================  =================
+
+A new ``release`` slice starts from its parent's baseline (the hypothesis under test is "the new
+release behaves like what it replaces"), so a regression is detectable from its first traces.
+Other slices warm up on their own data first (cohorts legitimately differ).
+The platform layer (all tenants) is kept by :mod:`streams.processors.platform` from per-batch
+aggregates, because a worker only sees the tenants of its partitions.
+
+Metrics
+-------
+``METRICS`` lists every metric with its family, group and direction. Families:
+
+- ``bernoulli``: a 0/1 outcome per trace (failure, escalation, policy block, tool failure, ...),
+  and the *tail* metrics ``latency_p95``/``latency_p99``: 1 when latency exceeds the baseline's
+  95th/99th percentile bin edge, so a tail regression is a rate increase (quantile-aware).
+- ``gaussian``: a per-trace value after a variance-stabilising transform (log latency, log1p
+  tokens, log cost, logit confidence), standardised with the baseline mean and variance and
+  winsorised; the baseline also tracks the log-moment-generating function of the standardised
+  value, which makes the CUSUM increment an exact likelihood ratio for any shape of data.
+- ``poisson``: counts that arrive on the feedback stream against trace exposure (corrections,
+  unsafe-recommendation feedback per trace). Feedback is a *delayed label*: traces and their
+  feedback are counted in event-time buckets of the trace (a ring of ``N_BUCKETS`` per slice)
+  and a bucket enters the detector only when it has *matured*, i.e. both the trace and the
+  feedback watermark of the partition are ``feedback_maturity`` past its end. So the rate is
+  right whatever order or speed the two topics are consumed in (a worker catching up on one
+  topic before the other cannot fake a change).
+- ``categorical``: the input mix (workflow × intent), hashed into ``N_CAT`` buckets.
+
+Baselines are exponentially weighted with a half-life in traces (``baseline_half_life_traces``),
+merged per batch (weights of the batch's samples equal; exact decay of the old state), and frozen
+per metric group while an incident on the slice is open, so a regression is never absorbed.
+
+State layout
+------------
+Each state array has one row per slice (capacity doubles as slices appear). A row serialises to
+``ROW_BYTES`` bytes of float64 (:meth:`SliceStore.row_bytes`), the value written to the faust
+changelog table, and deserialises into any row (:meth:`SliceStore.load_row`).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One monitored metric.
+
+    Attributes:
+        name: e.g. ``latency_p95``.
+        family: ``bernoulli``, ``gaussian``, ``poisson`` or ``categorical``.
+        group: incident metric group: ``quality``, ``latency``, ``output``, ``safety``, ``tools``, ``input``.
+        direction: +1 alarm on increase, -1 on decrease, 0 both.
+        unit: unit of baseline/observed in incidents (``rate``, ``ms``, ``tokens``, ``USD``, ``score``, ``per_trace``).
+    """
+
+    name: str
+    family: str
+    group: str
+    direction: int
+    unit: str
+
+
+BERNOULLI = (
+    Metric("failure_rate", "bernoulli", "quality", +1, "rate"),
+    Metric("escalation_rate", "bernoulli", "quality", +1, "rate"),
+    Metric("success_rate", "bernoulli", "quality", -1, "rate"),
+    Metric("policy_block_rate", "bernoulli", "safety", +1, "rate"),
+    Metric("tool_failure_rate", "bernoulli", "tools", +1, "rate"),
+    Metric("retrieval_miss_rate", "bernoulli", "tools", +1, "rate"),
+    Metric("fallback_rate", "bernoulli", "tools", +1, "rate"),
+    Metric("latency_p95", "bernoulli", "latency", +1, "ms"),
+    Metric("latency_p99", "bernoulli", "latency", +1, "ms"),
+)
+GAUSSIAN = (
+    Metric("latency_mean", "gaussian", "latency", +1, "ms"),
+    Metric("output_tokens", "gaussian", "output", 0, "tokens"),
+    Metric("input_tokens", "gaussian", "input", 0, "tokens"),
+    Metric("cost", "gaussian", "output", +1, "USD"),
+    Metric("confidence", "gaussian", "output", -1, "score"),
+)
+POISSON = (
+    Metric("correction_rate", "poisson", "quality", +1, "per_trace"),
+    Metric("unsafe_feedback_rate", "poisson", "safety", +1, "per_trace"),
+)
+CATEGORICAL = (Metric("input_mix", "categorical", "input", 0, "distribution"),)
+METRICS = BERNOULLI + GAUSSIAN + POISSON + CATEGORICAL
+METRIC_BY_NAME = {m.name: m for m in METRICS}
+GROUPS = ("quality", "latency", "output", "safety", "tools", "input")
+GROUP_INDEX = {g: i for i, g in enumerate(GROUPS)}
+
+NB, NG, NP = len(BERNOULLI), len(GAUSSIAN), len(POISSON)
+B_INDEX = {m.name: i for i, m in enumerate(BERNOULLI)}
+G_INDEX = {m.name: i for i, m in enumerate(GAUSSIAN)}
+P_INDEX = {m.name: i for i, m in enumerate(POISSON)}
+TAIL_P95, TAIL_P99 = B_INDEX["latency_p95"], B_INDEX["latency_p99"]
+#: group index of each metric family column (for freezing baselines per group)
+B_GROUP = np.array([GROUP_INDEX[m.group] for m in BERNOULLI])
+G_GROUP = np.array([GROUP_INDEX[m.group] for m in GAUSSIAN])
+G_DIR = np.array([m.direction for m in GAUSSIAN])
+P_GROUP = np.array([GROUP_INDEX[m.group] for m in POISSON])
+CAT_GROUP = GROUP_INDEX["input"]
+
+#: latency histogram: log-spaced bins from 1 ms to 1 h (ratio 1.178 per bin; quantiles are
+#: taken at bin edges and the tail mass above the chosen edge is the exact baseline rate).
+N_HIST = 96
+HIST_LO_MS, HIST_HI_MS = 1.0, 3_600_000.0
+HIST_LOG_LO = np.log(HIST_LO_MS)
+HIST_LOG_STEP = (np.log(HIST_HI_MS) - np.log(HIST_LO_MS)) / N_HIST
+HIST_EDGES_MS = np.exp(HIST_LOG_LO + HIST_LOG_STEP * np.arange(N_HIST + 1))
+N_CAT = 16
+#: ring of event-time buckets per slice for label-delayed metrics (corrections arrive after traces)
+N_BUCKETS = 32
+
+LAYER_PARTS = {
+    "tenant": (True, False, False, False),
+    "tenant_cohort": (True, True, False, False),
+    "tenant_workflow": (True, False, True, False),
+    "tenant_cohort_workflow": (True, True, True, False),
+    "release": (True, True, True, True),
+}
+LAYER_PARENT = {"release": "tenant_cohort_workflow"}
+
+
+def slice_key(layer: str, tenant: str, cohort: str | None, workflow: str | None, release: str | None) -> str:
+    """Canonical slice key, e.g. ``release|acme|cardiology|soap_note|rel-2``; ``*`` = all."""
+    return f"{layer}|{tenant}|{cohort or '*'}|{workflow or '*'}|{release or '*'}"
+
+
+def parse_slice_key(key: str) -> tuple[str, str, str | None, str | None, str | None]:
+    """Inverse of :func:`slice_key`: ``(layer, tenant, cohort, workflow, release)``.
+
+    Raises:
+        ValueError: the key does not have five ``|``-separated parts.
+    """
+    parts = key.split("|")
+    if len(parts) != 5:
+        raise ValueError(f"slice key {key!r} must have 5 '|'-separated parts")
+    layer, tenant, c, w, r = parts
+    return layer, tenant, None if c == "*" else c, None if w == "*" else w, None if r == "*" else r
+
+
+def hist_bins(latency_ms: np.ndarray) -> np.ndarray:
+    """Histogram bin index (int) of each latency in ms; values outside [1 ms, 1 h] are clipped."""
+    idx = np.floor((np.log(np.maximum(latency_ms, HIST_LO_MS)) - HIST_LOG_LO) / HIST_LOG_STEP)
+    return np.clip(idx, 0, N_HIST - 1).astype(np.intp)
+
+
+#: Per-row state fields: name -> (columns, initial value). Order is the serialisation order.
+#: b_* Bernoulli (NB), g_* Gaussian (NG), p_* Poisson (NP), c_* categorical, i_* incident groups.
+FIELDS: dict[str, tuple[int, float]] = {
+    "count": (1, 0.0),  # traces applied, plus the pseudo-count of an inherited baseline
+    "own": (1, 0.0),  # traces of this slice actually seen
+    "last_offset": (1, -1.0),  # last source offset applied (replay guard), exact in float64 below 2**53
+    "partition": (1, -1.0),
+    "weight": (1, 0.0),  # EW effective sample size of the baseline
+    "b_rate": (NB, 0.0),  # baseline rate
+    "b_s": (NB, 0.0),  # CUSUM statistic
+    "b_n": (NB, 0.0),  # samples since the CUSUM last left zero (change-point estimate)
+    "b_k": (NB, 0.0),  # successes since then
+    "g_mean": (NG, 0.0),
+    "g_var": (NG, 0.0),
+    "g_w": (NG, 0.0),  # EW weight per Gaussian metric (confidence may be absent)
+    "g_mgf_u": (NG, float(np.exp(0.5))),  # EW mean of exp(+delta * clip(z)): the up detector's log-MGF
+    "g_mgf_d": (NG, float(np.exp(0.5))),  # EW mean of exp(-delta * clip(z))
+    "g_su": (NG, 0.0),  # upward CUSUM
+    "g_sd": (NG, 0.0),  # downward CUSUM
+    "g_nu": (NG, 0.0),
+    "g_xu": (NG, 0.0),  # sum of transformed values since up change point
+    "g_nd": (NG, 0.0),
+    "g_xd": (NG, 0.0),
+    "p_num": (NP, 0.0),  # EW count of events (corrections)
+    "p_den": (NP, 0.0),  # EW exposure (traces)
+    "p_s": (NP, 0.0),
+    "p_n": (NP, 0.0),  # exposure since change point
+    "p_k": (NP, 0.0),  # events since change point
+    "pb_id": (N_BUCKETS, -1.0),  # event-time bucket held by each ring slot (-1 empty)
+    "pb_n": (N_BUCKETS, 0.0),  # traces in the slot's bucket
+    "pb_k": (N_BUCKETS * NP, 0.0),  # feedback events in the slot's bucket, slot-major
+    "hist": (N_HIST, 0.0),  # EW latency histogram (weights)
+    "c_base": (N_CAT, 0.0),  # EW input-mix distribution (weights)
+    "c_win": (N_CAT, 0.0),  # current window counts
+    "i_open": (len(GROUPS), 0.0),  # 1 while an incident of the group is open on this slice
+}
+ROW_COLS = sum(c for c, _ in FIELDS.values())
+ROW_HEADER = struct.Struct("<4sI")
+ROW_MAGIC = b"SHB1"
+ROW_BYTES = ROW_HEADER.size + 8 * ROW_COLS
+
+
+@dataclass(slots=True)
+class SliceInfo:
+    """Identity of one slice row."""
+
+    key: str
+    layer: str
+    tenant_id: str
+    cohort: str | None
+    workflow: str | None
+    release_id: str | None
+    partition: int
+
+
+class SliceStore:
+    """Columnar state of all slices a worker owns.
+
+    ``self.f[name]`` is a ``(capacity, columns)`` float64 array per field of :data:`FIELDS`,
+    all rows of one slice at the same index. ``index`` maps slice key → row.
+    Memory: ``8 * ROW_COLS`` bytes per slice (see BENCHMARKS.md for bytes per slice-metric).
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self.n = 0
+        self.f: dict[str, np.ndarray] = {name: np.full((capacity, cols), init) for name, (cols, init) in FIELDS.items()}
+        self.index: dict[str, int] = {}
+        self.info: list[SliceInfo] = []
+        self.dirty: set[int] = set()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _grow(self) -> None:
+        new = self.capacity * 2
+        for name, (cols, init) in FIELDS.items():
+            arr = np.full((new, cols), init)
+            arr[: self.capacity] = self.f[name]
+            self.f[name] = arr
+        self.capacity = new
+
+    def add(self, info: SliceInfo) -> int:
+        """Append a fresh row for ``info`` (initial state) and return its index.
+
+        Raises:
+            KeyError: the key already has a row.
+        """
+        if info.key in self.index:
+            raise KeyError(f"slice {info.key!r} already has a row")
+        if self.n == self.capacity:
+            self._grow()
+        row = self.n
+        self.n += 1
+        self.index[info.key] = row
+        self.info.append(info)
+        self.f["partition"][row, 0] = info.partition
+        return row
+
+    def copy_baseline(self, src: int, dst: int, weight: float) -> None:
+        """Seed row ``dst``'s baselines from row ``src`` with effective sample size ``weight``.
+
+        Only baselines are copied (rates, means, variances, histogram, mix), not detector or
+        incident state; the copy counts as ``weight`` traces of evidence.
+        """
+        f = self.f
+        w = min(weight, float(f["weight"][src, 0]))
+        if w <= 0:
+            return
+        for name in ("b_rate", "g_mean", "g_var", "c_base"):
+            f[name][dst] = f[name][src]
+        scale = w / max(float(f["weight"][src, 0]), 1e-12)
+        f["hist"][dst] = f["hist"][src] * scale
+        f["c_base"][dst] = f["c_base"][src] * scale
+        f["g_w"][dst] = np.minimum(f["g_w"][src], w)
+        f["p_num"][dst] = f["p_num"][src] * scale
+        f["p_den"][dst] = f["p_den"][src] * scale
+        f["weight"][dst, 0] = w
+        f["count"][dst, 0] = w
+
+    def row_bytes(self, row: int) -> bytes:
+        """Serialise one row (changelog value): header + ``ROW_COLS`` float64, little-endian."""
+        parts = [self.f[name][row] for name in FIELDS]
+        return ROW_HEADER.pack(ROW_MAGIC, ROW_COLS) + np.concatenate(parts).astype("<f8").tobytes()
+
+    def load_row(self, row: int, data: bytes) -> None:
+        """Overwrite row ``row`` with serialised state.
+
+        Raises:
+            ValueError: the bytes are not a row of this layout (magic or column count differ).
+        """
+        magic, cols = ROW_HEADER.unpack_from(data)
+        if magic != ROW_MAGIC or cols != ROW_COLS or len(data) != ROW_BYTES:
+            raise ValueError(f"baseline row has layout {magic!r}/{cols} cols/{len(data)} B; expected "
+                             f"{ROW_MAGIC!r}/{ROW_COLS}/{ROW_BYTES} B")
+        values = np.frombuffer(data, dtype="<f8", offset=ROW_HEADER.size)
+        pos = 0
+        for name, (cols_, _) in FIELDS.items():
+            self.f[name][row] = values[pos : pos + cols_]
+            pos += cols_
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget the slices of revoked partitions (they are reloaded from the changelog if they
+        come back). Returns the number of rows dropped. Rows are compacted in place."""
+        keep = [i for i in range(self.n) if self.info[i].partition not in partitions]
+        dropped = self.n - len(keep)
+        if not dropped:
+            return 0
+        idx = np.asarray(keep, dtype=np.intp)
+        for name in FIELDS:
+            arr = self.f[name]
+            arr[: len(keep)] = arr[idx]
+            arr[len(keep) : self.n] = FIELDS[name][1]
+        self.info = [self.info[i] for i in keep]
+        self.index = {info.key: i for i, info in enumerate(self.info)}
+        self.n = len(keep)
+        self.dirty = {i for i in range(self.n) if False}
+        return dropped
+
+    def group_statistic(self, row: int, group: int) -> float:
+        """Largest CUSUM statistic (nats) among the detectors of metric group ``group`` on ``row``."""
+        f = self.f
+        vals = [0.0]
+        b = group == B_GROUP
+        g = group == G_GROUP
+        p = group == P_GROUP
+        if b.any():
+            vals.append(float(f["b_s"][row, b].max()))
+        up = g & (G_DIR >= 0)  # only the sides that can alarm
+        dn = g & (G_DIR <= 0)
+        if up.any():
+            vals.append(float(f["g_su"][row, up].max()))
+        if dn.any():
+            vals.append(float(f["g_sd"][row, dn].max()))
+        if p.any():
+            vals.append(float(f["p_s"][row, p].max()))
+        return max(vals)
+
+    def snapshot(self, row: int) -> dict[str, Any]:
+        """Human-readable baseline of one slice (for snapshots to ClickHouse and debugging)."""
+        f = self.f
+        info = self.info[row]
+        out: dict[str, Any] = {"slice_key": info.key, "count": int(f["count"][row, 0]), "weight": float(f["weight"][row, 0])}
+        for i, m in enumerate(BERNOULLI):
+            out[m.name] = float(f["b_rate"][row, i])
+        for i, m in enumerate(GAUSSIAN):
+            out[m.name + "_mean"] = float(f["g_mean"][row, i])
+            out[m.name + "_var"] = float(f["g_var"][row, i])
+        for i, m in enumerate(POISSON):
+            out[m.name] = float(f["p_num"][row, i] / max(f["p_den"][row, i], 1e-12))
+        h = f["hist"][row]
+        tot = h.sum()
+        if tot > 0:
+            cdf = np.cumsum(h) / tot
+            for q in (0.5, 0.95, 0.99):
+                out[f"latency_q{int(q * 100)}_ms"] = float(HIST_EDGES_MS[min(int(np.searchsorted(cdf, q)) + 1, N_HIST)])
+        return out

@@ -1,0 +1,459 @@
+"""Incident lifecycle: turn detector alarms into one incident per episode, updated and resolved.
+
+Rules (documented in README "Incidents"):
+
+- **Episode**: an alarm on slice *S* for metric group *G* joins the open incident of group *G*
+  whose slices overlap *S* (same tenant; cohort, workflow and release equal or unspecified on
+  either side), or, for a release slice, an open incident of the group on the same release (the
+  release is the unit of rollback). Otherwise it opens a new incident. So a regression seen on the release slice,
+  the tenant×cohort×workflow slice and the tenant slice at once is *one* incident, whose primary
+  slice is the most specific one that fired; the others are listed in ``also_seen``.
+- **Identity**: ``incident_id = sha1(primary slice key at opening | group | episode number)``;
+  the episode counter per (slice, group) is persisted, so a restarted worker neither re-opens an
+  episode nor reuses an id.
+- **Updates**: further alarms in the episode emit ``updated`` when the kind, primary slice or
+  severity changes, otherwise at most once per ``update_interval_s * 2**(revision-1)`` of event
+  time (capped at one hour): an ongoing regression reports less and less often.
+- **Resolution**: when the tenant has sent ``resolve_after_traces`` traces since the incident's
+  last alarm *and* every slice of the incident that still gets traffic has drained the group's
+  CUSUM statistics below h/2 (the data look like the baseline again, not merely between two
+  refires; a rolled-back release gets no traffic and is not waited for), the incident is
+  ``resolved`` and the slices' baselines for the group unfreeze.
+- **Storm guard**: at most ``max_open_per_tenant`` open incidents per tenant; further alarms of
+  that tenant are folded into its most severe open incident as ``also_seen``.
+
+Classification (the drift matrix):
+
+- group ``safety`` → ``safety``;
+- a ``release`` slice fired, the change started with the release (the CUSUM's change-point
+  estimate lies within the release's first 100 traces or first 20% of its traces) and no sibling
+  release (the control) has an open incident of the group → ``release_regression``;
+- otherwise ``input`` → ``input_drift``; ``latency``/``output`` → ``output_drift``;
+  ``quality``/``tools`` → ``workflow_drift``.
+
+Severity grows with effect size, exposure (traces since the change point) and group
+(safety +1). Actions: release regression → ``roll_back`` (high/critical) or ``freeze_rollout``;
+safety → ``roll_back`` when a release is implicated else ``sample_outputs``; workflow and output
+drift → ``sample_outputs``; input drift → ``compare_cohorts``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas import Incident, IncidentKind, IncidentStatus, RecommendedAction, Severity, Slice
+from schemas.common import from_ms
+from streams.processors.baselines import GROUP_INDEX, SliceInfo, SliceStore, parse_slice_key, slice_key
+from streams.processors.drift import Alarm
+
+SEVERITIES = (Severity.low, Severity.medium, Severity.high, Severity.critical)
+LAYER_RANK = {"tenant": 1, "tenant_cohort": 2, "tenant_workflow": 2, "tenant_cohort_workflow": 3, "release": 4}
+
+
+class StateBackend(Protocol):
+    """Where incident state persists (a faust changelog table in the worker, a dict in tests)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes, partition: int) -> None: ...
+
+    def items(self) -> Iterator[tuple[str, bytes]]: ...
+
+
+class DictBackend:
+    """In-memory :class:`StateBackend` (unit tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        """Value of ``key`` or ``None``."""
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes, partition: int) -> None:
+        """Store ``value`` (``partition`` is ignored in memory)."""
+        self.data[key] = value
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        """All stored pairs."""
+        return iter(list(self.data.items()))
+
+
+@dataclass(slots=True)
+class TraceContext:
+    """What the manager needs to know about the traces an alarm points at (by batch position)."""
+
+    trace_id: Callable[[int], str]
+    event_time_ms: Callable[[int], int]
+    manifest: Callable[[int], dict[str, Any] | None]
+
+
+@dataclass
+class OpenIncident:
+    """Mutable state of one open incident (persisted as JSON under ``inc|<tenant>|<id>``)."""
+
+    incident_id: str
+    tenant_id: str
+    group: str
+    partition: int
+    primary: str  # slice key
+    slices: list[str]
+    revision: int
+    kind: str
+    metric: str
+    best: dict[str, Any]  # the alarm figures reported (strongest evidence so far)
+    severity: int
+    release_id: str | None
+    release: dict[str, Any] | None
+    also_seen: list[str]
+    evidence: list[str]
+    detected_at_trace_id: str
+    first_seen_ms: int
+    last_seen_ms: int
+    last_emit_ms: int
+    marks: dict[str, float] = field(default_factory=dict)  # slice key -> its traces at its last alarm
+    tenant_mark: float = 0.0  # the tenant's traces at the incident's last alarm
+    rows: list[int] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        """Serialise (rows are process-local and not stored)."""
+        d = dict(self.__dict__)
+        d.pop("rows", None)
+        return json.dumps(d, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> OpenIncident:
+        """Inverse of :meth:`to_json`."""
+        return cls(**json.loads(data))
+
+
+def _overlap(a: str, b: str) -> bool:
+    la = parse_slice_key(a)
+    lb = parse_slice_key(b)
+    if la[1] != lb[1]:
+        return False
+    return all(x is None or y is None or x == y for x, y in zip(la[2:], lb[2:], strict=True))
+
+
+class IncidentManager:
+    """Turns :class:`Alarm` objects into :class:`schemas.Incident` events.
+
+    Args:
+        store: the engine's slice store (to freeze/unfreeze baselines and read quiet counters).
+        backend: persistence for open incidents and episode counters.
+        resolve_after_traces: quiet traces before resolving.
+        update_interval_s: minimum event-time seconds between ``updated`` events of one incident.
+        evidence: evidence trace ids kept per incident (bounded).
+        max_open_per_tenant: storm guard.
+        drained_nats: a detector below this statistic counts as recovered (default h/2: on null
+            data P(S > x) <= exp(-x) per detector, so 70 detectors stay under 9 nats 99% of the
+            time, while a persisting regression keeps its detectors above h/2 half of the time).
+        release_onset_fraction, release_onset_traces: the release is blamed when the change
+            point lies within its first ``release_onset_traces`` traces or its first
+            ``1 - release_onset_fraction`` share of traces.
+    """
+
+    def __init__(self, store: SliceStore, backend: StateBackend, *, resolve_after_traces: int = 2000,
+                 update_interval_s: float = 60.0, evidence: int = 20, max_open_per_tenant: int = 8,
+                 release_onset_fraction: float = 0.8, release_onset_traces: int = 100,
+                 drained_nats: float = 9.0) -> None:
+        self.store = store
+        self.backend = backend
+        self.resolve_after = resolve_after_traces
+        self.update_interval_ms = int(update_interval_s * 1000)
+        self.evidence_max = evidence
+        self.max_open = max_open_per_tenant
+        self.release_onset_fraction = release_onset_fraction
+        self.release_onset_traces = release_onset_traces
+        #: CUSUM level (nats) under which a detector counts as drained for resolution
+        self.drained = drained_nats
+        self.open: dict[str, OpenIncident] = {}
+        self.loaded_partitions: set[int] = set()
+
+    # ------------------------------------------------------------------ persistence
+    def load(self, partitions: set[int]) -> None:
+        """(Re)load open incidents of ``partitions`` from the backend (after a rebalance)."""
+        self.open = {k: v for k, v in self.open.items() if v.partition in partitions}
+        for key, value in self.backend.items():
+            if key.startswith("inc|") and value:
+                inc = OpenIncident.from_json(value)
+                if inc.partition in partitions and inc.incident_id not in self.open:
+                    self.open[inc.incident_id] = inc
+        self.loaded_partitions = set(partitions)
+        for inc in self.open.values():
+            inc.rows = [r for r in (self.store.index.get(k) for k in inc.slices) if r is not None]
+            g = GROUP_INDEX[inc.group]
+            for r in inc.rows:
+                self.store.f["i_open"][r, g] = 1.0
+
+    def _persist(self, inc: OpenIncident) -> None:
+        self.backend.put(f"inc|{inc.tenant_id}|{inc.incident_id}", inc.to_json(), inc.partition)
+
+    def _next_episode(self, slice_key: str, group: str, partition: int) -> int:
+        key = f"ep|{slice_key}|{group}"
+        cur = self.backend.get(key)
+        n = (int(cur) if cur else 0) + 1
+        self.backend.put(key, str(n).encode(), partition)
+        return n
+
+    # ------------------------------------------------------------------ alarms
+    def on_alarms(self, alarms: list[Alarm], ctx: TraceContext) -> list[Incident]:
+        """Fold a batch's alarms into incidents; returns the events to publish (open/updated)."""
+        out: dict[str, Incident] = {}
+        # most specific layers first, so a new episode's primary slice is the most specific one
+        for alarm in sorted(alarms, key=lambda a: (-LAYER_RANK[self.store.info[a.row].layer], a.pos)):
+            info = self.store.info[alarm.row]
+            inc = self._match(info, alarm.metric.group)
+            if inc is None:
+                inc = self._open(alarm, info, ctx)
+                if inc is None:
+                    continue
+                out[inc.incident_id] = self._event(inc, IncidentStatus.open, ctx)
+            elif self._update(inc, alarm, info, ctx) or inc.incident_id in out:
+                # opened earlier in this batch: one event, still "open", with the latest state
+                first = out.get(inc.incident_id)
+                status = first.status if first is not None and first.status == IncidentStatus.open \
+                    else IncidentStatus.updated
+                out[inc.incident_id] = self._event(inc, status, ctx)
+            self._mark(inc, alarm.row)
+        return list(out.values())
+
+    def _mark(self, inc: OpenIncident, row: int) -> None:
+        """Remember traffic counts at this alarm (resolution counts traffic after the last one)."""
+        f = self.store.f
+        inc.marks[self.store.info[row].key] = float(f["own"][row, 0])
+        inc.tenant_mark = self._tenant_traffic(inc.tenant_id)
+
+    def _match(self, info: SliceInfo, group: str) -> OpenIncident | None:
+        for inc in self.open.values():
+            if inc.group != group or inc.tenant_id != info.tenant_id:
+                continue
+            if any(_overlap(info.key, s) for s in inc.slices):
+                return inc
+            # the release is the unit of rollback: its slices in other cohorts/workflows join
+            if info.release_id and any(parse_slice_key(s)[4] == info.release_id for s in inc.slices):
+                return inc
+        return None
+
+    def _open(self, alarm: Alarm, info: SliceInfo, ctx: TraceContext) -> OpenIncident | None:
+        tenant_open = [i for i in self.open.values() if i.tenant_id == info.tenant_id]
+        group = alarm.metric.group
+        if len(tenant_open) >= self.max_open:
+            worst = max(tenant_open, key=lambda i: i.severity)
+            note = f"{info.key}:{alarm.metric.name}"
+            if note not in worst.also_seen:
+                worst.also_seen.append(note)
+                self._persist(worst)
+            return None
+        episode = self._next_episode(info.key, group, info.partition)
+        iid = hashlib.sha1(f"{info.key}|{group}|{episode}".encode()).hexdigest()[:20]
+        ev_ids = _evidence(alarm, ctx)[-self.evidence_max :]
+        now_ms = _time(alarm, ctx)
+        first_ms = now_ms if alarm.pos < 0 else ctx.event_time_ms(
+            alarm.cp_pos if alarm.cp_pos is not None else alarm.evidence[0])
+        inc = OpenIncident(
+            incident_id=iid, tenant_id=info.tenant_id, group=group, partition=info.partition, primary=info.key,
+            slices=[info.key], revision=0, kind="", metric=alarm.metric.name, best=_figures(alarm),
+            severity=0, release_id=None, release=None, also_seen=[], evidence=ev_ids,
+            detected_at_trace_id=_trace(alarm, ctx), first_seen_ms=min(first_ms, now_ms),
+            last_seen_ms=now_ms, last_emit_ms=now_ms, rows=[alarm.row])
+        self._classify(inc, alarm, info, ctx)
+        self.open[iid] = inc
+        self.store.f["i_open"][alarm.row, GROUP_INDEX[group]] = 1.0
+        self.store.dirty.add(alarm.row)
+        self._persist(inc)
+        return inc
+
+    def _update(self, inc: OpenIncident, alarm: Alarm, info: SliceInfo, ctx: TraceContext) -> bool:
+        now_ms = _time(alarm, ctx)
+        changed = False
+        if info.key not in inc.slices:
+            inc.slices.append(info.key)
+            inc.rows.append(alarm.row)
+            self.store.f["i_open"][alarm.row, GROUP_INDEX[inc.group]] = 1.0
+            self.store.dirty.add(alarm.row)
+            primary = parse_slice_key(inc.primary)
+            if LAYER_RANK[info.layer] > LAYER_RANK[primary[0]]:
+                inc.primary = info.key
+                changed = True
+            elif info.layer == "release" and primary[0] == "release" and primary[4] == info.release_id:
+                # the same release regressed elsewhere too: widen the primary slice to what they share
+                wider = slice_key("release", info.tenant_id, primary[2] if primary[2] == info.cohort else None,
+                                  primary[3] if primary[3] == info.workflow else None, info.release_id)
+                changed = changed or wider != inc.primary
+                inc.primary = wider
+        note = f"{info.key}:{alarm.metric.name}"
+        if note != f"{inc.primary}:{inc.metric}" and note not in inc.also_seen:
+            inc.also_seen.append(note)
+        if alarm.statistic - alarm.threshold > inc.best["statistic"] - inc.best["threshold"] or changed:
+            if info.key == inc.primary:
+                inc.metric = alarm.metric.name
+                inc.best = _figures(alarm)
+        for tid in _evidence(alarm, ctx):
+            if tid not in inc.evidence:
+                inc.evidence.append(tid)
+        inc.evidence = inc.evidence[-self.evidence_max :]
+        inc.last_seen_ms = max(inc.last_seen_ms, now_ms)
+        old_kind, old_sev = inc.kind, inc.severity
+        self._classify(inc, alarm, info, ctx)
+        changed = changed or inc.kind != old_kind or inc.severity > old_sev
+        # routine updates back off exponentially (interval x 2^(revision-1), capped at 1 h)
+        interval = min(self.update_interval_ms * 2 ** max(inc.revision - 1, 0), 3_600_000)
+        due = now_ms - inc.last_emit_ms >= interval
+        if changed or due:
+            inc.revision += 1
+            inc.last_emit_ms = now_ms
+            self._persist(inc)
+            return True
+        self._persist(inc)
+        return False
+
+    # ------------------------------------------------------------------ classification
+    def _classify(self, inc: OpenIncident, alarm: Alarm, info: SliceInfo, ctx: TraceContext) -> None:
+        f = self.store.f
+        if info.layer == "release" and info.release_id and inc.release_id is None:
+            # where the CUSUM's change-point estimate lies in the release's life (traces of the
+            # release before the change): near its start means the change came with the release
+            seen = float(alarm.slice_index)
+            before_change = max(seen - alarm.samples, 0.0)
+            onset = before_change <= max(self.release_onset_traces, (1 - self.release_onset_fraction) * seen)
+            controls = [
+                r for r, si in enumerate(self.store.info)
+                if si.layer == "release" and si.tenant_id == info.tenant_id and si.cohort == info.cohort
+                and si.workflow == info.workflow and si.release_id != info.release_id
+            ]
+            control_stable = all(f["i_open"][r, GROUP_INDEX[inc.group]] == 0 for r in controls)
+            if onset and control_stable:
+                inc.release_id = info.release_id
+                inc.release = ctx.manifest(alarm.pos) if alarm.pos >= 0 else None
+        if inc.group == "safety":
+            inc.kind = IncidentKind.safety.value
+        elif inc.release_id is not None:
+            inc.kind = IncidentKind.release_regression.value
+        elif inc.group == "input":
+            inc.kind = IncidentKind.input_drift.value
+        elif inc.group in ("latency", "output"):
+            inc.kind = IncidentKind.output_drift.value
+        else:
+            inc.kind = IncidentKind.workflow_drift.value
+        inc.severity = max(inc.severity, _severity(alarm, inc.group))
+
+    def _action(self, inc: OpenIncident) -> RecommendedAction:
+        if inc.kind == IncidentKind.release_regression.value:
+            return RecommendedAction.roll_back if inc.severity >= 2 else RecommendedAction.freeze_rollout
+        if inc.kind == IncidentKind.safety.value:
+            return RecommendedAction.roll_back if inc.release_id else RecommendedAction.sample_outputs
+        if inc.kind == IncidentKind.input_drift.value:
+            return RecommendedAction.compare_cohorts
+        return RecommendedAction.sample_outputs
+
+    # ------------------------------------------------------------------ resolution
+    def sweep(self, ctx_time_ms: int) -> list[Incident]:
+        """Resolve incidents whose slices have all been quiet for ``resolve_after_traces``.
+
+        Args:
+            ctx_time_ms: event time (ms) stamped on the resolution (latest trace of the batch).
+        """
+        out = []
+        f = self.store.f
+        for iid, inc in list(self.open.items()):
+            g = GROUP_INDEX[inc.group]
+            if self._tenant_traffic(inc.tenant_id) - inc.tenant_mark < self.resolve_after:
+                continue
+            # recovered, not just between refires: every slice that still gets traffic has drained
+            # its evidence (slices without new traffic, e.g. a rolled-back release, are gone)
+            active = [r for r in inc.rows if f["own"][r, 0] > inc.marks.get(self.store.info[r].key, -1.0)]
+            if any(self.store.group_statistic(r, g) > self.drained for r in active):
+                continue
+            for r in inc.rows:
+                f["i_open"][r, g] = 0.0
+                self.store.dirty.add(r)
+            inc.revision += 1
+            inc.last_seen_ms = max(inc.last_seen_ms, ctx_time_ms)
+            event = self._build(inc, IncidentStatus.resolved, ctx_time_ms)
+            del self.open[iid]
+            self.backend.put(f"inc|{inc.tenant_id}|{inc.incident_id}", b"", inc.partition)
+            out.append(event)
+        return out
+
+    def _tenant_traffic(self, tenant: str) -> float:
+        """Traces of ``tenant`` seen so far (its tenant-layer slice, else its busiest slice)."""
+        f = self.store.f
+        row = self.store.index.get(slice_key("tenant", tenant, None, None, None))
+        if row is not None:
+            return float(f["own"][row, 0])
+        rows = [i for i, si in enumerate(self.store.info) if si.tenant_id == tenant]
+        return float(max((f["own"][r, 0] for r in rows), default=0.0))
+
+    # ------------------------------------------------------------------ events
+    def _event(self, inc: OpenIncident, status: IncidentStatus, ctx: TraceContext) -> Incident:
+        return self._build(inc, status, inc.last_seen_ms)
+
+    def _build(self, inc: OpenIncident, status: IncidentStatus, emitted_ms: int) -> Incident:
+        layer, tenant, cohort, workflow, release = parse_slice_key(inc.primary)
+        b = inc.best
+        sev = SEVERITIES[min(inc.severity, 3)]
+        action = self._action(inc)
+        where = "/".join(p for p in (tenant, cohort, workflow, release) if p)
+        summary = (f"{inc.metric} {'rose' if b['observed'] >= b['baseline'] else 'fell'} from {b['baseline']:.4g} to "
+                   f"{b['observed']:.4g} ({b['samples']} traces) on {where}"
+                   + (f" after release {inc.release_id}" if inc.release_id else "")
+                   + f": {inc.kind.replace('_', ' ')}, {action.value.replace('_', ' ')}")
+        return Incident(
+            incident_id=inc.incident_id, status=status, revision=inc.revision, kind=IncidentKind(inc.kind),
+            slice=Slice(layer=layer, tenant_id=tenant, cohort=cohort, workflow=workflow, release_id=release),
+            metric_group=inc.group, metric=inc.metric, baseline=_finite(b["baseline"]), observed=_finite(b["observed"]),
+            observed_ci_low=_finite(b["ci_low"]), observed_ci_high=_finite(b["ci_high"]), effect=_finite(b["effect"]),
+            samples=int(b["samples"]), detector=b["detector"], statistic=_finite(b["statistic"]),
+            threshold=_finite(b["threshold"]), severity=sev, action=action, release_id=inc.release_id,
+            release=inc.release, also_seen=list(inc.also_seen[:32]), summary=summary,
+            evidence_trace_ids=list(inc.evidence[-64:]), detected_at_trace_id=inc.detected_at_trace_id,
+            first_seen=from_ms(inc.first_seen_ms), last_seen=from_ms(inc.last_seen_ms), emitted_at=from_ms(emitted_ms))
+
+
+DETECTOR_NAMES = {"bernoulli": "bernoulli_cusum", "gaussian": "gaussian_cusum", "poisson": "poisson_cusum",
+                  "categorical": "chi2_window"}
+
+
+def _figures(alarm: Alarm) -> dict[str, Any]:
+    return {"baseline": alarm.baseline, "observed": alarm.observed, "ci_low": alarm.ci_low, "ci_high": alarm.ci_high,
+            "effect": alarm.effect, "samples": alarm.samples, "statistic": alarm.statistic,
+            "threshold": alarm.threshold, "detector": DETECTOR_NAMES[alarm.metric.family]}
+
+
+def _evidence(alarm: Alarm, ctx: TraceContext) -> list[str]:
+    return list(alarm.evidence_ids) if alarm.pos < 0 else [ctx.trace_id(p) for p in alarm.evidence]
+
+
+def _time(alarm: Alarm, ctx: TraceContext) -> int:
+    return int(alarm.event_time_ms or 0) if alarm.pos < 0 else ctx.event_time_ms(alarm.pos)
+
+
+def _trace(alarm: Alarm, ctx: TraceContext) -> str:
+    return alarm.trace_id or "" if alarm.pos < 0 else ctx.trace_id(alarm.pos)
+
+
+def _finite(x: float) -> float:
+    return float(x) if math.isfinite(x) else 0.0
+
+
+def _severity(alarm: Alarm, group: str) -> int:
+    """0..3 = low..critical from effect size, exposure and group."""
+    fam = alarm.metric.family
+    e = abs(alarm.effect)
+    if fam in ("bernoulli", "poisson"):
+        level = 2 if e >= 3 else 1 if e >= 1.8 else 0
+    elif fam == "gaussian":
+        level = 2 if e >= 2 else 1 if e >= 0.8 else 0
+    else:
+        level = 1 if e >= 0.05 else 0
+    if alarm.samples >= 1000:
+        level += 1
+    if group == "safety":
+        level += 1
+    return min(level, 3)
