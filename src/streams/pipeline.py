@@ -1,0 +1,248 @@
+"""The processing core, one method per source topic, independent of faust.
+
+:class:`Pipeline` chains the processors for one batch of Kafka messages:
+
+    traces:   ingest (decode, validate → dead-letter) → dedup by trace_id → baselines + drift
+              → incidents → rows for ClickHouse
+    feedback: ingest → join to trace (index, ClickHouse) → dedup → correction events into the
+              detectors → incidents → rows
+
+It returns what must be written and published; the caller (:mod:`streams.app` in the worker,
+the benchmarks, the tests) performs the I/O and acknowledges the batch afterwards, which is what
+makes the whole path at-least-once. State lives in :class:`~streams.processors.incidents.StateBackend`
+objects (faust changelog tables in the worker).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from schemas import DeadLetter, Incident
+from schemas.codec import AvroCodec, canonical_json
+from streams.config import Settings
+from streams.processors.baselines import LAYER_PARTS, P_INDEX, SliceStore
+from streams.processors.drift import DriftConfig, DriftEngine
+from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef, is_safety
+from streams.processors.incidents import DictBackend, IncidentManager, StateBackend, TraceContext
+from streams.processors.ingest import Ingest, RawMessage, TraceColumns, make_dead_letter, trace_columns
+from streams.redact import Redactor
+
+_MAYBE_PHI = __import__("re").compile(r"[@\d]|\b(?:mr|mrs|ms|miss|dr|prof|patient|pt|name|mrn|record|account|member)\b",
+                                      __import__("re").IGNORECASE)
+
+
+@dataclass
+class TraceOutput:
+    """Result of one trace batch."""
+
+    cols: TraceColumns | None
+    attributes: list[dict[str, str]]  # redacted attribute maps, parallel to cols
+    incidents: list[Incident]
+    dead_letters: list[DeadLetter]
+    duplicates: int = 0
+
+
+@dataclass
+class FeedbackOutput:
+    """Result of one feedback batch."""
+
+    rows: list[dict[str, Any]]
+    submissions: list[dict[str, Any]]
+    incidents: list[Incident]
+    dead_letters: list[DeadLetter]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def drift_config(settings: Settings) -> DriftConfig:
+    """Detector settings from :class:`Settings`."""
+    return DriftConfig(
+        layers=tuple(layer for layer in LAYER_PARTS if layer in settings.layers),
+        warmup_traces=settings.warmup_traces,
+        half_life_traces=settings.baseline_half_life_traces,
+        threshold=settings.cusum_threshold,
+        rate_shift=settings.rate_shift,
+        mean_shift_sigma=settings.mean_shift_sigma,
+        evidence=settings.evidence_traces,
+        feedback_maturity_ms=int(settings.feedback_maturity_s * 1000),
+    )
+
+
+class Pipeline:
+    """All per-batch processing of a worker.
+
+    Args:
+        settings: configuration.
+        codec: Avro codec.
+        baselines: persistence of slice rows (key → :meth:`SliceStore.row_bytes`).
+        incidents: persistence of open incidents and episode counters.
+        feedback_state: persistence of seen feedback ids and dedup keys.
+        trace_lookup: ``(tenant, [trace_id]) -> {trace_id: TraceRef}`` for traces older than the
+            in-memory index (ClickHouse in the worker).
+    """
+
+    def __init__(self, settings: Settings, codec: AvroCodec, *, baselines: StateBackend | None = None,
+                 incidents: StateBackend | None = None, feedback_state: StateBackend | None = None,
+                 trace_lookup: Callable[[str, list[str]], dict[str, TraceRef]] | None = None) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.baselines = baselines or DictBackend()
+        kw = dict(max_message_bytes=settings.max_message_bytes, max_event_age_s=settings.max_event_age_s,
+                  max_clock_skew_s=settings.max_clock_skew_s)
+        self.trace_ingest = Ingest(codec, "traces", **kw)
+        self.feedback_ingest = Ingest(codec, "feedback", **kw)
+        self.engine = DriftEngine(drift_config(settings), SliceStore(), loader=self.baselines.get)
+        self.incidents = IncidentManager(
+            self.engine.store, incidents or DictBackend(), resolve_after_traces=settings.resolve_after_traces,
+            update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
+            drained_nats=settings.cusum_threshold / 2)
+        self.redactor = Redactor(enabled=settings.redact)
+        self.index = TraceIndex(settings.trace_index_size)
+        self.feedback = FeedbackProcessor(
+            feedback_state or DictBackend(), self.index, self.redactor,
+            settings.tenant_hmac_key.get_secret_value().encode(), lookup=trace_lookup)
+        self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0}
+
+    # ------------------------------------------------------------------ partitions
+    def on_assigned(self, partitions: set[int]) -> None:
+        """After a rebalance: drop state of partitions no longer owned, reload open incidents."""
+        owned = {info.partition for info in self.engine.store.info}
+        self.flush_state()
+        self.engine.store.drop_partitions(owned - partitions)
+        self.incidents.load(partitions)
+
+    def flush_state(self) -> int:
+        """Persist dirty slice rows to the baselines backend; returns rows written."""
+        store = self.engine.store
+        dirty = store.dirty
+        for row in dirty:
+            info = store.info[row]
+            self.baselines.put(info.key, store.row_bytes(row), info.partition)
+        n = len(dirty)
+        store.dirty = set()
+        return n
+
+    # ------------------------------------------------------------------ traces
+    def on_traces(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> TraceOutput:
+        """Process one batch of trace messages (see module docstring)."""
+        decoded = self.trace_ingest.decode(messages, now_ms)
+        dls = decoded.dead_letters
+        records, parts, offs = decoded.records, decoded.partitions, decoded.offsets
+        # trace_id dedup: same id + same content = replay (skipped), different content = conflict
+        keep: list[int] = []
+        seen_now: dict[str, int] = {}
+        index = self.index
+        fps = [hash((r["event_time"], r["latency_ms"], r["output_tokens"], r["outcome"], r["release"]["release_id"],
+                     r["tenant_id"])) for r in records]
+        dup = 0
+        msg_by_off = {(m.partition, m.offset): m for m in messages}
+        for i, r in enumerate(records):
+            tid = r["trace_id"]
+            prev = index.get(tid)
+            prev_fp = prev.fingerprint if prev is not None else (fps[seen_now[tid]] if tid in seen_now else None)
+            if prev_fp is None:
+                seen_now[tid] = i
+                keep.append(i)
+            elif prev_fp == fps[i]:
+                dup += 1
+            else:
+                dls.append(make_dead_letter(
+                    msg_by_off[(parts[i], offs[i])], index=i, error_class="duplicate_conflict", field_path="trace_id",
+                    value=tid, payload=canonical_json(r), tenant_id=r["tenant_id"],
+                    message=f"trace_id {tid!r} was already ingested with different content"))
+        if len(keep) != len(records):
+            records = [records[i] for i in keep]
+            parts = [parts[i] for i in keep]
+            offs = [offs[i] for i in keep]
+            fps = [fps[i] for i in keep]
+        self.stats["trace_duplicates"] += dup
+        self.stats["dead_letters"] += len(dls)
+        if not records:
+            return TraceOutput(None, [], [], dls, dup)
+        cols = trace_columns(records, parts, offs)
+        alarms = self.engine.process_traces(cols)
+        ctx = TraceContext(
+            trace_id=lambda p: cols.trace_id[p],
+            event_time_ms=lambda p: int(cols.event_time_ms[p]),
+            manifest=lambda p: dict(cols.records[p]["release"]),
+        )
+        incidents = self.incidents.on_alarms(alarms, ctx) if alarms else []
+        incidents += self.incidents.sweep(int(cols.event_time_ms.max()))
+        # remember traces for feedback joins and duplicate detection
+        wm: dict[int, int] = {}
+        for p, t in zip(cols.partition.tolist(), cols.event_time_ms.tolist(), strict=True):
+            if t > wm.get(p, -1):
+                wm[p] = t
+        index.add_many(cols.trace_id, [
+            TraceRef(r["tenant_id"], r["cohort"], r["workflow"], r["release"]["release_id"], p, r["session_id"], fp,
+                     r["event_time"])
+            for r, p, fp in zip(records, parts, fps, strict=True)], wm)
+        attrs = [self._redact_attrs(r["attributes"]) for r in records]
+        self.stats["traces"] += cols.n
+        self.stats["incident_events"] += len(incidents)
+        return TraceOutput(cols, attrs, incidents, dls, dup)
+
+    def _redact_attrs(self, attrs: dict[str, str]) -> dict[str, str]:
+        if not attrs or not self.redactor.enabled:
+            return attrs
+        if any(_MAYBE_PHI.search(v) for v in attrs.values()):
+            return self.redactor.redact_map(attrs)
+        return attrs
+
+    # ------------------------------------------------------------------ feedback
+    def decode_feedback(self, messages: Sequence[RawMessage], now_ms: int | None = None):
+        """Decode + validate feedback messages (step 1 of :meth:`on_feedback`)."""
+        return self.feedback_ingest.decode(messages, now_ms)
+
+    def on_feedback(self, messages: Sequence[RawMessage], decoded=None, refs=None) -> FeedbackOutput:
+        """Process one batch of feedback messages whose traces are resolved.
+
+        ``decoded``/``refs`` come from :meth:`decode_feedback` and
+        :meth:`FeedbackProcessor.resolve` when the caller waited for the trace watermark;
+        unresolved refs are dead-lettered as ``unknown_trace``.
+        """
+        if decoded is None:
+            decoded = self.decode_feedback(messages)
+        if refs is None:
+            refs, _ = self.feedback.resolve(decoded.records, decoded.partitions)
+        msg_by_off = {(m.partition, m.offset): m for m in messages}
+        src = [msg_by_off[(p, o)] for p, o in zip(decoded.partitions, decoded.offsets, strict=True)]
+        res = self.feedback.process(decoded.records, decoded.partitions, decoded.offsets, refs, src, decoded.indexes)
+        dls = decoded.dead_letters + res.dead_letters
+        # correction events → label-delayed Poisson detectors on every layer's slice of the trace
+        rows, midx, t_ms, tids = [], [], [], []
+        eng = self.engine
+        corr, unsafe = P_INDEX["correction_rate"], P_INDEX["unsafe_feedback_rate"]
+        for rec, ref in res.corrections:
+            metrics = (corr, unsafe) if is_safety(rec) else (corr,)
+            for layer in eng.cfg.layers:
+                use_c, use_w, use_r = LAYER_PARTS[layer][1:]
+                row = eng.row_for(layer, ref.tenant_id, ref.cohort if use_c else None, ref.workflow if use_w else None,
+                                  ref.release_id if use_r else None, ref.partition)
+                for j in metrics:
+                    rows.append(row)
+                    midx.append(j)
+                    t_ms.append(ref.event_time_ms)
+                    tids.append(rec["trace_id"])
+        fb_wm: dict[int, int] = {}
+        for rec, p in zip(decoded.records, decoded.partitions, strict=True):
+            fb_wm[p] = max(fb_wm.get(p, -1), int(rec["event_time"]))
+        alarms = eng.process_feedback(np.asarray(rows, dtype=np.int64), np.asarray(midx, dtype=np.int64),
+                                      np.asarray(t_ms, dtype=np.int64), tids, fb_wm)
+        incidents = self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
+        self.stats["feedback"] += len(res.rows)
+        self.stats["dead_letters"] += len(dls)
+        self.stats["incident_events"] += len(incidents)
+        return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts)
+
+
+_NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0, manifest=lambda p: None)
+
+
+def now_ms() -> int:
+    """Wall clock, epoch ms."""
+    return int(time.time() * 1000)
