@@ -1,0 +1,255 @@
+"""``selfheal`` command line (typer). The CLI wires components; it does not compute.
+
+Commands: ``topics``, ``migrate``, ``worker``, ``simulate``, ``demo``, ``incidents``.
+Settings come from ``SELFHEAL_*`` environment variables (README "Settings").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from confluent_kafka import Consumer, Producer, TopicPartition
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streams.config import Settings, get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="selfheal: let fleets of LLM agents heal safely.")
+console = Console()
+
+
+@app.command()
+def topics() -> None:
+    """Create selfheal's Kafka topics (idempotent)."""
+    from streams.topics import ensure_topics
+
+    for topic, state in ensure_topics(get_settings()).items():
+        console.print(f"{topic}: {state}")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply ClickHouse migrations (idempotent)."""
+    from streams.sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink(get_settings())
+    console.print(f"{sink.location}: applied {sink.migrate() or 'nothing (up to date)'}")
+
+
+@app.command()
+def worker() -> None:
+    """Run a stream worker (faust) until SIGTERM (log level: SELFHEAL_FAUST_LOGLEVEL)."""
+    from streams.app import run_worker
+
+    sys.argv = [sys.argv[0], "worker"]  # faust's Worker reads argv
+    settings = get_settings()
+    run_worker(settings, loglevel=settings.faust_loglevel)
+
+
+@app.command()
+def simulate(traces: int = 50_000, seed: int = 7) -> None:
+    """Send a simulated fleet's traces and feedback to Kafka (see streams.simulate)."""
+    from schemas import default_codec
+    from streams.sdk import SelfhealProducer
+    from streams.simulate import FleetSimulator
+
+    settings = get_settings()
+    with SelfhealProducer(settings) as sdk:
+        rep = FleetSimulator(traces=traces, seed=seed).run(
+            sdk, raw_producer=Producer(settings.kafka_config()), codec=default_codec())
+    console.print(f"sent {rep.traces_produced} traces and {rep.feedback_produced} feedback in {rep.elapsed_s:.1f} s")
+
+
+def _lag(settings: Settings, group: str, topic_names: list[str]) -> tuple[int, int]:
+    """(committed, end) offsets summed over the topics' partitions for a consumer group."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(t, p) for t in topic_names for p in range(settings.partitions)]
+        committed = consumer.committed(tps, timeout=10)
+        end = 0
+        done = 0
+        for tp, c in zip(tps, committed, strict=True):
+            lo, hi = consumer.get_watermark_offsets(tp, timeout=10)
+            end += hi - lo
+            done += max(c.offset, lo) - lo if c.offset >= 0 else 0
+        return done, end
+    finally:
+        consumer.close()
+
+
+@app.command()
+def demo(
+    traces: Annotated[int, typer.Option(help="traces to simulate (>= 50,000 for the issue's demo)")] = 50_000,
+    seed: int = 7,
+    out: Annotated[Path, typer.Option(help="summary JSON path")] = Path("demo-summary.json"),
+    timeout_s: Annotated[float, typer.Option(help="max wait for the worker to catch up, s")] = 600.0,
+) -> None:
+    """The main job: start a worker, simulate a fleet with an injected regression, summarise.
+
+    Exits 1 if the injected regression was not detected.
+    """
+    from schemas import default_codec
+    from streams.sdk import SelfhealProducer
+    from streams.simulate import FleetSimulator
+    from streams.sinks.clickhouse import ClickHouseSink
+    from streams.topics import delete_topics, ensure_topics
+
+    base = get_settings()
+    demo_dir = base.state_dir / "demo"
+    settings = base.model_copy(update={"topic_prefix": base.topic_prefix or "demo.",
+                                       "clickhouse_path": demo_dir / "clickhouse", "state_dir": demo_dir})
+    console.rule("[bold]selfheal demo")
+    console.print(f"Kafka {settings.kafka_bootstrap}, topics {settings.topic('traces')} ..., "
+                  f"ClickHouse {settings.clickhouse_url or 'chdb://' + str(settings.clickhouse_dir)}")
+    # fresh run: previous demo topics and chDB data go
+    delete_topics(settings)
+    if demo_dir.exists() and not settings.clickhouse_url:
+        shutil.rmtree(demo_dir)
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(30):
+        try:
+            ensure_topics(settings)
+            break
+        except Exception:
+            time.sleep(1)
+    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
+           "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir), "SELFHEAL_STATE_DIR": str(demo_dir)}
+    log_path = demo_dir / "worker.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    console.print(f"worker started (pid {proc.pid}, log {log_path})")
+    sim = FleetSimulator(traces=traces, seed=seed)
+    codec = default_codec()
+    t0 = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("producing traces", total=traces)
+        with SelfhealProducer(settings) as sdk:
+            rep = sim.run(sdk, progress=lambda d, n: progress.update(task, completed=d),
+                          raw_producer=Producer(settings.kafka_config()), codec=codec)
+        progress.update(task, completed=traces)
+        group = settings.full_app_id
+        topics_ = [settings.topic("traces"), settings.topic("feedback")]
+        done, end = _lag(settings, group, topics_)
+        ing = progress.add_task("worker consuming (messages)", total=end)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done, end = _lag(settings, group, topics_)
+            progress.update(ing, completed=done, total=end)
+            if done >= end:
+                break
+            if proc.poll() is not None:
+                console.print(f"[red]worker exited with {proc.returncode}; see {log_path}")
+                raise typer.Exit(2)
+            time.sleep(1.0)
+    caught_up = done >= end
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    elapsed = time.perf_counter() - t0
+    sink = ClickHouseSink(settings)
+    summary = _summary(sink, rep, elapsed, caught_up)
+    sink.close()
+    out.write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, out)
+    if not summary["injected_detected"]:
+        console.print("[bold red]The injected regression was NOT detected.")
+        raise typer.Exit(1)
+
+
+def _summary(sink, rep, elapsed_s: float, caught_up: bool) -> dict:
+    q = sink.query
+    change = rep.injected[0]
+    incidents = []
+    for row in q("SELECT incident_id, kind, tenant_id, cohort, workflow, metric, release_id, action, severity, "
+                 "detected_at_trace_id, detector, status, layer, summary, first_seen, revision "
+                 "FROM {db}.incidents FINAL ORDER BY first_seen"):
+        iid, kind, tenant, cohort, workflow, metric, release, action, sev, at_tid, detector, status, layer, \
+            text, first_seen, rev = row
+        on_slice = tenant == change.tenant_id and cohort in ("", change.cohort)
+        ordinal = None
+        if on_slice:
+            ordinal = (rep.feedback_ordinal.get(at_tid) if detector == "poisson_cusum" else None) \
+                or rep.slice_ordinal.get(at_tid)
+        incidents.append({
+            "incident_id": iid, "kind": kind, "tenant_id": tenant, "cohort": cohort or None,
+            "workflow": workflow or None, "layer": layer, "metric": metric, "release_id": release or None,
+            "detected_after_traces": (ordinal - rep.slice_ordinal_at_injection) if ordinal is not None else None,
+            "action": action, "severity": sev, "status": status, "revision": rev, "summary": text,
+        })
+    injected_hits = [i for i in incidents if i["detected_after_traces"] is not None and i["detected_after_traces"] >= 0]
+    counts = {t: q(f"SELECT count() FROM {{db}}.{t} FINAL")[0][0] for t in ("traces", "feedback", "incidents")}
+    return {
+        "traces_produced": rep.traces_produced,
+        "traces_ingested": counts["traces"],
+        "deadlettered": q("SELECT count() FROM {db}.dead_letters FINAL")[0][0],
+        "bad_input_sent": {"messages": rep.bad_messages, "records": rep.bad_records},
+        "feedback_produced": rep.feedback_produced,
+        "feedback_unique_expected": rep.feedback_unique_expected,
+        "feedback_replays_sent": rep.feedback_replays,
+        "feedback_resubmits_sent": rep.feedback_resubmits,
+        "feedback_rows_raw": q("SELECT count() FROM {db}.feedback_submissions FINAL")[0][0],
+        "feedback_rows_deduped": counts["feedback"],
+        "clickhouse": counts,
+        "injected_changes": [{"tenant_id": change.tenant_id, "cohort": change.cohort,
+                              "workflow": None if change.workflow == "*" else change.workflow,
+                              "release_id": change.release_id, "at_trace": change.at_trace,
+                              "correction_factor": change.correction_factor, "latency_factor": change.latency_factor}],
+        "incidents": incidents,
+        "injected_detected": bool(injected_hits),
+        "first_detection_after_traces": min((i["detected_after_traces"] for i in injected_hits), default=None),
+        "worker_caught_up": caught_up,
+        "elapsed_s": round(elapsed_s, 1),
+    }
+
+
+def _print_summary(s: dict, out: Path) -> None:
+    console.rule("[bold]summary")
+    t = Table(show_header=False)
+    for k in ("traces_produced", "traces_ingested", "deadlettered", "feedback_produced", "feedback_unique_expected",
+              "feedback_rows_raw", "feedback_rows_deduped", "first_detection_after_traces", "elapsed_s"):
+        t.add_row(k, str(s[k]))
+    console.print(t)
+    it = Table("kind", "slice", "metric", "release", "after traces", "action", "severity", "status")
+    for i in s["incidents"]:
+        where = "/".join(x for x in (i["tenant_id"], i["cohort"], i["workflow"]) if x)
+        it.add_row(i["kind"], where, i["metric"], i["release_id"] or "-", str(i["detected_after_traces"]),
+                   i["action"], i["severity"], i["status"])
+    console.print(it)
+    console.print(f"written {out}")
+
+
+@app.command()
+def incidents(tenant: str, status: str = "") -> None:
+    """Show a tenant's incidents (latest revision) from ClickHouse."""
+    from streams.sinks.clickhouse import ClickHouseSink
+
+    rows = ClickHouseSink(get_settings()).for_tenant(tenant).incidents(status or None)
+    t = Table("id", "status", "kind", "layer", "cohort", "workflow", "metric", "baseline", "observed", "severity",
+              "action", "release")
+    for r in rows:
+        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r[:12]])
+    console.print(t)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
