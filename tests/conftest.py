@@ -1,0 +1,117 @@
+"""Shared fixtures: real Kafka broker (started by scripts/kafka.sh), per-test topic namespaces,
+per-test chDB directories, and a worker subprocess helper."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """A reachable broker: the one `make test` started, or start it now (idempotent)."""
+    port = os.environ.get("SELFHEAL_KAFKA_PORT", "9092")
+    if subprocess.run([str(ROOT / "scripts/kafka.sh"), "status"], check=False).returncode != 0:
+        subprocess.run([str(ROOT / "scripts/kafka.sh"), "start"], check=True)
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_bootstrap: str):
+    """Settings isolated per test: own topic prefix (and so consumer group), own state and chDB dirs."""
+    from streams.config import Settings
+
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    return Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix, state_dir=tmp_path / "state",
+                    clickhouse_path=tmp_path / "clickhouse")
+
+
+def settings_env(settings) -> dict[str, str]:
+    """Environment that gives a subprocess the same settings."""
+    return {
+        **os.environ,
+        "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
+        "SELFHEAL_STATE_DIR": str(settings.state_dir),
+        "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir),
+        "PYTHONPATH": str(ROOT / "src"),
+    }
+
+
+class WorkerProcess:
+    """A `selfheal worker` subprocess with the test's settings (stop by SIGTERM, kill by SIGKILL)."""
+
+    def __init__(self, settings, log: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.log = log
+        self.env = {**settings_env(settings), **(extra_env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "a")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=out,
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def worker_factory(settings, tmp_path: Path) -> Iterator:
+    """Start workers for the test's settings; all are stopped at the end."""
+    started: list[WorkerProcess] = []
+
+    def make(extra_env: dict[str, str] | None = None, name: str = "worker") -> WorkerProcess:
+        w = WorkerProcess(settings, tmp_path / f"{name}-{len(started)}.log", extra_env).start()
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        if w.alive():
+            w.kill()
+
+
+def wait_caught_up(settings, topics: list[str], timeout_s: float = 180.0, worker: WorkerProcess | None = None) -> None:
+    """Block until the worker's consumer group has committed every message of ``topics``."""
+    from streams.cli import _lag
+
+    deadline = time.monotonic() + timeout_s
+    done = end = -1
+    while time.monotonic() < deadline:
+        done, end = _lag(settings, settings.full_app_id, [settings.topic(t) for t in topics])
+        if end > 0 and done >= end:
+            return
+        if worker is not None and not worker.alive():
+            raise AssertionError(f"worker exited with {worker.proc.returncode}; log {worker.log}:\n"
+                                 + worker.log.read_text()[-3000:])
+        time.sleep(0.5)
+    raise AssertionError(f"worker did not catch up within {timeout_s} s ({done}/{end} messages)")

@@ -1,0 +1,31 @@
+"""The main job end to end: `selfheal demo` on the real broker and chDB."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import settings_env
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_detects_the_injected_regression_and_dedups_feedback(settings, tmp_path):
+    out = tmp_path / "summary.json"
+    env = settings_env(settings)
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--traces", "20000", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = json.loads(out.read_text())
+    assert s["traces_ingested"] == s["traces_produced"] == 20000
+    assert s["deadlettered"] == s["bad_input_sent"]["messages"] + s["bad_input_sent"]["records"] > 0
+    assert s["feedback_rows_raw"] == s["feedback_produced"]
+    assert s["feedback_rows_deduped"] == s["feedback_unique_expected"] < s["feedback_produced"]
+    assert s["injected_detected"] and 0 <= s["first_detection_after_traces"] < 500
+    change = s["injected_changes"][0]
+    on_slice = [i for i in s["incidents"] if i["tenant_id"] == change["tenant_id"]]
+    assert any(i["kind"] == "release_regression" and i["release_id"] == change["release_id"] for i in on_slice)
+    assert all(i["tenant_id"] == change["tenant_id"] for i in s["incidents"]), "no incident elsewhere"

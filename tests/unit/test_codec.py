@@ -1,0 +1,103 @@
+"""Avro single-object framing: what decodes, what is rejected with which reason, schema evolution."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from schemas.codec import (
+    AvroCodec,
+    InvalidUtf8Error,
+    NotAvroError,
+    TrailingBytesError,
+    TruncatedError,
+    UnknownSchemaError,
+    default_avro_dir,
+)
+from tests.factories import trace
+
+
+def test_header_is_marker_plus_crc64_fingerprint():
+    codec = AvroCodec()
+    payload = codec.encode("selfheal.v1.AgentTrace", trace())
+    assert payload[:2] == b"\xc3\x01"
+    assert payload[2:10] == codec.current["selfheal.v1.AgentTrace"].fingerprint
+    name, record = codec.decode(payload)
+    assert name == "selfheal.v1.AgentTrace" and record["trace_id"] == "tr-00000000"
+
+
+@pytest.mark.parametrize(("payload", "error"), [
+    (b"", NotAvroError),
+    (b'{"trace_id": 1}', NotAvroError),
+    (b"\xc3\x01" + b"\x00" * 8 + b"\x02", UnknownSchemaError),
+])
+def test_rejects_non_selfheal_payloads(payload, error):
+    with pytest.raises(error):
+        AvroCodec().decode(payload)
+
+
+def test_truncated_and_trailing_bytes():
+    codec = AvroCodec()
+    good = codec.encode("selfheal.v1.AgentTrace", trace())
+    with pytest.raises(TruncatedError):
+        codec.decode(good[: len(good) - 20])
+    with pytest.raises(TrailingBytesError):
+        codec.decode(good + b"\x00\x00")
+
+
+def test_invalid_utf8_is_named():
+    codec = AvroCodec()
+    good = codec.encode("selfheal.v1.AgentTrace", trace(trace_id="tr-ABCDEFGH"))
+    bad = good.replace(b"tr-ABCDEFGH", b"tr-\xff\xfeCDEFGH")
+    with pytest.raises(InvalidUtf8Error):
+        codec.decode(bad)
+
+
+def _schemas_v2():
+    """A newer AgentTrace with one more optional field (what a newer producer writes)."""
+    raw = json.loads((default_avro_dir() / "agent_trace.avsc").read_text())
+    v2 = copy.deepcopy(raw)
+    v2["fields"].append({"name": "locale", "type": ["null", "string"], "default": None})
+    v2["fields"][8]["type"] = json.loads((default_avro_dir() / "release_manifest.avsc").read_text())
+    return v2
+
+
+def test_schema_evolution_new_producer_old_consumer():
+    v2 = _schemas_v2()
+    new_writer = AvroCodec(extra_writer_schemas=[v2])
+    # a producer on v2 encodes with the v2 schema under its own fingerprint
+    v2_entry = next(e for fp, e in new_writer.by_fingerprint.items() if fp not in
+                    {x.fingerprint for x in new_writer.current.values()})
+    import io
+
+    from fastavro import schemaless_writer
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + v2_entry.fingerprint)
+    schemaless_writer(buf, v2_entry.parsed, {**trace(), "locale": "de-DE"})
+    payload = buf.getvalue()
+    # an old consumer (current schemas only) does not know the fingerprint: dead-letter, not a crash
+    with pytest.raises(UnknownSchemaError):
+        AvroCodec().decode(payload)
+    # a consumer that registered v2 as a known writer resolves it to the current reader schema
+    name, record = new_writer.decode(payload)
+    assert name == "selfheal.v1.AgentTrace" and "locale" not in record and record["trace_id"] == "tr-00000000"
+
+
+def test_schema_evolution_old_producer_new_consumer():
+    v2 = _schemas_v2()
+    old = AvroCodec()
+    payload = old.encode("selfheal.v1.AgentTrace", trace())
+    # the new consumer reads with v2 as its reader schema: the missing field takes its default
+    import io
+
+    from fastavro import parse_schema, schemaless_reader
+    reader = parse_schema(_strip(v2))
+    record = schemaless_reader(io.BytesIO(payload[10:]), old.current["selfheal.v1.AgentTrace"].parsed, reader)
+    assert record["locale"] is None and record["trace_id"] == "tr-00000000"
+
+
+def _strip(schema):
+    from schemas.codec import _strip_logical_types
+    return _strip_logical_types(schema)

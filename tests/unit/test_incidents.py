@@ -1,0 +1,107 @@
+"""Incident lifecycle: one incident per episode across layers, deterministic ids, bounded updates,
+resolution only after recovery, state that survives a restart."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas import IncidentKind, IncidentStatus
+from streams.processors.drift import DriftConfig, DriftEngine
+from streams.processors.incidents import DictBackend, IncidentManager, TraceContext
+from streams.synthetic import Effect, Slice, synthetic_columns
+
+T0 = 1_790_000_000_000
+
+
+class Run:
+    def __init__(self, backend=None, loader=None):
+        self.engine = DriftEngine(DriftConfig(), loader=loader)
+        self.backend = backend or DictBackend()
+        self.mgr = IncidentManager(self.engine.store, self.backend, resolve_after_traces=2000, update_interval_s=60,
+                                   drained_nats=9.0)
+        self.events = []
+        self.rng = np.random.default_rng(0)
+        self.off = 0
+
+    def feed(self, slices, n, batch=2000):
+        for _ in range(n // batch):
+            cols, _ = synthetic_columns(self.rng, slices, batch, self.off, T0 + self.off * 100)
+            self.off += batch
+            ctx = TraceContext(trace_id=lambda p, c=cols: c.trace_id[p],
+                               event_time_ms=lambda p, c=cols: int(c.event_time_ms[p]),
+                               manifest=lambda p: {"release_id": "rel-2", "model": "m", "prompt_version": "p",
+                                                   "tool_schema_version": "t", "policy_version": "x",
+                                                   "retrieval_index_version": "i"})
+            alarms = self.engine.process_traces(cols)
+            self.events += self.mgr.on_alarms(alarms, ctx)
+            self.events += self.mgr.sweep(int(cols.event_time_ms.max()))
+
+
+def base():
+    return [Slice("acme", "cardiology", 0.5), Slice("acme", "oncology", 0.2), Slice("globex", "cardiology", 0.3, partition=1)]
+
+
+def regressed(release="rel-1", latency=1.6):
+    return [Slice("acme", "cardiology", 0.5, release=release, effect=Effect(latency=latency)),
+            Slice("acme", "oncology", 0.2), Slice("globex", "cardiology", 0.3, partition=1)]
+
+
+def test_one_incident_per_episode_across_layers_and_release_attribution():
+    r = Run()
+    r.feed(base(), 30_000)
+    r.feed(regressed(release="rel-2"), 20_000)
+    opened = [e for e in r.events if e.status == IncidentStatus.open]
+    latency = [e for e in opened if e.metric_group == "latency"]
+    assert len(latency) == 1, [(e.slice, e.metric) for e in opened]
+    inc = latency[0]
+    assert inc.slice.tenant_id == "acme" and inc.slice.cohort in ("cardiology", None)
+    final = [e for e in r.events if e.incident_id == inc.incident_id][-1]
+    assert final.kind == IncidentKind.release_regression and final.release_id == "rel-2"
+    assert final.release is not None and final.release.release_id == "rel-2"
+    assert final.evidence_trace_ids and len(final.evidence_trace_ids) <= 64
+    assert final.observed > final.baseline
+    # updates are bounded: exponential back-off, not one per refire
+    assert len([e for e in r.events if e.incident_id == inc.incident_id]) < 15
+    assert not any(e.slice.tenant_id == "globex" for e in r.events)
+
+
+def test_drift_without_a_new_release_is_not_a_release_regression():
+    r = Run()
+    r.feed(base(), 30_000)
+    r.feed(regressed(release="rel-1"), 20_000)
+    kinds = {e.kind for e in r.events if e.metric_group == "latency"}
+    assert kinds == {IncidentKind.output_drift}
+
+
+def test_resolves_after_recovery_and_ids_are_deterministic():
+    r = Run()
+    r.feed(base(), 30_000)
+    r.feed(regressed(release="rel-2"), 6_000)
+    r.feed(base(), 40_000)  # rolled back
+    ids = {e.incident_id for e in r.events if e.metric_group == "latency"}
+    assert len(ids) == 1
+    last = [e for e in r.events if e.incident_id in ids][-1]
+    assert last.status == IncidentStatus.resolved
+    # same input, same ids
+    r2 = Run()
+    r2.feed(base(), 30_000)
+    r2.feed(regressed(release="rel-2"), 6_000)
+    assert {e.incident_id for e in r2.events if e.metric_group == "latency"} == ids
+
+
+def test_restart_resumes_open_incident_instead_of_opening_a_new_one():
+    r = Run()
+    r.feed(base(), 30_000)
+    r.feed(regressed(release="rel-2"), 6_000)
+    open_ids = set(r.mgr.open)
+    assert open_ids
+    saved_rows = {info.key: r.engine.store.row_bytes(i) for i, info in enumerate(r.engine.store.info)}
+    # a new process: baselines and incident state come back from the changelog
+    r2 = Run(backend=r.backend, loader=saved_rows.get)
+    r2.rng, r2.off = r.rng, r.off
+    for info in r.engine.store.info:
+        r2.engine.row_for(info.layer, info.tenant_id, info.cohort, info.workflow, info.release_id, info.partition)
+    r2.mgr.load({0, 1})
+    assert set(r2.mgr.open) == open_ids
+    r2.feed(regressed(release="rel-2"), 10_000)
+    assert not [e for e in r2.events if e.status == IncidentStatus.open and e.metric_group == "latency"]

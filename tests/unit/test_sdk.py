@@ -1,0 +1,42 @@
+"""The SDK validates before sending and names the field and value at fault."""
+
+import pytest
+
+from streams.config import Settings
+from streams.errors import ContractViolation
+from streams.sdk import SelfhealProducer
+from tests.factories import feedback, trace
+
+
+@pytest.fixture
+def sdk():
+    # no broker needed: validation happens before anything is produced
+    p = SelfhealProducer(Settings(kafka_bootstrap="127.0.0.1:1"), linger_ms=10_000)
+    yield p
+    p._closed = True
+
+
+@pytest.mark.parametrize(("over", "field", "value"), [
+    ({"latency_ms": -1.0}, "latency_ms", -1.0),
+    ({"tenant_id": "ACME!"}, "tenant_id", "ACME!"),
+    ({"outcome": "exploded"}, "outcome", "exploded"),
+    ({"release": {"release_id": "r"}}, "release.model", None),
+])
+def test_invalid_trace_raises_naming_field_and_value(sdk, over, field, value):
+    with pytest.raises(ContractViolation) as err:
+        sdk.send_trace(trace(**over))
+    assert err.value.field == field
+    assert field.split(".")[-1] in str(err.value)
+    if value is not None:
+        assert err.value.value == value
+
+
+def test_invalid_feedback_raises(sdk):
+    with pytest.raises(ContractViolation, match="category"):
+        sdk.send_feedback(feedback(category="bad_category"))
+
+
+def test_valid_records_are_buffered_per_tenant(sdk):
+    sdk.send_trace(trace(1))
+    sdk.send_trace(trace(2, tenant_id="globex"))
+    assert sorted(sdk._buffers) == [("traces", "acme"), ("traces", "globex")]
