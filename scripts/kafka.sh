@@ -33,7 +33,11 @@ install() {
 start() {
   install
   if running && answers; then echo "kafka.sh: broker already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
-  if answers; then echo "kafka.sh: port $port is taken by another process" >&2; exit 1; fi
+  if answers; then
+    # another checkout (or a service) already runs a broker here: use it rather than fail
+    echo "kafka.sh: a broker already answers on 127.0.0.1:$port (not started by this checkout); using it"
+    return
+  fi
   mkdir -p "$kdir/data"
   sed -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$cport#g" -e "s#@LOG_DIR@#$kdir/data#g" \
     "$root/deploy/kafka/server.properties" >"$kdir/server.properties"
