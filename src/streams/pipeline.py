@@ -96,8 +96,10 @@ class Pipeline:
         self.trace_ingest = Ingest(codec, "traces", **kw)
         self.feedback_ingest = Ingest(codec, "feedback", **kw)
         self.engine = DriftEngine(drift_config(settings), SliceStore(), loader=self.baselines.get)
+        #: release manifests seen, by release_id (incidents name the manifest they implicate)
+        self.releases: dict[str, dict[str, Any]] = {}
         self.incidents = IncidentManager(
-            self.engine.store, incidents or DictBackend(), resolve_after_traces=settings.resolve_after_traces,
+            self.engine.store, incidents or DictBackend(), releases=self.releases, resolve_after_traces=settings.resolve_after_traces,
             update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
             drained_nats=settings.cusum_threshold / 2)
         self.redactor = Redactor(enabled=settings.redact)
@@ -164,14 +166,11 @@ class Pipeline:
         if not records:
             return TraceOutput(None, [], [], dls, dup)
         cols = trace_columns(records, parts, offs)
-        alarms = self.engine.process_traces(cols)
-        ctx = TraceContext(
-            trace_id=lambda p: cols.trace_id[p],
-            event_time_ms=lambda p: int(cols.event_time_ms[p]),
-            manifest=lambda p: dict(cols.records[p]["release"]),
-        )
-        incidents = self.incidents.on_alarms(alarms, ctx) if alarms else []
-        incidents += self.incidents.sweep(int(cols.event_time_ms.max()))
+        for r in records:
+            rel = r["release"]
+            if rel["release_id"] not in self.releases:
+                self.releases[rel["release_id"]] = dict(rel)
+        incidents = self.process_columns(cols)
         # remember traces for feedback joins and duplicate detection
         wm: dict[int, int] = {}
         for p, t in zip(cols.partition.tolist(), cols.event_time_ms.tolist(), strict=True):
@@ -185,6 +184,38 @@ class Pipeline:
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
         return TraceOutput(cols, attrs, incidents, dls, dup)
+
+    def process_columns(self, cols: TraceColumns) -> list[Incident]:
+        """Baselines, detectors and incidents for validated traces (the part of :meth:`on_traces`
+        after decoding; benchmarks call it directly with synthetic columns)."""
+        alarms = self.engine.process_traces(cols)
+        ctx = TraceContext(trace_id=lambda p: cols.trace_id[p], event_time_ms=lambda p: int(cols.event_time_ms[p]))
+        incidents = self.incidents.on_alarms(alarms, ctx) if alarms else []
+        incidents += self.incidents.sweep(int(cols.event_time_ms.max()))
+        return incidents
+
+    def apply_corrections(self, corrections: Sequence[tuple[dict[str, Any], TraceRef]],
+                          feedback_watermarks: dict[int, int]) -> list[Incident]:
+        """Count new corrections (``(feedback record, its trace)``) in the label-delayed detectors
+        of every layer's slice of the trace, advance the feedback watermarks (partition → latest
+        feedback event time, ms) and turn matured-bucket alarms into incidents."""
+        rows, midx, t_ms, tids = [], [], [], []
+        eng = self.engine
+        corr, unsafe = P_INDEX["correction_rate"], P_INDEX["unsafe_feedback_rate"]
+        for rec, ref in corrections:
+            metrics = (corr, unsafe) if is_safety(rec) else (corr,)
+            for layer in eng.cfg.layers:
+                use_c, use_w, use_r = LAYER_PARTS[layer][1:]
+                row = eng.row_for(layer, ref.tenant_id, ref.cohort if use_c else None, ref.workflow if use_w else None,
+                                  ref.release_id if use_r else None, ref.partition)
+                for j in metrics:
+                    rows.append(row)
+                    midx.append(j)
+                    t_ms.append(ref.event_time_ms)
+                    tids.append(rec["trace_id"])
+        alarms = eng.process_feedback(np.asarray(rows, dtype=np.int64), np.asarray(midx, dtype=np.int64),
+                                      np.asarray(t_ms, dtype=np.int64), tids, feedback_watermarks)
+        return self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
 
     def _redact_attrs(self, attrs: dict[str, str]) -> dict[str, str]:
         if not attrs or not self.redactor.enabled:
@@ -213,34 +244,17 @@ class Pipeline:
         src = [msg_by_off[(p, o)] for p, o in zip(decoded.partitions, decoded.offsets, strict=True)]
         res = self.feedback.process(decoded.records, decoded.partitions, decoded.offsets, refs, src, decoded.indexes)
         dls = decoded.dead_letters + res.dead_letters
-        # correction events → label-delayed Poisson detectors on every layer's slice of the trace
-        rows, midx, t_ms, tids = [], [], [], []
-        eng = self.engine
-        corr, unsafe = P_INDEX["correction_rate"], P_INDEX["unsafe_feedback_rate"]
-        for rec, ref in res.corrections:
-            metrics = (corr, unsafe) if is_safety(rec) else (corr,)
-            for layer in eng.cfg.layers:
-                use_c, use_w, use_r = LAYER_PARTS[layer][1:]
-                row = eng.row_for(layer, ref.tenant_id, ref.cohort if use_c else None, ref.workflow if use_w else None,
-                                  ref.release_id if use_r else None, ref.partition)
-                for j in metrics:
-                    rows.append(row)
-                    midx.append(j)
-                    t_ms.append(ref.event_time_ms)
-                    tids.append(rec["trace_id"])
         fb_wm: dict[int, int] = {}
         for rec, p in zip(decoded.records, decoded.partitions, strict=True):
             fb_wm[p] = max(fb_wm.get(p, -1), int(rec["event_time"]))
-        alarms = eng.process_feedback(np.asarray(rows, dtype=np.int64), np.asarray(midx, dtype=np.int64),
-                                      np.asarray(t_ms, dtype=np.int64), tids, fb_wm)
-        incidents = self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
+        incidents = self.apply_corrections(res.corrections, fb_wm)
         self.stats["feedback"] += len(res.rows)
         self.stats["dead_letters"] += len(dls)
         self.stats["incident_events"] += len(incidents)
         return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts)
 
 
-_NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0, manifest=lambda p: None)
+_NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0)
 
 
 def now_ms() -> int:

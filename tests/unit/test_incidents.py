@@ -18,7 +18,10 @@ class Run:
         self.engine = DriftEngine(DriftConfig(), loader=loader)
         self.backend = backend or DictBackend()
         self.mgr = IncidentManager(self.engine.store, self.backend, resolve_after_traces=2000, update_interval_s=60,
-                                   drained_nats=9.0)
+                                   drained_nats=9.0, releases={"rel-2": {
+                                       "release_id": "rel-2", "model": "m", "prompt_version": "p",
+                                       "tool_schema_version": "t", "policy_version": "x",
+                                       "retrieval_index_version": "i"}})
         self.events = []
         self.rng = np.random.default_rng(0)
         self.off = 0
@@ -28,10 +31,7 @@ class Run:
             cols, _ = synthetic_columns(self.rng, slices, batch, self.off, T0 + self.off * 100)
             self.off += batch
             ctx = TraceContext(trace_id=lambda p, c=cols: c.trace_id[p],
-                               event_time_ms=lambda p, c=cols: int(c.event_time_ms[p]),
-                               manifest=lambda p: {"release_id": "rel-2", "model": "m", "prompt_version": "p",
-                                                   "tool_schema_version": "t", "policy_version": "x",
-                                                   "retrieval_index_version": "i"})
+                               event_time_ms=lambda p, c=cols: int(c.event_time_ms[p]))
             alarms = self.engine.process_traces(cols)
             self.events += self.mgr.on_alarms(alarms, ctx)
             self.events += self.mgr.sweep(int(cols.event_time_ms.max()))

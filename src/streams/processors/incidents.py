@@ -90,7 +90,6 @@ class TraceContext:
 
     trace_id: Callable[[int], str]
     event_time_ms: Callable[[int], int]
-    manifest: Callable[[int], dict[str, Any] | None]
 
 
 @dataclass
@@ -150,6 +149,7 @@ class IncidentManager:
         update_interval_s: minimum event-time seconds between ``updated`` events of one incident.
         evidence: evidence trace ids kept per incident (bounded).
         max_open_per_tenant: storm guard.
+        releases: release_id → manifest dict, to name the implicated manifest.
         drained_nats: a detector below this statistic counts as recovered (default h/2: on null
             data P(S > x) <= exp(-x) per detector, so 70 detectors stay under 9 nats 99% of the
             time, while a persisting regression keeps its detectors above h/2 half of the time).
@@ -161,7 +161,7 @@ class IncidentManager:
     def __init__(self, store: SliceStore, backend: StateBackend, *, resolve_after_traces: int = 2000,
                  update_interval_s: float = 60.0, evidence: int = 20, max_open_per_tenant: int = 8,
                  release_onset_fraction: float = 0.8, release_onset_traces: int = 100,
-                 drained_nats: float = 9.0) -> None:
+                 drained_nats: float = 9.0, releases: dict[str, dict[str, Any]] | None = None) -> None:
         self.store = store
         self.backend = backend
         self.resolve_after = resolve_after_traces
@@ -173,6 +173,8 @@ class IncidentManager:
         #: CUSUM level (nats) under which a detector counts as drained for resolution
         self.drained = drained_nats
         self.open: dict[str, OpenIncident] = {}
+        #: release_id -> manifest (filled by the pipeline from the traces it sees)
+        self.releases = releases if releases is not None else {}
         self.loaded_partitions: set[int] = set()
 
     # ------------------------------------------------------------------ persistence
@@ -330,7 +332,7 @@ class IncidentManager:
             control_stable = all(f["i_open"][r, GROUP_INDEX[inc.group]] == 0 for r in controls)
             if onset and control_stable:
                 inc.release_id = info.release_id
-                inc.release = ctx.manifest(alarm.pos) if alarm.pos >= 0 else None
+                inc.release = self.releases.get(info.release_id)
         if inc.group == "safety":
             inc.kind = IncidentKind.safety.value
         elif inc.release_id is not None:
