@@ -233,6 +233,35 @@ def _print_summary(s: dict, out: Path) -> None:
     console.print(f"written {out}")
 
 
+@app.command("bench-drift")
+def bench_drift(
+    seeds: Annotated[int, typer.Option(help="runs per regression scenario")] = 5,
+    river: Annotated[bool, typer.Option(help="also score river ADWIN / PageHinkley")] = True,
+    quick: Annotated[bool, typer.Option(help="shorter stationary runs (smoke)")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full report here")] = None,
+) -> None:
+    """Detection quality on the scenario suite (recall, delay, false incidents, attribution)."""
+    from streams.bench_drift import dumps, headline, run_suite
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("scenarios", total=None)
+        report = run_suite(seeds=seeds, river=river, quick=quick,
+                           progress=lambda d, i, n: progress.update(task, description=d, completed=i, total=n))
+    t = Table("score", "selfheal", "river ADWIN", "river PageHinkley", title="bench-drift")
+    for row in headline(report):
+        t.add_row(*row)
+    console.print(t)
+    s = Table("scenario", "runs", "detected", "median delay", "false incidents", "kinds", "releases")
+    for name, v in report["selfheal"]["per_scenario"].items():
+        s.add_row(name, str(v["runs"]), str(v["detected"]), str(v["median_delay_traces"]), str(v["false_incidents"]),
+                  ",".join(v.get("kinds", [])), ",".join(v.get("releases", [])))
+    console.print(s)
+    if json_out:
+        json_out.write_text(dumps(report))
+        console.print(f"written {json_out}")
+
+
 @app.command()
 def incidents(tenant: str, status: str = "") -> None:
     """Show a tenant's incidents (latest revision) from ClickHouse."""

@@ -67,14 +67,15 @@ class Settings(BaseSettings):
     warmup_traces: int = Field(300, ge=10, description="traces before a slice's baseline is trusted")
     baseline_half_life_traces: float = Field(20_000, gt=0, description="EW half-life of baselines, traces")
     cusum_threshold: float = Field(18.0, gt=0, description="CUSUM decision interval h, nats")
-    rate_shift: float = Field(1.5, gt=1, description="rate ratio the Bernoulli CUSUMs are tuned for")
+    rate_shift: float = Field(1.5, gt=1, description="rate ratio the small-effect Bernoulli CUSUMs are tuned for")
+    rate_shift_large: float = Field(3.0, gt=1, description="rate ratio the large-effect Bernoulli CUSUMs are tuned for")
     mean_shift_sigma: float = Field(1.0, gt=0, description="mean shift the Gaussian CUSUMs are tuned for, sigma")
     resolve_after_traces: int = Field(2_000, ge=1, description="quiet traces before an incident resolves")
     incident_update_interval_s: float = Field(60.0, ge=0, description="min time between updates of one incident, s")
     evidence_traces: int = Field(20, ge=1, le=64, description="evidence trace ids per incident")
     trace_index_size: int = Field(2_000_000, ge=1000, description="recent traces kept for feedback joins")
     feedback_grace_s: float = Field(30.0, ge=0, description="how long feedback for an unseen trace waits, s")
-    feedback_maturity_s: float = Field(600.0, gt=0, description=(
+    feedback_maturity_s: float = Field(300.0, gt=0, description=(
         "event time after which a trace's feedback is taken as complete for correction-rate detection, s; "
         "later feedback is stored but not counted by detectors"))
 

@@ -66,6 +66,7 @@ def drift_config(settings: Settings) -> DriftConfig:
         half_life_traces=settings.baseline_half_life_traces,
         threshold=settings.cusum_threshold,
         rate_shift=settings.rate_shift,
+        rate_shift_large=settings.rate_shift_large,
         mean_shift_sigma=settings.mean_shift_sigma,
         evidence=settings.evidence_traces,
         feedback_maturity_ms=int(settings.feedback_maturity_s * 1000),
@@ -101,7 +102,7 @@ class Pipeline:
         self.incidents = IncidentManager(
             self.engine.store, incidents or DictBackend(), releases=self.releases, resolve_after_traces=settings.resolve_after_traces,
             update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
-            drained_nats=settings.cusum_threshold / 2)
+            drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces)
         self.redactor = Redactor(enabled=settings.redact)
         self.index = TraceIndex(settings.trace_index_size)
         self.feedback = FeedbackProcessor(

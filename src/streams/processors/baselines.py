@@ -170,13 +170,15 @@ def hist_bins(latency_ms: np.ndarray) -> np.ndarray:
 FIELDS: dict[str, tuple[int, float]] = {
     "count": (1, 0.0),  # traces applied, plus the pseudo-count of an inherited baseline
     "own": (1, 0.0),  # traces of this slice actually seen
+    "born": (1, 0.0),  # the parent slice's traces when this slice first appeared (release slices)
     "last_offset": (1, -1.0),  # last source offset applied (replay guard), exact in float64 below 2**53
     "partition": (1, -1.0),
     "weight": (1, 0.0),  # EW effective sample size of the baseline
     "b_rate": (NB, 0.0),  # baseline rate
-    "b_s": (NB, 0.0),  # CUSUM statistic
-    "b_n": (NB, 0.0),  # samples since the CUSUM last left zero (change-point estimate)
-    "b_k": (NB, 0.0),  # successes since then
+    "b_w": (NB, 0.0),  # EW weight per Bernoulli metric (a tail indicator is missing while its stratum is cold)
+    "b_s": (2 * NB, 0.0),  # CUSUM statistics: tuned for rate_shift, then for rate_shift_large
+    "b_n": (2 * NB, 0.0),  # samples since each CUSUM last left zero (change-point estimate)
+    "b_k": (2 * NB, 0.0),  # successes since then
     "g_mean": (NG, 0.0),
     "g_var": (NG, 0.0),
     "g_w": (NG, 0.0),  # EW weight per Gaussian metric (confidence may be absent)
@@ -280,6 +282,7 @@ class SliceStore:
         f["hist"][dst] = f["hist"][src] * scale
         f["c_base"][dst] = f["c_base"][src] * scale
         f["g_w"][dst] = np.minimum(f["g_w"][src], w)
+        f["b_w"][dst] = np.minimum(f["b_w"][src], w)
         f["p_num"][dst] = f["p_num"][src] * scale
         f["p_den"][dst] = f["p_den"][src] * scale
         f["weight"][dst, 0] = w
@@ -332,7 +335,7 @@ class SliceStore:
         g = group == G_GROUP
         p = group == P_GROUP
         if b.any():
-            vals.append(float(f["b_s"][row, b].max()))
+            vals.append(float(f["b_s"][row, np.concatenate([b, b])].max()))
         up = g & (G_DIR >= 0)  # only the sides that can alarm
         dn = g & (G_DIR <= 0)
         if up.any():

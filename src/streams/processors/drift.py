@@ -4,7 +4,9 @@ Detectors, by metric family (see :mod:`streams.processors.baselines`):
 
 - **Bernoulli CUSUM** for rates (failure, escalation, success, policy block, tool failure,
   retrieval miss, fallback) and for latency tails (exceedance of the baseline's p95/p99 bin edge):
-  Page's CUSUM of the log-likelihood ratio of ``p1 = rate_shift * p0`` against ``p0``
+  Page's CUSUM of the log-likelihood ratio of ``p1 = rate_shift * p0`` against ``p0``, twice per
+  metric: tuned for ``rate_shift`` (1.5x, small effects) and ``rate_shift_large`` (3x: a CUSUM
+  tuned for a small shift is slow on a large one, especially for rare events)
   (E. S. Page, "Continuous inspection schemes", Biometrika 41, 1954; for proportions inspected
   one item at a time: M. R. Reynolds & Z. G. Stoumbos, "A CUSUM chart for monitoring a
   proportion when inspecting continuously", J. Quality Technology 31(1), 1999). ``p0`` is the
@@ -78,16 +80,18 @@ from streams.processors.ingest import TraceColumns
 
 B_DIR = np.array([m.direction for m in BERNOULLI])
 G_DIR = np.array([m.direction for m in GAUSSIAN])
-#: columns of the per-layer CUSUM matrix: [Bernoulli | Gaussian up | Gaussian down]. Poisson
-#: detectors run on feedback batches (:meth:`DriftEngine.process_feedback`).
-NCOL = NB + 2 * NG
+#: columns of the per-layer CUSUM matrix: [Bernoulli tuned for rate_shift | Bernoulli tuned for
+#: rate_shift_large | Gaussian up | Gaussian down]. Poisson detectors run on feedback
+#: (:meth:`DriftEngine.process_feedback`).
+NB2 = 2 * NB
+NCOL = NB2 + 2 * NG
 #: which columns may alarm (Gaussian sides by the metric's direction)
-ALARM_COLS = np.concatenate([np.ones(NB), G_DIR >= 0, G_DIR <= 0]).astype(bool)
+ALARM_COLS = np.concatenate([np.ones(NB2), G_DIR >= 0, G_DIR <= 0]).astype(bool)
 #: (state fields for statistic, samples, sum) and the column range of each family
 STATE_COLS = (
-    (("b_s", "b_n", "b_k"), 0, NB),
-    (("g_su", "g_nu", "g_xu"), NB, NB + NG),
-    (("g_sd", "g_nd", "g_xd"), NB + NG, NB + 2 * NG),
+    (("b_s", "b_n", "b_k"), 0, NB2),
+    (("g_su", "g_nu", "g_xu"), NB2, NB2 + NG),
+    (("g_sd", "g_nd", "g_xd"), NB2 + NG, NCOL),
 )
 #: Gaussian transforms: latency (log ms), tokens (log1p), cost (log of USD + 1e-5), confidence (raw)
 Z_CLIP = 4.0
@@ -104,14 +108,15 @@ class DriftConfig:
     half_life_traces: float = 20_000.0
     threshold: float = 18.0
     rate_shift: float = 1.5
+    rate_shift_large: float = 3.0
     mean_shift_sigma: float = 1.0
     guard_z: float = 1.0
-    cat_window: int = 1000
+    cat_window: int = 500
     cat_alpha: float = 1e-7
     cat_min_js: float = 0.01
     evidence: int = 20
     release_prior_traces: float = 2000.0
-    feedback_maturity_ms: int = 600_000
+    feedback_maturity_ms: int = 300_000
 
     @property
     def bucket_ms(self) -> int:
@@ -228,6 +233,25 @@ class _ChangePoints:
         return n_since, k_since, cp
 
 
+STRATA = "tenant_cohort_workflow"
+#: learning weight of a baseline while its metric's CUSUM holds evidence of a change
+HOLD_WEIGHT = 0.1
+#: histogram weight (traces) before a slice's p95/p99 edges are used for tail indicators
+MIN_TAIL_WEIGHT = 200.0
+
+
+def _tail_mass(hist: np.ndarray) -> np.ndarray:
+    """``tail[i, k] = P(bin >= k)`` for each histogram row, shape like ``hist``."""
+    tot = hist.sum(axis=1, keepdims=True)
+    return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1] / np.maximum(tot, 1e-12)
+
+
+def _tail_edges(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges whose tail mass is closest to 5% and 1%: the baseline p95/p99 (as bin indexes)."""
+    tail = _tail_mass(hist)
+    return np.argmin(np.abs(tail - 0.05), axis=1), np.argmin(np.abs(tail - 0.01), axis=1)
+
+
 def _wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (E. B. Wilson, JASA 22, 1927)."""
     if n <= 0:
@@ -290,6 +314,8 @@ class DriftEngine:
             parent = LAYER_PARENT[layer]
             if parent in self.cfg.layers:
                 p = self.row_for(parent, tenant, cohort, workflow, None, partition)
+                # a release that appears in an established slice is new (it can be blamed for a change)
+                self.store.f["born"][row, 0] = self.store.f["own"][p, 0]
                 if self.store.f["count"][p, 0] >= self.cfg.warmup_traces:
                     self.store.copy_baseline(p, row, self.cfg.release_prior_traces)
         return row
@@ -339,6 +365,34 @@ class DriftEngine:
         conf = np.clip(cols.confidence, 1e-4, 1 - 1e-4)
         xg[:, 4] = np.log(conf / (1 - conf))  # logit (NaN stays NaN)
         bins = hist_bins(cols.latency_ms)
+        # latency tails, stratified: each trace is compared with the p95/p99 bin edge of its own
+        # tenant x cohort x workflow baseline, and that indicator is what every layer monitors, so
+        # coarse slices that mix workflows of different speed keep the full tail signal
+        stratified = STRATA in cfg.layers
+        bvalid = np.ones((cols.n, NB), dtype=bool)
+        if stratified:
+            uniq, inv = np.unique(rows_by_layer[STRATA], return_inverse=True)
+            strata_hist = self.store.f["hist"][uniq]
+            k95, k99 = _tail_edges(strata_hist)
+            xb[:, TAIL_P95] = bins >= k95[inv]
+            xb[:, TAIL_P99] = bins >= k99[inv]
+            # a cold stratum has no p95 yet: its traces' tail indicators are missing, not 0 or 1
+            hw = strata_hist.sum(axis=1)
+            warm = (hw >= MIN_TAIL_WEIGHT)[inv]
+            bvalid[:, TAIL_P95] = warm
+            bvalid[:, TAIL_P99] = warm
+            # each trace's null rate: the tail mass of its stratum above the edge used (guarded by
+            # one standard error), so the increments stay likelihood ratios when an edge moves
+            tail = _tail_mass(strata_hist)
+            ix = np.arange(len(uniq))
+            tail_p0 = np.empty((cols.n, 2))
+            for c, k in enumerate((k95, k99)):
+                p = tail[ix, k]
+                pg = np.clip(p + cfg.guard_z * np.sqrt(np.maximum(p * (1 - p), 0.0) / np.maximum(hw, 1.0)),
+                             1.0 / (hw + 2.0), 0.95)
+                tail_p0[:, c] = pg[inv]
+        else:
+            tail_p0 = None
         cache = self._cat_cache
         cat = np.fromiter((cache[k] if k in cache else cache.setdefault(k, _cat_code(*k))
                            for k in zip(cols.workflow, cols.intent, strict=True)), dtype=np.intp, count=cols.n)
@@ -346,8 +400,16 @@ class DriftEngine:
         last = self.store.f["last_offset"]
         fresh = {layer: cols.offset > last[rows_by_layer[layer], 0] for layer in cfg.layers}
         alarms: list[Alarm] = []
+        tail_hold = np.zeros(cols.n, dtype=bool)  # a coarser slice of the trace holds tail evidence
+        f = self.store.f
+        hold_at = cfg.threshold / 3.0
+        tails = [TAIL_P95, TAIL_P99, NB + TAIL_P95, NB + TAIL_P99]
         for layer in cfg.layers:
-            alarms.extend(self._process_layer(rows_by_layer[layer], fresh[layer], cols, xb, xg, bins, cat))
+            hold = tail_hold if (stratified and layer == STRATA) else None
+            alarms.extend(self._process_layer(rows_by_layer[layer], fresh[layer], cols, xb, bvalid, xg, bins, cat,
+                                              tail_p0, hold))
+            if stratified and layer not in (STRATA, "release"):
+                tail_hold |= (f["b_s"][rows_by_layer[layer]][:, tails] > hold_at).any(axis=1)
         # label-delayed metrics: advance the trace watermark, mature due buckets (freeing their
         # ring slots), then count this batch's traces in their event-time buckets
         for p in np.unique(cols.partition).tolist():
@@ -361,8 +423,10 @@ class DriftEngine:
         return alarms
 
     def _process_layer(self, rows: np.ndarray, fresh: np.ndarray, cols: TraceColumns, xb: np.ndarray,
-                       xg: np.ndarray, bins: np.ndarray, cat: np.ndarray) -> list[Alarm]:
+                       bvalid: np.ndarray, xg: np.ndarray, bins: np.ndarray, cat: np.ndarray,
+                       tail_p0: np.ndarray | None, tail_hold: np.ndarray | None = None) -> list[Alarm]:
         cfg, st = self.cfg, self.store
+        stratified = tail_p0 is not None
         f = st.f
         if not fresh.all():
             idx = np.flatnonzero(fresh)
@@ -388,28 +452,45 @@ class DriftEngine:
         # ---- baseline parameters at batch start -----------------------------------------
         w = np.maximum(f["weight"][srow, 0], 1.0)
         hist = f["hist"][srow]
-        htot = hist.sum(axis=1, keepdims=True)
-        tail = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1] / np.maximum(htot, 1e-12)  # tail[k]=P(bin>=k)
-        k95 = np.argmin(np.abs(tail - 0.05), axis=1)
-        k99 = np.argmin(np.abs(tail - 0.01), axis=1)
+        k95, k99 = _tail_edges(hist)  # this slice's own p95/p99 bin edges (reported in incidents)
         p0 = f["b_rate"][srow].copy()
-        p0[:, TAIL_P95] = tail[np.arange(u), k95]
-        p0[:, TAIL_P99] = tail[np.arange(u), k99]
+        if not stratified:  # tails against this slice's own edges: p0 is the tail mass above them
+            tail = _tail_mass(hist)
+            p0[:, TAIL_P95] = tail[np.arange(u), k95]
+            p0[:, TAIL_P99] = tail[np.arange(u), k99]
         # monitored direction: complement for "down" metrics
         down = B_DIR < 0
         p0[:, down] = 1.0 - p0[:, down]
-        p0g = p0 + cfg.guard_z * np.sqrt(np.maximum(p0 * (1 - p0), 0.0) / w[:, None])
-        p0g = np.clip(p0g, 1.0 / (w[:, None] + 2.0), 0.95)
-        p1 = np.minimum(p0g * cfg.rate_shift, 0.99)
-        inc1 = np.log(p1 / p0g)
-        inc0 = np.log((1 - p1) / (1 - p0g))
+        bw = np.maximum(f["b_w"][srow], 1.0)
+        if not stratified:
+            bw[:, [TAIL_P95, TAIL_P99]] = np.maximum(hist.sum(axis=1), 1.0)[:, None]
+        p0g = p0 + cfg.guard_z * np.sqrt(np.maximum(p0 * (1 - p0), 0.0) / bw)
+        p0g = np.clip(p0g, 1.0 / (bw + 2.0), 0.95)
+        incs = []
+        for rho in (cfg.rate_shift, cfg.rate_shift_large):
+            p1 = np.minimum(p0g * rho, 0.99)
+            incs.append((np.log(p1 / p0g), np.log((1 - p1) / (1 - p0g))))
 
         # ---- Bernoulli events (sorted); "down" metrics are monitored as their complement ------
         xs = xb[order]
+        vb = bvalid[order]
         bs = bins[order]
-        xs[:, TAIL_P95] = bs >= k95[seg]
-        xs[:, TAIL_P99] = bs >= k99[seg]
-        incb = np.where(xs > 0, inc1[seg], inc0[seg])
+        if not stratified:
+            xs[:, TAIL_P95] = bs >= k95[seg]
+            xs[:, TAIL_P99] = bs >= k99[seg]
+            warm = (hist.sum(axis=1) >= MIN_TAIL_WEIGHT)[seg]
+            vb[:, TAIL_P95] = warm
+            vb[:, TAIL_P99] = warm
+        xs = np.where(vb, xs, 0.0)
+        hit = xs > 0
+        incb = np.concatenate([np.where(vb, np.where(hit, i1[seg], i0[seg]), 0.0) for i1, i0 in incs], axis=1)
+        if stratified:  # tails: per-trace null rates of the trace's stratum
+            for c, col in enumerate((TAIL_P95, TAIL_P99)):
+                p0t = tail_p0[order, c]
+                for b, rho in enumerate((cfg.rate_shift, cfg.rate_shift_large)):
+                    p1t = np.minimum(p0t * rho, 0.99)
+                    incb[:, b * NB + col] = np.where(vb[:, col], np.where(
+                        hit[:, col], np.log(p1t / p0t), np.log((1 - p1t) / (1 - p0t))), 0.0)
         # ---- Gaussian events: standardised with the baseline, clipped, missing = no evidence ----
         mu = f["g_mean"][srow]
         sd = np.sqrt(np.maximum(f["g_var"][srow], 1e-4))
@@ -428,8 +509,8 @@ class DriftEngine:
         s = segmented_cusum(x_all, seg, starts, s0)
         cp = _ChangePoints(
             s,
-            raw=np.concatenate([xs, raw_g, raw_g], axis=1),
-            cnt=np.concatenate([np.ones((n, NB)), valid, valid], axis=1),
+            raw=np.concatenate([xs, xs, raw_g, raw_g], axis=1),
+            cnt=np.concatenate([vb, vb, valid, valid], axis=1),
             seg=seg, starts=starts,
             carry_n=np.concatenate([f["b_n"][srow], f["g_nu"][srow], f["g_nd"][srow]], axis=1),
             carry_k=np.concatenate([f["b_k"][srow], f["g_xu"][srow], f["g_xd"][srow]], axis=1),
@@ -471,15 +552,27 @@ class DriftEngine:
         f["c_win"][srow] += cat_counts
         alarms.extend(self._check_mix(srow, armed, ends, order))
 
-        # ---- baselines (EW), frozen per open incident group --------------------------------
+        # ---- baselines (EW): frozen per open incident group; learning slowed to HOLD_WEIGHT for a
+        # metric whose CUSUM holds evidence of a change (S > h/3), so a young slice does not absorb a
+        # regression before it is detected, while a baseline that started off low still converges
+        # (a full freeze would lock such an estimate in). Under the null P(S > h/3) ~ exp(-6).
+        hold_at = cfg.threshold / 3.0
+        held_b = (s_end[:, :NB] > hold_at) | (s_end[:, NB:NB2] > hold_at)
+        held_g = (s_end[:, NB2:NB2 + NG] > hold_at) | (s_end[:, NB2 + NG:] > hold_at)
+        scale_b = np.where(held_b, HOLD_WEIGHT, 1.0)
+        scale_g = np.where(held_g, HOLD_WEIGHT, 1.0)
         lam_m = cfg.lam ** m  # (u,)
         wb = (1.0 - lam_m) / (1.0 - cfg.lam)  # EW weight of the batch's samples
         per = (wb / m)[:, None]
-        sums_b = np.add.reduceat(np.where(down[None, :], 1.0 - xs, xs), starts, axis=0)
-        keep_b = open_g[:, B_GROUP]
-        old_w = f["weight"][srow, 0]
-        new_b = (f["b_rate"][srow] * (old_w * lam_m)[:, None] + sums_b * per) / (old_w * lam_m + wb)[:, None]
+        sums_b = np.add.reduceat(np.where(vb, np.where(down[None, :], 1.0 - xs, xs), 0.0), starts, axis=0)
+        cnt_b = np.add.reduceat(vb.astype(np.float64), starts, axis=0)
+        keep_b = open_g[:, B_GROUP] | (cnt_b == 0)
+        bw_old = f["b_w"][srow] * lam_m[:, None]
+        bw_new = bw_old + cnt_b * per * scale_b
+        new_b = (f["b_rate"][srow] * bw_old + sums_b * per * scale_b) / np.maximum(bw_new, 1e-12)
         f["b_rate"][srow] = np.where(keep_b, f["b_rate"][srow], new_b)
+        f["b_w"][srow] = np.where(keep_b, f["b_w"][srow], bw_new)
+        old_w = f["weight"][srow, 0]
         # Gaussian: weighted merge of EW (mean, var) with the batch's (mean, var)
         cnt = np.add.reduceat(valid.astype(np.float64), starts, axis=0)
         sx = np.add.reduceat(raw_g, starts, axis=0)
@@ -487,7 +580,7 @@ class DriftEngine:
         bmean = sx / np.maximum(cnt, 1.0)
         bvar = np.maximum(sxx / np.maximum(cnt, 1.0) - bmean * bmean, 0.0)
         gw_old = f["g_w"][srow] * lam_m[:, None]
-        gw_b = cnt * per
+        gw_b = cnt * per * scale_g
         gw_new = gw_old + gw_b
         frac = np.where(gw_new > 0, gw_b / np.maximum(gw_new, 1e-12), 0.0)
         mean_old = f["g_mean"][srow]
@@ -513,7 +606,12 @@ class DriftEngine:
         hb = np.zeros((u, N_HIST))
         np.add.at(hb, (seg, bs), 1.0)
         lat_frozen = open_g[:, B_GROUP[TAIL_P95]][:, None]
-        f["hist"][srow] = np.where(lat_frozen, hist, hist * lam_m[:, None] + hb * per)
+        lat_scale = np.minimum(scale_b[:, TAIL_P95], scale_b[:, TAIL_P99])
+        if tail_hold is not None:  # strata whose tail edges coarser slices are watching
+            lat_scale = np.where(np.maximum.reduceat(tail_hold[order].astype(np.int8), starts) > 0, HOLD_WEIGHT,
+                                 lat_scale)
+        lat_scale = lat_scale[:, None]
+        f["hist"][srow] = np.where(lat_frozen, hist, hist * lam_m[:, None] + hb * per * lat_scale)
         mix_frozen = open_g[:, CAT_GROUP][:, None]
         f["c_base"][srow] = np.where(mix_frozen, f["c_base"][srow], f["c_base"][srow] * lam_m[:, None] + cat_counts * per)
         f["weight"][srow, 0] = old_w * lam_m + wb
@@ -540,29 +638,30 @@ class DriftEngine:
         common = dict(row=row, pos=int(order[at]), statistic=stat, threshold=cfg.threshold,
                       samples=int(n_since), evidence=evidence, cp_pos=cp_pos,
                       slice_index=own_before + at - int(starts[sg]) + 1)
-        if col in (TAIL_P95, TAIL_P99):
+        bcol = col % NB if col < NB2 else -1
+        if bcol in (TAIL_P95, TAIL_P99):
             # baseline quantile (bin edge, ms) vs the quantile observed since the change point, with
             # a distribution-free order-statistic CI (binomial ranks)
-            q = 0.95 if col == TAIL_P95 else 0.99
-            edge = float(HIST_EDGES_MS[int((k95 if col == TAIL_P95 else k99)[sg])])
+            q = 0.95 if bcol == TAIL_P95 else 0.99
+            edge = float(HIST_EDGES_MS[int((k95 if bcol == TAIL_P95 else k99)[sg])])
             lat = np.sort(cols.latency_ms[window])
             k = len(lat)
             obs = float(np.quantile(lat, q))
             half = 1.96 * math.sqrt(k * q * (1 - q))
             lo = float(lat[max(int(math.floor(k * q - half)), 0)])
             hi = float(lat[min(int(math.ceil(k * q + half)), k - 1)])
-            return Alarm(metric=BERNOULLI[col], baseline=edge, observed=obs, ci_low=lo, ci_high=hi,
+            return Alarm(metric=BERNOULLI[bcol], baseline=edge, observed=obs, ci_low=lo, ci_high=hi,
                          effect=obs / max(edge, 1e-9), direction=+1, **common)
-        if col < NB:
-            metric = BERNOULLI[col]
+        if bcol >= 0:
+            metric = BERNOULLI[bcol]
             rate = k_since / n_s
             lo, hi = _wilson(k_since, n_s)
-            base = float(p0[sg, col])
+            base = float(p0[sg, bcol])
             if metric.direction < 0:  # back to the metric's own orientation (e.g. success rate)
                 rate, lo, hi, base = 1 - rate, 1 - hi, 1 - lo, 1 - base
             return Alarm(metric=metric, baseline=base, observed=rate, ci_low=lo, ci_high=hi,
                          effect=rate / max(base, 1e-9), direction=metric.direction, **common)
-        gcol = (col - NB) % NG
+        gcol = (col - NB2) % NG
         metric = GAUSSIAN[gcol]
         mean_t = k_since / n_s
         sdv = float(sd[sg, gcol])
@@ -572,7 +671,7 @@ class DriftEngine:
         return Alarm(metric=metric, baseline=inv(base_t), observed=inv(mean_t),
                      ci_low=inv(mean_t - 1.96 * se), ci_high=inv(mean_t + 1.96 * se),
                      effect=(mean_t - base_t) / max(sdv, 1e-9),
-                     direction=+1 if col < NB + NG else -1, **common)
+                     direction=+1 if col < NB2 + NG else -1, **common)
 
     def _check_mix(self, srow: np.ndarray, armed: np.ndarray, ends: np.ndarray, order: np.ndarray) -> list[Alarm]:
         cfg, f = self.cfg, self.store.f
@@ -597,6 +696,7 @@ class DriftEngine:
                     metric = CATEGORICAL[0]
                     at = int(order[ends[j]])
                     alarms.append(Alarm(row=row, metric=metric, pos=at, statistic=x2,
+                                        slice_index=int(f["own"][row, 0] + tot[j]),
                                         threshold=float(stats.chi2.isf(cfg.cat_alpha, N_CAT - 1)),
                                         baseline=0.0, observed=js, ci_low=js, ci_high=js, effect=js,
                                         samples=int(tot[j]), direction=0,
@@ -706,8 +806,9 @@ class DriftEngine:
             r0g = max(r0 + cfg.guard_z * math.sqrt(r0 / den), 1.0 / den)
             armed = armed_slice and f["p_num"][row, j] >= MIN_POISSON_EVENTS
             if not f["i_open"][row, P_GROUP[j]]:
-                f["p_den"][row, j] = f["p_den"][row, j] * lam_n + n
-                f["p_num"][row, j] = f["p_num"][row, j] * lam_n + k
+                scale = HOLD_WEIGHT if f["p_s"][row, j] > cfg.threshold / 3.0 else 1.0
+                f["p_den"][row, j] = f["p_den"][row, j] * lam_n + n * scale
+                f["p_num"][row, j] = f["p_num"][row, j] * lam_n + k * scale
             if not armed:
                 f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
                 continue
