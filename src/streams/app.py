@@ -278,6 +278,16 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     async def report() -> None:
         log.info("stats %s", worker.pipeline.stats)
 
+    @app.timer(interval=settings.snapshot_interval_s)
+    async def snapshot_baselines() -> None:
+        # analysts' view of "normal" per slice; idempotent (keyed by slice, metric, time)
+        if worker.sink is None:
+            return
+        rows = worker.pipeline.baseline_snapshot()
+        if rows:
+            async with worker.sink_lock:
+                await asyncio.to_thread(worker.sink.write_baseline_snapshots, rows)
+
     return worker
 
 

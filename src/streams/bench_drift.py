@@ -31,7 +31,9 @@ traces processed, over every scenario), ``kind_accuracy``, ``release_attribution
 new release named for release scenarios, no release otherwise), ``cross_tenant_misattributions``
 (incidents whose evidence traces belong to another tenant). The baselines run river's ``ADWIN``
 and ``PageHinkley`` (default parameters) on the raw per-trace metrics of every tenant×cohort
-slice; they only detect, so kind and release scores do not apply to them.
+slice (latency ms, output tokens, failure / escalation / policy-block / correction indicators,
+corrections known immediately); alarms on one slice within 2,000 traces count as one incident.
+They only detect, so kind and release scores do not apply to them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ NEW_RELEASE = "rel-2"
 STEP_MS = 50.0  # 20 traces/s fleet-wide
 T0_MS = 1_790_000_000_000
 SEASONAL_INTENTS = (0.15, 0.25, 0.30, 0.30)
+#: river baselines: alarms on a slice within this many traces count as one incident
+COOLDOWN_TRACES = 2000
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class Scenario:
     expected_kind: str | None
     everywhere: bool = False  # apply the effect to every slice (seasonal)
     warmup: int = 40_000
-    after: int = 30_000
+    after: int = 60_000
     fleet: tuple[Slice, ...] = FLEET
 
 
@@ -211,7 +215,7 @@ def run_river(s: Scenario, seed: int, kind: str, batch: int = 5000) -> RunResult
     res = RunResult(s.name, seed, s.warmup + s.after)
     make = (lambda: drift.ADWIN()) if kind == "adwin" else (lambda: drift.PageHinkley())
     dets: dict[tuple[int, int], Any] = {}
-    alarmed_slices: set[int] = set()
+    quiet_until: dict[int, int] = {}  # per slice: alarms are one "incident" per cooldown window
     slice_traces = 0
     off = 0
     total = s.warmup + s.after
@@ -229,22 +233,21 @@ def run_river(s: Scenario, seed: int, kind: str, batch: int = 5000) -> RunResult
             hit = s.affected == sl and changed
             if hit:
                 slice_traces += 1
-            if sl in alarmed_slices:
-                continue
             row = metrics[i]
+            fired = False
             for m in range(metrics.shape[1]):
                 d = dets.get((sl, m))
                 if d is None:
                     d = dets[(sl, m)] = make()
                 d.update(float(row[m]))
-                if d.drift_detected:
-                    alarmed_slices.add(sl)  # one alarm per slice (as one incident per episode)
-                    on_change = changed and (s.everywhere or sl == s.affected)
-                    if on_change and not res.detected:
-                        res.detected, res.delay_traces = True, slice_traces
-                    elif not on_change:
-                        res.false_incidents += 1
-                    break
+                fired = fired or d.drift_detected
+            if fired and off + i >= quiet_until.get(sl, -1):
+                quiet_until[sl] = off + i + COOLDOWN_TRACES
+                on_change = changed and (s.everywhere or sl == s.affected)
+                if on_change and not res.detected:
+                    res.detected, res.delay_traces = True, slice_traces
+                elif not on_change:
+                    res.false_incidents += 1
         off += n
     return res
 

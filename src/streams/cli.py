@@ -122,7 +122,7 @@ def demo(
             break
         except Exception:
             time.sleep(1)
-    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
+    env = {"SELFHEAL_SNAPSHOT_INTERVAL_S": "5", **os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
            "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir), "SELFHEAL_STATE_DIR": str(demo_dir)}
     log_path = demo_dir / "worker.log"
     with open(log_path, "w") as log_file:
@@ -192,7 +192,8 @@ def _summary(sink, rep, elapsed_s: float, caught_up: bool) -> dict:
             "action": action, "severity": sev, "status": status, "revision": rev, "summary": text,
         })
     injected_hits = [i for i in incidents if i["detected_after_traces"] is not None and i["detected_after_traces"] >= 0]
-    counts = {t: q(f"SELECT count() FROM {{db}}.{t} FINAL")[0][0] for t in ("traces", "feedback", "incidents")}
+    counts = {t: q(f"SELECT count() FROM {{db}}.{t} FINAL")[0][0]
+              for t in ("traces", "feedback", "incidents", "baseline_snapshots")}
     return {
         "traces_produced": rep.traces_produced,
         "traces_ingested": counts["traces"],

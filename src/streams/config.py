@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     mean_shift_sigma: float = Field(1.0, gt=0, description="mean shift the Gaussian CUSUMs are tuned for, sigma")
     resolve_after_traces: int = Field(2_000, ge=1, description="quiet traces before an incident resolves")
     incident_update_interval_s: float = Field(60.0, ge=0, description="min time between updates of one incident, s")
+    snapshot_interval_s: float = Field(60.0, gt=0, description="baseline snapshots to ClickHouse every, s")
     evidence_traces: int = Field(20, ge=1, le=64, description="evidence trace ids per incident")
     trace_index_size: int = Field(2_000_000, ge=1000, description="recent traces kept for feedback joins")
     feedback_grace_s: float = Field(30.0, ge=0, description="how long feedback for an unseen trace waits, s")

@@ -108,6 +108,7 @@ class Pipeline:
         self.feedback = FeedbackProcessor(
             feedback_state or DictBackend(), self.index, self.redactor,
             settings.tenant_hmac_key.get_secret_value().encode(), lookup=trace_lookup)
+        self._snapshot_dirty: set[int] = set()
         self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0}
 
     # ------------------------------------------------------------------ partitions
@@ -115,13 +116,22 @@ class Pipeline:
         """After a rebalance: drop state of partitions no longer owned, reload open incidents."""
         owned = {info.partition for info in self.engine.store.info}
         self.flush_state()
+        self._snapshot_dirty = set()  # row numbers change when partitions are dropped
         self.engine.store.drop_partitions(owned - partitions)
         self.incidents.load(partitions)
+
+    def baseline_snapshot(self, at_ms: int | None = None) -> list[dict[str, Any]]:
+        """Snapshot rows of the slices that changed since the previous snapshot."""
+        store = self.engine.store
+        rows = sorted(r for r in self._snapshot_dirty if r < store.n)
+        self._snapshot_dirty = set()
+        return store.snapshot_rows(rows, at_ms if at_ms is not None else now_ms())
 
     def flush_state(self) -> int:
         """Persist dirty slice rows to the baselines backend; returns rows written."""
         store = self.engine.store
         dirty = store.dirty
+        self._snapshot_dirty |= dirty
         for row in dirty:
             info = store.info[row]
             self.baselines.put(info.key, store.row_bytes(row), info.partition)

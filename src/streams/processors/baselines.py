@@ -346,6 +346,43 @@ class SliceStore:
             vals.append(float(f["p_s"][row, p].max()))
         return max(vals)
 
+    def snapshot_rows(self, rows: list[int], at_ms: int) -> list[dict[str, Any]]:
+        """Long-format baseline snapshot of ``rows``: one dict per slice and metric (the
+        ``baseline_snapshots`` table's columns; ``snapshot_at`` in epoch ms)."""
+        f = self.f
+        out: list[dict[str, Any]] = []
+        for row in rows:
+            info = self.info[row]
+            h = f["hist"][row]
+            tot = float(h.sum())
+            q = {}
+            if tot > 0:
+                cdf = np.cumsum(h) / tot
+                for name, level in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+                    q[name] = float(HIST_EDGES_MS[min(int(np.searchsorted(cdf, level)) + 1, N_HIST)])
+            base = {"tenant_id": info.tenant_id, "slice_key": info.key, "layer": info.layer,
+                    "cohort": info.cohort or "", "workflow": info.workflow or "", "release_id": info.release_id or "",
+                    "snapshot_at": at_ms, "traces": int(f["own"][row, 0]), "weight": float(f["weight"][row, 0])}
+            none_q = {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0}
+            for i, m in enumerate(BERNOULLI):
+                out.append(base | none_q | {"metric": m.name, "family": m.family, "value": float(f["b_rate"][row, i]),
+                                            "variance": 0.0, "cusum": float(max(f["b_s"][row, i], f["b_s"][row, NB + i])),
+                                            "frozen": bool(f["i_open"][row, B_GROUP[i]])}
+                           | (q if m.group == "latency" and q else {}))
+            for i, m in enumerate(GAUSSIAN):
+                out.append(base | none_q | {"metric": m.name, "family": m.family,
+                                            "value": _from_scale(i, float(f["g_mean"][row, i])),
+                                            "variance": float(f["g_var"][row, i]),
+                                            "cusum": float(max(f["g_su"][row, i], f["g_sd"][row, i])),
+                                            "frozen": bool(f["i_open"][row, G_GROUP[i]])}
+                           | (q if m.group == "latency" and q else {}))
+            for i, m in enumerate(POISSON):
+                out.append(base | none_q | {"metric": m.name, "family": m.family,
+                                            "value": float(f["p_num"][row, i] / max(f["p_den"][row, i], 1e-12)),
+                                            "variance": 0.0, "cusum": float(f["p_s"][row, i]),
+                                            "frozen": bool(f["i_open"][row, P_GROUP[i]])})
+        return out
+
     def snapshot(self, row: int) -> dict[str, Any]:
         """Human-readable baseline of one slice (for snapshots to ClickHouse and debugging)."""
         f = self.f
@@ -365,3 +402,15 @@ class SliceStore:
             for q in (0.5, 0.95, 0.99):
                 out[f"latency_q{int(q * 100)}_ms"] = float(HIST_EDGES_MS[min(int(np.searchsorted(cdf, q)) + 1, N_HIST)])
         return out
+
+
+def _from_scale(gcol: int, v: float) -> float:
+    """A Gaussian metric's mean on the detector scale back in its unit (ms, tokens, USD, score)."""
+    v = max(min(v, 50.0), -50.0)
+    if gcol == 0:
+        return float(np.exp(v))
+    if gcol in (1, 2):
+        return float(np.expm1(v))
+    if gcol == 3:
+        return float(np.exp(v) - 1e-5)
+    return float(1.0 / (1.0 + np.exp(-v)))

@@ -111,7 +111,7 @@ class DriftConfig:
     rate_shift_large: float = 3.0
     mean_shift_sigma: float = 1.0
     guard_z: float = 1.0
-    cat_window: int = 500
+    cat_window: int = 300
     cat_alpha: float = 1e-7
     cat_min_js: float = 0.01
     evidence: int = 20

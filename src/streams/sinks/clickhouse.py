@@ -207,6 +207,15 @@ class ClickHouseSink:
         cols["record_index"] = pa.array(cols["record_index"], type=pa.int32())
         return self._insert("feedback_submissions", pa.table(cols))
 
+    def write_baseline_snapshots(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert baseline snapshot rows (:meth:`SliceStore.snapshot_rows`)."""
+        if not rows:
+            return 0
+        cols = {k: [r[k] for r in rows] for k in rows[0]}
+        cols["snapshot_at"] = pa.array(cols["snapshot_at"], type=pa.int64()).cast(TS)
+        cols["traces"] = pa.array(cols["traces"], type=pa.uint64())
+        return self._insert("baseline_snapshots", pa.table(cols))
+
     def write_incidents(self, incidents: Iterable[Incident]) -> int:
         """Insert incident events (every revision; FINAL keeps the latest)."""
         rows = []
