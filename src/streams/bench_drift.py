@@ -130,7 +130,7 @@ def _fleet_for(s: Scenario, changed: bool) -> list[Slice]:
     return out
 
 
-def run_selfheal(s: Scenario, seed: int, settings: Settings, batch: int = 5000) -> RunResult:
+def run_selfheal(s: Scenario, seed: int, settings: Settings, batch: int = 2000) -> RunResult:
     """Run one scenario through the pipeline core; score its incidents."""
     rng = np.random.default_rng(seed)
     pipe = Pipeline(settings, _codec())

@@ -213,6 +213,8 @@ class Pipeline:
         rows, midx, t_ms, tids = [], [], [], []
         eng = self.engine
         corr, unsafe = P_INDEX["correction_rate"], P_INDEX["unsafe_feedback_rate"]
+        lags = np.fromiter((rec["event_time"] - ref.event_time_ms for rec, ref in corrections if "event_time" in rec),
+                           dtype=np.float64)
         for rec, ref in corrections:
             metrics = (corr, unsafe) if is_safety(rec) else (corr,)
             for layer in eng.cfg.layers:
@@ -225,7 +227,7 @@ class Pipeline:
                     t_ms.append(ref.event_time_ms)
                     tids.append(rec["trace_id"])
         alarms = eng.process_feedback(np.asarray(rows, dtype=np.int64), np.asarray(midx, dtype=np.int64),
-                                      np.asarray(t_ms, dtype=np.int64), tids, feedback_watermarks)
+                                      np.asarray(t_ms, dtype=np.int64), tids, feedback_watermarks, lags)
         return self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
 
     def _redact_attrs(self, attrs: dict[str, str]) -> dict[str, str]:

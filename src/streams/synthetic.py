@@ -126,5 +126,6 @@ def synthetic_feedback(rng: np.random.Generator, cols: TraceColumns, which: np.n
         ref = TraceRef(cols.tenant_id[i], cols.cohort[i], cols.workflow[i], cols.release_id[i],
                        int(cols.partition[i]), "", 0, t)
         category = "unsafe_recommendation" if unsafe[i] else "omission"
-        out.append((t + int(rng.uniform(*lag_ms)), {"trace_id": cols.trace_id[i], "category": category}, ref))
+        at = t + int(rng.uniform(*lag_ms))
+        out.append((at, {"trace_id": cols.trace_id[i], "category": category, "event_time": at}, ref))
     return out

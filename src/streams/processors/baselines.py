@@ -34,11 +34,11 @@ Metrics
   value, which makes the CUSUM increment an exact likelihood ratio for any shape of data.
 - ``poisson``: counts that arrive on the feedback stream against trace exposure (corrections,
   unsafe-recommendation feedback per trace). Feedback is a *delayed label*: traces and their
-  feedback are counted in event-time buckets of the trace (a ring of ``N_BUCKETS`` per slice)
-  and a bucket enters the detector only when it has *matured*, i.e. both the trace and the
-  feedback watermark of the partition are ``feedback_maturity`` past its end. So the rate is
-  right whatever order or speed the two topics are consumed in (a worker catching up on one
-  topic before the other cannot fake a change).
+  feedback are counted in event-time buckets of the trace (a ring of ``N_BUCKETS`` per slice);
+  as a bucket ages, the share of its eventual feedback that should have arrived (the learned
+  feedback-delay CDF) is credited as exposure against the feedback received meanwhile. The clock
+  is the lower of the partition's trace and feedback watermarks, so the rate is right whatever
+  order or speed the two topics are consumed in.
 - ``categorical``: the input mix (workflow × intent), hashed into ``N_CAT`` buckets.
 
 Baselines are exponentially weighted with a half-life in traces (``baseline_half_life_traces``),
@@ -197,7 +197,9 @@ FIELDS: dict[str, tuple[int, float]] = {
     "p_k": (NP, 0.0),  # events since change point
     "pb_id": (N_BUCKETS, -1.0),  # event-time bucket held by each ring slot (-1 empty)
     "pb_n": (N_BUCKETS, 0.0),  # traces in the slot's bucket
+    "pb_f": (N_BUCKETS, 0.0),  # share of the bucket's eventual feedback already credited as exposure
     "pb_k": (N_BUCKETS * NP, 0.0),  # feedback events in the slot's bucket, slot-major
+    "pb_kc": (N_BUCKETS * NP, 0.0),  # events already credited to the detector
     "hist": (N_HIST, 0.0),  # EW latency histogram (weights)
     "c_base": (N_CAT, 0.0),  # EW input-mix distribution (weights)
     "c_win": (N_CAT, 0.0),  # current window counts

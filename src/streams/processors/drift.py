@@ -234,8 +234,9 @@ class _ChangePoints:
 
 
 STRATA = "tenant_cohort_workflow"
-#: learning weight of a baseline while its metric's CUSUM holds evidence of a change
+#: learning weight of a baseline while its metric's CUSUM holds evidence of a change (S > HOLD_AT * h)
 HOLD_WEIGHT = 0.1
+HOLD_AT = 0.25
 #: histogram weight (traces) before a slice's p95/p99 edges are used for tail indicators
 MIN_TAIL_WEIGHT = 200.0
 
@@ -294,6 +295,7 @@ class DriftEngine:
         self._fb_evidence: dict[str, list[tuple[str, int]]] = {}
         self.late_feedback = 0
         self.discarded_buckets = 0
+        self.lag = LagDistribution()
         lr = math.log(self.cfg.rate_shift)
         self._ln_rho = lr
 
@@ -402,7 +404,7 @@ class DriftEngine:
         alarms: list[Alarm] = []
         tail_hold = np.zeros(cols.n, dtype=bool)  # a coarser slice of the trace holds tail evidence
         f = self.store.f
-        hold_at = cfg.threshold / 3.0
+        hold_at = cfg.threshold * HOLD_AT
         tails = [TAIL_P95, TAIL_P99, NB + TAIL_P95, NB + TAIL_P99]
         for layer in cfg.layers:
             hold = tail_hold if (stratified and layer == STRATA) else None
@@ -553,10 +555,10 @@ class DriftEngine:
         alarms.extend(self._check_mix(srow, armed, ends, order))
 
         # ---- baselines (EW): frozen per open incident group; learning slowed to HOLD_WEIGHT for a
-        # metric whose CUSUM holds evidence of a change (S > h/3), so a young slice does not absorb a
+        # metric whose CUSUM holds evidence of a change (S > h/4), so a young slice does not absorb a
         # regression before it is detected, while a baseline that started off low still converges
-        # (a full freeze would lock such an estimate in). Under the null P(S > h/3) ~ exp(-6).
-        hold_at = cfg.threshold / 3.0
+        # (a full freeze would lock such an estimate in). Under the null P(S > h/4) ~ exp(-4.5).
+        hold_at = cfg.threshold * HOLD_AT
         held_b = (s_end[:, :NB] > hold_at) | (s_end[:, NB:NB2] > hold_at)
         held_g = (s_end[:, NB2:NB2 + NG] > hold_at) | (s_end[:, NB2 + NG:] > hold_at)
         scale_b = np.where(held_b, HOLD_WEIGHT, 1.0)
@@ -726,20 +728,23 @@ class DriftEngine:
                         self.discarded_buckets += 1
                     f["pb_id"][row, slot] = b
                     f["pb_n"][row, slot] = 0.0
+                    f["pb_f"][row, slot] = 0.0
                     f["pb_k"][row, slot * NP : (slot + 1) * NP] = 0.0
+                    f["pb_kc"][row, slot * NP : (slot + 1) * NP] = 0.0
                 f["pb_n"][row, slot] += c
             return 0
         for row, b, j in zip(rows.tolist(), bucket.tolist(), metric_idx.tolist(), strict=True):
             slot = b % N_BUCKETS
             if f["pb_id"][row, slot] != b:
-                late += 1  # its bucket matured (or was never seen): not counted, a safe undercount
+                late += 1  # its bucket retired (or was never seen): not counted, a safe undercount
                 continue
             f["pb_k"][row, slot * NP + j] += 1.0
         return late
 
     def process_feedback(self, rows: np.ndarray, metric_idx: np.ndarray, trace_event_ms: np.ndarray,
-                         trace_ids: Sequence[str], feedback_event_ms: dict[int, int]) -> list[Alarm]:
-        """Count feedback events (corrections) in their traces' buckets, then mature buckets.
+                         trace_ids: Sequence[str], feedback_event_ms: dict[int, int],
+                         lags_ms: np.ndarray | None = None) -> list[Alarm]:
+        """Count feedback events (corrections) in their traces' buckets, then credit exposure.
 
         Args:
             rows: slice row of each event, shape ``(k,)`` (one event per slice layer it counts in).
@@ -748,8 +753,12 @@ class DriftEngine:
             trace_ids: the trace id of each event (evidence).
             feedback_event_ms: per partition, the latest feedback event time in the batch, ms
                 (advances the feedback watermark).
+            lags_ms: feedback event time minus trace event time of each *distinct* feedback, ms
+                (learns the label-delay distribution).
         """
         rows = np.asarray(rows, dtype=np.int64)
+        if lags_ms is not None and len(lags_ms):
+            self.lag.add(np.asarray(lags_ms, dtype=np.float64))
         if len(rows):
             bucket = np.asarray(trace_event_ms, dtype=np.int64) // self.cfg.bucket_ms
             self.late_feedback += self._bucket_add(rows, bucket, np.asarray(metric_idx, dtype=np.int64))
@@ -763,78 +772,125 @@ class DriftEngine:
         return self.mature()
 
     def mature(self) -> list[Alarm]:
-        """Step the Poisson CUSUMs with every bucket whose end is ``feedback_maturity`` behind both
-        watermarks of its partition, oldest first (Lucas 1985: one step per bucket with the
-        bucket's exact log-likelihood ratio ``k * ln(rho) - n * r0 * (rho - 1)``)."""
+        """Credit label-delayed exposure and step the Poisson CUSUMs (Lucas 1985), one step per
+        slice per call, vectorised over slices.
+
+        A bucket of ``n`` traces whose age (clock minus the bucket's middle) grew from ``a1`` to ``a2``
+        contributes exposure ``n * (F(a2) - F(a1))``, where ``F`` is the learned feedback-delay CDF;
+        the events it received meanwhile are the counts. The step's log-likelihood ratio is
+        ``k * ln(rho) - exposure * r0 * (rho - 1)`` (Poisson, rate ``rho * r0`` vs ``r0``), exact
+        for events arriving as a Poisson process with intensity ``n * r * F'(age)``. The clock is the
+        lower of the partition's trace and feedback watermarks, so neither topic running ahead of
+        the other fakes a change. Until ``F`` has enough samples it is a step at
+        ``feedback_maturity`` (a bucket counts once matured). Buckets retire when ``F >= 0.999``.
+        """
         st, cfg = self.store, self.cfg
         if st.n == 0:
             return []
         f = st.f
-        parts = f["partition"][: st.n, 0].astype(np.int64)
-        clock = np.array([min(self.trace_wm.get(p, -1), self.feedback_wm.get(p, -1)) for p in range(int(parts.max()) + 1)],
-                         dtype=np.float64)
-        ids = f["pb_id"][: st.n]
-        due = (ids >= 0) & ((ids + 1) * cfg.bucket_ms + cfg.feedback_maturity_ms <= clock[parts][:, None])
-        alarms: list[Alarm] = []
-        for row in np.flatnonzero(due.any(axis=1)).tolist():
-            slots = np.flatnonzero(due[row])
-            for slot in slots[np.argsort(ids[row, slots])].tolist():
-                alarm = self._mature_slot(row, slot)
-                if alarm:
-                    alarms.extend(alarm)
-        return alarms
-
-    def _mature_slot(self, row: int, slot: int) -> list[Alarm]:
-        cfg, f = self.cfg, self.store.f
-        n = float(f["pb_n"][row, slot])
-        ks = f["pb_k"][row, slot * NP : (slot + 1) * NP].copy()
-        bucket = int(f["pb_id"][row, slot])
-        f["pb_id"][row, slot] = -1.0
-        f["pb_n"][row, slot] = 0.0
-        f["pb_k"][row, slot * NP : (slot + 1) * NP] = 0.0
-        self.store.dirty.add(row)
-        if n <= 0:
+        n_rows = st.n
+        parts = f["partition"][:n_rows, 0].astype(np.int64)
+        clock = np.array([min(self.trace_wm.get(p, -1), self.feedback_wm.get(p, -1))
+                          for p in range(int(parts.max()) + 1)], dtype=np.float64)
+        ids = f["pb_id"][:n_rows]
+        active_rows = np.flatnonzero((ids >= 0).any(axis=1) & (clock[parts] >= 0))
+        if active_rows.size == 0:
             return []
+        ids = ids[active_rows]
+        age = clock[parts[active_rows]][:, None] - (ids + 0.5) * cfg.bucket_ms
+        cdf = np.where(ids >= 0, self.lag.cdf(age, cfg.feedback_maturity_ms), 0.0)
+        credited = f["pb_f"][active_rows]
+        cdf = np.maximum(cdf, credited)
+        expo = (f["pb_n"][active_rows] * (cdf - credited)).sum(axis=1)  # (R,)
+        k_all = f["pb_k"][active_rows].reshape(len(active_rows), N_BUCKETS, NP)
+        kc_all = f["pb_kc"][active_rows].reshape(len(active_rows), N_BUCKETS, NP)
+        events = (k_all - kc_all).sum(axis=1)  # (R, NP)
+        f["pb_f"][active_rows] = cdf
+        f["pb_kc"][active_rows] = f["pb_k"][active_rows]
+        retire = (cdf >= 0.999) & (ids >= 0)
+        if retire.any():
+            rr, ss = np.nonzero(retire)
+            f["pb_id"][active_rows[rr], ss] = -1.0
+        stepped = np.flatnonzero((expo > 0) | (events.sum(axis=1) > 0))
+        if stepped.size == 0:
+            return []
+        rows = active_rows[stepped]
+        st.dirty.update(rows.tolist())
+        return self._poisson_steps(rows, expo[stepped], events[stepped])
+
+    def _poisson_steps(self, rows: np.ndarray, expo: np.ndarray, events: np.ndarray) -> list[Alarm]:
+        """One Poisson CUSUM step per row and metric with exposure ``expo`` (R,) and counts
+        ``events`` (R, NP); baselines learn from the same credited exposure and counts."""
+        cfg, f = self.cfg, self.store.f
         rho, lnr = cfg.rate_shift, self._ln_rho
-        lam_n = cfg.lam ** n
-        armed_slice = f["count"][row, 0] >= cfg.warmup_traces
+        lam_n = cfg.lam ** expo
+        armed_slice = f["count"][rows, 0] >= cfg.warmup_traces
         out: list[Alarm] = []
         for j in range(NP):
-            k = float(ks[j])
-            den = max(float(f["p_den"][row, j]), 1.0)
-            r0 = float(f["p_num"][row, j]) / den
-            r0g = max(r0 + cfg.guard_z * math.sqrt(r0 / den), 1.0 / den)
-            armed = armed_slice and f["p_num"][row, j] >= MIN_POISSON_EVENTS
-            if not f["i_open"][row, P_GROUP[j]]:
-                scale = HOLD_WEIGHT if f["p_s"][row, j] > cfg.threshold / 3.0 else 1.0
-                f["p_den"][row, j] = f["p_den"][row, j] * lam_n + n * scale
-                f["p_num"][row, j] = f["p_num"][row, j] * lam_n + k * scale
-            if not armed:
-                f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
-                continue
-            s = f["p_s"][row, j] + k * lnr - n * r0g * (rho - 1.0)
-            if s <= 0.0:
-                f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
-                continue
-            f["p_s"][row, j] = s
-            f["p_n"][row, j] += n
-            f["p_k"][row, j] += k
-            if s > cfg.threshold and k > 0:
-                n_exp = float(f["p_n"][row, j])
+            k = events[:, j]
+            den = np.maximum(f["p_den"][rows, j], 1.0)
+            r0 = f["p_num"][rows, j] / den
+            r0g = np.maximum(r0 + cfg.guard_z * np.sqrt(r0 / den), 1.0 / den)
+            armed = armed_slice & (f["p_num"][rows, j] >= MIN_POISSON_EVENTS)
+            s_new = f["p_s"][rows, j] + k * lnr - expo * r0g * (rho - 1.0)
+            frozen = f["i_open"][rows, P_GROUP[j]] > 0
+            scale = np.where(s_new > cfg.threshold * HOLD_AT, HOLD_WEIGHT, 1.0)
+            f["p_den"][rows, j] = np.where(frozen, f["p_den"][rows, j], f["p_den"][rows, j] * lam_n + expo * scale)
+            f["p_num"][rows, j] = np.where(frozen, f["p_num"][rows, j], f["p_num"][rows, j] * lam_n + k * scale)
+            reset = ~armed | (s_new <= 0.0)
+            f["p_s"][rows, j] = np.where(reset, 0.0, s_new)
+            f["p_n"][rows, j] = np.where(reset, 0.0, f["p_n"][rows, j] + expo)
+            f["p_k"][rows, j] = np.where(reset, 0.0, f["p_k"][rows, j] + k)
+            for i in np.flatnonzero(~reset & (s_new > cfg.threshold) & (k > 0)).tolist():
+                row = int(rows[i])
+                n_exp = max(float(f["p_n"][row, j]), 1.0)
                 kk = float(f["p_k"][row, j])
                 obs = kk / n_exp
                 lo = float(stats.chi2.ppf(0.025, 2 * kk) / 2 / n_exp) if kk > 0 else 0.0
                 hi = float(stats.chi2.ppf(0.975, 2 * (kk + 1)) / 2 / n_exp)
                 ev = self._fb_evidence.get(self.store.info[row].key, [])
-                in_bucket = [tid for tid, t in ev if t // cfg.bucket_ms == bucket] or [tid for tid, _ in ev]
-                end_ms = (bucket + 1) * cfg.bucket_ms
-                out.append(Alarm(row=row, metric=POISSON[j], pos=-1, statistic=float(s), threshold=cfg.threshold,
-                                 baseline=r0, observed=obs, ci_low=lo, ci_high=hi, effect=obs / max(r0, 1e-9),
-                                 samples=int(n_exp), direction=+1, slice_index=int(f["own"][row, 0]),
-                                 trace_id=in_bucket[-1] if in_bucket else "", event_time_ms=end_ms,
-                                 evidence_ids=in_bucket[-cfg.evidence:]))
+                ids_ = [tid for tid, _ in ev]
+                out.append(Alarm(row=row, metric=POISSON[j], pos=-1, statistic=float(s_new[i]),
+                                 threshold=cfg.threshold, baseline=float(r0[i]), observed=obs, ci_low=lo, ci_high=hi,
+                                 effect=obs / max(float(r0[i]), 1e-9), samples=int(n_exp), direction=+1,
+                                 slice_index=int(f["own"][row, 0]), trace_id=ids_[-1] if ids_ else "",
+                                 event_time_ms=max((t for _, t in ev), default=0),
+                                 evidence_ids=ids_[-cfg.evidence:]))
                 f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
         return out
+
+
+class LagDistribution:
+    """Empirical CDF of feedback delay (feedback event time minus trace event time), log-binned
+    from 1 s to 7 days, exponentially weighted (half-life ``half_life`` samples).
+
+    Used to credit label-delayed exposure (:meth:`DriftEngine.mature`). With fewer than
+    ``min_samples`` observations the CDF is a step at the configured maturity.
+    """
+
+    EDGES_MS = np.concatenate(([0.0], np.exp(np.linspace(np.log(1_000.0), np.log(7 * 86_400_000.0), 64))))
+
+    def __init__(self, half_life: float = 20_000.0, min_samples: float = 200.0) -> None:
+        self.w = np.zeros(len(self.EDGES_MS))  # mass per bin [edge_i, edge_i+1), last = beyond
+        self.lam = 0.5 ** (1.0 / half_life)
+        self.min_samples = min_samples
+        self.total = 0.0
+
+    def add(self, lags_ms: np.ndarray) -> None:
+        """Learn from observed delays (ms); negative delays count as 0."""
+        idx = np.searchsorted(self.EDGES_MS, np.maximum(lags_ms, 0.0), side="right") - 1
+        decay = self.lam ** len(lags_ms)
+        self.w *= decay
+        np.add.at(self.w, np.clip(idx, 0, len(self.w) - 1), 1.0)
+        self.total = self.total * decay + len(lags_ms)
+
+    def cdf(self, age_ms: np.ndarray, maturity_ms: float) -> np.ndarray:
+        """P(delay <= age) for each age (ms), linearly interpolated inside bins."""
+        if self.total < self.min_samples:
+            return (age_ms >= maturity_ms).astype(np.float64)
+        c = np.concatenate(([0.0], np.cumsum(self.w) / max(self.w.sum(), 1e-12)))
+        edges = np.concatenate((self.EDGES_MS, [self.EDGES_MS[-1] * 2]))
+        return np.interp(age_ms, edges, c, left=0.0, right=1.0)
 
 
 def _inverse_transform(gcol: int):
