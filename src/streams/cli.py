@@ -234,6 +234,27 @@ def _print_summary(s: dict, out: Path) -> None:
     console.print(f"written {out}")
 
 
+@app.command("bench")
+def bench(
+    traces: Annotated[int, typer.Option(help="traces for the throughput runs")] = 300_000,
+    latency: Annotated[bool, typer.Option(help="also measure trace-to-incident latency at 10k traces/s")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
+) -> None:
+    """Throughput (raw limit vs pipeline per core), incident latency, sink rows/s, memory."""
+    from streams.bench import run
+
+    report = run(traces=traces, skip_latency=not latency, progress=lambda m: console.print(f"[dim]{m}"))
+    t = Table("figure", "value", title="bench")
+    for k in ("raw_traces_per_s", "pipeline_traces_per_s_per_core", "ratio_to_raw", "incident_latency_ms_p50",
+              "incident_latency_ms_p99", "sink_rows_per_s", "bytes_per_slice_metric", "peak_rss_mb"):
+        v = report.get(k)
+        t.add_row(k, "n/a" if v is None else f"{v:,.3f}" if isinstance(v, float) and v < 10 else f"{v:,.0f}")
+    console.print(t)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+        console.print(f"written {json_out}")
+
+
 @app.command("bench-drift")
 def bench_drift(
     seeds: Annotated[int, typer.Option(help="runs per regression scenario")] = 5,
