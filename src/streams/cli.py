@@ -176,10 +176,10 @@ def _summary(sink, rep, elapsed_s: float, caught_up: bool) -> dict:
     change = rep.injected[0]
     incidents = []
     for row in q("SELECT incident_id, kind, tenant_id, cohort, workflow, metric, release_id, action, severity, "
-                 "detected_at_trace_id, detector, status, layer, summary, first_seen, revision "
+                 "detected_at_trace_id, detector, status, layer, summary, revision "
                  "FROM {db}.incidents FINAL ORDER BY first_seen"):
         iid, kind, tenant, cohort, workflow, metric, release, action, sev, at_tid, detector, status, layer, \
-            text, first_seen, rev = row
+            text, rev = row
         on_slice = tenant == change.tenant_id and cohort in ("", change.cohort)
         ordinal = None
         if on_slice:

@@ -452,7 +452,6 @@ class DriftEngine:
         open_g = f["i_open"][srow] > 0  # (u, groups)
 
         # ---- baseline parameters at batch start -----------------------------------------
-        w = np.maximum(f["weight"][srow, 0], 1.0)
         hist = f["hist"][srow]
         k95, k99 = _tail_edges(hist)  # this slice's own p95/p99 bin edges (reported in incidents)
         p0 = f["b_rate"][srow].copy()
@@ -650,8 +649,8 @@ class DriftEngine:
             k = len(lat)
             obs = float(np.quantile(lat, q))
             half = 1.96 * math.sqrt(k * q * (1 - q))
-            lo = float(lat[max(int(math.floor(k * q - half)), 0)])
-            hi = float(lat[min(int(math.ceil(k * q + half)), k - 1)])
+            lo = float(lat[max(math.floor(k * q - half), 0)])
+            hi = float(lat[min(math.ceil(k * q + half), k - 1)])
             return Alarm(metric=BERNOULLI[bcol], baseline=edge, observed=obs, ci_low=lo, ci_high=hi,
                          effect=obs / max(edge, 1e-9), direction=+1, **common)
         if bcol >= 0:

@@ -380,10 +380,10 @@ class IncidentManager:
         note = f"{info.key}:{alarm.metric.name}"
         if note != f"{inc.primary}:{inc.metric}" and note not in inc.also_seen:
             inc.also_seen.append(note)
-        if alarm.statistic - alarm.threshold > inc.best["statistic"] - inc.best["threshold"] or changed:
-            if info.key == inc.primary:
-                inc.metric = alarm.metric.name
-                inc.best = _figures(alarm)
+        stronger = alarm.statistic - alarm.threshold > inc.best["statistic"] - inc.best["threshold"]
+        if (stronger or changed) and info.key == inc.primary:
+            inc.metric = alarm.metric.name
+            inc.best = _figures(alarm)
         for tid in _evidence(alarm, ctx):
             if tid not in inc.evidence:
                 inc.evidence.append(tid)
@@ -475,7 +475,7 @@ class IncidentManager:
         """
         out = []
         f = self.store.f
-        for iid, inc in list(self.open.items()):
+        for inc in list(self.open.values()):
             if not inc.tenant_id:  # platform-wide: resolved once no tenant reports it for a window
                 if ctx_time_ms - inc.last_seen_ms >= self.platform_window_ms:
                     out.append(self._resolve(inc, ctx_time_ms, None))
