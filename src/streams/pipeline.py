@@ -213,8 +213,9 @@ class Pipeline:
         rows, midx, t_ms, tids = [], [], [], []
         eng = self.engine
         corr, unsafe = P_INDEX["correction_rate"], P_INDEX["unsafe_feedback_rate"]
-        lags = np.fromiter((rec["event_time"] - ref.event_time_ms for rec, ref in corrections if "event_time" in rec),
-                           dtype=np.float64)
+        timed = [(ref.event_time_ms, ref.partition, rec["event_time"] - ref.event_time_ms)
+                 for rec, ref in corrections if "event_time" in rec]
+        lags = tuple(np.array([x[i] for x in timed], dtype=np.int64 if i < 2 else np.float64) for i in range(3))
         for rec, ref in corrections:
             metrics = (corr, unsafe) if is_safety(rec) else (corr,)
             for layer in eng.cfg.layers:

@@ -42,6 +42,7 @@ The measured false-incident rate is in BENCHMARKS.md (``selfheal bench-drift``).
 
 from __future__ import annotations
 
+import heapq
 import math
 import zlib
 from collections.abc import Sequence
@@ -742,7 +743,7 @@ class DriftEngine:
 
     def process_feedback(self, rows: np.ndarray, metric_idx: np.ndarray, trace_event_ms: np.ndarray,
                          trace_ids: Sequence[str], feedback_event_ms: dict[int, int],
-                         lags_ms: np.ndarray | None = None) -> list[Alarm]:
+                         lag_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[Alarm]:
         """Count feedback events (corrections) in their traces' buckets, then credit exposure.
 
         Args:
@@ -752,12 +753,12 @@ class DriftEngine:
             trace_ids: the trace id of each event (evidence).
             feedback_event_ms: per partition, the latest feedback event time in the batch, ms
                 (advances the feedback watermark).
-            lags_ms: feedback event time minus trace event time of each *distinct* feedback, ms
-                (learns the label-delay distribution).
+            lag_samples: ``(trace event ms, partition, delay ms)`` arrays, one entry per distinct
+                feedback: the label-delay distribution learns from them.
         """
         rows = np.asarray(rows, dtype=np.int64)
-        if lags_ms is not None and len(lags_ms):
-            self.lag.add(np.asarray(lags_ms, dtype=np.float64))
+        if lag_samples is not None and len(lag_samples[0]):
+            self.lag.observe(*lag_samples)
         if len(rows):
             bucket = np.asarray(trace_event_ms, dtype=np.int64) // self.cfg.bucket_ms
             self.late_feedback += self._bucket_add(rows, bucket, np.asarray(metric_idx, dtype=np.int64))
@@ -791,6 +792,7 @@ class DriftEngine:
         parts = f["partition"][:n_rows, 0].astype(np.int64)
         clock = np.array([min(self.trace_wm.get(p, -1), self.feedback_wm.get(p, -1))
                           for p in range(int(parts.max()) + 1)], dtype=np.float64)
+        self.lag.release({p: float(c) for p, c in enumerate(clock)}, cfg.feedback_maturity_ms)
         ids = f["pb_id"][:n_rows]
         active_rows = np.flatnonzero((ids >= 0).any(axis=1) & (clock[parts] >= 0))
         if active_rows.size == 0:
@@ -803,9 +805,13 @@ class DriftEngine:
         expo = (f["pb_n"][active_rows] * (cdf - credited)).sum(axis=1)  # (R,)
         k_all = f["pb_k"][active_rows].reshape(len(active_rows), N_BUCKETS, NP)
         kc_all = f["pb_kc"][active_rows].reshape(len(active_rows), N_BUCKETS, NP)
-        events = (k_all - kc_all).sum(axis=1)  # (R, NP)
+        # events are credited together with their exposure: as they arrive once F is learned
+        # (F credits the expected share), but only at maturity while F is still the fallback step
+        credit = np.ones_like(cdf, dtype=bool) if self.lag.learned else cdf >= 1.0
+        new_k = np.where(credit[:, :, None], k_all, kc_all)
+        events = (new_k - kc_all).sum(axis=1)  # (R, NP)
         f["pb_f"][active_rows] = cdf
-        f["pb_kc"][active_rows] = f["pb_k"][active_rows]
+        f["pb_kc"][active_rows] = new_k.reshape(len(active_rows), N_BUCKETS * NP)
         retire = (cdf >= 0.999) & (ids >= 0)
         if retire.any():
             rr, ss = np.nonzero(retire)
@@ -863,8 +869,12 @@ class LagDistribution:
     """Empirical CDF of feedback delay (feedback event time minus trace event time), log-binned
     from 1 s to 7 days, exponentially weighted (half-life ``half_life`` samples).
 
+    Delays are right-censored while their traces are young (a long delay has not happened yet),
+    so a delay is learned only once its trace is ``maturity`` older than its partition's clock:
+    by then every delay up to the maturity horizon has been observed for it, and the estimate is
+    unbiased for delays up to the horizon (later feedback is not counted by detectors anyway).
     Used to credit label-delayed exposure (:meth:`DriftEngine.mature`). With fewer than
-    ``min_samples`` observations the CDF is a step at the configured maturity.
+    ``min_samples`` learned delays the CDF is a step at the maturity.
     """
 
     EDGES_MS = np.concatenate(([0.0], np.exp(np.linspace(np.log(1_000.0), np.log(7 * 86_400_000.0), 64))))
@@ -874,6 +884,24 @@ class LagDistribution:
         self.lam = 0.5 ** (1.0 / half_life)
         self.min_samples = min_samples
         self.total = 0.0
+        self.pending: list[tuple[int, int, float]] = []  # heap of (trace ms, partition, delay ms)
+
+    def observe(self, trace_ms: np.ndarray, partitions: np.ndarray, lags_ms: np.ndarray) -> None:
+        """Queue observed delays; they are learned by :meth:`release` once their traces are old."""
+        for t, p, lag in zip(trace_ms.tolist(), partitions.tolist(), lags_ms.tolist(), strict=True):
+            heapq.heappush(self.pending, (int(t), int(p), float(lag)))
+
+    def release(self, clock_ms: dict[int, float], maturity_ms: float) -> None:
+        """Learn the queued delays whose trace is at least ``maturity_ms`` behind its partition's clock."""
+        ready = []
+        keep = []
+        while self.pending and self.pending[0][0] <= max(clock_ms.values(), default=-1) - maturity_ms:
+            t, p, lag = heapq.heappop(self.pending)
+            (ready if t <= clock_ms.get(p, -1) - maturity_ms else keep).append((t, p, lag))
+        for item in keep:
+            heapq.heappush(self.pending, item)
+        if ready:
+            self.add(np.array([min(lag, maturity_ms) for _, _, lag in ready]))
 
     def add(self, lags_ms: np.ndarray) -> None:
         """Learn from observed delays (ms); negative delays count as 0."""
@@ -883,13 +911,18 @@ class LagDistribution:
         np.add.at(self.w, np.clip(idx, 0, len(self.w) - 1), 1.0)
         self.total = self.total * decay + len(lags_ms)
 
+    @property
+    def learned(self) -> bool:
+        """Enough delays seen to use the empirical CDF (else the step at maturity)."""
+        return self.total >= self.min_samples
+
     def cdf(self, age_ms: np.ndarray, maturity_ms: float) -> np.ndarray:
-        """P(delay <= age) for each age (ms), linearly interpolated inside bins."""
-        if self.total < self.min_samples:
+        """P(delay <= age) for each age (ms), linearly interpolated inside bins; 1 from the maturity on."""
+        if not self.learned:
             return (age_ms >= maturity_ms).astype(np.float64)
         c = np.concatenate(([0.0], np.cumsum(self.w) / max(self.w.sum(), 1e-12)))
         edges = np.concatenate((self.EDGES_MS, [self.EDGES_MS[-1] * 2]))
-        return np.interp(age_ms, edges, c, left=0.0, right=1.0)
+        return np.where(age_ms >= maturity_ms, 1.0, np.interp(age_ms, edges, c, left=0.0, right=1.0))
 
 
 def _inverse_transform(gcol: int):
