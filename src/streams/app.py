@@ -150,9 +150,10 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             return {}
         rows = worker.sink.query(
             "SELECT trace_id, cohort, workflow, release_id, source_partition, session_id, "
-            "toUnixTimestamp64Milli(event_time) FROM {db}.traces "
-            "WHERE tenant_id = {t:String} AND trace_id IN {ids:Array(String)}", {"t": tenant, "ids": trace_ids})
-        return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6])) for r in rows}
+            "toUnixTimestamp64Milli(event_time), arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses) "
+            "FROM {db}.traces WHERE tenant_id = {t:String} AND trace_id IN {ids:Array(String)}",
+            {"t": tenant, "ids": trace_ids})
+        return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6]), r[7]) for r in rows}
 
     worker.pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"]),
                                incidents=TableBackend(tables["incident-state"]),
@@ -260,10 +261,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                         break
                     await asyncio.sleep(0.1)  # the trace agent advances the watermark meanwhile
                 out = pipe.on_feedback(msgs, decoded, refs)
-                if out.rows:
+                if out.rows or out.submissions:
                     async with worker.sink_lock:
                         await asyncio.to_thread(worker.sink.write_feedback, out.rows)
                         await asyncio.to_thread(worker.sink.write_submissions, out.submissions)
+                        if out.patterns:  # scope ladder: recompute the touched patterns (idempotent)
+                            await asyncio.to_thread(worker.sink.refresh_patterns, out.patterns)
                 await emit(out.incidents, out.dead_letters)
                 pipe.flush_state()
             except asyncio.CancelledError:
