@@ -328,15 +328,18 @@ class FeedbackProcessor:
                                 tenant_hmac(self.hmac_key, tenant, rec["reviewer_id"]), version=0)
             out.rows.append(row)
             redelivery = seen[2:] == pos
+            touched = out.patterns.setdefault(tenant, set())
+            touched.add(corr.pattern)
             if redelivery:
                 for k in sorted(st.keys):
                     stored = self._row(tenant, k)
                     if stored is not None:
                         out.rows.append(stored)
-            out.patterns.setdefault(tenant, set()).add(corr.pattern)
+                        touched.add(stored["pattern_id"])
             self._submission(out, rec, pos, key, seen[1] if redelivery else "replay")
             return
-        if self.backend.get(f"fid|{tenant}|{fid}") is not None:
+        other = self.backend.get(f"fid|{tenant}|{fid}")
+        if other is not None and other.decode() != trace_id:
             # the id was used before on another trace: a replay as far as dedup goes, no row
             self._submission(out, rec, pos, key, "replay")
             return

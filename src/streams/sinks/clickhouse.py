@@ -331,11 +331,15 @@ _FEEDBACK_TYPES = {"version": pa.uint64(), "submissions": pa.uint32(), "agreemen
                    "confidence": pa.float32(), "conflict": pa.bool_()}
 
 _PATTERN_COLS = ("scope, tenant_id, cohort, pattern_id, category, workflow, tool, template, release_id, corrections, "
-                 "sessions, traces, tenants, cohorts, conflicts, mean_confidence, first_seen, last_seen, refreshed_at")
+                 "sessions, traces, tenants, cohorts, conflicts, lost, mean_confidence, first_seen, last_seen, "
+                 "refreshed_at")
 _PATTERN_AGG = ("count(), uniqExact(tenant_id, session_id), uniqExact(tenant_id, trace_id), uniqExact(tenant_id), "
-                "uniqExact(cohort), countIf(conflict), avg(confidence), min(event_time), max(event_time), now64(3)")
+                "uniqExact(cohort), countIf(conflict), countIf(resolution = 'lost'), avg(confidence), min(event_time), "
+                "max(event_time), now64(3)")
 _PATTERN_GROUP = "pattern_id, category, workflow, tool, template, release_id"
-_PATTERN_FROM = "FROM {db}.feedback FINAL WHERE resolution != 'lost' AND pattern_id != '' "
+# every correction counts, also one that lost a conflict: counts only grow, so the ladder is
+# monotone and the rows do not depend on where batch boundaries fell
+_PATTERN_FROM = "FROM {db}.feedback FINAL WHERE pattern_id != '' "
 #: INSERT ... SELECT statements of :meth:`ClickHouseSink.refresh_patterns` (tenant, segment, global)
 PATTERN_REFRESH = (
     f"INSERT INTO {{db}}.feedback_patterns ({_PATTERN_COLS}) "

@@ -33,7 +33,9 @@ ALTER TABLE {db}.feedback ADD INDEX IF NOT EXISTS idx_pattern_id pattern_id TYPE
 
 -- Correction patterns per scope (the scope ladder). Recomputed from `feedback` FINAL for the
 -- patterns a feedback batch touched (ClickHouseSink.refresh_patterns); refreshed_at is the
--- version, so FINAL shows the latest computation. Corrections that lost a conflict do not count.
+-- version, so FINAL shows the latest computation. Every unique correction counts, also one that
+-- lost a conflict (`conflicts`, `lost` say how many): counts only grow, so a pattern climbs the
+-- ladder and never falls back, whatever the order and batching of the stream.
 --   scope 'session' / 'tenant': one row per (tenant_id, pattern_id), cohort ''. 'tenant' once the
 --     pattern recurred in >= SELFHEAL_FEEDBACK_TENANT_MIN_SESSIONS distinct sessions.
 --   scope 'segment': one row per (cohort, pattern_id), tenant_id '', written only when the
@@ -59,6 +61,7 @@ CREATE TABLE IF NOT EXISTS {db}.feedback_patterns
     tenants         UInt32,
     cohorts         UInt32,
     conflicts       UInt64,
+    lost            UInt64,
     mean_confidence Float64,
     first_seen      DateTime64(3, 'UTC'),
     last_seen       DateTime64(3, 'UTC'),
