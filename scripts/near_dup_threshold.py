@@ -63,11 +63,11 @@ def main() -> None:
                         for a, b, _ in pairs]
                 p, r, f = prf(pred, truth)
                 rows.append((thr, p, r, f))
-                if best is None or f > best[3] + 1e-12:
+                if best is None or f >= best[3] - 1e-12:  # ties: the higher (stricter) threshold
                     best = (thr, p, r, f)
             for thr, p, r, f in rows:
                 if thr in (80, 85, 88, 90, 91, 92, 95) or thr == best[0]:
-                    mark = " **best F1**" if thr == best[0] else ""
+                    mark = " **best F1 (highest threshold)**" if thr == best[0] else ""
                     print(f"| {name} | {'yes' if guards else 'no'} | {thr} | {p:.3f} | {r:.3f} | {f:.3f}{mark} |")
     print(f"\ncompare() at threshold {C.NEAR_DUP_THRESHOLD:g} (rows: label, columns: predicted)")
     conf = Counter((lab, C.compare(a, b)) for a, b, lab in pairs)

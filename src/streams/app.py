@@ -89,6 +89,8 @@ class Worker:
     sink_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     partitions: frozenset[int] = frozenset()
     started_at: float = field(default_factory=time.time)
+    #: tenant → pattern ids written since the last pattern refresh (see ``refresh_patterns``)
+    pending_patterns: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _raw(events: list[Any]) -> list[RawMessage]:
@@ -164,6 +166,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         # The worker process owns the ClickHouse connection (a chDB directory admits one process).
         sink = await asyncio.to_thread(ClickHouseSink, settings)
         applied = await asyncio.to_thread(sink.migrate)
+        # feedback patterns of batches acknowledged before a crash may not have been refreshed
+        await asyncio.to_thread(sink.refresh_patterns, None)
         worker.sink = sink  # agents start writing only once the schema is in place
         log.info("ClickHouse at %s ready (migrations applied now: %s)", sink.location, applied or "none")
 
@@ -265,8 +269,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                     async with worker.sink_lock:
                         await asyncio.to_thread(worker.sink.write_feedback, out.rows)
                         await asyncio.to_thread(worker.sink.write_submissions, out.submissions)
-                        if out.patterns:  # scope ladder: recompute the touched patterns (idempotent)
-                            await asyncio.to_thread(worker.sink.refresh_patterns, out.patterns)
+                for tenant, ids in out.patterns.items():  # refreshed by refresh_patterns below
+                    worker.pending_patterns.setdefault(tenant, set()).update(ids)
                 await emit(out.incidents, out.dead_letters)
                 pipe.flush_state()
             except asyncio.CancelledError:
@@ -276,6 +280,24 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 os._exit(CRASH_EXIT_CODE)
             for e in events + ack_after:
                 await stream.ack(e)
+
+    async def refresh_patterns(*_: Any, **__: Any) -> None:
+        """Scope ladder: recompute the feedback patterns written since the last refresh
+        (idempotent; coalesced on a timer, since one refresh per batch held the sink too long).
+        A crash loses only the pending set: the startup refresh recomputes every pattern."""
+        if not worker.pending_patterns or worker.sink is None:
+            return
+        touched, worker.pending_patterns = worker.pending_patterns, {}
+        try:
+            async with worker.sink_lock:
+                await asyncio.to_thread(worker.sink.refresh_patterns, touched)
+        except BaseException:
+            for tenant, ids in touched.items():
+                worker.pending_patterns.setdefault(tenant, set()).update(ids)
+            raise
+
+    app.timer(interval=settings.feedback_patterns_refresh_s)(refresh_patterns)
+    app.on_before_shutdown.connect(refresh_patterns)  # a graceful stop leaves nothing pending
 
     @app.timer(interval=10.0)
     async def report() -> None:

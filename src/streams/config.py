@@ -93,6 +93,8 @@ class Settings(BaseSettings):
         "distinct tenants (across cohorts) a global candidate needs"))
     feedback_global_min_cohorts: int = Field(2, ge=2, description=(
         "distinct cohorts a pattern seen in >= k tenants must span to become a global candidate"))
+    feedback_patterns_refresh_s: float = Field(2.0, gt=0, description=(
+        "how often the worker recomputes the feedback patterns (scope ladder) written since the last refresh, s"))
 
     # --- privacy -------------------------------------------------------------------------
     tenant_hmac_key: SecretStr = Field(SecretStr("selfheal-dev-key-change-me"),
