@@ -53,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from rapidfuzz import fuzz
@@ -368,8 +368,3 @@ def resolve(cands: Sequence[Candidate], threshold: float = NEAR_DUP_THRESHOLD) -
             rule = _decider(c, top)
             out[c.key] = Resolution(True, "won", rule, top.key, f"won over {top.key}: {_explain(rule, c, top)}")
     return out
-
-
-def strongest(values: Mapping[str, float], keys: Iterable[str]) -> float:
-    """Largest ``values[k]`` over ``keys`` (0.0 if none); used for best source / role weight."""
-    return max((values.get(k, 0.0) for k in keys), default=0.0)
