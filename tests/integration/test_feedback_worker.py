@@ -2,8 +2,9 @@
 
 - the crafted stream (tests/feedback_stream.py) sent twice → identical FINAL contents, with the
   dedup, conflict, scope and redaction outcomes asserted; the golden-set export is reproducible;
-- a worker killed with SIGKILL in the middle of a feedback stream and replaced → FINAL contents
-  identical to an uninterrupted worker's (no lost, no doubled rows).
+- a worker killed with SIGKILL in the middle of a feedback stream (with rows written past its
+  committed offsets, so the replacement gets them again) and replaced → FINAL contents identical
+  to an uninterrupted worker's (no lost, no doubled rows).
 """
 
 from __future__ import annotations
@@ -133,6 +134,14 @@ def test_worker_killed_mid_stream_loses_and_doubles_no_feedback(settings, worker
         time.sleep(0.1)
     assert done < end, "the worker finished before it could be killed; make the stream longer"
     worker.kill()  # SIGKILL in the middle of the feedback stream
+    done, end = _feedback_progress(settings, settings.full_app_id)
+    sink = ClickHouseSink(settings)  # free now: what the killed worker wrote
+    written = sink.query("SELECT count() FROM {db}.feedback_submissions FINAL")[0][0]
+    sink.close()
+    # one record per message: written beyond the committed offsets = written and then redelivered
+    redelivered = written - done
+    print(f"killed at {done}/{end} committed feedback messages, {written} submissions written")
+    assert done < end and redelivered > 0, "nothing was written past the commits: the kill tested no redelivery"
     worker = worker_factory(extra_env=slow, name="replacement")
     wait_caught_up(settings, ["traces", "feedback"], timeout_s=600, worker=worker)
     assert worker.stop() == 0
