@@ -1,6 +1,7 @@
 """``selfheal`` command line (typer). The CLI wires components; it does not compute.
 
-Commands: ``topics``, ``migrate``, ``worker``, ``simulate``, ``demo``, ``incidents``.
+Commands: ``topics``, ``migrate``, ``worker``, ``simulate``, ``demo``, ``incidents``, ``export-evalset``,
+``refresh-patterns``.
 Settings come from ``SELFHEAL_*`` environment variables (README "Settings").
 """
 
@@ -205,6 +206,9 @@ def _summary(sink, rep, elapsed_s: float, caught_up: bool) -> dict:
         "feedback_resubmits_sent": rep.feedback_resubmits,
         "feedback_rows_raw": q("SELECT count() FROM {db}.feedback_submissions FINAL")[0][0],
         "feedback_rows_deduped": counts["feedback"],
+        "feedback_near_duplicates_sent": rep.feedback_near_duplicates,
+        "feedback_conflicts_sent": rep.feedback_conflicts,
+        **_feedback_summary(q),
         "clickhouse": counts,
         "injected_changes": [{"tenant_id": change.tenant_id, "cohort": change.cohort,
                               "workflow": None if change.workflow == "*" else change.workflow,
@@ -215,6 +219,20 @@ def _summary(sink, rep, elapsed_s: float, caught_up: bool) -> dict:
         "first_detection_after_traces": min((i["detected_after_traces"] for i in injected_hits), default=None),
         "worker_caught_up": caught_up,
         "elapsed_s": round(elapsed_s, 1),
+    }
+
+
+def _feedback_summary(q) -> dict:
+    """Feedback aggregation figures of a run (issue 4): statuses, conflicts, scopes."""
+    status = dict(q("SELECT dedup_status, count() FROM {db}.feedback_submissions FINAL GROUP BY dedup_status"))
+    scopes = dict(q("SELECT scope, count() FROM {db}.feedback_patterns FINAL GROUP BY scope"))
+    return {
+        "feedback_submissions_by_status": {k: status.get(k, 0) for k in ("new", "resubmit", "near_duplicate",
+                                                                          "replay")},
+        "feedback_conflict_rows": q("SELECT count() FROM {db}.feedback FINAL WHERE conflict")[0][0],
+        "feedback_conflicts_lost": q("SELECT count() FROM {db}.feedback FINAL WHERE resolution = 'lost'")[0][0],
+        "feedback_patterns_by_scope": {k: scopes.get(k, 0) for k in ("session", "tenant", "segment",
+                                                                      "global_candidate")},
     }
 
 
@@ -282,6 +300,52 @@ def bench_drift(
     if json_out:
         json_out.write_text(dumps(report))
         console.print(f"written {json_out}")
+
+
+@app.command("export-evalset")
+def export_evalset(
+    tenant: Annotated[str, typer.Option(help="tenant to export (one tenant per file)")],
+    since: Annotated[str, typer.Option(help="start of the traces' event time, ISO 8601 (UTC if no offset)")],
+    until: Annotated[str, typer.Option(help="end (exclusive), ISO 8601")],
+    out: Annotated[Path, typer.Option(help="output JSON Lines file")],
+    cohort: Annotated[str, typer.Option(help="only this cohort")] = "",
+    release: Annotated[str, typer.Option(help="only this release_id")] = "",
+    include_lost: Annotated[bool, typer.Option(help="also corrections that lost a conflict")] = False,
+) -> None:
+    """Write a reproducible regression/golden set (JSONL) of a tenant's corrections (streams.evalset)."""
+    import hashlib
+    from datetime import datetime
+
+    from streams.errors import TenantScopeError
+    from streams.evalset import build_evalset
+    from streams.sinks.clickhouse import ClickHouseSink
+
+    try:
+        t0, t1 = datetime.fromisoformat(since), datetime.fromisoformat(until)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--since/--until must be ISO 8601 ({since!r}, {until!r}): {exc}") from None
+    sink = ClickHouseSink(get_settings())
+    try:
+        data, n = build_evalset(sink, tenant, t0, t1, cohort=cohort or None, release_id=release or None,
+                                include_lost=include_lost)
+    except (TenantScopeError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    finally:
+        sink.close()
+    out.write_bytes(data)
+    console.print(f"wrote {n} records to {out} (sha256 {hashlib.sha256(data).hexdigest()})")
+
+
+@app.command("refresh-patterns")
+def refresh_patterns() -> None:
+    """Recompute every feedback pattern and its scope from the feedback table (e.g. after changing k)."""
+    from streams.sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink(get_settings())
+    sink.refresh_patterns(None)
+    rows = sink.query("SELECT scope, count() FROM {db}.feedback_patterns FINAL GROUP BY scope ORDER BY scope")
+    sink.close()
+    console.print(", ".join(f"{scope}: {n}" for scope, n in rows) or "no patterns")
 
 
 @app.command()

@@ -80,6 +80,24 @@ class Settings(BaseSettings):
         "event time after which a trace's feedback is taken as complete for correction-rate detection, s; "
         "later feedback is stored but not counted by detectors"))
 
+    # --- feedback aggregation (docs/feedback.md) ------------------------------------------
+    feedback_near_dup_threshold: float = Field(91.0, ge=0, le=100, description=(
+        "rapidfuzz token-set ratio (0-100) from which two corrections of one tenant, trace and category are "
+        "near-duplicates (chosen on tests/data/near_duplicate_pairs.json)"))
+    feedback_max_corrections_per_trace: int = Field(32, ge=1, description=(
+        "unique corrections kept per trace; a further distinct one is dead-lettered (feedback_limit)"))
+    feedback_max_submissions_per_trace: int = Field(256, ge=1, description=(
+        "distinct feedback ids kept per trace; a further one is dead-lettered (feedback_limit)"))
+    feedback_tenant_min_sessions: int = Field(3, ge=1, description=(
+        "distinct sessions of one tenant a correction pattern must recur in to become tenant-scoped"))
+    feedback_segment_min_tenants: int = Field(3, ge=2, description=(
+        "k: distinct tenants of one cohort a pattern must be seen in to become segment-scoped; also the "
+        "distinct tenants (across cohorts) a global candidate needs"))
+    feedback_global_min_cohorts: int = Field(2, ge=2, description=(
+        "distinct cohorts a pattern seen in >= k tenants must span to become a global candidate"))
+    feedback_patterns_refresh_s: float = Field(2.0, gt=0, description=(
+        "how often the worker recomputes the feedback patterns (scope ladder) written since the last refresh, s"))
+
     # --- privacy -------------------------------------------------------------------------
     tenant_hmac_key: SecretStr = Field(SecretStr("selfheal-dev-key-change-me"),
                                        description="key for tenant-keyed HMAC of identifiers")

@@ -56,6 +56,8 @@ class FeedbackOutput:
     incidents: list[Incident]
     dead_letters: list[DeadLetter]
     counts: dict[str, int] = field(default_factory=dict)
+    #: tenant → pattern ids whose rows were written (refresh of ``feedback_patterns``)
+    patterns: dict[str, set[str]] = field(default_factory=dict)
 
 
 def drift_config(settings: Settings) -> DriftConfig:
@@ -107,7 +109,10 @@ class Pipeline:
         self.index = TraceIndex(settings.trace_index_size)
         self.feedback = FeedbackProcessor(
             feedback_state or DictBackend(), self.index, self.redactor,
-            settings.tenant_hmac_key.get_secret_value().encode(), lookup=trace_lookup)
+            settings.tenant_hmac_key.get_secret_value().encode(), lookup=trace_lookup,
+            near_dup_threshold=settings.feedback_near_dup_threshold,
+            max_corrections_per_trace=settings.feedback_max_corrections_per_trace,
+            max_submissions_per_trace=settings.feedback_max_submissions_per_trace)
         self._snapshot_dirty: set[int] = set()
         self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0}
 
@@ -189,7 +194,7 @@ class Pipeline:
                 wm[p] = t
         index.add_many(cols.trace_id, [
             TraceRef(r["tenant_id"], r["cohort"], r["workflow"], r["release"]["release_id"], p, r["session_id"], fp,
-                     r["event_time"])
+                     r["event_time"], next((t["name"] for t in r["tool_calls"] if t["status"] != "ok"), ""))
             for r, p, fp in zip(records, parts, fps, strict=True)], wm)
         attrs = [self._redact_attrs(r["attributes"]) for r in records]
         self.stats["traces"] += cols.n
@@ -265,7 +270,7 @@ class Pipeline:
         self.stats["feedback"] += len(res.rows)
         self.stats["dead_letters"] += len(dls)
         self.stats["incident_events"] += len(incidents)
-        return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts)
+        return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts, res.patterns)
 
 
 _NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0)
