@@ -203,3 +203,14 @@ def test_no_phi_in_rows_or_in_the_changelog_state():
         assert leak not in stored, leak
     (row,) = res.rows
     assert "[NAME]" in row["corrected_text"] and "<name>" in row["template"] and "<phone>" in row["template"]
+
+
+def test_final_row_keeps_the_first_wording_of_a_resubmitted_correction():
+    p = proc()
+    t0 = 1_790_000_000_000
+    first = feedback(1, corrected_text="Added the missing allergy list.", event_time=t0)
+    again = feedback(2, corrected_text="  ADDED THE MISSING ALLERGY   LIST ", event_time=t0 + 1000)
+    res = run_at(p, [first, again])
+    assert [s["dedup_status"] for s in res.submissions] == ["new", "resubmit"]
+    (row,) = final(res.rows).values()
+    assert row["corrected_text"] == "Added the missing allergy list." and row["submissions"] == 2

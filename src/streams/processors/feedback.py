@@ -383,7 +383,15 @@ class FeedbackProcessor:
                 c.res = res
                 if k != key:
                     changed.append(k)
-        rows = [self._new_row(rec, ref, key, corr, status, norm, reviewer)]
+        row = self._new_row(rec, ref, key, corr, status, norm, reviewer)
+        if status != "new":
+            # a resubmit or near-duplicate is the same correction sent again: the row keeps the
+            # original wording (evaluation sets get the reviewer's first text, not a re-typing)
+            first = self._row(tenant, key)
+            if first is not None:
+                for col in ("corrected_text", "edit_diff", "normalised_correction"):
+                    row[col] = first[col]
+        rows = [row]
         for k in changed:
             row = self._row(tenant, k)
             if row is not None:
