@@ -164,10 +164,16 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     @app.task
     async def open_sink() -> None:
         # The worker process owns the ClickHouse connection (a chDB directory admits one process).
-        sink = await asyncio.to_thread(ClickHouseSink, settings)
-        applied = await asyncio.to_thread(sink.migrate)
-        # feedback patterns of batches acknowledged before a crash may not have been refreshed
-        await asyncio.to_thread(sink.refresh_patterns, None)
+        def start() -> tuple[ClickHouseSink, list[int]]:
+            # one thread for schema changes and the first read: a chDB table created in one thread
+            # was seen missing by an immediate query from another thread under load
+            sink = ClickHouseSink(settings)
+            applied = sink.migrate()
+            # feedback patterns of batches acknowledged before a crash may not have been refreshed
+            sink.refresh_patterns(None)
+            return sink, applied
+
+        sink, applied = await asyncio.to_thread(start)
         worker.sink = sink  # agents start writing only once the schema is in place
         log.info("ClickHouse at %s ready (migrations applied now: %s)", sink.location, applied or "none")
 
