@@ -105,3 +105,19 @@ def test_restart_resumes_open_incident_instead_of_opening_a_new_one():
     assert set(r2.mgr.open) == open_ids
     r2.feed(regressed(release="rel-2"), 10_000)
     assert not [e for e in r2.events if e.status == IncidentStatus.open and e.metric_group == "latency"]
+
+
+def test_uniform_change_across_tenants_is_one_platform_incident_never_a_release_regression():
+    fleet = [Slice(f"t{i}", "cardiology", 0.25, partition=i) for i in range(4)]
+    slower = [Slice(f"t{i}", "cardiology", 0.25, partition=i, effect=Effect(latency=1.6)) for i in range(4)]
+    r = Run()
+    r.feed(fleet, 30_000)
+    r.feed(slower, 12_000)
+    latency = [e for e in r.events if e.metric_group == "latency"]
+    platform = {e.incident_id for e in latency if e.slice.layer == "platform"}
+    assert len(platform) == 1
+    assert not any(e.kind == IncidentKind.release_regression for e in r.events)
+    # tenant incidents opened before the episode was recognised are resolved as superseded
+    open_tenant = {e.incident_id for e in latency if e.slice.tenant_id and e.status == IncidentStatus.open}
+    resolved = {e.incident_id for e in latency if e.status == IncidentStatus.resolved and "superseded" in e.summary}
+    assert open_tenant <= resolved

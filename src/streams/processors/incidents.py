@@ -22,7 +22,7 @@ Rules (documented in README "Incidents"):
 - **Storm guard**: at most ``max_open_per_tenant`` open incidents per tenant; further alarms of
   that tenant are folded into its most severe open incident as ``also_seen``.
 
-- **Platform-wide changes**: when the same metric moves in >= max(3, half of the tenants)
+- **Platform-wide changes**: when the same metric group moves in >= max(3, half of the tenants)
   within ``platform_window_s`` (seasonal traffic, a provider-side change), the alarms become one
   incident on the ``platform`` layer (tenant empty, action observe / sample outputs), the tenant
   incidents it explains are resolved as superseded, and none of it is blamed on a release. A
@@ -187,7 +187,7 @@ class IncidentManager:
         #: CUSUM level (nats) under which a detector counts as drained for resolution
         self.drained = drained_nats
         self.open: dict[str, OpenIncident] = {}
-        #: platform-wide correlation: metric -> {tenant: event time of its last alarm}; open episodes
+        #: platform-wide correlation: metric group -> {tenant: event time of its last alarm}; open episodes
         self.platform_alarms: dict[str, dict[str, int]] = {}
         self.platform_open: dict[str, str] = {}
         self.platform_window_ms = int(platform_window_s * 1000)
@@ -206,7 +206,7 @@ class IncidentManager:
                 if inc.partition in partitions and inc.incident_id not in self.open:
                     self.open[inc.incident_id] = inc
         self.loaded_partitions = set(partitions)
-        self.platform_open = {inc.metric: iid for iid, inc in self.open.items() if not inc.tenant_id}
+        self.platform_open = {inc.group: iid for iid, inc in self.open.items() if not inc.tenant_id}
         for inc in self.open.values():
             inc.rows = [r for r in (self.store.index.get(k) for k in inc.slices) if r is not None]
             g = GROUP_INDEX[inc.group]
@@ -251,7 +251,7 @@ class IncidentManager:
     def _platform(self, alarm: Alarm, info: SliceInfo, ctx: TraceContext, out: dict[str, Incident]) -> bool:
         """Fold an alarm into a platform-wide episode when the same metric moved in many tenants.
 
-        A change seen on ``metric`` in >= max(3, half of the tenants) distinct tenants within
+        A change of one metric group seen in >= max(3, half of the tenants) distinct tenants within
         ``platform_window_s`` of event time is platform-wide (seasonal traffic, a provider-side
         change): it becomes one incident on the ``platform`` layer, never a release regression,
         and the tenant incidents it explains are resolved as superseded. Alarms that a new
@@ -260,19 +260,20 @@ class IncidentManager:
         """
         now = _time(alarm, ctx)
         metric = alarm.metric.name
-        seen = self.platform_alarms.setdefault(metric, {})
+        group = alarm.metric.group  # one platform episode per metric group
+        seen = self.platform_alarms.setdefault(group, {})
         seen[info.tenant_id] = now
         for t in [t for t, ts in seen.items() if now - ts > self.platform_window_ms]:
             del seen[t]
         if self._blame(alarm, info, alarm.metric.group) is not None:
             return False
-        inc = self.open.get(self.platform_open.get(metric, ""))
+        inc = self.open.get(self.platform_open.get(group, ""))
         tenants = {si.tenant_id for si in self.store.info}
         if inc is None:
             if len(seen) < max(3, math.ceil(0.5 * len(tenants))):
                 return False
-            episode = self._next_episode(PLATFORM_KEY, alarm.metric.group + ":" + metric, 0)
-            iid = hashlib.sha1(f"{PLATFORM_KEY}|{metric}|{episode}".encode()).hexdigest()[:20]
+            episode = self._next_episode(PLATFORM_KEY, group, 0)
+            iid = hashlib.sha1(f"{PLATFORM_KEY}|{group}|{episode}".encode()).hexdigest()[:20]
             inc = OpenIncident(
                 incident_id=iid, tenant_id="", group=alarm.metric.group, partition=0, primary=PLATFORM_KEY,
                 slices=[PLATFORM_KEY], revision=0, kind="", metric=metric, best=_figures(alarm), severity=0,
@@ -281,12 +282,12 @@ class IncidentManager:
                 last_seen_ms=now,
                 last_emit_ms=now)
             self.open[iid] = inc
-            self.platform_open[metric] = iid
+            self.platform_open[group] = iid
             inc.kind = _group_kind(inc.group)
             inc.severity = _severity(alarm, inc.group)
             # the tenant incidents this change explains: superseded
             for other in list(self.open.values()):
-                if other.tenant_id and other.group == inc.group and other.metric == metric and other.release_id is None \
+                if other.tenant_id and other.group == inc.group and other.release_id is None \
                         and now - other.first_seen_ms <= self.platform_window_ms:
                     event = self._resolve(other, now, f"superseded by platform-wide incident {iid}")
                     out[other.incident_id] = event
@@ -502,8 +503,8 @@ class IncidentManager:
         inc.last_seen_ms = max(inc.last_seen_ms, now_ms)
         event = self._build(inc, IncidentStatus.resolved, now_ms, note)
         self.open.pop(inc.incident_id, None)
-        if self.platform_open.get(inc.metric) == inc.incident_id:
-            del self.platform_open[inc.metric]
+        if self.platform_open.get(inc.group) == inc.incident_id:
+            del self.platform_open[inc.group]
         self.backend.put(f"inc|{inc.tenant_id or PLATFORM}|{inc.incident_id}", b"", inc.partition)
         return event
 
