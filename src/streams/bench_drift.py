@@ -339,6 +339,22 @@ def run_suite(seeds: int = 5, river: bool = True, settings: Settings | None = No
     return report
 
 
+def calibrate(thresholds: list[float], traces: int = 1_000_000, progress=None) -> list[dict[str, Any]]:
+    """False incidents per million on the stationary scenarios (``traces`` each) for each CUSUM
+    threshold ``h``: the calibration curve behind ``cusum_threshold``."""
+    out = []
+    for h in thresholds:
+        settings = Settings(cusum_threshold=h)
+        runs = [run_selfheal(replace(s, after=traces), 100, settings) for s in STATIONARY]
+        total = sum(r.traces for r in runs)
+        false = sum(r.false_incidents for r in runs)
+        out.append({"cusum_threshold": h, "traces": total, "false_incidents": false,
+                    "false_incidents_per_million": false / total * 1e6})
+        if progress:
+            progress(f"h={h}: {false} false incidents in {total:,} traces", len(out), len(thresholds))
+    return out
+
+
 def headline(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Rows ``(score, selfheal, ADWIN, PageHinkley)`` for printing."""
     keys = ("recall", "median_delay_traces", "p90_delay_traces", "false_incidents_per_million", "kind_accuracy",

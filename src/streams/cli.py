@@ -279,9 +279,24 @@ def bench_drift(
     river: Annotated[bool, typer.Option(help="also score river ADWIN / PageHinkley")] = True,
     quick: Annotated[bool, typer.Option(help="shorter stationary runs (smoke)")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full report here")] = None,
+    calibrate: Annotated[str, typer.Option(help="instead: false incidents per million on the stationary "
+                                                "scenarios for these thresholds, e.g. 12,14,16,18")] = "",
 ) -> None:
     """Detection quality on the scenario suite (recall, delay, false incidents, attribution)."""
+    from streams.bench_drift import calibrate as run_calibration
     from streams.bench_drift import dumps, headline, run_suite
+
+    if calibrate:
+        rows = run_calibration([float(x) for x in calibrate.split(",")],
+                               progress=lambda d, i, n: console.print(f"[dim]{d}"))
+        t = Table("cusum_threshold h", "stationary traces", "false incidents", "per million", title="calibration")
+        for r in rows:
+            t.add_row(f"{r['cusum_threshold']:g}", f"{r['traces']:,}", str(r["false_incidents"]),
+                      f"{r['false_incidents_per_million']:.2f}")
+        console.print(t)
+        if json_out:
+            json_out.write_text(dumps({"calibration": rows}))
+        return
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
