@@ -213,7 +213,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         async def order(events: list[Any]) -> tuple[list[Any], list[Any]]:
             if app.rebalancing_count != seen_generation[0]:  # new assignment: restart at the commits
                 seen_generation[0] = app.rebalancing_count
-                parts = sorted(worker.partitions) or list(range(settings.partitions))
+                parts = list(range(settings.partitions))  # all: the assignment may still move
+                faust_fixes.forget(topic_name, parts)
                 start = await asyncio.to_thread(committed_offsets, settings, settings.full_app_id, topic_name, parts)
                 stale = seq.reset(start)
             else:
@@ -244,6 +245,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                         await asyncio.to_thread(sink.write_traces, out.cols, out.attributes)
                 await emit(out.incidents, out.dead_letters)
                 worker.pipeline.flush_state()
+                faust_fixes.mark_processed(events)
             except asyncio.CancelledError:
                 raise  # shutting down: the batch stays unacknowledged and is redelivered
             except BaseException:
@@ -279,6 +281,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                     worker.pending_patterns.setdefault(tenant, set()).update(ids)
                 await emit(out.incidents, out.dead_letters)
                 pipe.flush_state()
+                faust_fixes.mark_processed(events)
             except asyncio.CancelledError:
                 raise
             except BaseException:
