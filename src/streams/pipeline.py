@@ -192,11 +192,15 @@ class Pipeline:
         for p, t in zip(cols.partition.tolist(), cols.event_time_ms.tolist(), strict=True):
             if t > wm.get(p, -1):
                 wm[p] = t
-        index.add_many(cols.trace_id, [
-            TraceRef(r["tenant_id"], r["cohort"], r["workflow"], r["release"]["release_id"], p, r["session_id"], fp,
-                     r["event_time"], next((t["name"] for t in r["tool_calls"] if t["status"] != "ok"), ""))
-            for r, p, fp in zip(records, parts, fps, strict=True)], wm)
-        attrs = [self._redact_attrs(r["attributes"]) for r in records]
+        failed = set(np.flatnonzero(cols.tool_failure).tolist())
+        index.add_many(cols.trace_id, list(map(
+            TraceRef, cols.tenant_id, cols.cohort, cols.workflow, cols.release_id, parts,
+            [r["session_id"] for r in records], fps, cols.event_time_ms.tolist(),
+            [next(t["name"] for t in r["tool_calls"] if t["status"] != "ok") if i in failed else ""
+             for i, r in enumerate(records)])), wm)
+        attrs = [r["attributes"] for r in records]
+        if self.redactor.enabled and _MAYBE_PHI.search("\n".join(v for a in attrs for v in a.values())):
+            attrs = [self._redact_attrs(a) for a in attrs]  # only batches with a PHI-like value pay per record
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
         return TraceOutput(cols, attrs, incidents, dls, dup)

@@ -53,7 +53,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas import DeadLetter
 from schemas.feedback import SAFETY_CATEGORIES
@@ -97,9 +97,8 @@ def conflict_id(tenant_id: str, trace_id: str) -> str:
     return hashlib.sha1(f"{tenant_id}\x1f{trace_id}".encode()).hexdigest()[:16]
 
 
-@dataclass(slots=True, frozen=True)
-class TraceRef:
-    """What feedback needs from its trace."""
+class TraceRef(NamedTuple):
+    """What feedback needs from its trace (a tuple: one is kept per recent trace, built per batch)."""
 
     tenant_id: str
     cohort: str
