@@ -21,10 +21,12 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+import numpy as np
 import pyarrow as pa
 from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -147,6 +149,10 @@ class ClickHouseSink:
         rel = [r["release"] for r in recs]
         ro = [r["rollout"] for r in recs]
         tools = [r["tool_calls"] for r in recs]
+        # tool calls as arrow lists over one flat pass (offsets + values), not a list per trace
+        flat = [t for ts in tools for t in ts]
+        tool_off = pa.array(np.concatenate(([0], np.cumsum(np.fromiter(map(len, tools), np.int64, len(tools))))),
+                            type=pa.int32())
         attrs = attributes if attributes is not None else [r["attributes"] for r in recs]
         data = pa.table({
             "tenant_id": cols.tenant_id,
@@ -172,9 +178,12 @@ class ClickHouseSink:
             "cost_usd": cols.cost_usd,
             "confidence": pa.array(cols.confidence, type=pa.float32(), from_pandas=True),
             "outcome": [r["outcome"] for r in recs],
-            "tool_names": [[t["name"] for t in ts] for ts in tools],
-            "tool_statuses": [[t["status"] for t in ts] for ts in tools],
-            "tool_latency_ms": pa.array([[t["latency_ms"] for t in ts] for ts in tools], type=pa.list_(pa.float32())),
+            "tool_names": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("name"), flat)),
+                                                                      type=pa.string())),
+            "tool_statuses": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("status"), flat)),
+                                                                         type=pa.string())),
+            "tool_latency_ms": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("latency_ms"), flat)),
+                                                                           type=pa.float32())),
             "retrieval_queries": pa.array([r["retrieval_queries"] for r in recs], type=pa.uint16()),
             "retrieval_hits": pa.array([r["retrieval_hits"] for r in recs], type=pa.uint16()),
             "policy_blocked": cols.policy_blocked,

@@ -1,0 +1,45 @@
+"""ClickHouseSink.write_traces on embedded chDB: nested fields (tool calls, attributes, rollout)
+land in the right row, and a redelivered batch collapses under FINAL (idempotent sink)."""
+
+from __future__ import annotations
+
+import copy
+
+from schemas import default_codec
+from streams.config import Settings
+from streams.processors.ingest import Ingest, RawMessage, trace_columns
+from streams.sinks.clickhouse import ClickHouseSink
+from tests.unit.test_fast_check import BASE
+
+
+def test_traces_round_trip_with_nested_fields(tmp_path):
+    calls = [[], [{"name": "ehr_lookup", "status": "ok", "latency_ms": 120.0}],
+             [{"name": "a", "status": "error", "latency_ms": 5.0}, {"name": "b", "status": "timeout", "latency_ms": 9.5}]]
+    recs = []
+    for i, tc in enumerate(calls):
+        r = copy.deepcopy(BASE)
+        r.update(trace_id=f"tr-{i}", tool_calls=tc, attributes={"k": str(i)} if i else {},
+                 rollout=None if i == 1 else r["rollout"])
+        recs.append(r)
+    codec = default_codec()
+    msg = RawMessage("agent.traces.v1", 0, 7, b"acme-health", codec.encode(
+        "selfheal.v1.AgentTraceBatch", {"batch_id": "b1", "producer_id": "p", "sent_at": BASE["event_time"],
+                                        "traces": recs}))
+    decoded = Ingest(codec, "traces").decode([msg])
+    assert not decoded.dead_letters
+    cols = trace_columns(decoded.records, decoded.partitions, decoded.offsets)
+    sink = ClickHouseSink(Settings(state_dir=tmp_path, clickhouse_path=tmp_path / "ch"))
+    try:
+        sink.migrate()
+        sink.write_traces(cols)
+        sink.write_traces(cols)  # redelivery
+        rows = sink.query("SELECT trace_id, tool_names, tool_statuses, tool_latency_ms, attributes, rollout_arm "
+                          "FROM {db}.traces FINAL ORDER BY trace_id")
+    finally:
+        sink.close()
+    assert [r[0] for r in rows] == ["tr-0", "tr-1", "tr-2"]
+    assert [r[1] for r in rows] == [[], ["ehr_lookup"], ["a", "b"]]
+    assert [r[2] for r in rows] == [[], ["ok"], ["error", "timeout"]]
+    assert [r[3] for r in rows] == [[], [120.0], [5.0, 9.5]]
+    assert [r[4] for r in rows] == [{}, {"k": "1"}, {"k": "2"}]
+    assert [r[5] for r in rows] == ["canary", "", "canary"]
