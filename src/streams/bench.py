@@ -209,7 +209,7 @@ def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
     from streams.processors.ingest import trace_columns
     from streams.sinks.clickhouse import ClickHouseSink
 
-    sink = ClickHouseSink(replace(settings, clickhouse_path=settings.state_dir / "sink-bench"))
+    sink = ClickHouseSink(settings.model_copy(update={"clickhouse_path": settings.state_dir / "sink-bench"}))
     sink.migrate()
     rng = np.random.default_rng(3)
     cols, _ = synthetic_columns(rng, fleet(50), rows, 0, int(time.time() * 1000) - 3_600_000, 1.0)
