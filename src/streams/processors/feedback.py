@@ -15,8 +15,8 @@ Deduplication (stream side; the ClickHouse table collapses again by ``dedup_key`
   rapidfuzz token-set ratio >= ``near_dup_threshold`` plus number and polarity guards) →
   ``near_duplicate``, and it takes the ``dedup_key`` of the correction it duplicates.
 
-Each unique correction (``dedup_key``) has one row after ``FINAL``: the latest submission's
-wording, with the correction's aggregates (submissions, distinct agreeing reviewers, confidence,
+Each unique correction (``dedup_key``) has one row after ``FINAL``: its first submission's
+wording (resubmits and near-duplicates only add agreement), with the correction's aggregates (submissions, distinct agreeing reviewers, confidence,
 conflict outcome, pattern). Every change writes a new row with a higher ``version``
 (``max(previous version + 1, event time)``), so ReplacingMergeTree keeps the newest.
 
