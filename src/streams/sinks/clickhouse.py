@@ -146,14 +146,18 @@ class ClickHouseSink:
             SinkError: after ``retry_s`` of failures.
         """
         recs = cols.records
-        rel = [r["release"] for r in recs]
-        ro = [r["rollout"] for r in recs]
-        tools = [r["tool_calls"] for r in recs]
+
+        def col(rows: Sequence[dict[str, Any]], key: str) -> list[Any]:
+            return list(map(itemgetter(key), rows))
+
+        rel = col(recs, "release")
+        ro = col(recs, "rollout")
+        tools = col(recs, "tool_calls")
         # tool calls as arrow lists over one flat pass (offsets + values), not a list per trace
         flat = [t for ts in tools for t in ts]
         tool_off = pa.array(np.concatenate(([0], np.cumsum(np.fromiter(map(len, tools), np.int64, len(tools))))),
                             type=pa.int32())
-        attrs = attributes if attributes is not None else [r["attributes"] for r in recs]
+        attrs = attributes if attributes is not None else col(recs, "attributes")
         data = pa.table({
             "tenant_id": cols.tenant_id,
             "cohort": cols.cohort,
@@ -161,14 +165,14 @@ class ClickHouseSink:
             "event_time": pa.array(cols.event_time_ms, type=pa.int64()).cast(TS),
             "trace_id": cols.trace_id,
             "intent": [i or "" for i in cols.intent],
-            "agent_id": [r["agent_id"] for r in recs],
-            "session_id": [r["session_id"] for r in recs],
+            "agent_id": col(recs, "agent_id"),
+            "session_id": col(recs, "session_id"),
             "release_id": cols.release_id,
-            "model": [m["model"] for m in rel],
-            "prompt_version": [m["prompt_version"] for m in rel],
-            "tool_schema_version": [m["tool_schema_version"] for m in rel],
-            "policy_version": [m["policy_version"] for m in rel],
-            "retrieval_index_version": [m["retrieval_index_version"] for m in rel],
+            "model": col(rel, "model"),
+            "prompt_version": col(rel, "prompt_version"),
+            "tool_schema_version": col(rel, "tool_schema_version"),
+            "policy_version": col(rel, "policy_version"),
+            "retrieval_index_version": col(rel, "retrieval_index_version"),
             "rollout_arm": ["" if x is None else x["arm"] for x in ro],
             "rollout_stage_pct": pa.array([0.0 if x is None else x["stage_pct"] for x in ro], type=pa.float32()),
             "candidate_release_id": ["" if x is None else x["candidate_release_id"] for x in ro],
@@ -177,17 +181,17 @@ class ClickHouseSink:
             "output_tokens": pa.array(cols.output_tokens.astype("uint32")),
             "cost_usd": cols.cost_usd,
             "confidence": pa.array(cols.confidence, type=pa.float32(), from_pandas=True),
-            "outcome": [r["outcome"] for r in recs],
+            "outcome": col(recs, "outcome"),
             "tool_names": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("name"), flat)),
                                                                       type=pa.string())),
             "tool_statuses": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("status"), flat)),
                                                                          type=pa.string())),
             "tool_latency_ms": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("latency_ms"), flat)),
                                                                            type=pa.float32())),
-            "retrieval_queries": pa.array([r["retrieval_queries"] for r in recs], type=pa.uint16()),
-            "retrieval_hits": pa.array([r["retrieval_hits"] for r in recs], type=pa.uint16()),
+            "retrieval_queries": pa.array(col(recs, "retrieval_queries"), type=pa.uint16()),
+            "retrieval_hits": pa.array(col(recs, "retrieval_hits"), type=pa.uint16()),
             "policy_blocked": cols.policy_blocked,
-            "retries": pa.array([r["retries"] for r in recs], type=pa.uint16()),
+            "retries": pa.array(col(recs, "retries"), type=pa.uint16()),
             "fallback_used": cols.fallback_used,
             "output_sha256": [r["output_sha256"] or "" for r in recs],
             "attributes": pa.array([list(a.items()) for a in attrs], type=STR_MAP),
