@@ -320,7 +320,7 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
 
 
 def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: bool = False,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None, latency_rate: float = 10_000.0) -> dict[str, Any]:
     """The whole benchmark; returns the JSON report (keys of issue 6 at the top level)."""
     from streams.topics import delete_topics, ensure_topics
 
@@ -357,11 +357,11 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
                               "print(json.dumps(memory()))"], capture_output=True, text=True, check=True)
         report["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
         if not skip_latency:
-            say("latency at 10k traces/s")
+            say(f"latency at {latency_rate:,.0f} traces/s")
             ls = s.model_copy(update={"topic_prefix": f"bench-lat-{run_id}.", "state_dir": root / "lat",
                                       "clickhouse_path": root / "lat" / "clickhouse"})
             (root / "lat").mkdir(parents=True, exist_ok=True)
-            report["latency"] = latency(ls, root / "latency-worker.log")
+            report["latency"] = latency(ls, root / "latency-worker.log", rate=latency_rate)
             delete_topics(ls)
     finally:
         delete_topics(s)

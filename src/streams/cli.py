@@ -255,13 +255,15 @@ def _print_summary(s: dict, out: Path) -> None:
 @app.command("bench")
 def bench(
     traces: Annotated[int, typer.Option(help="traces for the throughput runs")] = 300_000,
-    latency: Annotated[bool, typer.Option(help="also measure trace-to-incident latency at 10k traces/s")] = True,
+    latency: Annotated[bool, typer.Option(help="also measure trace-to-incident latency")] = True,
+    latency_rate: Annotated[float, typer.Option(help="offered load of the latency run, traces/s")] = 10_000.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
 ) -> None:
     """Throughput (raw limit vs pipeline per core), incident latency, sink rows/s, memory."""
     from streams.bench import run
 
-    report = run(traces=traces, skip_latency=not latency, progress=lambda m: console.print(f"[dim]{m}"))
+    report = run(traces=traces, skip_latency=not latency, progress=lambda m: console.print(f"[dim]{m}"),
+                 latency_rate=latency_rate)
     t = Table("figure", "value", title="bench")
     for k in ("raw_traces_per_s", "pipeline_traces_per_s_per_core", "ratio_to_raw", "incident_latency_ms_p50",
               "incident_latency_ms_p99", "sink_rows_per_s", "bytes_per_slice_metric", "peak_rss_mb"):

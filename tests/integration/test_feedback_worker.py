@@ -156,7 +156,7 @@ def test_worker_killed_mid_stream_loses_and_doubles_no_feedback(settings, worker
     assert ref_worker.stop() == 0
     clean = snapshot(ref)
 
-    assert len(killed["submissions"]) == len(clean["submissions"]) == rep.feedback_produced
+    assert (len(killed["submissions"]), len(clean["submissions"])) == (rep.feedback_produced,) * 2
     assert len(killed["feedback"]) == len(clean["feedback"]) == rep.feedback_unique_expected
     assert killed["feedback"] == clean["feedback"]
     assert killed["submissions"] == clean["submissions"]
