@@ -204,6 +204,42 @@ def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: f
             proc.kill()
 
 
+def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
+    """The processing core alone, in-process: ``Pipeline.on_traces`` over AgentTraceBatch messages
+    (decode, validation, every layer and detector, incidents, trace index), no Kafka, no sink.
+    Returns traces per CPU-second of this process (the figure to profile with pyinstrument)."""
+    from streams.pipeline import Pipeline
+    from streams.processors.ingest import RawMessage
+
+    codec = default_codec()
+    rng = np.random.default_rng(1)
+    rel = {"rel-1": _manifest("rel-1")}
+    t0_ms = int(time.time() * 1000) - 3_600_000
+    msgs: list[RawMessage] = []
+    offsets = dict.fromkeys(range(6), 0)
+    for start in range(0, traces, 20_000):
+        cols, _ = synthetic_columns(rng, fleet(100), min(20_000, traces - start), start, t0_ms + start, 1.0)
+        by_tenant: dict[str, list[dict]] = {}
+        for r in _records(cols, rel):
+            by_tenant.setdefault(r["tenant_id"], []).append(r)
+        for tenant, rs in by_tenant.items():
+            part = int(tenant.split("-")[1]) % 6
+            for i in range(0, len(rs), 256):
+                payload = codec.encode("selfheal.v1.AgentTraceBatch", {
+                    "batch_id": uuid.uuid4().hex, "producer_id": "bench", "sent_at": int(time.time() * 1000),
+                    "traces": rs[i:i + 256]})
+                msgs.append(RawMessage("traces", part, offsets[part], tenant.encode(), payload))
+                offsets[part] += 1
+    pipe = Pipeline(Settings(), codec)
+    pipe.on_assigned(set(range(6)))
+    cpu0 = time.process_time()
+    for i in range(0, len(msgs), batch_messages):
+        pipe.on_traces(msgs[i:i + batch_messages])
+        pipe.flush_state()
+    cpu = time.process_time() - cpu0
+    return {"traces": traces, "cpu_s": cpu, "traces_per_cpu_s": traces / cpu}
+
+
 def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
     """Arrow-insert throughput of the traces and feedback tables (in-process chDB)."""
     from streams.processors.ingest import trace_columns
@@ -349,6 +385,8 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         pipe["traces_per_cpu_s"] = pipe_traces / pipe["cpu_s"]
         pipe["traces_per_wall_s"] = pipe_traces / pipe["wall_s"]
         report["pipeline"] = pipe
+        say("processing core in-process")
+        report["core"] = core()
         say("sink")
         report["sink"] = sink_rate(s)
         say("memory")
@@ -369,6 +407,7 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         "raw_traces_per_s": report["raw"]["traces_per_cpu_s"],
         "pipeline_traces_per_s_per_core": report["pipeline"]["traces_per_cpu_s"],
         "ratio_to_raw": report["pipeline"]["traces_per_cpu_s"] / report["raw"]["traces_per_cpu_s"],
+        "core_traces_per_cpu_s": report["core"]["traces_per_cpu_s"],
         "incident_latency_ms_p50": (report.get("latency") or {}).get("p50_ms"),
         "incident_latency_ms_p99": (report.get("latency") or {}).get("p99_ms"),
         "sink_rows_per_s": report["sink"]["traces_rows_per_s"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.bench import memory, sink_rate
+from streams.bench import core, memory, sink_rate
 from streams.config import Settings
 
 
@@ -16,3 +16,8 @@ def test_memory_counts_slices_and_bytes():
     assert out["slices"] >= 300
     assert 0 < out["bytes_per_slice_state"] <= out["bytes_per_slice_measured"]
     assert out["bytes_per_slice_metric"] == out["bytes_per_slice_measured"] / out["metrics_per_slice"]
+
+
+def test_core_processes_every_trace():
+    out = core(traces=3_000)
+    assert out["traces"] == 3_000 and out["traces_per_cpu_s"] > 0
