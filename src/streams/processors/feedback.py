@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import DeadLetter
+from schemas.codec import canonical_json
 from schemas.feedback import SAFETY_CATEGORIES
 from streams.processors.incidents import StateBackend
 from streams.processors.ingest import RawMessage, make_dead_letter
@@ -170,8 +171,10 @@ class FeedbackProcessor:
         for i, (rec, ref) in enumerate(zip(records, refs, strict=True)):
             tenant = rec["tenant_id"]
             if ref is None or ref.tenant_id != tenant:
+                index = indexes[i] if indexes else -1  # index in its message: deterministic id
                 out.dead_letters.append(make_dead_letter(
-                    source[i], index=i, error_class="unknown_trace", field_path="trace_id", value=rec["trace_id"],
+                    source[i], index=index, error_class="unknown_trace", field_path="trace_id", value=rec["trace_id"],
+                    payload=canonical_json(rec) if index >= 0 else None,
                     message=f"feedback {rec['feedback_id']} refers to trace {rec['trace_id']!r}, unknown for tenant "
                             f"{tenant!r} after the trace watermark passed its event time",
                     tenant_id=tenant))
@@ -205,7 +208,9 @@ class FeedbackProcessor:
                 "original_output_hash": rec["original_output_hash"],
                 "corrected_text": self.redactor.redact(rec.get("corrected_text")) or "",
                 "edit_diff": self.redactor.redact(rec.get("edit_diff")) or "",
-                "normalised_correction": self.redactor.redact(norm) or "",
+                # redact, then normalise: normalising first strips the punctuation the PHI patterns
+                # need (a DOB "04/12/1961" became "04 12 1961" and was stored)
+                "normalised_correction": normalise_correction(self.redactor.redact(text)),
                 "reviewer_id_hash": tenant_hmac(self.hmac_key, tenant, rec["reviewer_id"]),
                 "reviewer_role": rec["reviewer_role"], "event_time": rec["event_time"], "dedup_status": status,
                 "version": int(rec["event_time"]),
