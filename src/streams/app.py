@@ -109,6 +109,8 @@ class Worker:
     sink_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     partitions: frozenset[int] = frozenset()
     started_at: float = field(default_factory=time.time)
+    #: tenant → pattern ids written since the last pattern refresh (see ``refresh_patterns``)
+    pending_patterns: dict[str, set[str]] = field(default_factory=dict)
     #: set by the SIGTERM/SIGINT handler (:meth:`on_stop_signal`)
     stopping: bool = False
 
@@ -196,7 +198,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         if worker.sink is None or not trace_ids:
             return {}
         rows = worker.sink.for_tenant(tenant).trace_refs(trace_ids)
-        return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6])) for r in rows}
+        return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6]), r[7]) for r in rows}
 
     worker.pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"]),
                                incidents=TableBackend(tables["incident-state"]),
@@ -205,8 +207,16 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     @app.task
     async def open_sink() -> None:
         # The worker process owns the ClickHouse connection (a chDB directory admits one process).
-        sink = await asyncio.to_thread(ClickHouseSink, settings)
-        applied = await asyncio.to_thread(sink.migrate)
+        def start() -> tuple[ClickHouseSink, list[int]]:
+            # one thread for schema changes and the first read: a chDB table created in one thread
+            # was seen missing by an immediate query from another thread under load
+            sink = ClickHouseSink(settings)
+            applied = sink.migrate()
+            # feedback patterns of batches acknowledged before a crash may not have been refreshed
+            sink.refresh_patterns(None)
+            return sink, applied
+
+        sink, applied = await asyncio.to_thread(start)
         worker.sink = sink  # agents start writing only once the schema is in place
         log.info("ClickHouse at %s ready (migrations applied now: %s)", sink.location, applied or "none")
 
@@ -373,10 +383,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                     if paused:
                         app.consumer.resume_partitions(paused)
                 out = pipe.on_feedback(msgs, decoded, refs)
-                if out.rows:
+                if out.rows or out.submissions:
                     async with worker.sink_lock:
                         await asyncio.to_thread(worker.sink.write_feedback, out.rows)
                         await asyncio.to_thread(worker.sink.write_submissions, out.submissions)
+                for tenant, ids in out.patterns.items():  # refreshed by refresh_patterns below
+                    worker.pending_patterns.setdefault(tenant, set()).update(ids)
                 await emit(out.incidents, out.dead_letters)
                 pipe.flush_state()
             except asyncio.CancelledError:
@@ -389,6 +401,24 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             for e in events + ack_after:
                 await stream.ack(e)
 
+    async def refresh_patterns(*_: Any, **__: Any) -> None:
+        """Scope ladder: recompute the feedback patterns written since the last refresh
+        (idempotent; coalesced on a timer, since one refresh per batch held the sink too long).
+        A crash loses only the pending set: the startup refresh recomputes every pattern."""
+        if not worker.pending_patterns or worker.sink is None:
+            return
+        touched, worker.pending_patterns = worker.pending_patterns, {}
+        try:
+            async with worker.sink_lock:
+                await asyncio.to_thread(worker.sink.refresh_patterns, touched)
+        except BaseException:
+            for tenant, ids in touched.items():
+                worker.pending_patterns.setdefault(tenant, set()).update(ids)
+            raise
+
+    app.timer(interval=settings.feedback_patterns_refresh_s)(refresh_patterns)
+    app.on_before_shutdown.connect(refresh_patterns)  # a graceful stop leaves nothing pending
+
     @app.timer(interval=settings.stats_interval_s)
     async def report() -> None:
         # one JSON line: pipeline counters, messages the consumer has taken from Kafka (faust's
@@ -396,6 +426,16 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         stats = {**worker.pipeline.stats, "received": app.monitor.messages_received_total,
                  "sink_failed_attempts": worker.sink.failed_attempts if worker.sink is not None else 0}
         log.info("stats %s", json.dumps(stats))
+
+    @app.timer(interval=settings.snapshot_interval_s)
+    async def snapshot_baselines() -> None:
+        # analysts' view of "normal" per slice; idempotent (keyed by slice, metric, time)
+        if worker.sink is None:
+            return
+        rows = worker.pipeline.baseline_snapshot()
+        if rows:
+            async with worker.sink_lock:
+                await asyncio.to_thread(worker.sink.write_baseline_snapshots, rows)
 
     return worker
 

@@ -29,3 +29,4 @@ def test_demo_detects_the_injected_regression_and_dedups_feedback(settings, tmp_
     on_slice = [i for i in s["incidents"] if i["tenant_id"] == change["tenant_id"]]
     assert any(i["kind"] == "release_regression" and i["release_id"] == change["release_id"] for i in on_slice)
     assert all(i["tenant_id"] == change["tenant_id"] for i in s["incidents"]), "no incident elsewhere"
+    assert s["clickhouse"]["baseline_snapshots"] > 0
