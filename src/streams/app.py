@@ -111,6 +111,8 @@ class Worker:
     started_at: float = field(default_factory=time.time)
     #: tenant → pattern ids written since the last pattern refresh (see ``refresh_patterns``)
     pending_patterns: dict[str, set[str]] = field(default_factory=dict)
+    #: the sink while the worker opens it (migrations, first pattern refresh), before ``sink`` is set
+    opening_sink: ClickHouseSink | None = None
     #: set by the SIGTERM/SIGINT handler (:meth:`on_stop_signal`)
     stopping: bool = False
 
@@ -120,8 +122,9 @@ class Worker:
         if self.stopping:
             return
         self.stopping = True
-        if self.sink is not None:
-            self.sink.abort()
+        for sink in (self.sink, self.opening_sink):
+            if sink is not None:
+                sink.abort()
         timeout = self.settings.shutdown_timeout_s
 
         def watchdog() -> None:
@@ -210,18 +213,28 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         def start() -> tuple[ClickHouseSink, list[int]]:
             # one thread for schema changes and the first read: a chDB table created in one thread
             # was seen missing by an immediate query from another thread under load
-            sink = ClickHouseSink(settings)
+            sink = worker.opening_sink = ClickHouseSink(settings)
+            if worker.stopping:  # the signal came while the sink was being opened
+                sink.abort()
             applied = sink.migrate()
             # feedback patterns of batches acknowledged before a crash may not have been refreshed
             sink.refresh_patterns(None)
             return sink, applied
 
-        sink, applied = await asyncio.to_thread(start)
+        try:
+            sink, applied = await asyncio.to_thread(start)
+        except Exception:
+            if not worker.stopping:
+                raise
+            log.warning("ClickHouse start-up ended by the stop signal", exc_info=True)
+            return
         worker.sink = sink  # agents start writing only once the schema is in place
         log.info("ClickHouse at %s ready (migrations applied now: %s)", sink.location, applied or "none")
 
     async def ready_sink() -> ClickHouseSink:
         while worker.sink is None:
+            if worker.stopping:  # the sink never opened: the batch is redelivered
+                raise _Abandon
             await asyncio.sleep(0.05)
         return worker.sink
 
