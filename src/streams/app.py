@@ -289,11 +289,19 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             high = None
         return nxt, high
 
-    def traces_read_to_end(partition: int) -> bool:
-        """The trace agent has taken every trace message of ``partition`` up to the high watermark
-        of the consumer's last fetch (so a trace not seen yet is not merely unread)."""
-        nxt, high = trace_position(partition)
-        return nxt is not None and high is not None and nxt >= high
+    def traces_behind(partitions: set[int], targets: dict[int, int]) -> list[int]:
+        """Trace partitions among ``partitions`` whose agent has not yet reached the high watermark
+        the consumer reported when the feedback batch first waited for them (``targets``, filled
+        here): a trace produced before its feedback is then not merely unread. A partition without
+        a reported high watermark is not held."""
+        behind = []
+        for p in sorted(partitions):
+            nxt, high = trace_position(p)
+            if p not in targets and high is not None:
+                targets[p] = high
+            if targets.get(p, 0) > (nxt or 0):
+                behind.append(p)
+        return behind
 
     def feedback_tps(partitions: list[int]) -> set[TP]:
         return {TP(settings.topic("feedback"), p) for p in partitions}
@@ -358,12 +366,16 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 pipe = worker.pipeline
                 await ready_sink()
                 decoded = pipe.decode_feedback(msgs)
-                # Feedback follows its trace. While a record's trace is not known it waits: with no
-                # time limit while the trace agent has not read its partition to the end (a backlog
-                # after a restart, a broker outage), then feedback_grace_s; only then is the trace
-                # unknown. Fetching feedback pauses meanwhile, so the consumer keeps feeding traces.
+                # Feedback follows its trace. A record whose trace is not known waits, with no time
+                # limit, until the trace agent has read its trace partition up to where it stood when
+                # the batch began to wait (a backlog after a restart, a broker outage: the partition
+                # watermark mixes tenants, so it alone may pass a trace not read yet); then while
+                # the trace watermark is below its event time, for feedback_grace_s; only then is
+                # the trace unknown. Fetching feedback pauses meanwhile, so the consumer keeps
+                # feeding traces.
                 deadline: float | None = None
                 paused: set[TP] = set()
+                targets: dict[int, int] = {}
                 waited_since = time.monotonic()
                 next_note = waited_since + 10.0
                 try:
@@ -371,15 +383,16 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                         # the trace lookup may query ClickHouse: off the event loop, serialised by the sink
                         refs, waiting = await asyncio.to_thread(pipe.feedback.resolve, decoded.records,
                                                                 decoded.partitions)
-                        if not waiting:
+                        behind = traces_behind({decoded.partitions[i] for i, r in enumerate(refs) if r is None},
+                                               targets)
+                        if not waiting and not behind:
                             break
-                        behind = sorted({decoded.partitions[i] for i in waiting
-                                         if not traces_read_to_end(decoded.partitions[i])})
                         if time.monotonic() > next_note:
                             next_note += 30.0
                             log.info("%d feedback records waited %.0f s for their traces; trace partitions not "
-                                     "read to the end: %s", len(waiting), time.monotonic() - waited_since,
-                                     {p: trace_position(p) for p in behind} or "none")
+                                     "read far enough: %s", sum(r is None for r in refs),
+                                     time.monotonic() - waited_since,
+                                     {p: (trace_position(p)[0], targets[p]) for p in behind} or "none")
                         if behind:
                             deadline = None
                         elif deadline is None:
