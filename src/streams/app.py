@@ -303,9 +303,6 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 behind.append(p)
         return behind
 
-    def feedback_tps(partitions: list[int]) -> set[TP]:
-        return {TP(settings.topic("feedback"), p) for p in partitions}
-
     def sequenced(name: str):
         """Per-agent ordering guard: returns ``order(events) -> (ready, ack_after)``."""
         seq = sequencers[name] = OffsetSequencer()
@@ -371,43 +368,37 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 # the batch began to wait (a backlog after a restart, a broker outage: the partition
                 # watermark mixes tenants, so it alone may pass a trace not read yet); then while
                 # the trace watermark is below its event time, for feedback_grace_s; only then is
-                # the trace unknown. Fetching feedback pauses meanwhile, so the consumer keeps
-                # feeding traces.
+                # the trace unknown. Meanwhile the feedback channel fills and faust's flow control
+                # stops fetching feedback (on_buffer_full), while traces keep coming. (Pausing the
+                # partitions here instead lost messages: faust drops fetched records of paused
+                # partitions, which the sequencer then waited for forever.)
                 deadline: float | None = None
-                paused: set[TP] = set()
                 targets: dict[int, int] = {}
                 waited_since = time.monotonic()
                 next_note = waited_since + 10.0
-                try:
-                    while True:
-                        # the trace lookup may query ClickHouse: off the event loop, serialised by the sink
-                        refs, waiting = await asyncio.to_thread(pipe.feedback.resolve, decoded.records,
-                                                                decoded.partitions)
-                        behind = traces_behind({decoded.partitions[i] for i, r in enumerate(refs) if r is None},
-                                               targets)
-                        if not waiting and not behind:
-                            break
-                        if time.monotonic() > next_note:
-                            next_note += 30.0
-                            log.info("%d feedback records waited %.0f s for their traces; trace partitions not "
-                                     "read far enough: %s", sum(r is None for r in refs),
-                                     time.monotonic() - waited_since,
-                                     {p: (trace_position(p)[0], targets[p]) for p in behind} or "none")
-                        if behind:
-                            deadline = None
-                        elif deadline is None:
-                            deadline = time.monotonic() + settings.feedback_grace_s
-                        elif time.monotonic() > deadline:
-                            break
-                        if worker.stopping:  # its traces will not come before we stop: not unknown, redeliver
-                            raise _Abandon
-                        if not paused:
-                            paused = feedback_tps(sorted(worker.partitions))
-                            app.consumer.pause_partitions(paused)
-                        await asyncio.sleep(0.1)  # the trace agent advances the watermark meanwhile
-                finally:
-                    if paused:
-                        app.consumer.resume_partitions(paused)
+                while True:
+                    # the trace lookup may query ClickHouse: off the event loop, serialised by the sink
+                    refs, waiting = await asyncio.to_thread(pipe.feedback.resolve, decoded.records,
+                                                            decoded.partitions)
+                    behind = traces_behind({decoded.partitions[i] for i, r in enumerate(refs) if r is None},
+                                           targets)
+                    if not waiting and not behind:
+                        break
+                    if time.monotonic() > next_note:
+                        next_note += 30.0
+                        log.info("%d feedback records waited %.0f s for their traces; trace partitions not "
+                                 "read far enough: %s", sum(r is None for r in refs),
+                                 time.monotonic() - waited_since,
+                                 {p: (trace_position(p)[0], targets[p]) for p in behind} or "none")
+                    if behind:
+                        deadline = None
+                    elif deadline is None:
+                        deadline = time.monotonic() + settings.feedback_grace_s
+                    elif time.monotonic() > deadline:
+                        break
+                    if worker.stopping:  # its traces will not come before we stop: not unknown, redeliver
+                        raise _Abandon
+                    await asyncio.sleep(0.1)  # the trace agent advances the watermark meanwhile
                 out = pipe.on_feedback(msgs, decoded, refs)
                 if out.rows or out.submissions:
                     async with worker.sink_lock:
