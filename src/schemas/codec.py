@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro._read_common import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import BaseModel
 
 from schemas.common import Contract, from_ms, to_ms
+from schemas.diagnose import locate
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
@@ -46,13 +48,19 @@ SCHEMA_FILES = (
 
 
 class CodecError(ValueError):
-    """A message that cannot be decoded. ``error_class`` is the dead-letter reason code."""
+    """A message that cannot be decoded. ``error_class`` is the dead-letter reason code;
+    ``field`` and ``value`` name where it failed (dotted field path, short raw value) when known."""
 
     error_class = "malformed_avro"
 
-    def __init__(self, message: str, *, fingerprint_hex: str | None = None) -> None:
+    def __init__(self, message: str, *, fingerprint_hex: str | None = None, field: str | None = None,
+                 value: str | None = None, error_class: str | None = None) -> None:
         super().__init__(message)
         self.fingerprint_hex = fingerprint_hex
+        self.field = field
+        self.value = value
+        if error_class is not None:
+            self.error_class = error_class
 
 
 class NotAvroError(CodecError):
@@ -216,14 +224,15 @@ class AvroCodec:
         if len(payload) < HEADER_LEN or payload[:2] != MAGIC:
             raise NotAvroError(
                 f"payload of {len(payload)} bytes does not start with the Avro single-object "
-                f"marker C3 01 (starts with {payload[:4].hex() or 'nothing'})"
+                f"marker C3 01 (starts with {payload[:4].hex() or 'nothing'})",
+                field="(header)", value=payload[:4].hex(" ") or "(empty)",
             )
         fp = payload[2:HEADER_LEN]
         entry = self.by_fingerprint.get(fp)
         if entry is None:
             raise UnknownSchemaError(
                 f"schema fingerprint {fp.hex()} is not a known selfheal.v1 writer schema",
-                fingerprint_hex=fp.hex(),
+                fingerprint_hex=fp.hex(), field="(schema fingerprint)", value=fp.hex(),
             )
         return entry
 
@@ -235,7 +244,9 @@ class AvroCodec:
         Raises:
             CodecError: a subclass whose ``error_class`` is the dead-letter reason
                 (``not_avro``, ``unknown_schema``, ``truncated``, ``invalid_utf8``,
-                ``trailing_bytes``, ``malformed_avro``).
+                ``trailing_bytes``, ``unknown_enum``, ``bad_union_branch``, ``negative_length``,
+                ``bad_boolean``, ``schema_resolution``, ``malformed_avro``) with ``field`` and
+                ``value`` naming where decoding failed.
         """
         entry = self.peek(payload)
         target = self._resolve_to.get(entry.fingerprint)
@@ -247,27 +258,30 @@ class AvroCodec:
                 record = schemaless_reader(fo, entry.parsed, None)
             else:
                 record = schemaless_reader(fo, entry.parsed, target.parsed)
-        except (EOFError, StopIteration) as exc:
-            raise TruncatedError(
-                f"{entry.name} body ends early after {fo.tell()} of {len(payload)} bytes",
-                fingerprint_hex=fp_hex,
-            ) from exc
-        except UnicodeDecodeError as exc:
-            raise InvalidUtf8Error(
-                f"{entry.name} has a string that is not UTF-8 near byte {fo.tell()}: {exc.reason}",
-                fingerprint_hex=fp_hex,
-            ) from exc
-        except (ValueError, IndexError, TypeError, OverflowError, MemoryError, struct.error) as exc:
-            raise CodecError(
-                f"{entry.name} body is not valid Avro near byte {fo.tell()}: {exc}", fingerprint_hex=fp_hex
-            ) from exc
+        except SchemaResolutionError as exc:
+            raise CodecError(f"{entry.name} cannot be resolved to the current schema: {exc}",
+                             fingerprint_hex=fp_hex, error_class="schema_resolution") from exc
+        except (EOFError, StopIteration, UnicodeDecodeError, ValueError, IndexError, TypeError, OverflowError,
+                MemoryError, struct.error) as exc:
+            raise self._explain(entry, payload, exc) from exc
         if fo.tell() != len(payload):
+            n = len(payload) - fo.tell()
             raise TrailingBytesError(
-                f"{entry.name} decoded in {fo.tell()} of {len(payload)} bytes; "
-                f"{len(payload) - fo.tell()} trailing bytes",
-                fingerprint_hex=fp_hex,
+                f"{entry.name} decoded in {fo.tell()} of {len(payload)} bytes; {n} trailing bytes",
+                fingerprint_hex=fp_hex, field="(end of record)", value=str(n),
             )
         return (target or entry).name, record
+
+    @staticmethod
+    def _explain(entry: SchemaEntry, payload: bytes, exc: BaseException) -> CodecError:
+        """The :class:`CodecError` for a failed decode, naming the field (:func:`schemas.diagnose.locate`)."""
+        fp_hex = entry.fingerprint.hex()
+        diag = locate(entry.expanded, payload[HEADER_LEN:])
+        if diag is None:  # the walker decoded it: report fastavro's own complaint
+            return CodecError(f"{entry.name} body is not valid Avro: {exc!r}", fingerprint_hex=fp_hex)
+        cls = {"truncated": TruncatedError, "invalid_utf8": InvalidUtf8Error}.get(diag.error_class, CodecError)
+        return cls(f"{entry.name}.{diag.message}", fingerprint_hex=fp_hex, field=diag.field, value=diag.value,
+                   error_class=diag.error_class)
 
 
 @lru_cache(maxsize=1)

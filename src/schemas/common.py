@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints
 
 #: Tenant ids are lower-case slugs: they appear in Kafka keys, ClickHouse row policies and HMAC
 #: keys, so anything looser invites injection and ambiguity.
@@ -42,8 +42,21 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-#: Event time: timezone-aware UTC datetime; naive values are taken as UTC. Avro timestamp-millis.
-EventTime = Annotated[datetime, AfterValidator(_utc)]
+def _epoch_ms(value: object) -> object:
+    # integers are epoch *milliseconds*, as on the wire (Avro timestamp-millis). pydantic alone
+    # would read values below 2e10 as seconds, so a producer sending seconds by mistake would get
+    # a plausible date instead of an error.
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"event_time={value} ms is not a representable time") from None
+    return value
+
+
+#: Event time: timezone-aware UTC datetime; naive values are taken as UTC; integers are epoch ms.
+#: Avro timestamp-millis.
+EventTime = Annotated[datetime, BeforeValidator(_epoch_ms), AfterValidator(_utc)]
 
 
 def to_ms(value: datetime) -> int:

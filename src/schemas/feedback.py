@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from schemas.common import (
     MAX_TEXT_LEN,
@@ -101,10 +102,11 @@ class Feedback(Contract):
     reviewer_role: ReviewerRole
     event_time: EventTime
 
-    @model_validator(mode="after")
-    def _event_time(self, info: ValidationInfo) -> Feedback:
-        check_event_time(to_ms(self.event_time), info.context)
-        return self
+    @field_validator("event_time")
+    @classmethod
+    def _event_time_window(cls, value: datetime, info: ValidationInfo) -> datetime:
+        check_event_time(to_ms(value), info.context)
+        return value
 
 
 class FeedbackBatch(Contract):

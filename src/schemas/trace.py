@@ -7,10 +7,11 @@ models before sending. The worker re-validates on the hot path with the vectoris
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from schemas.common import (
     MAX_ATTRIBUTE_LEN,
@@ -135,15 +136,20 @@ class AgentTrace(Contract):
         Annotated[str, Field(max_length=MAX_ATTRIBUTE_LEN)],
     ] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
 
-    @model_validator(mode="after")
-    def _cross_field(self, info: ValidationInfo) -> AgentTrace:
-        if self.retrieval_hits > self.retrieval_queries:
-            raise ValueError(
-                f"retrieval_hits={self.retrieval_hits} exceeds "
-                f"retrieval_queries={self.retrieval_queries}"
-            )
-        check_event_time(to_ms(self.event_time), info.context)
-        return self
+    # field validators (not a model validator), so the error names the field and its value
+    @field_validator("event_time")
+    @classmethod
+    def _event_time_window(cls, value: datetime, info: ValidationInfo) -> datetime:
+        check_event_time(to_ms(value), info.context)
+        return value
+
+    @field_validator("retrieval_hits")
+    @classmethod
+    def _hits_within_queries(cls, value: int, info: ValidationInfo) -> int:
+        queries = info.data.get("retrieval_queries")
+        if queries is not None and value > queries:
+            raise ValueError(f"retrieval_hits={value} exceeds retrieval_queries={queries}")
+        return value
 
 
 class AgentTraceBatch(Contract):

@@ -18,6 +18,15 @@ the changelog producer before committing offsets. An exception inside a batch ex
 without acknowledging, so the batch is redelivered to the restarted worker: at-least-once, with
 idempotent sinks and replay guards making redelivery harmless.
 
+Shutdown (SIGTERM/SIGINT): faust stops fetching, the agents finish and acknowledge what they
+already hold, offsets are committed (after the changelog producer is flushed) and the process
+exits 0. A batch that cannot be finished quickly (ClickHouse refusing writes: :meth:`ClickHouseSink.abort`
+ends its retries; feedback still waiting for its traces) is abandoned unacknowledged, acknowledged
+offsets are committed and the process exits 0: the next worker gets the batch again. A watchdog
+ends the process with :data:`SHUTDOWN_FORCED_EXIT_CODE` if it is still alive
+``Settings.shutdown_timeout_s`` after the signal; nothing is lost then either (no commit without
+the sink write before it).
+
 Throughput note: faust costs ~115 µs per Kafka message (profiled, BENCHMARKS.md), so the SDK
 sends batches of traces per message and the agents work per batch.
 """
@@ -25,15 +34,19 @@ sends batches of traces per message and the agents work per batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaException
 from faust.types import TP
+from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from schemas import default_codec
 from schemas.codec import AvroCodec
@@ -47,7 +60,14 @@ from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import committed_offsets
 
 log = logging.getLogger("selfheal.worker")
+#: a batch failed (e.g. ClickHouse down for longer than sink_retry_s): exit without acknowledging
 CRASH_EXIT_CODE = 70
+#: records per consumer fetch batch (faust broker_max_poll_records)
+MAX_POLL_RECORDS = 500
+#: feedback channel capacity, messages: room for a fetch batch above faust's pause mark (80 %)
+FEEDBACK_BUFFER = 10 * MAX_POLL_RECORDS
+#: still running shutdown_timeout_s after SIGTERM/SIGINT: ended by the watchdog (EX_TEMPFAIL)
+SHUTDOWN_FORCED_EXIT_CODE = 75
 
 
 class TableBackend:
@@ -91,6 +111,31 @@ class Worker:
     started_at: float = field(default_factory=time.time)
     #: tenant → pattern ids written since the last pattern refresh (see ``refresh_patterns``)
     pending_patterns: dict[str, set[str]] = field(default_factory=dict)
+    #: the sink while the worker opens it (migrations, first pattern refresh), before ``sink`` is set
+    opening_sink: ClickHouseSink | None = None
+    #: set by the SIGTERM/SIGINT handler (:meth:`on_stop_signal`)
+    stopping: bool = False
+
+    def on_stop_signal(self) -> None:
+        """Begin a bounded shutdown: sink retries end, a watchdog thread exits the process with
+        :data:`SHUTDOWN_FORCED_EXIT_CODE` after ``settings.shutdown_timeout_s``."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for sink in (self.sink, self.opening_sink):
+            if sink is not None:
+                sink.abort()
+        timeout = self.settings.shutdown_timeout_s
+
+        def watchdog() -> None:
+            time.sleep(timeout)
+            log.critical("still running %.0f s after the stop signal; exiting (unacknowledged batches are "
+                         "redelivered)", timeout)
+            logging.shutdown()
+            os._exit(SHUTDOWN_FORCED_EXIT_CODE)
+
+        threading.Thread(target=watchdog, name="selfheal-shutdown-watchdog", daemon=True).start()
+        log.info("stop signal: draining, committing, exiting within %.0f s", timeout)
 
 
 def _raw(events: list[Any]) -> list[RawMessage]:
@@ -126,6 +171,9 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(4 * settings.take_max_messages, 64),
+        # bounded fetch batches: the feedback channel (below) always has room for one, so the
+        # consumer never blocks on it while feedback waits for its traces (the trace agent would starve)
+        broker_max_poll_records=MAX_POLL_RECORDS,
         # rebalances wait until every fetched event is processed and acked: with False, events
         # cleared from agent buffers were committed as gaps and lost (measured, tests/integration)
         stream_wait_empty=True,
@@ -137,7 +185,9 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
            "partitions": settings.partitions}
-    topics = {name: app.topic(settings.topic(name), **raw) for name in ("traces", "feedback", "incidents", "deadletter")}
+    topics = {name: app.topic(settings.topic(name), **raw) for name in ("traces", "incidents", "deadletter")}
+    topics["feedback"] = app.topic(settings.topic("feedback"), **raw)
+    topics["feedback"].maxsize = FEEDBACK_BUFFER  # faust 0.15.3's app.topic() drops its maxsize argument
     faust_fixes.apply({settings.topic("traces"), settings.topic("feedback")})
     tables = {
         # key_type/value_type bytes make faust use the raw serializer for the changelog, also in
@@ -150,11 +200,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     def lookup(tenant: str, trace_ids: list[str]) -> dict[str, TraceRef]:
         if worker.sink is None or not trace_ids:
             return {}
-        rows = worker.sink.query(
-            "SELECT trace_id, cohort, workflow, release_id, source_partition, session_id, "
-            "toUnixTimestamp64Milli(event_time), arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses) "
-            "FROM {db}.traces WHERE tenant_id = {t:String} AND trace_id IN {ids:Array(String)}",
-            {"t": tenant, "ids": trace_ids})
+        rows = worker.sink.for_tenant(tenant).trace_refs(trace_ids)
         return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6]), r[7]) for r in rows}
 
     worker.pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"]),
@@ -167,18 +213,28 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         def start() -> tuple[ClickHouseSink, list[int]]:
             # one thread for schema changes and the first read: a chDB table created in one thread
             # was seen missing by an immediate query from another thread under load
-            sink = ClickHouseSink(settings)
+            sink = worker.opening_sink = ClickHouseSink(settings)
+            if worker.stopping:  # the signal came while the sink was being opened
+                sink.abort()
             applied = sink.migrate()
             # feedback patterns of batches acknowledged before a crash may not have been refreshed
             sink.refresh_patterns(None)
             return sink, applied
 
-        sink, applied = await asyncio.to_thread(start)
+        try:
+            sink, applied = await asyncio.to_thread(start)
+        except Exception:
+            if not worker.stopping:
+                raise
+            log.warning("ClickHouse start-up ended by the stop signal", exc_info=True)
+            return
         worker.sink = sink  # agents start writing only once the schema is in place
         log.info("ClickHouse at %s ready (migrations applied now: %s)", sink.location, applied or "none")
 
     async def ready_sink() -> ClickHouseSink:
         while worker.sink is None:
+            if worker.stopping:  # the sink never opened: the batch is redelivered
+                raise _Abandon
             await asyncio.sleep(0.05)
         return worker.sink
 
@@ -202,11 +258,54 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 await asyncio.to_thread(sink.write_incidents, out_incidents)
                 await asyncio.to_thread(sink.write_dead_letters, dead_letters, worker.pipeline.redactor.redact)
         await publish("incidents", [(i.slice.tenant_id, codec.encode_model(i)) for i in out_incidents])
-        await publish("deadletter", [(d.tenant_id, codec.encode_model(d)) for d in dead_letters])
+        # the envelope keeps the original payload (restricted topic, for replay); the value and message
+        # it quotes are redacted like everything else that is stored
+        red = worker.pipeline.redactor.redact
+        await publish("deadletter", [
+            (d.tenant_id, codec.encode_model(d.model_copy(update={"value": red(d.value), "message": red(d.message)})))
+            for d in dead_letters])
+
+    async def abandon(what: str) -> None:
+        """Shutdown path: leave the current batch unacknowledged (redelivered to the next worker),
+        commit what is acknowledged (faust flushes the changelog producer first), exit 0."""
+        log.warning("%s abandoned at shutdown; it stays unacknowledged and is redelivered", what)
+        try:
+            await asyncio.wait_for(app.consumer.commit(), timeout=5.0)
+        except Exception:
+            log.warning("final commit failed; acknowledged batches since the last commit are redelivered",
+                        exc_info=True)
+        logging.shutdown()
+        os._exit(0)
+
+    sequencers: dict[str, OffsetSequencer] = {}
+
+    def trace_position(partition: int) -> tuple[int | None, int | None]:
+        """(next offset the trace agent processes, high watermark of the consumer's last fetch)."""
+        tp = TP(settings.topic("traces"), partition)
+        nxt = sequencers["traces"].expected.get((tp.topic, partition))
+        try:
+            high = app.consumer.highwater(tp)
+        except Exception:
+            high = None
+        return nxt, high
+
+    def traces_behind(partitions: set[int], targets: dict[int, int]) -> list[int]:
+        """Trace partitions among ``partitions`` whose agent has not yet reached the high watermark
+        the consumer reported when the feedback batch first waited for them (``targets``, filled
+        here): a trace produced before its feedback is then not merely unread. A partition without
+        a reported high watermark is not held."""
+        behind = []
+        for p in sorted(partitions):
+            nxt, high = trace_position(p)
+            if p not in targets and high is not None:
+                targets[p] = high
+            if targets.get(p, 0) > (nxt or 0):
+                behind.append(p)
+        return behind
 
     def sequenced(name: str):
         """Per-agent ordering guard: returns ``order(events) -> (ready, ack_after)``."""
-        seq = OffsetSequencer()
+        seq = sequencers[name] = OffsetSequencer()
         seen_generation = [-1]
         topic_name = settings.topic(name)
 
@@ -215,7 +314,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 seen_generation[0] = app.rebalancing_count
                 parts = list(range(settings.partitions))  # all: the assignment may still move
                 faust_fixes.forget(topic_name, parts)
-                start = await asyncio.to_thread(committed_offsets, settings, settings.full_app_id, topic_name, parts)
+                start = await asyncio.to_thread(committed_offsets_retrying, settings, topic_name, parts)
                 stale = seq.reset(start)
             else:
                 stale = []
@@ -249,6 +348,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             except asyncio.CancelledError:
                 raise  # shutting down: the batch stays unacknowledged and is redelivered
             except BaseException:
+                if worker.stopping:
+                    await abandon("trace batch")
                 log.critical("trace batch failed; exiting without acknowledging it", exc_info=True)
                 os._exit(CRASH_EXIT_CODE)
             for e in events + ack_after:  # duplicates only after the originals are done
@@ -264,13 +365,41 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 pipe = worker.pipeline
                 await ready_sink()
                 decoded = pipe.decode_feedback(msgs)
-                deadline = time.monotonic() + settings.feedback_grace_s
+                # Feedback follows its trace. A record whose trace is not known waits, with no time
+                # limit, until the trace agent has read its trace partition up to where it stood when
+                # the batch began to wait (a backlog after a restart, a broker outage: the partition
+                # watermark mixes tenants, so it alone may pass a trace not read yet); then while
+                # the trace watermark is below its event time, for feedback_grace_s; only then is
+                # the trace unknown. Meanwhile the feedback channel fills and faust's flow control
+                # stops fetching feedback (on_buffer_full), while traces keep coming. (Pausing the
+                # partitions here instead lost messages: faust drops fetched records of paused
+                # partitions, which the sequencer then waited for forever.)
+                deadline: float | None = None
+                targets: dict[int, int] = {}
+                waited_since = time.monotonic()
+                next_note = waited_since + 10.0
                 while True:
                     # the trace lookup may query ClickHouse: off the event loop, serialised by the sink
                     refs, waiting = await asyncio.to_thread(pipe.feedback.resolve, decoded.records,
                                                             decoded.partitions)
-                    if not waiting or time.monotonic() > deadline:
+                    behind = traces_behind({decoded.partitions[i] for i, r in enumerate(refs) if r is None},
+                                           targets)
+                    if not waiting and not behind:
                         break
+                    if time.monotonic() > next_note:
+                        next_note += 30.0
+                        log.info("%d feedback records waited %.0f s for their traces; trace partitions not "
+                                 "read far enough: %s", sum(r is None for r in refs),
+                                 time.monotonic() - waited_since,
+                                 {p: (trace_position(p)[0], targets[p]) for p in behind} or "none")
+                    if behind:
+                        deadline = None
+                    elif deadline is None:
+                        deadline = time.monotonic() + settings.feedback_grace_s
+                    elif time.monotonic() > deadline:
+                        break
+                    if worker.stopping:  # its traces will not come before we stop: not unknown, redeliver
+                        raise _Abandon
                     await asyncio.sleep(0.1)  # the trace agent advances the watermark meanwhile
                 out = pipe.on_feedback(msgs, decoded, refs)
                 if out.rows or out.submissions:
@@ -285,6 +414,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             except asyncio.CancelledError:
                 raise
             except BaseException:
+                if worker.stopping:
+                    await abandon("feedback batch")
                 log.critical("feedback batch failed; exiting without acknowledging it", exc_info=True)
                 os._exit(CRASH_EXIT_CODE)
             for e in events + ack_after:
@@ -308,9 +439,13 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     app.timer(interval=settings.feedback_patterns_refresh_s)(refresh_patterns)
     app.on_before_shutdown.connect(refresh_patterns)  # a graceful stop leaves nothing pending
 
-    @app.timer(interval=10.0)
+    @app.timer(interval=settings.stats_interval_s)
     async def report() -> None:
-        log.info("stats %s", worker.pipeline.stats)
+        # one JSON line: pipeline counters, messages the consumer has taken from Kafka (faust's
+        # monitor; flat while a stuck batch holds consumption), failed sink writes
+        stats = {**worker.pipeline.stats, "received": app.monitor.messages_received_total,
+                 "sink_failed_attempts": worker.sink.failed_attempts if worker.sink is not None else 0}
+        log.info("stats %s", json.dumps(stats))
 
     @app.timer(interval=settings.snapshot_interval_s)
     async def snapshot_baselines() -> None:
@@ -335,9 +470,58 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
+def committed_offsets_retrying(settings: Settings, topic: str, partitions: list[int]) -> dict[tuple[str, int], int]:
+    """:func:`streams.topics.committed_offsets` of the worker's group, retried with backoff for up
+    to ``settings.sink_retry_s`` (a broker restarting or electing leaders answers with timeouts).
+
+    Raises:
+        KafkaException: still failing after that.
+    """
+    for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=5.0),
+                            stop=stop_after_delay(settings.sink_retry_s), reraise=True,
+                            before_sleep=before_sleep_log(log, logging.WARNING)):
+        with attempt:
+            return committed_offsets(settings, settings.full_app_id, topic, partitions)
+    raise AssertionError("unreachable")
+
+
+class _Abandon(Exception):
+    """Raised inside an agent to give up its batch at shutdown."""
+
+
+class _SignalAwareWorker(faust.Worker):
+    """faust's Worker, telling :class:`Worker` about SIGTERM/SIGINT before faust starts stopping
+    (mode's ``_on_sigterm``/``_on_sigint`` are the loop's signal handlers)."""
+
+    def __init__(self, *args: Any, on_signal: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_signal = on_signal
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # faust sets the root handler to its own level (warn by default); selfheal's INFO lines
+        # (readiness, partitions, stats) get a handler of their own
+        super().on_setup_root_logger(logger, level)
+        ours = logging.getLogger("selfheal")
+        if not ours.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s %(message)s"))
+            ours.addHandler(handler)
+            ours.setLevel(logging.INFO)
+            ours.propagate = False
+
+    def _on_sigterm(self) -> None:
+        self._on_signal()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._on_signal()
+        super()._on_sigint()
+
+
 def run_worker(settings: Settings, loglevel: str = "warn") -> None:
-    """Run a worker in the foreground until SIGTERM/SIGINT (graceful stop: unacknowledged batches
-    are redelivered to the next worker)."""
+    """Run a worker in the foreground until SIGTERM/SIGINT (bounded graceful stop, see the module
+    docstring: unacknowledged batches are redelivered to the next worker)."""
     worker = build_app(settings)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    _SignalAwareWorker(worker.app, loglevel=loglevel, quiet=True,
+                       on_signal=worker.on_stop_signal).execute_from_commandline()

@@ -1,7 +1,7 @@
 """``selfheal`` command line (typer). The CLI wires components; it does not compute.
 
-Commands: ``topics``, ``migrate``, ``worker``, ``simulate``, ``demo``, ``incidents``, ``export-evalset``,
-``refresh-patterns``.
+Commands: ``topics``, ``migrate``, ``worker``, ``simulate``, ``demo``, ``chaos``, ``incidents``,
+``export-evalset``, ``refresh-patterns``.
 Settings come from ``SELFHEAL_*`` environment variables (README "Settings").
 """
 
@@ -364,6 +364,38 @@ def refresh_patterns() -> None:
     rows = sink.query("SELECT scope, count() FROM {db}.feedback_patterns FINAL GROUP BY scope ORDER BY scope")
     sink.close()
     console.print(", ".join(f"{scope}: {n}" for scope, n in rows) or "no patterns")
+
+
+@app.command()
+def chaos(
+    traces: Annotated[int, typer.Option(help="traces to simulate")] = 30_000,
+    rate: Annotated[float, typer.Option(help="traces produced per second (run length ~ traces / rate)")] = 250.0,
+    kills: Annotated[int, typer.Option(help="SIGKILLs of the worker (each followed by a restart)")] = 3,
+    broker_restart: Annotated[bool, typer.Option(help="stop and start the (own) broker mid-run")] = True,
+    sink_outage_s: Annotated[float, typer.Option(help="seconds during which every ClickHouse write fails")] = 20.0,
+    sigterm: Annotated[bool, typer.Option(help="one SIGTERM mid-run (exit time measured)")] = True,
+    kafka_port: Annotated[int, typer.Option(help="port of the chaos run's own broker (never the shared one)")] = 29092,
+    seed: int = 11,
+    out: Annotated[Path, typer.Option(help="report JSON path")] = Path("chaos-report.json"),
+) -> None:
+    """Fault injection: SIGKILLs, a broker restart, a ClickHouse outage and SIGTERM during a long
+    simulated run; prints faults, records in, rows out, lost, duplicated (streams.chaos).
+
+    Exits 1 unless 0 lost, 0 duplicated, no re-opened incident episode and state recovered.
+    """
+    from streams.chaos import ChaosConfig, print_report, run_chaos, write_report
+
+    base = get_settings()
+    cfg = ChaosConfig(traces=traces, rate=rate, seed=seed, kills=kills, broker_restart=broker_restart,
+                      sink_outage_s=sink_outage_s, sigterm=sigterm, kafka_port=kafka_port,
+                      shutdown_timeout_s=base.shutdown_timeout_s, work_dir=base.state_dir / "chaos")
+    console.rule("[bold]selfheal chaos")
+    report = run_chaos(cfg, base, log=console.print)
+    write_report(report, out)
+    print_report(report, console)
+    console.print(f"written {out}")
+    if not report["passed"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -58,9 +58,22 @@ class Settings(BaseSettings):
     # --- ClickHouse ----------------------------------------------------------------------
     clickhouse_url: str | None = Field(None, description="http(s)://host:8123 of a real server; unset = embedded chDB")
     clickhouse_path: Path | None = Field(None, description="chDB data dir (default <state_dir>/clickhouse)")
-    clickhouse_database: str = "selfheal"
+    # the database name is the one identifier formatted into SQL ({db}): a plain identifier only
+    clickhouse_database: str = Field("selfheal", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr | None = None
+    sink_retry_s: float = Field(300.0, gt=0, description=(
+        "how long a failing ClickHouse write is retried (exponential backoff, batch held, consumption "
+        "paused) before the worker exits with code 70, s"))
+    stats_interval_s: float = Field(10.0, gt=0, description="worker stats log line interval, s")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description=(
+        "SIGTERM/SIGINT: the worker drains and commits, and exits by force after this long, s "
+        "(unacknowledged batches are redelivered)"))
+
+    # --- fault injection: TEST HOOKS for `selfheal chaos` and tests/integration; never set in production
+    fault_sink_fail_writes: int = Field(0, ge=0, description="TEST HOOK: the worker's first N ClickHouse writes fail")
+    fault_sink_fail_file: Path | None = Field(None, description=(
+        "TEST HOOK: while this file exists, every ClickHouse write of the worker fails"))
 
     # --- detection -----------------------------------------------------------------------
     layers: tuple[str, ...] = Field(LAYERS, description="baseline layers that are on")

@@ -149,7 +149,7 @@ class Pipeline:
         """Process one batch of trace messages (see module docstring)."""
         decoded = self.trace_ingest.decode(messages, now_ms)
         dls = decoded.dead_letters
-        records, parts, offs = decoded.records, decoded.partitions, decoded.offsets
+        records, parts, offs, idxs = decoded.records, decoded.partitions, decoded.offsets, decoded.indexes
         # trace_id dedup: same id + same content = replay (skipped), different content = conflict
         keep: list[int] = []
         seen_now: dict[str, int] = {}
@@ -168,9 +168,10 @@ class Pipeline:
             elif prev_fp == fps[i]:
                 dup += 1
             else:
-                dls.append(make_dead_letter(
-                    msg_by_off[(parts[i], offs[i])], index=i, error_class="duplicate_conflict", field_path="trace_id",
-                    value=tid, payload=canonical_json(r), tenant_id=r["tenant_id"],
+                dls.append(make_dead_letter(  # index in its message: deterministic id across redeliveries
+                    msg_by_off[(parts[i], offs[i])], index=idxs[i], error_class="duplicate_conflict",
+                    field_path="trace_id",
+                    value=tid, payload=canonical_json(r) if idxs[i] >= 0 else None, tenant_id=r["tenant_id"],
                     message=f"trace_id {tid!r} was already ingested with different content"))
         if len(keep) != len(records):
             records = [records[i] for i in keep]

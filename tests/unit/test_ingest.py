@@ -36,9 +36,10 @@ def test_valid_batch_passes_with_provenance():
     (trace(tenant_id=""), "tenant_id", ""),
     (trace(tenant_id="Acme Corp!"), "tenant_id", "Acme Corp!"),
     (trace(confidence=1.7), "confidence", 1.7),
-    (trace(event_time=now_ms() + 3_600_000), "(record)", None),
-    (trace(event_time=1_000), "(record)", None),
-    (trace(retrieval_hits=5, retrieval_queries=1), "(record)", None),
+    (trace(event_time=now_ms() + 3_600_000), "event_time", None),
+    (trace(event_time=1_000), "event_time", 1_000),
+    (trace(event_time=1_700_000_000), "event_time", 1_700_000_000),  # seconds sent instead of ms
+    (trace(retrieval_hits=5, retrieval_queries=1), "retrieval_hits", 5),
 ])
 def test_bad_record_inside_batch_is_dead_lettered_alone(record, field, value):
     out = Ingest(CODEC, "traces").decode([msg(batch(trace(1), {**record, "trace_id": "bad"}), offset=3)])
@@ -73,3 +74,35 @@ def test_dead_letter_ids_are_deterministic():
     a = Ingest(CODEC, "traces").decode([msg(b"x", offset=9)]).dead_letters[0]
     b = Ingest(CODEC, "traces").decode([msg(b"x", offset=9)]).dead_letters[0]
     assert a.dead_letter_id == b.dead_letter_id
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    (None, "null"),
+    (b"", "null"),
+    (b"\xff\xfeacme", "ff fe 61 63 6d 65"),
+    (b"Acme Corp", "Acme Corp"),
+    (b"acme\n", "acme\n"),
+    (b"a" * 64, "a" * 64),
+])
+def test_a_message_must_be_keyed_by_a_tenant_id(key, value):
+    out = Ingest(CODEC, "traces").decode([msg(batch(trace(1)), key=key)])
+    (dl,) = out.dead_letters
+    assert (dl.error_class, dl.field, dl.value, dl.tenant_id) == ("invalid_key", "(key)", value, None)
+    assert out.records == []
+
+
+def test_decoding_errors_name_the_field_and_value():
+    good = CODEC.encode("selfheal.v1.AgentTrace", trace(7, event_time=1_700_000_000_000))
+    abandoned = CODEC.encode("selfheal.v1.AgentTrace", trace(7, event_time=1_700_000_000_000, outcome="abandoned"))
+    at = next(i for i, (a, b) in enumerate(zip(good, abandoned, strict=True)) if a != b)
+    bad = bytearray(good)
+    bad[at] = 0x12  # enum index 9
+    (dl,) = Ingest(CODEC, "traces").decode([msg(bytes(bad))]).dead_letters
+    assert (dl.error_class, dl.field, dl.value) == ("unknown_enum", "outcome", "9")
+    assert "Outcome" in dl.message and dl.payload == bytes(bad)
+
+
+def test_dead_letters_of_a_record_are_attributed_to_the_sending_tenant():
+    out = Ingest(CODEC, "traces").decode([msg(batch(trace(1, tenant_id="Evil Corp")), key=b"acme")])
+    (dl,) = out.dead_letters
+    assert dl.tenant_id == "acme" and dl.value == "Evil Corp"

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from schemas import DeadLetter
+from schemas.codec import canonical_json
 from schemas.feedback import SAFETY_CATEGORIES
 from streams.processors.corrections import (
     NEAR_DUP_THRESHOLD,
@@ -302,6 +303,7 @@ class FeedbackProcessor:
             if ref is None or ref.tenant_id != tenant:
                 out.dead_letters.append(make_dead_letter(
                     source[i], index=pos[2], error_class="unknown_trace", field_path="trace_id", value=rec["trace_id"],
+                    payload=canonical_json(rec) if pos[2] >= 0 else None,
                     message=f"feedback {rec['feedback_id']} refers to trace {rec['trace_id']!r}, unknown for tenant "
                             f"{tenant!r} after the trace watermark passed its event time",
                     tenant_id=tenant))

@@ -8,6 +8,18 @@ that fails becomes a :class:`schemas.DeadLetter` naming the error class, field a
 is dropped: ``len(records) + len(dead_letters) == records seen`` (whole-message failures count as
 one dead letter).
 
+Dead-letter reasons (``error_class``; ``field`` and ``value`` name what is at fault):
+
+- whole message (``record_index = -1``): ``empty`` (null or empty value), ``oversized``,
+  ``not_avro``, ``unknown_schema`` (fingerprint), ``truncated``, ``invalid_utf8``,
+  ``unknown_enum``, ``bad_union_branch``, ``negative_length``, ``bad_boolean``,
+  ``trailing_bytes``, ``malformed_avro``, ``schema_resolution`` (the decoder names the field:
+  :mod:`schemas.diagnose`), ``wrong_schema`` (a record type the topic does not carry),
+  ``invalid_key`` (no key, not UTF-8, or not a tenant id), ``validation`` of an empty batch;
+- per record: ``validation`` (the contract models: ranges, NaN, patterns, event-time window,
+  sizes, ...), ``key_mismatch`` (record tenant differs from the message key); later stages add
+  ``duplicate_conflict`` (:mod:`streams.pipeline`) and ``unknown_trace`` (feedback).
+
 Validation: the pydantic contract models (``model_validate`` with the event-time window in the
 validation context) are the definition. For traces, the hot path first runs
 :class:`TraceFastCheck`, a column-wise (numpy) check of the same constraints that is never more lenient
@@ -51,6 +63,7 @@ FEEDBACK_SCHEMAS = {"selfheal.v1.Feedback": None, "selfheal.v1.FeedbackBatch": "
 
 OUTCOME_CODES = {"success": 0, "failure": 1, "escalated": 2, "abandoned": 3}
 ARM_CODES = {"control": 0, "canary": 1, "shadow": 2}
+TENANT_KEY_RE = re.compile(TENANT_ID_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 @dataclass(slots=True)
@@ -85,18 +98,38 @@ def dead_letter_id(topic: str, partition: int, offset: int, index: int) -> str:
 def _short(value: Any, limit: int = 200) -> str | None:
     if value is None:
         return None
+    if isinstance(value, list | tuple | dict):  # a collection at fault is about its size, not its content
+        return f"{type(value).__name__} of {len(value)} items"
     text = value.hex() if isinstance(value, bytes) else repr(value) if isinstance(value, float) else str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tenant_of(key: bytes | None) -> str | None:
+    """The tenant a message key names, or ``None`` when the key is not a valid tenant slug."""
     if not key:
         return None
     try:
         text = key.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return text if len(text) <= 64 else None
+    return text if TENANT_KEY_RE.fullmatch(text) else None
+
+
+def key_problem(key: bytes | None) -> tuple[str, str] | None:
+    """Why a message key is not a tenant id: ``(value shown, reason)``, or ``None`` when it is.
+
+    Topics are keyed by tenant_id so that a tenant's records, baselines and changelog state live
+    on one partition; a message without a valid key cannot be placed and is dead-lettered.
+    """
+    if key is None or len(key) == 0:
+        return "null", "message has no key; records must be keyed by their tenant_id"
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return key[:32].hex(" "), f"message key is not UTF-8 ({exc.reason} at byte {exc.start})"
+    if not TENANT_KEY_RE.fullmatch(text):
+        return text, f"message key {_short(text, 80)!r} is not a tenant_id ({TENANT_ID_PATTERN})"
+    return None
 
 
 def make_dead_letter(
@@ -314,7 +347,9 @@ class Ingest:
             value = msg.value
             if value is None or len(value) == 0:
                 out.dead_letters.append(make_dead_letter(
-                    msg, index=-1, error_class="empty", message=f"{msg.topic}: empty message value",
+                    msg, index=-1, error_class="empty", field_path="(message)",
+                    value="null" if value is None else "0 bytes",
+                    message=f"{msg.topic}: {'tombstone (null value)' if value is None else 'empty message value'}",
                     now_ms=now_ms))
                 continue
             if len(value) > self.max_message_bytes:
@@ -327,14 +362,20 @@ class Ingest:
                 name, record = self.codec.decode(value)
             except CodecError as exc:
                 out.dead_letters.append(make_dead_letter(
-                    msg, index=-1, error_class=exc.error_class, message=str(exc),
-                    fingerprint_hex=exc.fingerprint_hex, now_ms=now_ms))
+                    msg, index=-1, error_class=exc.error_class, message=str(exc), field_path=exc.field,
+                    value=exc.value, fingerprint_hex=exc.fingerprint_hex, now_ms=now_ms))
                 continue
             if name not in self.accepted:
                 out.dead_letters.append(make_dead_letter(
                     msg, index=-1, error_class="wrong_schema", field_path="(schema)", value=name,
                     message=f"{msg.topic} does not accept {name}; expected one of {', '.join(self.accepted)}",
                     now_ms=now_ms))
+                continue
+            bad_key = key_problem(msg.key)
+            if bad_key is not None:
+                out.dead_letters.append(make_dead_letter(
+                    msg, index=-1, error_class="invalid_key", field_path="(key)", value=bad_key[0],
+                    message=f"{msg.topic}: {bad_key[1]}", now_ms=now_ms))
                 continue
             items_field = self.accepted[name]
             items = [record] if items_field is None else record[items_field]
@@ -356,16 +397,16 @@ class Ingest:
                         msg, index=i if batched else -1, error_class="validation", field_path=loc, value=bad,
                         message=f"{self.model.__name__} {text}",
                         payload=canonical_json(rec) if batched else None,
-                        tenant_id=rec.get("tenant_id") if isinstance(rec.get("tenant_id"), str) else None,
-                        now_ms=now_ms))
+                        tenant_id=key_tenant, now_ms=now_ms))
                     continue
-                if key_tenant is not None and rec["tenant_id"] != key_tenant:
+                if rec["tenant_id"] != key_tenant:
                     out.dead_letters.append(make_dead_letter(
                         msg, index=i if batched else -1, error_class="key_mismatch", field_path="tenant_id",
                         value=rec["tenant_id"],
                         message=f"record tenant_id={rec['tenant_id']!r} differs from message key {key_tenant!r}; "
                                 "records must be keyed by their tenant",
-                        payload=canonical_json(rec) if batched else None, tenant_id=rec["tenant_id"],
+                        # attributed to the sender (the key's tenant), not to the tenant the record claims
+                        payload=canonical_json(rec) if batched else None, tenant_id=key_tenant,
                         now_ms=now_ms))
                     continue
                 out.records.append(rec)

@@ -11,6 +11,11 @@ Kafka batch only after its rows are written here (see :mod:`streams.app`).
 Inserts use ``insert_arrow`` (measured 330-700k rows/s on 2 cores, BENCHMARKS.md). Failed writes
 are retried with exponential backoff (tenacity) while the agent holds the batch, which is the
 backpressure: nothing is acknowledged, so nothing is lost, and memory stays bounded by one batch.
+:meth:`ClickHouseSink.abort` (worker shutdown) ends a retry loop at once.
+
+Fault injection (test hooks, ``Settings.fault_sink_fail_writes`` / ``fault_sink_fail_file``, used
+by ``selfheal chaos`` and tests/integration/test_faults.py): writes fail with ``ConnectionError``
+before reaching ClickHouse, exactly like a refused connection, and go through the same retries.
 """
 
 from __future__ import annotations
@@ -24,11 +29,19 @@ from importlib import resources
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 import numpy as np
 import pyarrow as pa
-from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_when_event_set,
+    wait_exponential,
+)
 
 from schemas import DeadLetter, Incident
 from streams.config import Settings
@@ -38,9 +51,29 @@ from streams.processors.ingest import TraceColumns
 log = logging.getLogger(__name__)
 
 MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+#: tenant slug, matched with fullmatch (``$`` alone would accept a trailing newline)
+TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 TS = pa.timestamp("ms", tz="UTC")
 STR_MAP = pa.map_(pa.string(), pa.string())
+
+
+def safe_url(url: str) -> str:
+    """``url`` without user and password (for logs and error messages)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _scrub(text: str, settings: Settings) -> str:
+    """``text`` with the ClickHouse password and URL credentials removed (driver errors may echo them)."""
+    if settings.clickhouse_password is not None and settings.clickhouse_password.get_secret_value():
+        text = text.replace(settings.clickhouse_password.get_secret_value(), "***")
+    if settings.clickhouse_url:
+        text = text.replace(settings.clickhouse_url, safe_url(settings.clickhouse_url))
+    return text
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -66,15 +99,20 @@ class ClickHouseSink:
         SinkError: the store cannot be opened (e.g. a chDB directory locked by another process).
     """
 
-    def __init__(self, settings: Settings, retry_s: float = 300.0) -> None:
+    def __init__(self, settings: Settings, retry_s: float | None = None) -> None:
         self.settings = settings
         self.db = settings.clickhouse_database
-        self.retry_s = retry_s
+        self.retry_s = settings.sink_retry_s if retry_s is None else retry_s
         # one connection, one caller at a time: chDB (and clickhouse-connect's client) are not safe
         # for concurrent use from the event loop and insert threads (a concurrent query was seen to
         # drop an insert that had reported success)
         self._lock = threading.RLock()
-        self.fail_writes = 0  # fault injection for tests and `selfheal chaos`: fail the next N writes
+        self._abort = threading.Event()
+        #: fault injection (tests, `selfheal chaos`): fail the next N writes / while this file exists
+        self.fail_writes = settings.fault_sink_fail_writes
+        self.fail_file = settings.fault_sink_fail_file
+        #: write attempts that failed (injected or real), for the worker's stats line
+        self.failed_attempts = 0
         try:
             if settings.clickhouse_url:
                 self.client = clickhouse_connect.get_client(
@@ -82,14 +120,15 @@ class ClickHouseSink:
                     username=settings.clickhouse_user,
                     password=settings.clickhouse_password.get_secret_value() if settings.clickhouse_password else "",
                 )
-                self.location = settings.clickhouse_url.split("@")[-1]
+                self.location = safe_url(settings.clickhouse_url)
             else:
                 path = Path(settings.clickhouse_dir)
                 path.mkdir(parents=True, exist_ok=True)
                 self.client = clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
                 self.location = f"chdb://{path.resolve()}"
         except Exception as exc:
-            raise SinkError(f"cannot open ClickHouse at {settings.clickhouse_url or settings.clickhouse_dir}: {exc}") from exc
+            where = safe_url(settings.clickhouse_url) if settings.clickhouse_url else settings.clickhouse_dir
+            raise SinkError(f"cannot open ClickHouse at {where}: {_scrub(str(exc), settings)}") from None
 
     # ------------------------------------------------------------------ schema
     def migrate(self) -> list[int]:
@@ -117,26 +156,45 @@ class ClickHouseSink:
         return applied
 
     # ------------------------------------------------------------------ writes
+    def _retrying(self) -> Retrying:
+        """Retries of one write: exponential backoff (0.1 s doubling, at most 10 s) for up to
+        ``retry_s``, ended early by :meth:`abort` (tenacity)."""
+        return Retrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=0.1, max=10.0),
+            stop=stop_after_delay(self.retry_s) | stop_when_event_set(self._abort),
+            sleep=self._abort.wait,  # backoff sleeps end early on abort()
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+
     def _insert(self, table: str, data: pa.Table) -> int:
         if data.num_rows == 0:
             return 0
-        for attempt in Retrying(
-            retry=retry_if_exception_type(Exception),
-            wait=wait_exponential(multiplier=0.1, max=10.0),
-            stop=stop_after_delay(self.retry_s),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        ):
+        for attempt in self._retrying():
             with attempt:
-                if self.fail_writes > 0:
-                    self.fail_writes -= 1
-                    raise ConnectionError(f"injected write failure on {table}")
                 try:
+                    self._injected_fault(table)
                     with self._lock:
                         self.client.insert_arrow(f"{self.db}.{table}", data)
                 except Exception as exc:
-                    raise SinkError(f"insert of {data.num_rows} rows into {self.db}.{table} failed: {exc}") from exc
+                    self.failed_attempts += 1
+                    raise SinkError(f"insert of {data.num_rows} rows into {self.db}.{table} failed: "
+                                    f"{_scrub(str(exc), self.settings)}") from None
         return data.num_rows
+
+    def _injected_fault(self, table: str) -> None:
+        """TEST HOOK: raise like a refused connection while a fault is injected (see module docstring)."""
+        if self.fail_writes > 0:
+            self.fail_writes -= 1
+            raise ConnectionError(f"injected write failure on {table} (fail_writes)")
+        if self.fail_file is not None and self.fail_file.exists():
+            raise ConnectionError(f"injected write failure on {table} ({self.fail_file} exists)")
+
+    def abort(self) -> None:
+        """Stop retrying: a write in its retry loop raises its last error now, later writes fail
+        after one attempt. Called when the worker shuts down (its batch stays unacknowledged)."""
+        self._abort.set()
 
     def write_traces(self, cols: TraceColumns, attributes: Sequence[dict[str, str]] | None = None) -> int:
         """Insert a batch of validated traces. ``attributes`` overrides the records' maps
@@ -234,15 +292,16 @@ class ClickHouseSink:
             self._command(sql, params)
 
     def _command(self, sql: str, params: dict[str, Any]) -> None:
-        for attempt in Retrying(retry=retry_if_exception_type(Exception),
-                                wait=wait_exponential(multiplier=0.1, max=10.0), stop=stop_after_delay(self.retry_s),
-                                reraise=True, before_sleep=before_sleep_log(log, logging.WARNING)):
+        for attempt in self._retrying():
             with attempt:
                 try:
+                    self._injected_fault("feedback_patterns")
                     with self._lock:
                         self.client.command(sql.replace("{db}", self.db), parameters=params)
                 except Exception as exc:
-                    raise SinkError(f"{sql.split(chr(10))[0][:80]}... failed: {exc}") from exc
+                    self.failed_attempts += 1
+                    raise SinkError(f"{sql.split(chr(10))[0][:80]}... failed: "
+                                    f"{_scrub(str(exc), self.settings)}") from None
 
     def write_submissions(self, rows: Sequence[dict[str, Any]]) -> int:
         """Insert the feedback submission log (one row per Kafka record, ``event_time`` in ms)."""
@@ -299,7 +358,7 @@ class ClickHouseSink:
         rows = [
             {"tenant_id": d.tenant_id or "", "dead_letter_id": d.dead_letter_id, "source_topic": d.source_topic,
              "source_partition": d.source_partition, "source_offset": d.source_offset, "record_index": d.record_index,
-             "error_class": d.error_class, "field": d.field or "",
+             "error_class": d.error_class, "field": (redact(d.field) if redact and d.field else d.field) or "",
              "value": (redact(d.value) if redact and d.value else d.value) or "",
              "message": redact(d.message) if redact else d.message, "schema_fingerprint": d.schema_fingerprint or "",
              "payload_sha256": hashlib.sha256(d.payload).hexdigest(), "payload_bytes": len(d.payload),
@@ -383,32 +442,57 @@ PATTERN_REFRESH = (
 class TenantQueries:
     """Read helpers that can only return one tenant's rows.
 
-    Every query binds ``tenant_id`` as a server-side parameter (``{tenant:String}``) in its WHERE
-    clause; no value is ever formatted into SQL text.
+    Every query binds ``tenant_id`` as a parameter (``{tenant:String}``) in its WHERE clause; no
+    value is ever formatted into SQL text, and the other arguments are bound and type-checked too.
+    The tenant id must be a tenant slug (``[a-z0-9][a-z0-9_-]{0,62}``, whole string): anything else
+    (quotes, NUL, newlines, look-alike Unicode letters, over-long ids) is refused before a query
+    runs. On a ClickHouse server, the row policies in ``deploy/clickhouse/`` enforce the same
+    isolation for analysts who query directly (docs/reliability.md).
+
+    Raises:
+        TenantScopeError: invalid tenant id, or an argument of the wrong type or range.
     """
 
+    MAX_LIMIT = 10_000
+    MAX_IDS = 100_000
+
     def __init__(self, sink: ClickHouseSink, tenant_id: str) -> None:
-        if not isinstance(tenant_id, str) or not TENANT_RE.match(tenant_id):
-            raise TenantScopeError(f"tenant_id={tenant_id!r} is not a valid tenant slug ({TENANT_RE.pattern})")
+        if not isinstance(tenant_id, str) or not TENANT_RE.fullmatch(tenant_id):
+            raise TenantScopeError(f"tenant_id={tenant_id!r:.80} is not a valid tenant slug ({TENANT_RE.pattern})")
         self.sink = sink
         self.tenant_id = tenant_id
 
     def _q(self, sql: str, **params: Any) -> list[tuple]:
         return self.sink.query(sql, {"tenant": self.tenant_id, **params})
 
+    @classmethod
+    def _limit(cls, limit: int) -> int:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= cls.MAX_LIMIT:
+            raise TenantScopeError(f"limit={limit!r:.40} must be an int in 1..{cls.MAX_LIMIT}")
+        return limit
+
+    @staticmethod
+    def _text(name: str, value: str | None) -> str:
+        if value is None:
+            return ""
+        if not isinstance(value, str) or len(value) > 256:
+            raise TenantScopeError(f"{name}={value!r:.40} must be a string of at most 256 characters")
+        return value
+
     def incidents(self, status: str | None = None, limit: int = 100) -> list[tuple]:
-        """Latest revision of this tenant's incidents, newest first."""
+        """Latest revision of this tenant's incidents, newest first: ``[(incident_id, status, kind,
+        layer, cohort, workflow, metric, baseline, observed, severity, action, release_id, summary)]``."""
         return self._q(
             "SELECT incident_id, status, kind, layer, cohort, workflow, metric, baseline, observed, severity, "
             "action, release_id, summary FROM {db}.incidents FINAL WHERE tenant_id = {tenant:String} "
             "AND ({status:String} = '' OR status = {status:String}) ORDER BY last_seen DESC LIMIT {limit:UInt32}",
-            status=status or "", limit=limit)
+            status=self._text("status", status), limit=self._limit(limit))
 
     def trace_count(self, cohort: str | None = None) -> int:
         """Distinct traces of this tenant (optionally one cohort)."""
         return self._q(
             "SELECT count() FROM {db}.traces FINAL WHERE tenant_id = {tenant:String} "
-            "AND ({cohort:String} = '' OR cohort = {cohort:String})", cohort=cohort or "")[0][0]
+            "AND ({cohort:String} = '' OR cohort = {cohort:String})", cohort=self._text("cohort", cohort))[0][0]
 
     def golden_set(self, since_ms: int, until_ms: int, cohort: str | None = None, release_id: str | None = None,
                    include_lost: bool = False) -> list[dict[str, Any]]:
@@ -416,6 +500,9 @@ class TenantQueries:
         for traces with ``since_ms <= trace event time < until_ms`` (epoch ms), optionally one
         cohort and release; corrections that lost a conflict only with ``include_lost``.
         Deterministic order: trace event time, trace id, dedup key. Returns dicts by column name.
+
+        Raises:
+            TenantScopeError: a non-int time bound or an over-long cohort / release id.
         """
         sql = ("SELECT * FROM {db}.v_golden_set WHERE tenant_id = {tenant:String} "
                "AND trace_event_time >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
@@ -424,13 +511,41 @@ class TenantQueries:
                "AND ({release:String} = '' OR release_id = {release:String}) "
                "AND ({include_lost:Bool} OR usable) "
                "ORDER BY trace_event_time, trace_id, dedup_key")
-        params = {"tenant": self.tenant_id, "since": since_ms, "until": until_ms, "cohort": cohort or "",
-                  "release": release_id or "", "include_lost": include_lost}
+        for name, v in (("since_ms", since_ms), ("until_ms", until_ms)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TenantScopeError(f"{name}={v!r:.40} must be an int (epoch ms)")
+        params = {"tenant": self.tenant_id, "since": since_ms, "until": until_ms,
+                  "cohort": self._text("cohort", cohort), "release": self._text("release_id", release_id),
+                  "include_lost": bool(include_lost)}
         return self.sink.query_dicts(sql, params)
 
     def feedback(self, limit: int = 100) -> list[tuple]:
-        """This tenant's unique corrections (FINAL), newest first."""
+        """This tenant's unique corrections (FINAL), newest first: ``[(feedback_id, trace_id, category,
+        severity, source, release_id, corrected_text)]`` (text redacted at ingest)."""
         return self._q(
             "SELECT feedback_id, trace_id, category, severity, source, release_id, corrected_text "
             "FROM {db}.feedback FINAL WHERE tenant_id = {tenant:String} ORDER BY event_time DESC LIMIT {limit:UInt32}",
-            limit=limit)
+            limit=self._limit(limit))
+
+    def dead_letters(self, limit: int = 100) -> list[tuple]:
+        """This tenant's rejected records, newest first: ``[(dead_letter_id, source_topic, source_partition,
+        source_offset, record_index, error_class, field, value, message)]`` (value and message redacted)."""
+        return self._q(
+            "SELECT dead_letter_id, source_topic, source_partition, source_offset, record_index, error_class, field, "
+            "value, message FROM {db}.dead_letters FINAL WHERE tenant_id = {tenant:String} "
+            "ORDER BY occurred_at DESC LIMIT {limit:UInt32}", limit=self._limit(limit))
+
+    def trace_refs(self, trace_ids: Sequence[str]) -> list[tuple]:
+        """Slice of this tenant's traces among ``trace_ids`` (the feedback join of older traces):
+        ``[(trace_id, cohort, workflow, release_id, source_partition, session_id, event_time_ms,
+        first_failing_tool)]`` (``first_failing_tool`` is ``""`` when every tool call was ok).
+        Ids of other tenants' traces return nothing."""
+        ids = list(trace_ids)
+        if len(ids) > self.MAX_IDS or not all(isinstance(t, str) for t in ids):
+            raise TenantScopeError(f"trace_ids must be at most {self.MAX_IDS} strings")
+        if not ids:
+            return []
+        return self._q(
+            "SELECT trace_id, cohort, workflow, release_id, source_partition, session_id, "
+            "toUnixTimestamp64Milli(event_time), arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses) "
+            "FROM {db}.traces WHERE tenant_id = {tenant:String} AND trace_id IN {ids:Array(String)}", ids=ids)
