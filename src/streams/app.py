@@ -167,7 +167,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         web_port=settings.web_port,
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=max(settings.broker_session_timeout_s / 4, 1.0),
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(4 * settings.take_max_messages, 64),
@@ -278,6 +278,17 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         os._exit(0)
 
     sequencers: dict[str, OffsetSequencer] = {}
+
+    def ack_parked() -> None:
+        # before faust waits for every fetched message to be acked (rebalance, stop): messages
+        # parked ahead of a gap are acked now; commits follow processing (faust_fixes), not acks
+        for seq in sequencers.values():
+            for evs in seq.parked.values():
+                for events in evs.values():
+                    for e in events:
+                        e.ack()
+
+    faust_fixes.BEFORE_WAIT_EMPTY[:] = [ack_parked]
 
     def trace_position(partition: int) -> tuple[int | None, int | None]:
         """(next offset the trace agent processes, high watermark of the consumer's last fetch)."""

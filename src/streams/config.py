@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     state_dir: Path = ROOT / ".local"
     take_max_messages: int = Field(64, ge=1, description="Kafka messages per processing batch")
     take_within_s: float = Field(0.5, gt=0, description="max wait to fill a batch, s")
+    commit_interval_s: float = Field(1.0, gt=0, description=(
+        "how often processed offsets are committed, s (a crash redelivers at most this much)"))
     web_port: int = Field(6066, description="faust web (metrics, health); bound to 127.0.0.1")
     web_enabled: bool = False
     faust_loglevel: Literal["crit", "error", "warn", "info", "debug"] = Field("warn", description="faust's own log level")

@@ -120,7 +120,8 @@ def test_worker_killed_mid_stream_loses_and_doubles_no_feedback(settings, worker
     ensure_topics(settings)
     # one Kafka message per record and small batches: many feedback batches to be killed in
     slow = {"SELFHEAL_TAKE_MAX_MESSAGES": "4"}
-    worker = worker_factory(extra_env=slow, name="killed")
+    # commits every 5 s: when the kill comes, some written batches are not committed yet
+    worker = worker_factory(extra_env={**slow, "SELFHEAL_COMMIT_INTERVAL_S": "5"}, name="killed")
     with SelfhealProducer(settings) as traces, SelfhealProducer(settings, batch=False) as feedback:
         sim = FleetSimulator(traces=3_000, seed=11, inject_at=1.0, bad_input=False, near_dup_rate=0.15,
                              conflict_rate=0.1, feedback_lag=(5, 60))
