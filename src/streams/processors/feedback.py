@@ -64,6 +64,10 @@ class TraceRef:
     session_id: str = ""
     fingerprint: int = 0
     event_time_ms: int = 0
+    #: rollout of the trace: arm (``ingest.ARM_CODES``, -1 = none), candidate release, stage %
+    rollout_arm: int = -1
+    candidate_release_id: str = ""
+    stage_pct: float = 0.0
 
 
 class TraceIndex:
