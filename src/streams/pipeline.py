@@ -6,6 +6,8 @@
               → incidents → rows for ClickHouse
     feedback: ingest → join to trace (index, ClickHouse) → dedup → correction events into the
               detectors → incidents → rows
+    rollouts: traces with ``rollout`` and their corrections → canary scorecards
+              (:mod:`streams.processors.canary`) → rollout verdicts (+ rollback incidents)
 
 It returns what must be written and published; the caller (:mod:`streams.app` in the worker,
 the benchmarks, the tests) performs the I/O and acknowledges the batch afterwards, which is what
@@ -22,14 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from schemas import DeadLetter, Incident
+from schemas import DeadLetter, Incident, RolloutVerdict, Verdict
 from schemas.codec import AvroCodec, canonical_json
 from streams.config import Settings
 from streams.processors.baselines import LAYER_PARTS, P_INDEX, SliceStore
+from streams.processors.canary import CanaryConfig, CanaryMonitor, Emitted
 from streams.processors.drift import DriftConfig, DriftEngine
 from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef, is_safety
 from streams.processors.incidents import DictBackend, IncidentManager, StateBackend, TraceContext
-from streams.processors.ingest import Ingest, RawMessage, TraceColumns, make_dead_letter, trace_columns
+from streams.processors.ingest import ARM_CODES, Ingest, RawMessage, TraceColumns, make_dead_letter, trace_columns
 from streams.redact import Redactor
 
 _MAYBE_PHI = __import__("re").compile(r"[@\d]|\b(?:mr|mrs|ms|miss|dr|prof|patient|pt|name|mrn|record|account|member)\b",
@@ -45,6 +48,7 @@ class TraceOutput:
     incidents: list[Incident]
     dead_letters: list[DeadLetter]
     duplicates: int = 0
+    verdicts: list[RolloutVerdict] = field(default_factory=list)
 
 
 @dataclass
@@ -56,6 +60,7 @@ class FeedbackOutput:
     incidents: list[Incident]
     dead_letters: list[DeadLetter]
     counts: dict[str, int] = field(default_factory=dict)
+    verdicts: list[RolloutVerdict] = field(default_factory=list)
 
 
 def drift_config(settings: Settings) -> DriftConfig:
@@ -72,6 +77,18 @@ def drift_config(settings: Settings) -> DriftConfig:
     )
 
 
+def canary_config(settings: Settings) -> CanaryConfig:
+    """Canary scorecard settings from :class:`Settings` (``canary_*``, feedback maturity, evidence)."""
+    return CanaryConfig(
+        alpha=settings.canary_alpha, high_risk_alpha=settings.canary_high_risk_alpha,
+        high_risk_workflows=tuple(settings.canary_high_risk_workflows), min_samples=settings.canary_min_samples,
+        high_risk_min_samples=settings.canary_high_risk_min_samples, margin=settings.canary_margin,
+        mixture_scale=settings.canary_mixture_scale,
+        verdict_interval_ms=int(settings.canary_verdict_interval_s * 1000),
+        maturity_ms=int(settings.feedback_maturity_s * 1000), evidence=settings.evidence_traces,
+    )
+
+
 class Pipeline:
     """All per-batch processing of a worker.
 
@@ -83,11 +100,13 @@ class Pipeline:
         feedback_state: persistence of seen feedback ids and dedup keys.
         trace_lookup: ``(tenant, [trace_id]) -> {trace_id: TraceRef}`` for traces older than the
             in-memory index (ClickHouse in the worker).
+        canary_state: persistence of the canary scorecards (rollout groups and scorecards).
     """
 
     def __init__(self, settings: Settings, codec: AvroCodec, *, baselines: StateBackend | None = None,
                  incidents: StateBackend | None = None, feedback_state: StateBackend | None = None,
-                 trace_lookup: Callable[[str, list[str]], dict[str, TraceRef]] | None = None) -> None:
+                 trace_lookup: Callable[[str, list[str]], dict[str, TraceRef]] | None = None,
+                 canary_state: StateBackend | None = None) -> None:
         self.settings = settings
         self.codec = codec
         self.baselines = baselines or DictBackend()
@@ -105,7 +124,9 @@ class Pipeline:
         self.feedback = FeedbackProcessor(
             feedback_state or DictBackend(), self.index, self.redactor,
             settings.tenant_hmac_key.get_secret_value().encode(), lookup=trace_lookup)
-        self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0}
+        self.canary = CanaryMonitor(canary_config(settings), canary_state or DictBackend())
+        self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0,
+                      "verdicts": 0}
 
     # ------------------------------------------------------------------ partitions
     def on_assigned(self, partitions: set[int]) -> None:
@@ -114,9 +135,11 @@ class Pipeline:
         self.flush_state()
         self.engine.store.drop_partitions(owned - partitions)
         self.incidents.load(partitions)
+        self.canary.on_assigned(partitions)
 
     def flush_state(self) -> int:
-        """Persist dirty slice rows to the baselines backend; returns rows written."""
+        """Persist dirty slice rows to the baselines backend and changed canary scorecards to
+        theirs; returns slice rows written."""
         store = self.engine.store
         dirty = store.dirty
         for row in dirty:
@@ -124,6 +147,7 @@ class Pipeline:
             self.baselines.put(info.key, store.row_bytes(row), info.partition)
         n = len(dirty)
         store.dirty = set()
+        self.canary.flush()
         return n
 
     # ------------------------------------------------------------------ traces
@@ -172,6 +196,8 @@ class Pipeline:
         )
         incidents = self.incidents.on_alarms(alarms, ctx) if alarms else []
         incidents += self.incidents.sweep(int(cols.event_time_ms.max()))
+        emitted = self.canary.on_traces(cols)
+        incidents += self._rollbacks(emitted)
         # remember traces for feedback joins and duplicate detection
         wm: dict[int, int] = {}
         for p, t in zip(cols.partition.tolist(), cols.event_time_ms.tolist(), strict=True):
@@ -179,12 +205,13 @@ class Pipeline:
                 wm[p] = t
         index.add_many(cols.trace_id, [
             TraceRef(r["tenant_id"], r["cohort"], r["workflow"], r["release"]["release_id"], p, r["session_id"], fp,
-                     r["event_time"])
+                     r["event_time"], **_rollout_ref(r["rollout"]))
             for r, p, fp in zip(records, parts, fps, strict=True)], wm)
         attrs = [self._redact_attrs(r["attributes"]) for r in records]
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
-        return TraceOutput(cols, attrs, incidents, dls, dup)
+        self.stats["verdicts"] += len(emitted)
+        return TraceOutput(cols, attrs, incidents, dls, dup, [e.verdict for e in emitted])
 
     def _redact_attrs(self, attrs: dict[str, str]) -> dict[str, str]:
         if not attrs or not self.redactor.enabled:
@@ -234,10 +261,32 @@ class Pipeline:
         alarms = eng.process_feedback(np.asarray(rows, dtype=np.int64), np.asarray(midx, dtype=np.int64),
                                       np.asarray(t_ms, dtype=np.int64), tids, fb_wm)
         incidents = self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
+        emitted = self.canary.on_feedback(
+            ((rec["trace_id"], ref, is_safety(rec)) for rec, ref in res.corrections), fb_wm)
+        incidents += self._rollbacks(emitted)
         self.stats["feedback"] += len(res.rows)
         self.stats["dead_letters"] += len(dls)
         self.stats["incident_events"] += len(incidents)
-        return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts)
+        self.stats["verdicts"] += len(emitted)
+        return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts, [e.verdict for e in emitted])
+
+    def _rollbacks(self, emitted: list[Emitted]) -> list[Incident]:
+        """Release-regression incident events opened or updated by rollback verdicts."""
+        out = []
+        for em in emitted:
+            if em.verdict.verdict == Verdict.rollback:
+                event = self.incidents.on_rollback(em.verdict, em.partition)
+                if event is not None:
+                    out.append(event)
+        return out
+
+
+def _rollout_ref(rollout: dict | None) -> dict:
+    """The rollout fields of a :class:`TraceRef` from a trace's ``rollout`` (``None``: not in one)."""
+    if rollout is None:
+        return {}
+    return {"rollout_arm": ARM_CODES[rollout["arm"]], "candidate_release_id": rollout["candidate_release_id"],
+            "stage_pct": float(rollout["stage_pct"])}
 
 
 _NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0, manifest=lambda p: None)
