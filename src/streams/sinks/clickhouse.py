@@ -28,7 +28,7 @@ import clickhouse_connect
 import pyarrow as pa
 from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from schemas import DeadLetter, Incident
+from schemas import DeadLetter, Incident, RolloutVerdict
 from streams.config import Settings
 from streams.errors import SinkError, TenantScopeError
 from streams.processors.ingest import TraceColumns
@@ -259,6 +259,69 @@ class ClickHouseSink:
         cols["payload_bytes"] = pa.array(cols["payload_bytes"], type=pa.uint32())
         return self._insert("dead_letters", pa.table(cols))
 
+    def write_verdicts(self, verdicts: Iterable[RolloutVerdict]) -> int:
+        """Insert rollout verdict events into ``rollout_verdicts`` and their scorecards into
+        ``rollout_scorecards`` (one row per metric); returns verdict rows written.
+
+        Raises:
+            SinkError: after ``retry_s`` of failures.
+        """
+        verdicts = list(verdicts)
+        if not verdicts:
+            return 0
+        ms = [int(v.emitted_at.timestamp() * 1000) for v in verdicts]
+        head = {
+            "tenant_id": [v.tenant_id for v in verdicts], "release_id": [v.release_id for v in verdicts],
+            "verdict_id": [v.verdict_id for v in verdicts],
+            "revision": pa.array([v.revision for v in verdicts], type=pa.uint32()),
+        }
+        data = pa.table({
+            **head,
+            "cohort": [v.cohort for v in verdicts], "workflow": [v.workflow or "" for v in verdicts],
+            "arm": [v.arm.value for v in verdicts],
+            "stage_pct": pa.array([v.stage_pct for v in verdicts], type=pa.float32()),
+            "verdict": [v.verdict.value for v in verdicts], "changed": [v.changed for v in verdicts],
+            "risk_class": [v.risk_class.value for v in verdicts], "alpha_promote": [v.alpha_promote for v in verdicts],
+            "alpha_rollback": [v.alpha_rollback for v in verdicts], "margin": [v.margin for v in verdicts],
+            "min_samples": pa.array([v.min_samples for v in verdicts], type=pa.uint32()),
+            "guardrail_fired": [v.guardrail_fired or "" for v in verdicts],
+            "regressed_metrics": [v.regressed_metrics for v in verdicts], "reason": [v.reason for v in verdicts],
+            "samples_control": pa.array([v.samples_control for v in verdicts], type=pa.uint64()),
+            "samples_candidate": pa.array([v.samples_candidate for v in verdicts], type=pa.uint64()),
+            "exposure": pa.array([v.exposure for v in verdicts], type=pa.uint64()),
+            "evidence_trace_ids": [v.evidence_trace_ids for v in verdicts],
+            "release_manifest": pa.array([list((v.release.model_dump() if v.release else {}).items())
+                                          for v in verdicts], type=STR_MAP),
+            "first_seen": pa.array([int(v.first_seen.timestamp() * 1000) for v in verdicts], type=pa.int64()).cast(TS),
+            "emitted_at": pa.array(ms, type=pa.int64()).cast(TS),
+        })
+        rows = [(v, e, t) for v, t in zip(verdicts, ms, strict=True) for e in v.scorecard]
+        cards = pa.table({
+            "tenant_id": [v.tenant_id for v, _, _ in rows], "release_id": [v.release_id for v, _, _ in rows],
+            "verdict_id": [v.verdict_id for v, _, _ in rows],
+            "revision": pa.array([v.revision for v, _, _ in rows], type=pa.uint32()),
+            "metric": [e.metric for _, e, _ in rows], "cohort": [v.cohort for v, _, _ in rows],
+            "workflow": [v.workflow or "" for v, _, _ in rows], "arm": [v.arm.value for v, _, _ in rows],
+            "stage_pct": pa.array([v.stage_pct for v, _, _ in rows], type=pa.float32()),
+            "verdict": [v.verdict.value for v, _, _ in rows], "role": [e.role.value for _, e, _ in rows],
+            "status": [e.status.value for _, e, _ in rows], "unit": [e.unit for _, e, _ in rows],
+            **{k: pa.array([getattr(e, k) for _, e, _ in rows], type=pa.float64())
+               for k in ("control", "candidate", "delta", "ci_low", "ci_high", "p_value")},
+            **{k: pa.array([getattr(e, k) for _, e, _ in rows], type=pa.uint64())
+               for k in ("samples_control", "samples_candidate", "events_control", "events_candidate")},
+            "emitted_at": pa.array([t for _, _, t in rows], type=pa.int64()).cast(TS),
+        })
+        n = self._insert("rollout_verdicts", data)
+        self._insert("rollout_scorecards", cards)
+        return n
+
+    def scorecards(self, release_id: str, tenant_id: str | None = None) -> tuple[list[tuple], list[tuple]]:
+        """Current verdicts of a release (highest revision per scorecard) and their scorecard
+        rows, for operators across tenants (``tenant_id=None``) or one tenant; see
+        :meth:`TenantQueries.scorecards` for the columns. Tenant-facing code uses that method.
+        """
+        return _scorecards(self, release_id, tenant_id or "")
+
     # ------------------------------------------------------------------ reads
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         """Run a parameterised query (``{name:Type}`` placeholders) and return its rows.
@@ -315,9 +378,42 @@ class TenantQueries:
             "SELECT count() FROM {db}.traces FINAL WHERE tenant_id = {tenant:String} "
             "AND ({cohort:String} = '' OR cohort = {cohort:String})", cohort=cohort or "")[0][0]
 
+    def scorecards(self, release_id: str) -> tuple[list[tuple], list[tuple]]:
+        """This tenant's current verdicts of ``release_id`` (highest revision per scorecard) and
+        their scorecards.
+
+        Returns:
+            ``(verdicts, metrics)``: verdict rows ``(verdict_id, revision, tenant_id, cohort,
+            workflow, arm, stage_pct, verdict, risk_class, guardrail_fired, reason,
+            samples_control, samples_candidate, exposure, emitted_at)`` ordered by cohort,
+            workflow, arm; metric rows ``(verdict_id, metric, role, status, unit, control,
+            candidate, delta, ci_low, ci_high, p_value, samples_control, samples_candidate)``.
+        """
+        return _scorecards(self.sink, release_id, self.tenant_id)
+
     def feedback(self, limit: int = 100) -> list[tuple]:
         """This tenant's unique corrections (FINAL), newest first."""
         return self._q(
             "SELECT feedback_id, trace_id, category, severity, source, release_id, corrected_text "
             "FROM {db}.feedback FINAL WHERE tenant_id = {tenant:String} ORDER BY event_time DESC LIMIT {limit:UInt32}",
             limit=limit)
+
+
+def _scorecards(sink: ClickHouseSink, release_id: str, tenant: str) -> tuple[list[tuple], list[tuple]]:
+    """Latest verdicts of ``release_id`` (``tenant = ''``: every tenant) and their metric rows."""
+    params = {"tenant": tenant, "release": release_id}
+    latest = ("SELECT tenant_id, verdict_id, max(revision) FROM {db}.rollout_verdicts FINAL "
+              "WHERE ({tenant:String} = '' OR tenant_id = {tenant:String}) AND release_id = {release:String} "
+              "GROUP BY tenant_id, verdict_id")
+    verdicts = sink.query(
+        "SELECT verdict_id, revision, tenant_id, cohort, workflow, arm, stage_pct, verdict, risk_class, "
+        "guardrail_fired, reason, samples_control, samples_candidate, exposure, emitted_at "
+        "FROM {db}.rollout_verdicts FINAL WHERE ({tenant:String} = '' OR tenant_id = {tenant:String}) "
+        f"AND release_id = {{release:String}} AND (tenant_id, verdict_id, revision) IN ({latest}) "
+        "ORDER BY tenant_id, cohort, workflow, arm", params)
+    metrics = sink.query(
+        "SELECT verdict_id, metric, role, status, unit, control, candidate, delta, ci_low, ci_high, p_value, "
+        "samples_control, samples_candidate FROM {db}.rollout_scorecards FINAL "
+        "WHERE ({tenant:String} = '' OR tenant_id = {tenant:String}) AND release_id = {release:String} "
+        f"AND (tenant_id, verdict_id, revision) IN ({latest})", params)
+    return verdicts, metrics
