@@ -270,3 +270,14 @@ def test_settings_read_high_risk_patterns_from_a_comma_separated_variable(monkey
     monkeypatch.setenv("SELFHEAL_CANARY_MARGIN", "1.0")
     with pytest.raises(ValueError, match="canary_margin"):
         Settings()
+
+
+def test_traffic_without_rollouts_writes_no_canary_state():
+    from streams.synthetic import Slice, synthetic_columns
+
+    backend = DictBackend()
+    mon = CanaryMonitor(monitor_config(), backend)
+    cols, _ = synthetic_columns(np.random.default_rng(0), [Slice("acme", "cardiology", 1.0)], 2000, 0,
+                                1_790_000_000_000)
+    assert mon.on_traces(cols) == [] and mon.on_feedback([], {0: 1_790_000_500_000}) == []
+    assert mon.flush() == 0 and backend.data == {}

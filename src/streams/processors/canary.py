@@ -613,7 +613,8 @@ class CanaryMonitor:
     def flush(self) -> int:
         """Write changed groups, scorecards and watermarks to the backend; returns values written."""
         n = 0
-        for p in self._dirty_wm:
+        with_groups = {g.partition for g in self.groups.values()}
+        for p in self._dirty_wm & with_groups:  # partitions without rollouts need no watermark
             self.backend.put(f"wm|{p}", json.dumps([self.trace_wm.get(p, -1), self.feedback_wm.get(p, -1)]).encode(), p)
             n += 1
         self._dirty_wm = set()
