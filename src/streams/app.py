@@ -90,6 +90,8 @@ class Worker:
     sink_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     partitions: frozenset[int] = frozenset()
     started_at: float = field(default_factory=time.time)
+    #: tenant → pattern ids written since the last pattern refresh (see ``refresh_patterns``)
+    pending_patterns: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _raw(events: list[Any]) -> list[RawMessage]:
@@ -152,10 +154,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             return {}
         rows = worker.sink.query(
             "SELECT trace_id, cohort, workflow, release_id, source_partition, session_id, "
-            "toUnixTimestamp64Milli(event_time), rollout_arm, candidate_release_id, rollout_stage_pct FROM {db}.traces "
-            "WHERE tenant_id = {t:String} AND trace_id IN {ids:Array(String)}", {"t": tenant, "ids": trace_ids})
-        return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6]),
-                               rollout_arm=ARM_CODES.get(r[7], -1), candidate_release_id=r[8], stage_pct=float(r[9]))
+            "toUnixTimestamp64Milli(event_time), arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses), "
+            "rollout_arm, candidate_release_id, rollout_stage_pct "
+            "FROM {db}.traces WHERE tenant_id = {t:String} AND trace_id IN {ids:Array(String)}",
+            {"t": tenant, "ids": trace_ids})
+        return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6]), r[7],
+                               rollout_arm=ARM_CODES.get(r[8], -1), candidate_release_id=r[9], stage_pct=float(r[10]))
                 for r in rows}
 
     worker.pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"]),
@@ -166,8 +170,16 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     @app.task
     async def open_sink() -> None:
         # The worker process owns the ClickHouse connection (a chDB directory admits one process).
-        sink = await asyncio.to_thread(ClickHouseSink, settings)
-        applied = await asyncio.to_thread(sink.migrate)
+        def start() -> tuple[ClickHouseSink, list[int]]:
+            # one thread for schema changes and the first read: a chDB table created in one thread
+            # was seen missing by an immediate query from another thread under load
+            sink = ClickHouseSink(settings)
+            applied = sink.migrate()
+            # feedback patterns of batches acknowledged before a crash may not have been refreshed
+            sink.refresh_patterns(None)
+            return sink, applied
+
+        sink, applied = await asyncio.to_thread(start)
         worker.sink = sink  # agents start writing only once the schema is in place
         log.info("ClickHouse at %s ready (migrations applied now: %s)", sink.location, applied or "none")
 
@@ -267,10 +279,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                         break
                     await asyncio.sleep(0.1)  # the trace agent advances the watermark meanwhile
                 out = pipe.on_feedback(msgs, decoded, refs)
-                if out.rows:
+                if out.rows or out.submissions:
                     async with worker.sink_lock:
                         await asyncio.to_thread(worker.sink.write_feedback, out.rows)
                         await asyncio.to_thread(worker.sink.write_submissions, out.submissions)
+                for tenant, ids in out.patterns.items():  # refreshed by refresh_patterns below
+                    worker.pending_patterns.setdefault(tenant, set()).update(ids)
                 await emit(out.incidents, out.dead_letters, out.verdicts)
                 pipe.flush_state()
             except asyncio.CancelledError:
@@ -281,9 +295,37 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             for e in events + ack_after:
                 await stream.ack(e)
 
+    async def refresh_patterns(*_: Any, **__: Any) -> None:
+        """Scope ladder: recompute the feedback patterns written since the last refresh
+        (idempotent; coalesced on a timer, since one refresh per batch held the sink too long).
+        A crash loses only the pending set: the startup refresh recomputes every pattern."""
+        if not worker.pending_patterns or worker.sink is None:
+            return
+        touched, worker.pending_patterns = worker.pending_patterns, {}
+        try:
+            async with worker.sink_lock:
+                await asyncio.to_thread(worker.sink.refresh_patterns, touched)
+        except BaseException:
+            for tenant, ids in touched.items():
+                worker.pending_patterns.setdefault(tenant, set()).update(ids)
+            raise
+
+    app.timer(interval=settings.feedback_patterns_refresh_s)(refresh_patterns)
+    app.on_before_shutdown.connect(refresh_patterns)  # a graceful stop leaves nothing pending
+
     @app.timer(interval=10.0)
     async def report() -> None:
         log.info("stats %s", worker.pipeline.stats)
+
+    @app.timer(interval=settings.snapshot_interval_s)
+    async def snapshot_baselines() -> None:
+        # analysts' view of "normal" per slice; idempotent (keyed by slice, metric, time)
+        if worker.sink is None:
+            return
+        rows = worker.pipeline.baseline_snapshot()
+        if rows:
+            async with worker.sink_lock:
+                await asyncio.to_thread(worker.sink.write_baseline_snapshots, rows)
 
     return worker
 

@@ -1,7 +1,7 @@
 """``selfheal`` command line (typer). The CLI wires components; it does not compute.
 
-Commands: ``topics``, ``migrate``, ``worker``, ``simulate``, ``demo``, ``incidents``, ``scorecard``,
-``bench-canary``.
+Commands: ``topics``, ``migrate``, ``worker``, ``simulate``, ``demo``, ``incidents``, ``export-evalset``,
+``refresh-patterns``, ``scorecard``, ``bench-canary``.
 Settings come from ``SELFHEAL_*`` environment variables (README "Settings").
 """
 
@@ -124,7 +124,7 @@ def demo(
             break
         except Exception:
             time.sleep(1)
-    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
+    env = {"SELFHEAL_SNAPSHOT_INTERVAL_S": "5", **os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
            "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir), "SELFHEAL_STATE_DIR": str(demo_dir)}
     log_path = demo_dir / "worker.log"
     with open(log_path, "w") as log_file:
@@ -181,10 +181,10 @@ def _summary(sink, rep, elapsed_s: float, caught_up: bool) -> dict:
     change = rep.injected[0]
     incidents = []
     for row in q("SELECT incident_id, kind, tenant_id, cohort, workflow, metric, release_id, action, severity, "
-                 "detected_at_trace_id, detector, status, layer, summary, first_seen, revision "
+                 "detected_at_trace_id, detector, status, layer, summary, revision "
                  "FROM {db}.incidents FINAL ORDER BY first_seen"):
         iid, kind, tenant, cohort, workflow, metric, release, action, sev, at_tid, detector, status, layer, \
-            text, first_seen, rev = row
+            text, rev = row
         on_slice = tenant == change.tenant_id and cohort in ("", change.cohort)
         ordinal = None
         if on_slice:
@@ -197,7 +197,8 @@ def _summary(sink, rep, elapsed_s: float, caught_up: bool) -> dict:
             "action": action, "severity": sev, "status": status, "revision": rev, "summary": text,
         })
     injected_hits = [i for i in incidents if i["detected_after_traces"] is not None and i["detected_after_traces"] >= 0]
-    counts = {t: q(f"SELECT count() FROM {{db}}.{t} FINAL")[0][0] for t in ("traces", "feedback", "incidents")}
+    counts = {t: q(f"SELECT count() FROM {{db}}.{t} FINAL")[0][0]
+              for t in ("traces", "feedback", "incidents", "baseline_snapshots")}
     return {
         "traces_produced": rep.traces_produced,
         "traces_ingested": counts["traces"],
@@ -209,6 +210,9 @@ def _summary(sink, rep, elapsed_s: float, caught_up: bool) -> dict:
         "feedback_resubmits_sent": rep.feedback_resubmits,
         "feedback_rows_raw": q("SELECT count() FROM {db}.feedback_submissions FINAL")[0][0],
         "feedback_rows_deduped": counts["feedback"],
+        "feedback_near_duplicates_sent": rep.feedback_near_duplicates,
+        "feedback_conflicts_sent": rep.feedback_conflicts,
+        **_feedback_summary(q),
         "clickhouse": counts,
         "injected_changes": [{"tenant_id": change.tenant_id, "cohort": change.cohort,
                               "workflow": None if change.workflow == "*" else change.workflow,
@@ -250,6 +254,20 @@ def _verdict_summary(sink, rep) -> dict:
     }
 
 
+def _feedback_summary(q) -> dict:
+    """Feedback aggregation figures of a run (issue 4): statuses, conflicts, scopes."""
+    status = dict(q("SELECT dedup_status, count() FROM {db}.feedback_submissions FINAL GROUP BY dedup_status"))
+    scopes = dict(q("SELECT scope, count() FROM {db}.feedback_patterns FINAL GROUP BY scope"))
+    return {
+        "feedback_submissions_by_status": {k: status.get(k, 0) for k in ("new", "resubmit", "near_duplicate",
+                                                                          "replay")},
+        "feedback_conflict_rows": q("SELECT count() FROM {db}.feedback FINAL WHERE conflict")[0][0],
+        "feedback_conflicts_lost": q("SELECT count() FROM {db}.feedback FINAL WHERE resolution = 'lost'")[0][0],
+        "feedback_patterns_by_scope": {k: scopes.get(k, 0) for k in ("session", "tenant", "segment",
+                                                                      "global_candidate")},
+    }
+
+
 def _print_summary(s: dict, out: Path) -> None:
     console.rule("[bold]summary")
     t = Table(show_header=False)
@@ -273,6 +291,102 @@ def _print_summary(s: dict, out: Path) -> None:
                    str(c["samples_candidate"]), ", ".join(c["regressed_metrics"]) or "-")
     console.print(vt)
     console.print(f"written {out}")
+
+
+@app.command("bench")
+def bench(
+    traces: Annotated[int, typer.Option(help="traces for the throughput runs")] = 300_000,
+    latency: Annotated[bool, typer.Option(help="also measure trace-to-incident latency at 10k traces/s")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
+) -> None:
+    """Throughput (raw limit vs pipeline per core), incident latency, sink rows/s, memory."""
+    from streams.bench import run
+
+    report = run(traces=traces, skip_latency=not latency, progress=lambda m: console.print(f"[dim]{m}"))
+    t = Table("figure", "value", title="bench")
+    for k in ("raw_traces_per_s", "pipeline_traces_per_s_per_core", "ratio_to_raw", "incident_latency_ms_p50",
+              "incident_latency_ms_p99", "sink_rows_per_s", "bytes_per_slice_metric", "peak_rss_mb"):
+        v = report.get(k)
+        t.add_row(k, "n/a" if v is None else f"{v:,.3f}" if isinstance(v, float) and v < 10 else f"{v:,.0f}")
+    console.print(t)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+        console.print(f"written {json_out}")
+
+
+@app.command("bench-drift")
+def bench_drift(
+    seeds: Annotated[int, typer.Option(help="runs per regression scenario")] = 5,
+    river: Annotated[bool, typer.Option(help="also score river ADWIN / PageHinkley")] = True,
+    quick: Annotated[bool, typer.Option(help="shorter stationary runs (smoke)")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full report here")] = None,
+) -> None:
+    """Detection quality on the scenario suite (recall, delay, false incidents, attribution)."""
+    from streams.bench_drift import dumps, headline, run_suite
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("scenarios", total=None)
+        report = run_suite(seeds=seeds, river=river, quick=quick,
+                           progress=lambda d, i, n: progress.update(task, description=d, completed=i, total=n))
+    t = Table("score", "selfheal", "river ADWIN", "river PageHinkley", title="bench-drift")
+    for row in headline(report):
+        t.add_row(*row)
+    console.print(t)
+    s = Table("scenario", "runs", "detected", "median delay", "false incidents", "kinds", "releases")
+    for name, v in report["selfheal"]["per_scenario"].items():
+        s.add_row(name, str(v["runs"]), str(v["detected"]), str(v["median_delay_traces"]), str(v["false_incidents"]),
+                  ",".join(v.get("kinds", [])), ",".join(v.get("releases", [])))
+    console.print(s)
+    if json_out:
+        json_out.write_text(dumps(report))
+        console.print(f"written {json_out}")
+
+
+@app.command("export-evalset")
+def export_evalset(
+    tenant: Annotated[str, typer.Option(help="tenant to export (one tenant per file)")],
+    since: Annotated[str, typer.Option(help="start of the traces' event time, ISO 8601 (UTC if no offset)")],
+    until: Annotated[str, typer.Option(help="end (exclusive), ISO 8601")],
+    out: Annotated[Path, typer.Option(help="output JSON Lines file")],
+    cohort: Annotated[str, typer.Option(help="only this cohort")] = "",
+    release: Annotated[str, typer.Option(help="only this release_id")] = "",
+    include_lost: Annotated[bool, typer.Option(help="also corrections that lost a conflict")] = False,
+) -> None:
+    """Write a reproducible regression/golden set (JSONL) of a tenant's corrections (streams.evalset)."""
+    import hashlib
+    from datetime import datetime
+
+    from streams.errors import TenantScopeError
+    from streams.evalset import build_evalset
+    from streams.sinks.clickhouse import ClickHouseSink
+
+    try:
+        t0, t1 = datetime.fromisoformat(since), datetime.fromisoformat(until)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--since/--until must be ISO 8601 ({since!r}, {until!r}): {exc}") from None
+    sink = ClickHouseSink(get_settings())
+    try:
+        data, n = build_evalset(sink, tenant, t0, t1, cohort=cohort or None, release_id=release or None,
+                                include_lost=include_lost)
+    except (TenantScopeError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    finally:
+        sink.close()
+    out.write_bytes(data)
+    console.print(f"wrote {n} records to {out} (sha256 {hashlib.sha256(data).hexdigest()})")
+
+
+@app.command("refresh-patterns")
+def refresh_patterns() -> None:
+    """Recompute every feedback pattern and its scope from the feedback table (e.g. after changing k)."""
+    from streams.sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink(get_settings())
+    sink.refresh_patterns(None)
+    rows = sink.query("SELECT scope, count() FROM {db}.feedback_patterns FINAL GROUP BY scope ORDER BY scope")
+    sink.close()
+    console.print(", ".join(f"{scope}: {n}" for scope, n in rows) or "no patterns")
 
 
 @app.command()

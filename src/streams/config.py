@@ -67,14 +67,16 @@ class Settings(BaseSettings):
     warmup_traces: int = Field(300, ge=10, description="traces before a slice's baseline is trusted")
     baseline_half_life_traces: float = Field(20_000, gt=0, description="EW half-life of baselines, traces")
     cusum_threshold: float = Field(18.0, gt=0, description="CUSUM decision interval h, nats")
-    rate_shift: float = Field(1.5, gt=1, description="rate ratio the Bernoulli CUSUMs are tuned for")
+    rate_shift: float = Field(1.5, gt=1, description="rate ratio the small-effect Bernoulli CUSUMs are tuned for")
+    rate_shift_large: float = Field(3.0, gt=1, description="rate ratio the large-effect Bernoulli CUSUMs are tuned for")
     mean_shift_sigma: float = Field(1.0, gt=0, description="mean shift the Gaussian CUSUMs are tuned for, sigma")
     resolve_after_traces: int = Field(2_000, ge=1, description="quiet traces before an incident resolves")
     incident_update_interval_s: float = Field(60.0, ge=0, description="min time between updates of one incident, s")
+    snapshot_interval_s: float = Field(60.0, gt=0, description="baseline snapshots to ClickHouse every, s")
     evidence_traces: int = Field(20, ge=1, le=64, description="evidence trace ids per incident")
     trace_index_size: int = Field(2_000_000, ge=1000, description="recent traces kept for feedback joins")
     feedback_grace_s: float = Field(30.0, ge=0, description="how long feedback for an unseen trace waits, s")
-    feedback_maturity_s: float = Field(600.0, gt=0, description=(
+    feedback_maturity_s: float = Field(300.0, gt=0, description=(
         "event time after which a trace's feedback is taken as complete for correction-rate detection, s; "
         "later feedback is stored but not counted by detectors"))
 
@@ -86,7 +88,8 @@ class Settings(BaseSettings):
     canary_high_risk_workflows: Annotated[tuple[str, ...], NoDecode] = Field(
         ("*medication*", "*triage*", "patient_*"),
         description="glob patterns (comma-separated) of high-risk workflows: own scorecards, stricter promotion")
-    canary_min_samples: int = Field(500, ge=1, description="candidate traces every metric needs per stage before a promotion")
+    canary_min_samples: int = Field(500, ge=1, description=(
+        "candidate traces every metric needs per stage before a promotion"))
     canary_high_risk_min_samples: int = Field(2_000, ge=1, description="the same for high-risk workflows")
     canary_margin: float = Field(1.5, gt=1, le=8, description=(
         "non-inferiority margin: largest tolerated candidate/control ratio of a success metric's harmful-event rate"))
@@ -94,6 +97,23 @@ class Settings(BaseSettings):
         "sd of the mixing distribution over the log rate ratio (mSPRT tau); tunes power to effect sizes near it"))
     canary_verdict_interval_s: float = Field(600.0, ge=0, description=(
         "event time between verdict events of a scorecard whose verdict did not change, s"))
+    # --- feedback aggregation (docs/feedback.md) ------------------------------------------
+    feedback_near_dup_threshold: float = Field(91.0, ge=0, le=100, description=(
+        "rapidfuzz token-set ratio (0-100) from which two corrections of one tenant, trace and category are "
+        "near-duplicates (chosen on tests/data/near_duplicate_pairs.json)"))
+    feedback_max_corrections_per_trace: int = Field(32, ge=1, description=(
+        "unique corrections kept per trace; a further distinct one is dead-lettered (feedback_limit)"))
+    feedback_max_submissions_per_trace: int = Field(256, ge=1, description=(
+        "distinct feedback ids kept per trace; a further one is dead-lettered (feedback_limit)"))
+    feedback_tenant_min_sessions: int = Field(3, ge=1, description=(
+        "distinct sessions of one tenant a correction pattern must recur in to become tenant-scoped"))
+    feedback_segment_min_tenants: int = Field(3, ge=2, description=(
+        "k: distinct tenants of one cohort a pattern must be seen in to become segment-scoped; also the "
+        "distinct tenants (across cohorts) a global candidate needs"))
+    feedback_global_min_cohorts: int = Field(2, ge=2, description=(
+        "distinct cohorts a pattern seen in >= k tenants must span to become a global candidate"))
+    feedback_patterns_refresh_s: float = Field(2.0, gt=0, description=(
+        "how often the worker recomputes the feedback patterns (scope ladder) written since the last refresh, s"))
 
     # --- privacy -------------------------------------------------------------------------
     tenant_hmac_key: SecretStr = Field(SecretStr("selfheal-dev-key-change-me"),

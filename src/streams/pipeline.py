@@ -61,6 +61,8 @@ class FeedbackOutput:
     dead_letters: list[DeadLetter]
     counts: dict[str, int] = field(default_factory=dict)
     verdicts: list[RolloutVerdict] = field(default_factory=list)
+    #: tenant → pattern ids whose rows were written (refresh of ``feedback_patterns``)
+    patterns: dict[str, set[str]] = field(default_factory=dict)
 
 
 def drift_config(settings: Settings) -> DriftConfig:
@@ -71,6 +73,7 @@ def drift_config(settings: Settings) -> DriftConfig:
         half_life_traces=settings.baseline_half_life_traces,
         threshold=settings.cusum_threshold,
         rate_shift=settings.rate_shift,
+        rate_shift_large=settings.rate_shift_large,
         mean_shift_sigma=settings.mean_shift_sigma,
         evidence=settings.evidence_traces,
         feedback_maturity_ms=int(settings.feedback_maturity_s * 1000),
@@ -115,16 +118,22 @@ class Pipeline:
         self.trace_ingest = Ingest(codec, "traces", **kw)
         self.feedback_ingest = Ingest(codec, "feedback", **kw)
         self.engine = DriftEngine(drift_config(settings), SliceStore(), loader=self.baselines.get)
+        #: release manifests seen, by release_id (incidents name the manifest they implicate)
+        self.releases: dict[str, dict[str, Any]] = {}
         self.incidents = IncidentManager(
-            self.engine.store, incidents or DictBackend(), resolve_after_traces=settings.resolve_after_traces,
+            self.engine.store, incidents or DictBackend(), releases=self.releases, resolve_after_traces=settings.resolve_after_traces,
             update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
-            drained_nats=settings.cusum_threshold / 2)
+            drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces)
         self.redactor = Redactor(enabled=settings.redact)
         self.index = TraceIndex(settings.trace_index_size)
         self.feedback = FeedbackProcessor(
             feedback_state or DictBackend(), self.index, self.redactor,
-            settings.tenant_hmac_key.get_secret_value().encode(), lookup=trace_lookup)
+            settings.tenant_hmac_key.get_secret_value().encode(), lookup=trace_lookup,
+            near_dup_threshold=settings.feedback_near_dup_threshold,
+            max_corrections_per_trace=settings.feedback_max_corrections_per_trace,
+            max_submissions_per_trace=settings.feedback_max_submissions_per_trace)
         self.canary = CanaryMonitor(canary_config(settings), canary_state or DictBackend())
+        self._snapshot_dirty: set[int] = set()
         self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0,
                       "verdicts": 0}
 
@@ -133,15 +142,24 @@ class Pipeline:
         """After a rebalance: drop state of partitions no longer owned, reload open incidents."""
         owned = {info.partition for info in self.engine.store.info}
         self.flush_state()
+        self._snapshot_dirty = set()  # row numbers change when partitions are dropped
         self.engine.store.drop_partitions(owned - partitions)
         self.incidents.load(partitions)
         self.canary.on_assigned(partitions)
+
+    def baseline_snapshot(self, at_ms: int | None = None) -> list[dict[str, Any]]:
+        """Snapshot rows of the slices that changed since the previous snapshot."""
+        store = self.engine.store
+        rows = sorted(r for r in self._snapshot_dirty if r < store.n)
+        self._snapshot_dirty = set()
+        return store.snapshot_rows(rows, at_ms if at_ms is not None else now_ms())
 
     def flush_state(self) -> int:
         """Persist dirty slice rows to the baselines backend and changed canary scorecards to
         theirs; returns slice rows written."""
         store = self.engine.store
         dirty = store.dirty
+        self._snapshot_dirty |= dirty
         for row in dirty:
             info = store.info[row]
             self.baselines.put(info.key, store.row_bytes(row), info.partition)
@@ -188,14 +206,11 @@ class Pipeline:
         if not records:
             return TraceOutput(None, [], [], dls, dup)
         cols = trace_columns(records, parts, offs)
-        alarms = self.engine.process_traces(cols)
-        ctx = TraceContext(
-            trace_id=lambda p: cols.trace_id[p],
-            event_time_ms=lambda p: int(cols.event_time_ms[p]),
-            manifest=lambda p: dict(cols.records[p]["release"]),
-        )
-        incidents = self.incidents.on_alarms(alarms, ctx) if alarms else []
-        incidents += self.incidents.sweep(int(cols.event_time_ms.max()))
+        for r in records:
+            rel = r["release"]
+            if rel["release_id"] not in self.releases:
+                self.releases[rel["release_id"]] = dict(rel)
+        incidents = self.process_columns(cols)
         emitted = self.canary.on_traces(cols)
         incidents += self._rollbacks(emitted)
         # remember traces for feedback joins and duplicate detection
@@ -205,13 +220,49 @@ class Pipeline:
                 wm[p] = t
         index.add_many(cols.trace_id, [
             TraceRef(r["tenant_id"], r["cohort"], r["workflow"], r["release"]["release_id"], p, r["session_id"], fp,
-                     r["event_time"], **_rollout_ref(r["rollout"]))
+                     r["event_time"], next((t["name"] for t in r["tool_calls"] if t["status"] != "ok"), ""),
+                     **_rollout_ref(r["rollout"]))
             for r, p, fp in zip(records, parts, fps, strict=True)], wm)
         attrs = [self._redact_attrs(r["attributes"]) for r in records]
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
         self.stats["verdicts"] += len(emitted)
         return TraceOutput(cols, attrs, incidents, dls, dup, [e.verdict for e in emitted])
+
+    def process_columns(self, cols: TraceColumns) -> list[Incident]:
+        """Baselines, detectors and incidents for validated traces (the part of :meth:`on_traces`
+        after decoding; benchmarks call it directly with synthetic columns)."""
+        alarms = self.engine.process_traces(cols)
+        ctx = TraceContext(trace_id=lambda p: cols.trace_id[p], event_time_ms=lambda p: int(cols.event_time_ms[p]))
+        incidents = self.incidents.on_alarms(alarms, ctx) if alarms else []
+        incidents += self.incidents.sweep(int(cols.event_time_ms.max()))
+        return incidents
+
+    def apply_corrections(self, corrections: Sequence[tuple[dict[str, Any], TraceRef]],
+                          feedback_watermarks: dict[int, int]) -> list[Incident]:
+        """Count new corrections (``(feedback record, its trace)``) in the label-delayed detectors
+        of every layer's slice of the trace, advance the feedback watermarks (partition → latest
+        feedback event time, ms) and turn matured-bucket alarms into incidents."""
+        rows, midx, t_ms, tids = [], [], [], []
+        eng = self.engine
+        corr, unsafe = P_INDEX["correction_rate"], P_INDEX["unsafe_feedback_rate"]
+        timed = [(ref.event_time_ms, ref.partition, rec["event_time"] - ref.event_time_ms)
+                 for rec, ref in corrections if "event_time" in rec]
+        lags = tuple(np.array([x[i] for x in timed], dtype=np.int64 if i < 2 else np.float64) for i in range(3))
+        for rec, ref in corrections:
+            metrics = (corr, unsafe) if is_safety(rec) else (corr,)
+            for layer in eng.cfg.layers:
+                use_c, use_w, use_r = LAYER_PARTS[layer][1:]
+                row = eng.row_for(layer, ref.tenant_id, ref.cohort if use_c else None, ref.workflow if use_w else None,
+                                  ref.release_id if use_r else None, ref.partition)
+                for j in metrics:
+                    rows.append(row)
+                    midx.append(j)
+                    t_ms.append(ref.event_time_ms)
+                    tids.append(rec["trace_id"])
+        alarms = eng.process_feedback(np.asarray(rows, dtype=np.int64), np.asarray(midx, dtype=np.int64),
+                                      np.asarray(t_ms, dtype=np.int64), tids, feedback_watermarks, lags)
+        return self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
 
     def _redact_attrs(self, attrs: dict[str, str]) -> dict[str, str]:
         if not attrs or not self.redactor.enabled:
@@ -240,27 +291,10 @@ class Pipeline:
         src = [msg_by_off[(p, o)] for p, o in zip(decoded.partitions, decoded.offsets, strict=True)]
         res = self.feedback.process(decoded.records, decoded.partitions, decoded.offsets, refs, src, decoded.indexes)
         dls = decoded.dead_letters + res.dead_letters
-        # correction events → label-delayed Poisson detectors on every layer's slice of the trace
-        rows, midx, t_ms, tids = [], [], [], []
-        eng = self.engine
-        corr, unsafe = P_INDEX["correction_rate"], P_INDEX["unsafe_feedback_rate"]
-        for rec, ref in res.corrections:
-            metrics = (corr, unsafe) if is_safety(rec) else (corr,)
-            for layer in eng.cfg.layers:
-                use_c, use_w, use_r = LAYER_PARTS[layer][1:]
-                row = eng.row_for(layer, ref.tenant_id, ref.cohort if use_c else None, ref.workflow if use_w else None,
-                                  ref.release_id if use_r else None, ref.partition)
-                for j in metrics:
-                    rows.append(row)
-                    midx.append(j)
-                    t_ms.append(ref.event_time_ms)
-                    tids.append(rec["trace_id"])
         fb_wm: dict[int, int] = {}
         for rec, p in zip(decoded.records, decoded.partitions, strict=True):
             fb_wm[p] = max(fb_wm.get(p, -1), int(rec["event_time"]))
-        alarms = eng.process_feedback(np.asarray(rows, dtype=np.int64), np.asarray(midx, dtype=np.int64),
-                                      np.asarray(t_ms, dtype=np.int64), tids, fb_wm)
-        incidents = self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
+        incidents = self.apply_corrections(res.corrections, fb_wm)
         emitted = self.canary.on_feedback(
             ((rec["trace_id"], ref, is_safety(rec)) for rec, ref in res.corrections), fb_wm)
         incidents += self._rollbacks(emitted)
@@ -268,7 +302,8 @@ class Pipeline:
         self.stats["dead_letters"] += len(dls)
         self.stats["incident_events"] += len(incidents)
         self.stats["verdicts"] += len(emitted)
-        return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts, [e.verdict for e in emitted])
+        return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts,
+                              verdicts=[e.verdict for e in emitted], patterns=res.patterns)
 
     def _rollbacks(self, emitted: list[Emitted]) -> list[Incident]:
         """Release-regression incident events opened or updated by rollback verdicts."""
@@ -289,7 +324,7 @@ def _rollout_ref(rollout: dict | None) -> dict:
             "stage_pct": float(rollout["stage_pct"])}
 
 
-_NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0, manifest=lambda p: None)
+_NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0)
 
 
 def now_ms() -> int:

@@ -35,7 +35,7 @@ DATE = re.compile(
 )
 RECORD = re.compile(
     r"\b(?:MRN|medical record(?: number| no\.?)?|record(?: number| no\.?| #)?|acct|account(?: number| no\.?)?|"
-    r"member id|patient id|chart(?: number| no\.?)?)\s*[:#]?\s*[A-Z0-9-]{4,}\b",
+    r"member id|patient id|chart(?: number| no\.?)?)\s*[:#]?\s*(?=[A-Z-]*\d)[A-Z0-9-]{4,}\b",  # an id has a digit
     re.IGNORECASE,
 )
 NAME_TITLE = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.? [A-Z][a-z]+(?: [A-Z][a-z]+)?")

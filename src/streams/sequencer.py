@@ -71,7 +71,7 @@ class OffsetSequencer:
             else:
                 self.parked.setdefault(tp, {}).setdefault(m.offset, []).append(e)
                 touched.add(tp)
-        for tp in touched:
+        for tp in sorted(touched):  # deterministic release order across partitions
             parked = self.parked[tp]
             exp = self.expected[tp]
             while exp in parked:

@@ -10,6 +10,10 @@ Fleet (deterministic for a given seed):
 - clinician feedback on ~12% of runs (edits, reviewer corrections, policy denials) arriving a few
   hundred runs later, with >= 10% exact replays (same feedback_id resent) and >= 5% resubmits
   (new id, same correction re-typed with different case/spacing);
+- near-duplicates (``near_dup_rate``: a second reviewer sends the same correction worded
+  differently, :data:`PARAPHRASES`) and conflicting reviews (``conflict_rate``: a second reviewer
+  gives another category, or on medication errors another dose); these come from their own RNG,
+  so the rest of the traffic for a seed is the same whatever their rates;
 - a handful of malformed messages and invalid records (they must reach the dead-letter topic);
 - one injected regression: at ``inject_at`` (fraction of the run) a new release replaces the
   incumbent for one tenant × cohort; on it the correction rate is ``correction_factor`` x and
@@ -80,8 +84,24 @@ CORRECTIONS = {
     "tone": "Softened wording about {x} for the patient portal.",
     "unsafe_recommendation": "Removed advice to stop {x} without follow-up.",
 }
+#: the same correction worded differently (a near-duplicate of CORRECTIONS[category])
+PARAPHRASES = {
+    "omission": "Added the missing {x} to assessment and plan",
+    "hallucination": "Removed the {x}, it was not discussed during the visit.",
+    "formatting_error": "Moved the {x} under the correct SOAP heading",
+    "medication_error": "{x} dose corrected to 25 mg twice daily",
+    "coding_error": "Changed the code for {x} to match the documented diagnosis.",
+    "stale_policy": "Updated prior authorization criteria for {x} to 2026 payer policy",
+    "tool_failure": "Lookup had failed, re-pulled {x} from the chart.",
+    "customer_specific_exception": "Applied the clinic template for {x}",
+    "tone": "Softened the wording about {x} for patient portal.",
+    "unsafe_recommendation": "Removed the advice to stop {x} without a follow-up.",
+}
+#: the opposite of the medication_error correction (another dose): a contradiction
+OPPOSITE_DOSE = "Corrected {x} dose to 50 mg twice daily."
 TOPICS_X = ["metoprolol", "lisinopril", "HbA1c results", "chest pain history", "allergy list", "follow-up plan",
             "MRI lumbar spine", "statin therapy", "smoking status", "vaccination record", "fall risk", "ECG findings"]
+PHI_TAIL = " Patient: Jane Doe, DOB 04/12/1961, call 617-555-0134."
 ROLES = {"clinician_edit": ["physician", "nurse"], "reviewer": ["qa_reviewer", "coder", "pharmacist"],
          "policy_engine": ["system"], "end_user": ["end_user"], "downstream_outcome": ["system"]}
 
@@ -142,6 +162,8 @@ class SimulationReport:
     feedback_unique_expected: int = 0
     feedback_replays: int = 0
     feedback_resubmits: int = 0
+    feedback_near_duplicates: int = 0  # near-duplicates sent (fold into an existing correction)
+    feedback_conflicts: int = 0  # conflicting reviews sent (each a new correction, flagged with its rival)
     bad_messages: int = 0
     bad_records: int = 0
     injected: list[InjectedChange] = field(default_factory=list)
@@ -187,7 +209,8 @@ class FleetSimulator:
                  inject_tenant: str = "northwind-health", inject_cohort: str = "cardiology",
                  correction_factor: float = 2.5, latency_factor: float = 1.5, span_s: float = 6 * 3600,
                  bad_input: bool = True, replay_rate: float = 0.12, resubmit_rate: float = 0.07,
-                 feedback_lag: tuple[int, int] = (50, 600), rollouts: Sequence[RolloutPlan] = ()) -> None:
+                 feedback_lag: tuple[int, int] = (50, 600), near_dup_rate: float = 0.04,
+                 conflict_rate: float = 0.02, rollouts: Sequence[RolloutPlan] = ()) -> None:
         self.n = traces
         self.rng = random.Random(seed)
         self.seed = seed
@@ -202,6 +225,9 @@ class FleetSimulator:
         self.rollouts = {(p.tenant_id, p.cohort): p for p in rollouts}
         self.rollout_rng = random.Random(seed * 1_000_003 + 17)  # own stream: other traces unchanged
         self.rollout_traces: dict[str, dict[str, int]] = {}
+        self.near_dup_rate = near_dup_rate
+        self.conflict_rate = conflict_rate
+        self.review_rng = random.Random(f"{seed}-reviews")  # second opinions; keeps self.rng's stream
 
     def _trace(self, i: int, t_ms: int) -> tuple[dict[str, Any], float]:
         rng = self.rng
@@ -256,9 +282,12 @@ class FleetSimulator:
         category = _pick(rng, CATEGORIES)
         source = "policy_engine" if category == "stale_policy" and rng.random() < 0.5 else \
             "reviewer" if rng.random() < 0.25 else "clinician_edit"
-        text = CORRECTIONS[category].format(x=rng.choice(TOPICS_X))
-        if rng.random() < 0.1:
-            text += " Patient: Jane Doe, DOB 04/12/1961, call 617-555-0134."  # PHI the redactor must remove
+        x = rng.choice(TOPICS_X)
+        text = CORRECTIONS[category].format(x=x)
+        phi = rng.random() < 0.1
+        if phi:
+            text += PHI_TAIL  # PHI the redactor must remove
+        self._topic[trace["trace_id"]] = (x, phi)
         return {
             "feedback_id": uuid.UUID(int=rng.getrandbits(128)).hex, "trace_id": trace["trace_id"],
             "tenant_id": trace["tenant_id"], "session_id": trace["session_id"], "source": source,
@@ -277,6 +306,7 @@ class FleetSimulator:
         """Produce the whole run through ``sdk``; returns what was sent. ``progress(done, total)``
         is called every 1,000 traces."""
         rng = self.rng
+        self._topic: dict[str, tuple[str, bool]] = {}  # trace_id → (correction topic, PHI tail)
         rep = SimulationReport(injected=[self.change], rollouts=list(self.rollouts.values()))
         rep.rollout_traces = self.rollout_traces
         start_ms = int(time.time() * 1000) - self.span_ms - 60_000
@@ -326,6 +356,7 @@ class FleetSimulator:
                         sdk.send_feedback(again)
                         rep.feedback_produced += 1
                         rep.feedback_resubmits += 1
+                    self._second_opinion(fb, sdk, rep)
             if progress and (i + 1) % 1000 == 0:
                 progress(i + 1, self.n)
         sdk.flush()
@@ -333,6 +364,34 @@ class FleetSimulator:
             raw_producer.flush(30)
         rep.elapsed_s = time.perf_counter() - t0
         return rep
+
+    def _second_opinion(self, fb: dict[str, Any], sdk: SelfhealProducer, rep: SimulationReport) -> None:
+        """Maybe send a second reviewer's near-duplicate or conflicting review of ``fb``."""
+        rr = self.review_rng
+        r = rr.random()
+        if r >= self.near_dup_rate + self.conflict_rate:
+            return
+        x, phi = self._topic.pop(fb["trace_id"])
+        tail = PHI_TAIL if phi else ""
+        role = rr.choice(ROLES["reviewer"])
+        other = dict(fb, feedback_id=uuid.UUID(int=rr.getrandbits(128)).hex, source="reviewer", reviewer_role=role,
+                     reviewer_id=f"rev-{rr.randint(100, 140):03d}", event_time=fb["event_time"] + 2000)
+        if r < self.near_dup_rate:
+            other["corrected_text"] = PARAPHRASES[fb["category"]].format(x=x) + tail
+            rep.feedback_near_duplicates += 1
+        else:
+            if fb["category"] == "medication_error" and rr.random() < 0.5:
+                other["corrected_text"] = OPPOSITE_DOSE.format(x=x) + tail
+            else:
+                cat = rr.choice([c for c, _ in CATEGORIES if c != fb["category"]])
+                other.update(category=cat, corrected_text=CORRECTIONS[cat].format(x=x) + tail,
+                             severity="high" if cat in ("unsafe_recommendation", "medication_error") else "medium",
+                             regulatory_tags=["medication_terminology"] if cat == "medication_error" else
+                             ["billing_code_accuracy"] if cat == "coding_error" else [])
+            rep.feedback_conflicts += 1
+            rep.feedback_unique_expected += 1
+        sdk.send_feedback(other)
+        rep.feedback_produced += 1
 
     def _send_bad(self, trace: dict[str, Any], sdk: SelfhealProducer, raw: Producer | None, codec: AvroCodec | None,
                   rep: SimulationReport) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streams.processors.feedback import TraceRef
 from streams.processors.ingest import TraceColumns
 
 WORKFLOWS = ("soap_note", "discharge_summary", "prior_auth", "patient_message_reply", "billing_coding")
@@ -18,6 +19,8 @@ LATENCY_MS = np.array([4200.0, 6800.0, 5200.0, 2100.0, 3000.0])
 INPUT_TOKENS = np.array([5200.0, 9000.0, 3800.0, 1400.0, 4200.0])
 OUTPUT_TOKENS = np.array([650.0, 900.0, 520.0, 180.0, 120.0])
 INTENTS = ("new_visit", "follow_up", "telehealth", "inpatient")
+CORRECTION_RATE = np.array([0.14, 0.16, 0.10, 0.08, 0.11])  # per workflow, per trace
+UNSAFE_RATE = 0.004
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Effect:
     tool_failure: float = 1.0
     intent_p: tuple[float, ...] | None = None  # input-mix shift
     workflow_p: tuple[float, ...] | None = None
+    correction: float = 1.0  # corrections per trace (clinician edits)
+    unsafe: float = 1.0  # unsafe-recommendation feedback per trace
 
 
 @dataclass
@@ -100,3 +105,27 @@ def synthetic_columns(rng: np.random.Generator, slices: list[Slice], n: int, off
         fallback_used=rng.random(n) < 0.01, rollout_arm=np.full(n, -1, np.int8), candidate_release_id=[None] * n,
         stage_pct=np.full(n, np.nan))
     return cols, which
+
+
+def synthetic_feedback(rng: np.random.Generator, cols: TraceColumns, which: np.ndarray, slices: list[Slice],
+                       lag_ms: tuple[float, float] = (30_000.0, 240_000.0)) -> list[tuple[int, dict, TraceRef]]:
+    """Corrections (and unsafe-recommendation reports) for ``cols``: ``(arrival ms, record, trace)``.
+
+    A trace is corrected with its workflow's rate times the slice's ``correction`` effect; the
+    feedback arrives ``lag_ms`` (uniform) after the trace, as a delayed label.
+    """
+    wf_idx = {w: i for i, w in enumerate(WORKFLOWS)}
+    wf = np.fromiter((wf_idx[w] for w in cols.workflow), dtype=np.intp, count=cols.n)
+    corr_f = np.array([slices[i].effect.correction for i in range(len(slices))])[which]
+    unsafe_f = np.array([slices[i].effect.unsafe for i in range(len(slices))])[which]
+    corrected = rng.random(cols.n) < CORRECTION_RATE[wf] * corr_f
+    unsafe = rng.random(cols.n) < UNSAFE_RATE * unsafe_f
+    out = []
+    for i in np.flatnonzero(corrected | unsafe).tolist():
+        t = int(cols.event_time_ms[i])
+        ref = TraceRef(cols.tenant_id[i], cols.cohort[i], cols.workflow[i], cols.release_id[i],
+                       int(cols.partition[i]), "", 0, t)
+        category = "unsafe_recommendation" if unsafe[i] else "omission"
+        at = t + int(rng.uniform(*lag_ms))
+        out.append((at, {"trace_id": cols.trace_id[i], "category": category, "event_time": at}, ref))
+    return out

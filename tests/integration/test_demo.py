@@ -34,3 +34,4 @@ def test_demo_detects_the_injected_regression_and_dedups_feedback(settings, tmp_
     assert v["events"] > 0 and v["rollouts"]
     scored = {(c["tenant_id"], c["cohort"]) for c in v["scorecards"] if c["workflow"] is None}
     assert scored == {(r["tenant_id"], r["cohort"]) for r in v["rollouts"]}
+    assert s["clickhouse"]["baseline_snapshots"] > 0

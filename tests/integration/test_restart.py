@@ -40,5 +40,6 @@ def test_killed_worker_is_replaced_and_resumes_baselines(settings, worker_factor
         {"t": change.tenant_id})
     assert any(r[1] == "latency" for r in rows), "regression after the restart was not detected"
     assert any(r[0] == "release_regression" and r[2] == change.release_id for r in rows), rows
-    assert sink.query("SELECT count() FROM {db}.traces FINAL")[0][0] == 18_000
+    n, distinct = sink.query("SELECT count(), uniqExact(trace_id) FROM {db}.traces FINAL")[0]
+    assert (n, distinct) == (18_000, 18_000), f"{n} rows, {distinct} distinct trace ids; worker logs in {second.log}"
     sink.close()

@@ -17,7 +17,7 @@ def run(engine, slices, n, batch=5000, seed=0, offset0=0, t0=T0):
     alarms = []
     off = offset0
     while off < offset0 + n:
-        cols, which = synthetic_columns(rng, slices, batch, off, t0 + off * 100)
+        cols, _ = synthetic_columns(rng, slices, batch, off, t0 + off * 100)
         for a in engine.process_traces(cols):
             alarms.append((a, int(off + a.pos), engine.store.info[a.row].key))
         off += batch

@@ -18,7 +18,10 @@ class Run:
         self.engine = DriftEngine(DriftConfig(), loader=loader)
         self.backend = backend or DictBackend()
         self.mgr = IncidentManager(self.engine.store, self.backend, resolve_after_traces=2000, update_interval_s=60,
-                                   drained_nats=9.0)
+                                   drained_nats=9.0, releases={"rel-2": {
+                                       "release_id": "rel-2", "model": "m", "prompt_version": "p",
+                                       "tool_schema_version": "t", "policy_version": "x",
+                                       "retrieval_index_version": "i"}})
         self.events = []
         self.rng = np.random.default_rng(0)
         self.off = 0
@@ -28,10 +31,7 @@ class Run:
             cols, _ = synthetic_columns(self.rng, slices, batch, self.off, T0 + self.off * 100)
             self.off += batch
             ctx = TraceContext(trace_id=lambda p, c=cols: c.trace_id[p],
-                               event_time_ms=lambda p, c=cols: int(c.event_time_ms[p]),
-                               manifest=lambda p: {"release_id": "rel-2", "model": "m", "prompt_version": "p",
-                                                   "tool_schema_version": "t", "policy_version": "x",
-                                                   "retrieval_index_version": "i"})
+                               event_time_ms=lambda p, c=cols: int(c.event_time_ms[p]))
             alarms = self.engine.process_traces(cols)
             self.events += self.mgr.on_alarms(alarms, ctx)
             self.events += self.mgr.sweep(int(cols.event_time_ms.max()))
@@ -105,3 +105,19 @@ def test_restart_resumes_open_incident_instead_of_opening_a_new_one():
     assert set(r2.mgr.open) == open_ids
     r2.feed(regressed(release="rel-2"), 10_000)
     assert not [e for e in r2.events if e.status == IncidentStatus.open and e.metric_group == "latency"]
+
+
+def test_uniform_change_across_tenants_is_one_platform_incident_never_a_release_regression():
+    fleet = [Slice(f"t{i}", "cardiology", 0.25, partition=i) for i in range(4)]
+    slower = [Slice(f"t{i}", "cardiology", 0.25, partition=i, effect=Effect(latency=1.6)) for i in range(4)]
+    r = Run()
+    r.feed(fleet, 30_000)
+    r.feed(slower, 12_000)
+    latency = [e for e in r.events if e.metric_group == "latency"]
+    platform = {e.incident_id for e in latency if e.slice.layer == "platform"}
+    assert len(platform) == 1
+    assert not any(e.kind == IncidentKind.release_regression for e in r.events)
+    # tenant incidents opened before the episode was recognised are resolved as superseded
+    open_tenant = {e.incident_id for e in latency if e.slice.tenant_id and e.status == IncidentStatus.open}
+    resolved = {e.incident_id for e in latency if e.status == IncidentStatus.resolved and "superseded" in e.summary}
+    assert open_tenant <= resolved

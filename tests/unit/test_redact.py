@@ -30,3 +30,10 @@ def test_clinical_content_is_kept():
 def test_tenant_hmac_differs_per_tenant():
     assert tenant_hmac(b"k", "acme", "rev-1") != tenant_hmac(b"k", "globex", "rev-1")
     assert tenant_hmac(b"k", "acme", "rev-1") == tenant_hmac(b"k", "acme", "rev-1")
+
+
+def test_a_record_label_does_not_swallow_the_next_word_and_leak_a_name():
+    # "vaccination record Patient: ..." once matched RECORD with "Patient" as the id, so the name
+    # label was gone and "Jane Doe" stayed in clear (seen in the simulator's corrections)
+    out = Redactor().redact("Applied clinic template for vaccination record Patient: Jane Doe, call 617-555-0134.")
+    assert "Jane" not in out and "Doe" not in out and "vaccination record" in out

@@ -11,7 +11,7 @@ from tests.factories import feedback, trace
 @pytest.fixture
 def sdk():
     # no broker needed: validation happens before anything is produced
-    p = SelfhealProducer(Settings(kafka_bootstrap="127.0.0.1:1"), linger_ms=10_000)
+    p = SelfhealProducer(Settings(kafka_bootstrap="127.0.0.1:1"), linger_ms=10_000, kafka_config={"log_level": 0})
     yield p
     p._closed = True
 

@@ -34,11 +34,11 @@ Metrics
   value, which makes the CUSUM increment an exact likelihood ratio for any shape of data.
 - ``poisson``: counts that arrive on the feedback stream against trace exposure (corrections,
   unsafe-recommendation feedback per trace). Feedback is a *delayed label*: traces and their
-  feedback are counted in event-time buckets of the trace (a ring of ``N_BUCKETS`` per slice)
-  and a bucket enters the detector only when it has *matured*, i.e. both the trace and the
-  feedback watermark of the partition are ``feedback_maturity`` past its end. So the rate is
-  right whatever order or speed the two topics are consumed in (a worker catching up on one
-  topic before the other cannot fake a change).
+  feedback are counted in event-time buckets of the trace (a ring of ``N_BUCKETS`` per slice);
+  as a bucket ages, the share of its eventual feedback that should have arrived (the learned
+  feedback-delay CDF) is credited as exposure against the feedback received meanwhile. The clock
+  is the lower of the partition's trace and feedback watermarks, so the rate is right whatever
+  order or speed the two topics are consumed in.
 - ``categorical``: the input mix (workflow × intent), hashed into ``N_CAT`` buckets.
 
 Baselines are exponentially weighted with a half-life in traces (``baseline_half_life_traces``),
@@ -170,13 +170,15 @@ def hist_bins(latency_ms: np.ndarray) -> np.ndarray:
 FIELDS: dict[str, tuple[int, float]] = {
     "count": (1, 0.0),  # traces applied, plus the pseudo-count of an inherited baseline
     "own": (1, 0.0),  # traces of this slice actually seen
+    "born": (1, 0.0),  # the parent slice's traces when this slice first appeared (release slices)
     "last_offset": (1, -1.0),  # last source offset applied (replay guard), exact in float64 below 2**53
     "partition": (1, -1.0),
     "weight": (1, 0.0),  # EW effective sample size of the baseline
     "b_rate": (NB, 0.0),  # baseline rate
-    "b_s": (NB, 0.0),  # CUSUM statistic
-    "b_n": (NB, 0.0),  # samples since the CUSUM last left zero (change-point estimate)
-    "b_k": (NB, 0.0),  # successes since then
+    "b_w": (NB, 0.0),  # EW weight per Bernoulli metric (a tail indicator is missing while its stratum is cold)
+    "b_s": (2 * NB, 0.0),  # CUSUM statistics: tuned for rate_shift, then for rate_shift_large
+    "b_n": (2 * NB, 0.0),  # samples since each CUSUM last left zero (change-point estimate)
+    "b_k": (2 * NB, 0.0),  # successes since then
     "g_mean": (NG, 0.0),
     "g_var": (NG, 0.0),
     "g_w": (NG, 0.0),  # EW weight per Gaussian metric (confidence may be absent)
@@ -195,7 +197,9 @@ FIELDS: dict[str, tuple[int, float]] = {
     "p_k": (NP, 0.0),  # events since change point
     "pb_id": (N_BUCKETS, -1.0),  # event-time bucket held by each ring slot (-1 empty)
     "pb_n": (N_BUCKETS, 0.0),  # traces in the slot's bucket
+    "pb_f": (N_BUCKETS, 0.0),  # share of the bucket's eventual feedback already credited as exposure
     "pb_k": (N_BUCKETS * NP, 0.0),  # feedback events in the slot's bucket, slot-major
+    "pb_kc": (N_BUCKETS * NP, 0.0),  # events already credited to the detector
     "hist": (N_HIST, 0.0),  # EW latency histogram (weights)
     "c_base": (N_CAT, 0.0),  # EW input-mix distribution (weights)
     "c_win": (N_CAT, 0.0),  # current window counts
@@ -280,6 +284,7 @@ class SliceStore:
         f["hist"][dst] = f["hist"][src] * scale
         f["c_base"][dst] = f["c_base"][src] * scale
         f["g_w"][dst] = np.minimum(f["g_w"][src], w)
+        f["b_w"][dst] = np.minimum(f["b_w"][src], w)
         f["p_num"][dst] = f["p_num"][src] * scale
         f["p_den"][dst] = f["p_den"][src] * scale
         f["weight"][dst, 0] = w
@@ -332,7 +337,7 @@ class SliceStore:
         g = group == G_GROUP
         p = group == P_GROUP
         if b.any():
-            vals.append(float(f["b_s"][row, b].max()))
+            vals.append(float(f["b_s"][row, np.concatenate([b, b])].max()))
         up = g & (G_DIR >= 0)  # only the sides that can alarm
         dn = g & (G_DIR <= 0)
         if up.any():
@@ -342,6 +347,43 @@ class SliceStore:
         if p.any():
             vals.append(float(f["p_s"][row, p].max()))
         return max(vals)
+
+    def snapshot_rows(self, rows: list[int], at_ms: int) -> list[dict[str, Any]]:
+        """Long-format baseline snapshot of ``rows``: one dict per slice and metric (the
+        ``baseline_snapshots`` table's columns; ``snapshot_at`` in epoch ms)."""
+        f = self.f
+        out: list[dict[str, Any]] = []
+        for row in rows:
+            info = self.info[row]
+            h = f["hist"][row]
+            tot = float(h.sum())
+            q = {}
+            if tot > 0:
+                cdf = np.cumsum(h) / tot
+                for name, level in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+                    q[name] = float(HIST_EDGES_MS[min(int(np.searchsorted(cdf, level)) + 1, N_HIST)])
+            base = {"tenant_id": info.tenant_id, "slice_key": info.key, "layer": info.layer,
+                    "cohort": info.cohort or "", "workflow": info.workflow or "", "release_id": info.release_id or "",
+                    "snapshot_at": at_ms, "traces": int(f["own"][row, 0]), "weight": float(f["weight"][row, 0])}
+            none_q = {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0}
+            for i, m in enumerate(BERNOULLI):
+                out.append(base | none_q | {"metric": m.name, "family": m.family, "value": float(f["b_rate"][row, i]),
+                                            "variance": 0.0, "cusum": float(max(f["b_s"][row, i], f["b_s"][row, NB + i])),
+                                            "frozen": bool(f["i_open"][row, B_GROUP[i]])}
+                           | (q if m.group == "latency" and q else {}))
+            for i, m in enumerate(GAUSSIAN):
+                out.append(base | none_q | {"metric": m.name, "family": m.family,
+                                            "value": _from_scale(i, float(f["g_mean"][row, i])),
+                                            "variance": float(f["g_var"][row, i]),
+                                            "cusum": float(max(f["g_su"][row, i], f["g_sd"][row, i])),
+                                            "frozen": bool(f["i_open"][row, G_GROUP[i]])}
+                           | (q if m.group == "latency" and q else {}))
+            for i, m in enumerate(POISSON):
+                out.append(base | none_q | {"metric": m.name, "family": m.family,
+                                            "value": float(f["p_num"][row, i] / max(f["p_den"][row, i], 1e-12)),
+                                            "variance": 0.0, "cusum": float(f["p_s"][row, i]),
+                                            "frozen": bool(f["i_open"][row, P_GROUP[i]])})
+        return out
 
     def snapshot(self, row: int) -> dict[str, Any]:
         """Human-readable baseline of one slice (for snapshots to ClickHouse and debugging)."""
@@ -362,3 +404,15 @@ class SliceStore:
             for q in (0.5, 0.95, 0.99):
                 out[f"latency_q{int(q * 100)}_ms"] = float(HIST_EDGES_MS[min(int(np.searchsorted(cdf, q)) + 1, N_HIST)])
         return out
+
+
+def _from_scale(gcol: int, v: float) -> float:
+    """A Gaussian metric's mean on the detector scale back in its unit (ms, tokens, USD, score)."""
+    v = max(min(v, 50.0), -50.0)
+    if gcol == 0:
+        return float(np.exp(v))
+    if gcol in (1, 2):
+        return float(np.expm1(v))
+    if gcol == 3:
+        return float(np.exp(v) - 1e-5)
+    return float(1.0 / (1.0 + np.exp(-v)))

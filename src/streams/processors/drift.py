@@ -4,7 +4,9 @@ Detectors, by metric family (see :mod:`streams.processors.baselines`):
 
 - **Bernoulli CUSUM** for rates (failure, escalation, success, policy block, tool failure,
   retrieval miss, fallback) and for latency tails (exceedance of the baseline's p95/p99 bin edge):
-  Page's CUSUM of the log-likelihood ratio of ``p1 = rate_shift * p0`` against ``p0``
+  Page's CUSUM of the log-likelihood ratio of ``p1 = rate_shift * p0`` against ``p0``, twice per
+  metric: tuned for ``rate_shift`` (1.5x, small effects) and ``rate_shift_large`` (3x: a CUSUM
+  tuned for a small shift is slow on a large one, especially for rare events)
   (E. S. Page, "Continuous inspection schemes", Biometrika 41, 1954; for proportions inspected
   one item at a time: M. R. Reynolds & Z. G. Stoumbos, "A CUSUM chart for monitoring a
   proportion when inspecting continuously", J. Quality Technology 31(1), 1999). ``p0`` is the
@@ -40,6 +42,7 @@ The measured false-incident rate is in BENCHMARKS.md (``selfheal bench-drift``).
 
 from __future__ import annotations
 
+import heapq
 import math
 import zlib
 from collections.abc import Sequence
@@ -78,16 +81,18 @@ from streams.processors.ingest import TraceColumns
 
 B_DIR = np.array([m.direction for m in BERNOULLI])
 G_DIR = np.array([m.direction for m in GAUSSIAN])
-#: columns of the per-layer CUSUM matrix: [Bernoulli | Gaussian up | Gaussian down]. Poisson
-#: detectors run on feedback batches (:meth:`DriftEngine.process_feedback`).
-NCOL = NB + 2 * NG
+#: columns of the per-layer CUSUM matrix: [Bernoulli tuned for rate_shift | Bernoulli tuned for
+#: rate_shift_large | Gaussian up | Gaussian down]. Poisson detectors run on feedback
+#: (:meth:`DriftEngine.process_feedback`).
+NB2 = 2 * NB
+NCOL = NB2 + 2 * NG
 #: which columns may alarm (Gaussian sides by the metric's direction)
-ALARM_COLS = np.concatenate([np.ones(NB), G_DIR >= 0, G_DIR <= 0]).astype(bool)
+ALARM_COLS = np.concatenate([np.ones(NB2), G_DIR >= 0, G_DIR <= 0]).astype(bool)
 #: (state fields for statistic, samples, sum) and the column range of each family
 STATE_COLS = (
-    (("b_s", "b_n", "b_k"), 0, NB),
-    (("g_su", "g_nu", "g_xu"), NB, NB + NG),
-    (("g_sd", "g_nd", "g_xd"), NB + NG, NB + 2 * NG),
+    (("b_s", "b_n", "b_k"), 0, NB2),
+    (("g_su", "g_nu", "g_xu"), NB2, NB2 + NG),
+    (("g_sd", "g_nd", "g_xd"), NB2 + NG, NCOL),
 )
 #: Gaussian transforms: latency (log ms), tokens (log1p), cost (log of USD + 1e-5), confidence (raw)
 Z_CLIP = 4.0
@@ -104,14 +109,15 @@ class DriftConfig:
     half_life_traces: float = 20_000.0
     threshold: float = 18.0
     rate_shift: float = 1.5
+    rate_shift_large: float = 3.0
     mean_shift_sigma: float = 1.0
     guard_z: float = 1.0
-    cat_window: int = 1000
+    cat_window: int = 300
     cat_alpha: float = 1e-7
     cat_min_js: float = 0.01
     evidence: int = 20
     release_prior_traces: float = 2000.0
-    feedback_maturity_ms: int = 600_000
+    feedback_maturity_ms: int = 300_000
 
     @property
     def bucket_ms(self) -> int:
@@ -228,6 +234,26 @@ class _ChangePoints:
         return n_since, k_since, cp
 
 
+STRATA = "tenant_cohort_workflow"
+#: learning weight of a baseline while its metric's CUSUM holds evidence of a change (S > HOLD_AT * h)
+HOLD_WEIGHT = 0.1
+HOLD_AT = 0.25
+#: histogram weight (traces) before a slice's p95/p99 edges are used for tail indicators
+MIN_TAIL_WEIGHT = 200.0
+
+
+def _tail_mass(hist: np.ndarray) -> np.ndarray:
+    """``tail[i, k] = P(bin >= k)`` for each histogram row, shape like ``hist``."""
+    tot = hist.sum(axis=1, keepdims=True)
+    return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1] / np.maximum(tot, 1e-12)
+
+
+def _tail_edges(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges whose tail mass is closest to 5% and 1%: the baseline p95/p99 (as bin indexes)."""
+    tail = _tail_mass(hist)
+    return np.argmin(np.abs(tail - 0.05), axis=1), np.argmin(np.abs(tail - 0.01), axis=1)
+
+
 def _wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (E. B. Wilson, JASA 22, 1927)."""
     if n <= 0:
@@ -270,6 +296,7 @@ class DriftEngine:
         self._fb_evidence: dict[str, list[tuple[str, int]]] = {}
         self.late_feedback = 0
         self.discarded_buckets = 0
+        self.lag = LagDistribution()
         lr = math.log(self.cfg.rate_shift)
         self._ln_rho = lr
 
@@ -290,6 +317,8 @@ class DriftEngine:
             parent = LAYER_PARENT[layer]
             if parent in self.cfg.layers:
                 p = self.row_for(parent, tenant, cohort, workflow, None, partition)
+                # a release that appears in an established slice is new (it can be blamed for a change)
+                self.store.f["born"][row, 0] = self.store.f["own"][p, 0]
                 if self.store.f["count"][p, 0] >= self.cfg.warmup_traces:
                     self.store.copy_baseline(p, row, self.cfg.release_prior_traces)
         return row
@@ -339,6 +368,34 @@ class DriftEngine:
         conf = np.clip(cols.confidence, 1e-4, 1 - 1e-4)
         xg[:, 4] = np.log(conf / (1 - conf))  # logit (NaN stays NaN)
         bins = hist_bins(cols.latency_ms)
+        # latency tails, stratified: each trace is compared with the p95/p99 bin edge of its own
+        # tenant x cohort x workflow baseline, and that indicator is what every layer monitors, so
+        # coarse slices that mix workflows of different speed keep the full tail signal
+        stratified = STRATA in cfg.layers
+        bvalid = np.ones((cols.n, NB), dtype=bool)
+        if stratified:
+            uniq, inv = np.unique(rows_by_layer[STRATA], return_inverse=True)
+            strata_hist = self.store.f["hist"][uniq]
+            k95, k99 = _tail_edges(strata_hist)
+            xb[:, TAIL_P95] = bins >= k95[inv]
+            xb[:, TAIL_P99] = bins >= k99[inv]
+            # a cold stratum has no p95 yet: its traces' tail indicators are missing, not 0 or 1
+            hw = strata_hist.sum(axis=1)
+            warm = (hw >= MIN_TAIL_WEIGHT)[inv]
+            bvalid[:, TAIL_P95] = warm
+            bvalid[:, TAIL_P99] = warm
+            # each trace's null rate: the tail mass of its stratum above the edge used (guarded by
+            # one standard error), so the increments stay likelihood ratios when an edge moves
+            tail = _tail_mass(strata_hist)
+            ix = np.arange(len(uniq))
+            tail_p0 = np.empty((cols.n, 2))
+            for c, k in enumerate((k95, k99)):
+                p = tail[ix, k]
+                pg = np.clip(p + cfg.guard_z * np.sqrt(np.maximum(p * (1 - p), 0.0) / np.maximum(hw, 1.0)),
+                             1.0 / (hw + 2.0), 0.95)
+                tail_p0[:, c] = pg[inv]
+        else:
+            tail_p0 = None
         cache = self._cat_cache
         cat = np.fromiter((cache[k] if k in cache else cache.setdefault(k, _cat_code(*k))
                            for k in zip(cols.workflow, cols.intent, strict=True)), dtype=np.intp, count=cols.n)
@@ -346,8 +403,16 @@ class DriftEngine:
         last = self.store.f["last_offset"]
         fresh = {layer: cols.offset > last[rows_by_layer[layer], 0] for layer in cfg.layers}
         alarms: list[Alarm] = []
+        tail_hold = np.zeros(cols.n, dtype=bool)  # a coarser slice of the trace holds tail evidence
+        f = self.store.f
+        hold_at = cfg.threshold * HOLD_AT
+        tails = [TAIL_P95, TAIL_P99, NB + TAIL_P95, NB + TAIL_P99]
         for layer in cfg.layers:
-            alarms.extend(self._process_layer(rows_by_layer[layer], fresh[layer], cols, xb, xg, bins, cat))
+            hold = tail_hold if (stratified and layer == STRATA) else None
+            alarms.extend(self._process_layer(rows_by_layer[layer], fresh[layer], cols, xb, bvalid, xg, bins, cat,
+                                              tail_p0, hold))
+            if stratified and layer not in (STRATA, "release"):
+                tail_hold |= (f["b_s"][rows_by_layer[layer]][:, tails] > hold_at).any(axis=1)
         # label-delayed metrics: advance the trace watermark, mature due buckets (freeing their
         # ring slots), then count this batch's traces in their event-time buckets
         for p in np.unique(cols.partition).tolist():
@@ -361,8 +426,10 @@ class DriftEngine:
         return alarms
 
     def _process_layer(self, rows: np.ndarray, fresh: np.ndarray, cols: TraceColumns, xb: np.ndarray,
-                       xg: np.ndarray, bins: np.ndarray, cat: np.ndarray) -> list[Alarm]:
+                       bvalid: np.ndarray, xg: np.ndarray, bins: np.ndarray, cat: np.ndarray,
+                       tail_p0: np.ndarray | None, tail_hold: np.ndarray | None = None) -> list[Alarm]:
         cfg, st = self.cfg, self.store
+        stratified = tail_p0 is not None
         f = st.f
         if not fresh.all():
             idx = np.flatnonzero(fresh)
@@ -386,30 +453,46 @@ class DriftEngine:
         open_g = f["i_open"][srow] > 0  # (u, groups)
 
         # ---- baseline parameters at batch start -----------------------------------------
-        w = np.maximum(f["weight"][srow, 0], 1.0)
         hist = f["hist"][srow]
-        htot = hist.sum(axis=1, keepdims=True)
-        tail = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1] / np.maximum(htot, 1e-12)  # tail[k]=P(bin>=k)
-        k95 = np.argmin(np.abs(tail - 0.05), axis=1)
-        k99 = np.argmin(np.abs(tail - 0.01), axis=1)
+        k95, k99 = _tail_edges(hist)  # this slice's own p95/p99 bin edges (reported in incidents)
         p0 = f["b_rate"][srow].copy()
-        p0[:, TAIL_P95] = tail[np.arange(u), k95]
-        p0[:, TAIL_P99] = tail[np.arange(u), k99]
+        if not stratified:  # tails against this slice's own edges: p0 is the tail mass above them
+            tail = _tail_mass(hist)
+            p0[:, TAIL_P95] = tail[np.arange(u), k95]
+            p0[:, TAIL_P99] = tail[np.arange(u), k99]
         # monitored direction: complement for "down" metrics
         down = B_DIR < 0
         p0[:, down] = 1.0 - p0[:, down]
-        p0g = p0 + cfg.guard_z * np.sqrt(np.maximum(p0 * (1 - p0), 0.0) / w[:, None])
-        p0g = np.clip(p0g, 1.0 / (w[:, None] + 2.0), 0.95)
-        p1 = np.minimum(p0g * cfg.rate_shift, 0.99)
-        inc1 = np.log(p1 / p0g)
-        inc0 = np.log((1 - p1) / (1 - p0g))
+        bw = np.maximum(f["b_w"][srow], 1.0)
+        if not stratified:
+            bw[:, [TAIL_P95, TAIL_P99]] = np.maximum(hist.sum(axis=1), 1.0)[:, None]
+        p0g = p0 + cfg.guard_z * np.sqrt(np.maximum(p0 * (1 - p0), 0.0) / bw)
+        p0g = np.clip(p0g, 1.0 / (bw + 2.0), 0.95)
+        incs = []
+        for rho in (cfg.rate_shift, cfg.rate_shift_large):
+            p1 = np.minimum(p0g * rho, 0.99)
+            incs.append((np.log(p1 / p0g), np.log((1 - p1) / (1 - p0g))))
 
         # ---- Bernoulli events (sorted); "down" metrics are monitored as their complement ------
         xs = xb[order]
+        vb = bvalid[order]
         bs = bins[order]
-        xs[:, TAIL_P95] = bs >= k95[seg]
-        xs[:, TAIL_P99] = bs >= k99[seg]
-        incb = np.where(xs > 0, inc1[seg], inc0[seg])
+        if not stratified:
+            xs[:, TAIL_P95] = bs >= k95[seg]
+            xs[:, TAIL_P99] = bs >= k99[seg]
+            warm = (hist.sum(axis=1) >= MIN_TAIL_WEIGHT)[seg]
+            vb[:, TAIL_P95] = warm
+            vb[:, TAIL_P99] = warm
+        xs = np.where(vb, xs, 0.0)
+        hit = xs > 0
+        incb = np.concatenate([np.where(vb, np.where(hit, i1[seg], i0[seg]), 0.0) for i1, i0 in incs], axis=1)
+        if stratified:  # tails: per-trace null rates of the trace's stratum
+            for c, col in enumerate((TAIL_P95, TAIL_P99)):
+                p0t = tail_p0[order, c]
+                for b, rho in enumerate((cfg.rate_shift, cfg.rate_shift_large)):
+                    p1t = np.minimum(p0t * rho, 0.99)
+                    incb[:, b * NB + col] = np.where(vb[:, col], np.where(
+                        hit[:, col], np.log(p1t / p0t), np.log((1 - p1t) / (1 - p0t))), 0.0)
         # ---- Gaussian events: standardised with the baseline, clipped, missing = no evidence ----
         mu = f["g_mean"][srow]
         sd = np.sqrt(np.maximum(f["g_var"][srow], 1e-4))
@@ -428,8 +511,8 @@ class DriftEngine:
         s = segmented_cusum(x_all, seg, starts, s0)
         cp = _ChangePoints(
             s,
-            raw=np.concatenate([xs, raw_g, raw_g], axis=1),
-            cnt=np.concatenate([np.ones((n, NB)), valid, valid], axis=1),
+            raw=np.concatenate([xs, xs, raw_g, raw_g], axis=1),
+            cnt=np.concatenate([vb, vb, valid, valid], axis=1),
             seg=seg, starts=starts,
             carry_n=np.concatenate([f["b_n"][srow], f["g_nu"][srow], f["g_nd"][srow]], axis=1),
             carry_k=np.concatenate([f["b_k"][srow], f["g_xu"][srow], f["g_xd"][srow]], axis=1),
@@ -471,15 +554,27 @@ class DriftEngine:
         f["c_win"][srow] += cat_counts
         alarms.extend(self._check_mix(srow, armed, ends, order))
 
-        # ---- baselines (EW), frozen per open incident group --------------------------------
+        # ---- baselines (EW): frozen per open incident group; learning slowed to HOLD_WEIGHT for a
+        # metric whose CUSUM holds evidence of a change (S > h/4), so a young slice does not absorb a
+        # regression before it is detected, while a baseline that started off low still converges
+        # (a full freeze would lock such an estimate in). Under the null P(S > h/4) ~ exp(-4.5).
+        hold_at = cfg.threshold * HOLD_AT
+        held_b = (s_end[:, :NB] > hold_at) | (s_end[:, NB:NB2] > hold_at)
+        held_g = (s_end[:, NB2:NB2 + NG] > hold_at) | (s_end[:, NB2 + NG:] > hold_at)
+        scale_b = np.where(held_b, HOLD_WEIGHT, 1.0)
+        scale_g = np.where(held_g, HOLD_WEIGHT, 1.0)
         lam_m = cfg.lam ** m  # (u,)
         wb = (1.0 - lam_m) / (1.0 - cfg.lam)  # EW weight of the batch's samples
         per = (wb / m)[:, None]
-        sums_b = np.add.reduceat(np.where(down[None, :], 1.0 - xs, xs), starts, axis=0)
-        keep_b = open_g[:, B_GROUP]
-        old_w = f["weight"][srow, 0]
-        new_b = (f["b_rate"][srow] * (old_w * lam_m)[:, None] + sums_b * per) / (old_w * lam_m + wb)[:, None]
+        sums_b = np.add.reduceat(np.where(vb, np.where(down[None, :], 1.0 - xs, xs), 0.0), starts, axis=0)
+        cnt_b = np.add.reduceat(vb.astype(np.float64), starts, axis=0)
+        keep_b = open_g[:, B_GROUP] | (cnt_b == 0)
+        bw_old = f["b_w"][srow] * lam_m[:, None]
+        bw_new = bw_old + cnt_b * per * scale_b
+        new_b = (f["b_rate"][srow] * bw_old + sums_b * per * scale_b) / np.maximum(bw_new, 1e-12)
         f["b_rate"][srow] = np.where(keep_b, f["b_rate"][srow], new_b)
+        f["b_w"][srow] = np.where(keep_b, f["b_w"][srow], bw_new)
+        old_w = f["weight"][srow, 0]
         # Gaussian: weighted merge of EW (mean, var) with the batch's (mean, var)
         cnt = np.add.reduceat(valid.astype(np.float64), starts, axis=0)
         sx = np.add.reduceat(raw_g, starts, axis=0)
@@ -487,7 +582,7 @@ class DriftEngine:
         bmean = sx / np.maximum(cnt, 1.0)
         bvar = np.maximum(sxx / np.maximum(cnt, 1.0) - bmean * bmean, 0.0)
         gw_old = f["g_w"][srow] * lam_m[:, None]
-        gw_b = cnt * per
+        gw_b = cnt * per * scale_g
         gw_new = gw_old + gw_b
         frac = np.where(gw_new > 0, gw_b / np.maximum(gw_new, 1e-12), 0.0)
         mean_old = f["g_mean"][srow]
@@ -513,7 +608,12 @@ class DriftEngine:
         hb = np.zeros((u, N_HIST))
         np.add.at(hb, (seg, bs), 1.0)
         lat_frozen = open_g[:, B_GROUP[TAIL_P95]][:, None]
-        f["hist"][srow] = np.where(lat_frozen, hist, hist * lam_m[:, None] + hb * per)
+        lat_scale = np.minimum(scale_b[:, TAIL_P95], scale_b[:, TAIL_P99])
+        if tail_hold is not None:  # strata whose tail edges coarser slices are watching
+            lat_scale = np.where(np.maximum.reduceat(tail_hold[order].astype(np.int8), starts) > 0, HOLD_WEIGHT,
+                                 lat_scale)
+        lat_scale = lat_scale[:, None]
+        f["hist"][srow] = np.where(lat_frozen, hist, hist * lam_m[:, None] + hb * per * lat_scale)
         mix_frozen = open_g[:, CAT_GROUP][:, None]
         f["c_base"][srow] = np.where(mix_frozen, f["c_base"][srow], f["c_base"][srow] * lam_m[:, None] + cat_counts * per)
         f["weight"][srow, 0] = old_w * lam_m + wb
@@ -540,29 +640,30 @@ class DriftEngine:
         common = dict(row=row, pos=int(order[at]), statistic=stat, threshold=cfg.threshold,
                       samples=int(n_since), evidence=evidence, cp_pos=cp_pos,
                       slice_index=own_before + at - int(starts[sg]) + 1)
-        if col in (TAIL_P95, TAIL_P99):
+        bcol = col % NB if col < NB2 else -1
+        if bcol in (TAIL_P95, TAIL_P99):
             # baseline quantile (bin edge, ms) vs the quantile observed since the change point, with
             # a distribution-free order-statistic CI (binomial ranks)
-            q = 0.95 if col == TAIL_P95 else 0.99
-            edge = float(HIST_EDGES_MS[int((k95 if col == TAIL_P95 else k99)[sg])])
+            q = 0.95 if bcol == TAIL_P95 else 0.99
+            edge = float(HIST_EDGES_MS[int((k95 if bcol == TAIL_P95 else k99)[sg])])
             lat = np.sort(cols.latency_ms[window])
             k = len(lat)
             obs = float(np.quantile(lat, q))
             half = 1.96 * math.sqrt(k * q * (1 - q))
-            lo = float(lat[max(int(math.floor(k * q - half)), 0)])
-            hi = float(lat[min(int(math.ceil(k * q + half)), k - 1)])
-            return Alarm(metric=BERNOULLI[col], baseline=edge, observed=obs, ci_low=lo, ci_high=hi,
+            lo = float(lat[max(math.floor(k * q - half), 0)])
+            hi = float(lat[min(math.ceil(k * q + half), k - 1)])
+            return Alarm(metric=BERNOULLI[bcol], baseline=edge, observed=obs, ci_low=lo, ci_high=hi,
                          effect=obs / max(edge, 1e-9), direction=+1, **common)
-        if col < NB:
-            metric = BERNOULLI[col]
+        if bcol >= 0:
+            metric = BERNOULLI[bcol]
             rate = k_since / n_s
             lo, hi = _wilson(k_since, n_s)
-            base = float(p0[sg, col])
+            base = float(p0[sg, bcol])
             if metric.direction < 0:  # back to the metric's own orientation (e.g. success rate)
                 rate, lo, hi, base = 1 - rate, 1 - hi, 1 - lo, 1 - base
             return Alarm(metric=metric, baseline=base, observed=rate, ci_low=lo, ci_high=hi,
                          effect=rate / max(base, 1e-9), direction=metric.direction, **common)
-        gcol = (col - NB) % NG
+        gcol = (col - NB2) % NG
         metric = GAUSSIAN[gcol]
         mean_t = k_since / n_s
         sdv = float(sd[sg, gcol])
@@ -572,7 +673,7 @@ class DriftEngine:
         return Alarm(metric=metric, baseline=inv(base_t), observed=inv(mean_t),
                      ci_low=inv(mean_t - 1.96 * se), ci_high=inv(mean_t + 1.96 * se),
                      effect=(mean_t - base_t) / max(sdv, 1e-9),
-                     direction=+1 if col < NB + NG else -1, **common)
+                     direction=+1 if col < NB2 + NG else -1, **common)
 
     def _check_mix(self, srow: np.ndarray, armed: np.ndarray, ends: np.ndarray, order: np.ndarray) -> list[Alarm]:
         cfg, f = self.cfg, self.store.f
@@ -597,6 +698,7 @@ class DriftEngine:
                     metric = CATEGORICAL[0]
                     at = int(order[ends[j]])
                     alarms.append(Alarm(row=row, metric=metric, pos=at, statistic=x2,
+                                        slice_index=int(f["own"][row, 0] + tot[j]),
                                         threshold=float(stats.chi2.isf(cfg.cat_alpha, N_CAT - 1)),
                                         baseline=0.0, observed=js, ci_low=js, ci_high=js, effect=js,
                                         samples=int(tot[j]), direction=0,
@@ -626,20 +728,23 @@ class DriftEngine:
                         self.discarded_buckets += 1
                     f["pb_id"][row, slot] = b
                     f["pb_n"][row, slot] = 0.0
+                    f["pb_f"][row, slot] = 0.0
                     f["pb_k"][row, slot * NP : (slot + 1) * NP] = 0.0
+                    f["pb_kc"][row, slot * NP : (slot + 1) * NP] = 0.0
                 f["pb_n"][row, slot] += c
             return 0
         for row, b, j in zip(rows.tolist(), bucket.tolist(), metric_idx.tolist(), strict=True):
             slot = b % N_BUCKETS
             if f["pb_id"][row, slot] != b:
-                late += 1  # its bucket matured (or was never seen): not counted, a safe undercount
+                late += 1  # its bucket retired (or was never seen): not counted, a safe undercount
                 continue
             f["pb_k"][row, slot * NP + j] += 1.0
         return late
 
     def process_feedback(self, rows: np.ndarray, metric_idx: np.ndarray, trace_event_ms: np.ndarray,
-                         trace_ids: Sequence[str], feedback_event_ms: dict[int, int]) -> list[Alarm]:
-        """Count feedback events (corrections) in their traces' buckets, then mature buckets.
+                         trace_ids: Sequence[str], feedback_event_ms: dict[int, int],
+                         lag_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[Alarm]:
+        """Count feedback events (corrections) in their traces' buckets, then credit exposure.
 
         Args:
             rows: slice row of each event, shape ``(k,)`` (one event per slice layer it counts in).
@@ -648,8 +753,12 @@ class DriftEngine:
             trace_ids: the trace id of each event (evidence).
             feedback_event_ms: per partition, the latest feedback event time in the batch, ms
                 (advances the feedback watermark).
+            lag_samples: ``(trace event ms, partition, delay ms)`` arrays, one entry per distinct
+                feedback: the label-delay distribution learns from them.
         """
         rows = np.asarray(rows, dtype=np.int64)
+        if lag_samples is not None and len(lag_samples[0]):
+            self.lag.observe(*lag_samples)
         if len(rows):
             bucket = np.asarray(trace_event_ms, dtype=np.int64) // self.cfg.bucket_ms
             self.late_feedback += self._bucket_add(rows, bucket, np.asarray(metric_idx, dtype=np.int64))
@@ -663,77 +772,157 @@ class DriftEngine:
         return self.mature()
 
     def mature(self) -> list[Alarm]:
-        """Step the Poisson CUSUMs with every bucket whose end is ``feedback_maturity`` behind both
-        watermarks of its partition, oldest first (Lucas 1985: one step per bucket with the
-        bucket's exact log-likelihood ratio ``k * ln(rho) - n * r0 * (rho - 1)``)."""
+        """Credit label-delayed exposure and step the Poisson CUSUMs (Lucas 1985), one step per
+        slice per call, vectorised over slices.
+
+        A bucket of ``n`` traces whose age (clock minus the bucket's middle) grew from ``a1`` to ``a2``
+        contributes exposure ``n * (F(a2) - F(a1))``, where ``F`` is the learned feedback-delay CDF;
+        the events it received meanwhile are the counts. The step's log-likelihood ratio is
+        ``k * ln(rho) - exposure * r0 * (rho - 1)`` (Poisson, rate ``rho * r0`` vs ``r0``), exact
+        for events arriving as a Poisson process with intensity ``n * r * F'(age)``. The clock is the
+        lower of the partition's trace and feedback watermarks, so neither topic running ahead of
+        the other fakes a change. Until ``F`` has enough samples it is a step at
+        ``feedback_maturity`` (a bucket counts once matured). Buckets retire when ``F >= 0.999``.
+        """
         st, cfg = self.store, self.cfg
         if st.n == 0:
             return []
         f = st.f
-        parts = f["partition"][: st.n, 0].astype(np.int64)
-        clock = np.array([min(self.trace_wm.get(p, -1), self.feedback_wm.get(p, -1)) for p in range(int(parts.max()) + 1)],
-                         dtype=np.float64)
-        ids = f["pb_id"][: st.n]
-        due = (ids >= 0) & ((ids + 1) * cfg.bucket_ms + cfg.feedback_maturity_ms <= clock[parts][:, None])
-        alarms: list[Alarm] = []
-        for row in np.flatnonzero(due.any(axis=1)).tolist():
-            slots = np.flatnonzero(due[row])
-            for slot in slots[np.argsort(ids[row, slots])].tolist():
-                alarm = self._mature_slot(row, slot)
-                if alarm:
-                    alarms.extend(alarm)
-        return alarms
-
-    def _mature_slot(self, row: int, slot: int) -> list[Alarm]:
-        cfg, f = self.cfg, self.store.f
-        n = float(f["pb_n"][row, slot])
-        ks = f["pb_k"][row, slot * NP : (slot + 1) * NP].copy()
-        bucket = int(f["pb_id"][row, slot])
-        f["pb_id"][row, slot] = -1.0
-        f["pb_n"][row, slot] = 0.0
-        f["pb_k"][row, slot * NP : (slot + 1) * NP] = 0.0
-        self.store.dirty.add(row)
-        if n <= 0:
+        n_rows = st.n
+        parts = f["partition"][:n_rows, 0].astype(np.int64)
+        clock = np.array([min(self.trace_wm.get(p, -1), self.feedback_wm.get(p, -1))
+                          for p in range(int(parts.max()) + 1)], dtype=np.float64)
+        self.lag.release({p: float(c) for p, c in enumerate(clock)}, cfg.feedback_maturity_ms)
+        ids = f["pb_id"][:n_rows]
+        active_rows = np.flatnonzero((ids >= 0).any(axis=1) & (clock[parts] >= 0))
+        if active_rows.size == 0:
             return []
+        ids = ids[active_rows]
+        age = clock[parts[active_rows]][:, None] - (ids + 0.5) * cfg.bucket_ms
+        cdf = np.where(ids >= 0, self.lag.cdf(age, cfg.feedback_maturity_ms), 0.0)
+        credited = f["pb_f"][active_rows]
+        cdf = np.maximum(cdf, credited)
+        expo = (f["pb_n"][active_rows] * (cdf - credited)).sum(axis=1)  # (R,)
+        k_all = f["pb_k"][active_rows].reshape(len(active_rows), N_BUCKETS, NP)
+        kc_all = f["pb_kc"][active_rows].reshape(len(active_rows), N_BUCKETS, NP)
+        # events are credited together with their exposure: as they arrive once F is learned
+        # (F credits the expected share), but only at maturity while F is still the fallback step
+        credit = np.ones_like(cdf, dtype=bool) if self.lag.learned else cdf >= 1.0
+        new_k = np.where(credit[:, :, None], k_all, kc_all)
+        events = (new_k - kc_all).sum(axis=1)  # (R, NP)
+        f["pb_f"][active_rows] = cdf
+        f["pb_kc"][active_rows] = new_k.reshape(len(active_rows), N_BUCKETS * NP)
+        retire = (cdf >= 0.999) & (ids >= 0)
+        if retire.any():
+            rr, ss = np.nonzero(retire)
+            f["pb_id"][active_rows[rr], ss] = -1.0
+        stepped = np.flatnonzero((expo > 0) | (events.sum(axis=1) > 0))
+        if stepped.size == 0:
+            return []
+        rows = active_rows[stepped]
+        st.dirty.update(rows.tolist())
+        return self._poisson_steps(rows, expo[stepped], events[stepped])
+
+    def _poisson_steps(self, rows: np.ndarray, expo: np.ndarray, events: np.ndarray) -> list[Alarm]:
+        """One Poisson CUSUM step per row and metric with exposure ``expo`` (R,) and counts
+        ``events`` (R, NP); baselines learn from the same credited exposure and counts."""
+        cfg, f = self.cfg, self.store.f
         rho, lnr = cfg.rate_shift, self._ln_rho
-        lam_n = cfg.lam ** n
-        armed_slice = f["count"][row, 0] >= cfg.warmup_traces
+        lam_n = cfg.lam ** expo
+        armed_slice = f["count"][rows, 0] >= cfg.warmup_traces
         out: list[Alarm] = []
         for j in range(NP):
-            k = float(ks[j])
-            den = max(float(f["p_den"][row, j]), 1.0)
-            r0 = float(f["p_num"][row, j]) / den
-            r0g = max(r0 + cfg.guard_z * math.sqrt(r0 / den), 1.0 / den)
-            armed = armed_slice and f["p_num"][row, j] >= MIN_POISSON_EVENTS
-            if not f["i_open"][row, P_GROUP[j]]:
-                f["p_den"][row, j] = f["p_den"][row, j] * lam_n + n
-                f["p_num"][row, j] = f["p_num"][row, j] * lam_n + k
-            if not armed:
-                f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
-                continue
-            s = f["p_s"][row, j] + k * lnr - n * r0g * (rho - 1.0)
-            if s <= 0.0:
-                f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
-                continue
-            f["p_s"][row, j] = s
-            f["p_n"][row, j] += n
-            f["p_k"][row, j] += k
-            if s > cfg.threshold and k > 0:
-                n_exp = float(f["p_n"][row, j])
+            k = events[:, j]
+            den = np.maximum(f["p_den"][rows, j], 1.0)
+            r0 = f["p_num"][rows, j] / den
+            r0g = np.maximum(r0 + cfg.guard_z * np.sqrt(r0 / den), 1.0 / den)
+            armed = armed_slice & (f["p_num"][rows, j] >= MIN_POISSON_EVENTS)
+            s_new = f["p_s"][rows, j] + k * lnr - expo * r0g * (rho - 1.0)
+            frozen = f["i_open"][rows, P_GROUP[j]] > 0
+            scale = np.where(s_new > cfg.threshold * HOLD_AT, HOLD_WEIGHT, 1.0)
+            f["p_den"][rows, j] = np.where(frozen, f["p_den"][rows, j], f["p_den"][rows, j] * lam_n + expo * scale)
+            f["p_num"][rows, j] = np.where(frozen, f["p_num"][rows, j], f["p_num"][rows, j] * lam_n + k * scale)
+            reset = ~armed | (s_new <= 0.0)
+            f["p_s"][rows, j] = np.where(reset, 0.0, s_new)
+            f["p_n"][rows, j] = np.where(reset, 0.0, f["p_n"][rows, j] + expo)
+            f["p_k"][rows, j] = np.where(reset, 0.0, f["p_k"][rows, j] + k)
+            for i in np.flatnonzero(~reset & (s_new > cfg.threshold) & (k > 0)).tolist():
+                row = int(rows[i])
+                n_exp = max(float(f["p_n"][row, j]), 1.0)
                 kk = float(f["p_k"][row, j])
                 obs = kk / n_exp
                 lo = float(stats.chi2.ppf(0.025, 2 * kk) / 2 / n_exp) if kk > 0 else 0.0
                 hi = float(stats.chi2.ppf(0.975, 2 * (kk + 1)) / 2 / n_exp)
                 ev = self._fb_evidence.get(self.store.info[row].key, [])
-                in_bucket = [tid for tid, t in ev if t // cfg.bucket_ms == bucket] or [tid for tid, _ in ev]
-                end_ms = (bucket + 1) * cfg.bucket_ms
-                out.append(Alarm(row=row, metric=POISSON[j], pos=-1, statistic=float(s), threshold=cfg.threshold,
-                                 baseline=r0, observed=obs, ci_low=lo, ci_high=hi, effect=obs / max(r0, 1e-9),
-                                 samples=int(n_exp), direction=+1, slice_index=int(f["own"][row, 0]),
-                                 trace_id=in_bucket[-1] if in_bucket else "", event_time_ms=end_ms,
-                                 evidence_ids=in_bucket[-cfg.evidence:]))
+                ids_ = [tid for tid, _ in ev]
+                out.append(Alarm(row=row, metric=POISSON[j], pos=-1, statistic=float(s_new[i]),
+                                 threshold=cfg.threshold, baseline=float(r0[i]), observed=obs, ci_low=lo, ci_high=hi,
+                                 effect=obs / max(float(r0[i]), 1e-9), samples=int(n_exp), direction=+1,
+                                 slice_index=int(f["own"][row, 0]), trace_id=ids_[-1] if ids_ else "",
+                                 event_time_ms=max((t for _, t in ev), default=0),
+                                 evidence_ids=ids_[-cfg.evidence:]))
                 f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
         return out
+
+
+class LagDistribution:
+    """Empirical CDF of feedback delay (feedback event time minus trace event time), log-binned
+    from 1 s to 7 days, exponentially weighted (half-life ``half_life`` samples).
+
+    Delays are right-censored while their traces are young (a long delay has not happened yet),
+    so a delay is learned only once its trace is ``maturity`` older than its partition's clock:
+    by then every delay up to the maturity horizon has been observed for it, and the estimate is
+    unbiased for delays up to the horizon (later feedback is not counted by detectors anyway).
+    Used to credit label-delayed exposure (:meth:`DriftEngine.mature`). With fewer than
+    ``min_samples`` learned delays the CDF is a step at the maturity.
+    """
+
+    EDGES_MS = np.concatenate(([0.0], np.exp(np.linspace(np.log(1_000.0), np.log(7 * 86_400_000.0), 64))))
+
+    def __init__(self, half_life: float = 20_000.0, min_samples: float = 200.0) -> None:
+        self.w = np.zeros(len(self.EDGES_MS))  # mass per bin [edge_i, edge_i+1), last = beyond
+        self.lam = 0.5 ** (1.0 / half_life)
+        self.min_samples = min_samples
+        self.total = 0.0
+        self.pending: list[tuple[int, int, float]] = []  # heap of (trace ms, partition, delay ms)
+
+    def observe(self, trace_ms: np.ndarray, partitions: np.ndarray, lags_ms: np.ndarray) -> None:
+        """Queue observed delays; they are learned by :meth:`release` once their traces are old."""
+        for t, p, lag in zip(trace_ms.tolist(), partitions.tolist(), lags_ms.tolist(), strict=True):
+            heapq.heappush(self.pending, (int(t), int(p), float(lag)))
+
+    def release(self, clock_ms: dict[int, float], maturity_ms: float) -> None:
+        """Learn the queued delays whose trace is at least ``maturity_ms`` behind its partition's clock."""
+        ready = []
+        keep = []
+        while self.pending and self.pending[0][0] <= max(clock_ms.values(), default=-1) - maturity_ms:
+            t, p, lag = heapq.heappop(self.pending)
+            (ready if t <= clock_ms.get(p, -1) - maturity_ms else keep).append((t, p, lag))
+        for item in keep:
+            heapq.heappush(self.pending, item)
+        if ready:
+            self.add(np.array([min(lag, maturity_ms) for _, _, lag in ready]))
+
+    def add(self, lags_ms: np.ndarray) -> None:
+        """Learn from observed delays (ms); negative delays count as 0."""
+        idx = np.searchsorted(self.EDGES_MS, np.maximum(lags_ms, 0.0), side="right") - 1
+        decay = self.lam ** len(lags_ms)
+        self.w *= decay
+        np.add.at(self.w, np.clip(idx, 0, len(self.w) - 1), 1.0)
+        self.total = self.total * decay + len(lags_ms)
+
+    @property
+    def learned(self) -> bool:
+        """Enough delays seen to use the empirical CDF (else the step at maturity)."""
+        return self.total >= self.min_samples
+
+    def cdf(self, age_ms: np.ndarray, maturity_ms: float) -> np.ndarray:
+        """P(delay <= age) for each age (ms), linearly interpolated inside bins; 1 from the maturity on."""
+        if not self.learned:
+            return (age_ms >= maturity_ms).astype(np.float64)
+        c = np.concatenate(([0.0], np.cumsum(self.w) / max(self.w.sum(), 1e-12)))
+        edges = np.concatenate((self.EDGES_MS, [self.EDGES_MS[-1] * 2]))
+        return np.where(age_ms >= maturity_ms, 1.0, np.interp(age_ms, edges, c, left=0.0, right=1.0))
 
 
 def _inverse_transform(gcol: int):

@@ -22,12 +22,20 @@ Rules (documented in README "Incidents"):
 - **Storm guard**: at most ``max_open_per_tenant`` open incidents per tenant; further alarms of
   that tenant are folded into its most severe open incident as ``also_seen``.
 
+- **Platform-wide changes**: when the same metric group moves in >= max(3, half of the tenants)
+  within ``platform_window_s`` (seasonal traffic, a provider-side change), the alarms become one
+  incident on the ``platform`` layer (tenant empty, action observe / sample outputs), the tenant
+  incidents it explains are resolved as superseded, and none of it is blamed on a release. A
+  worker sees the tenants of its partitions, so in scale-out this is per worker.
+
 Classification (the drift matrix):
 
 - group ``safety`` → ``safety``;
-- a ``release`` slice fired, the change started with the release (the CUSUM's change-point
-  estimate lies within the release's first 100 traces or first 20% of its traces) and no sibling
-  release (the control) has an open incident of the group → ``release_regression``;
+- the change started with a *new* release (one that appeared after the slice had history): on a
+  release slice the CUSUM's change-point estimate lies within the release's first 100 traces or
+  first 20% of its traces; on a wider slice the new release carries the traffic since the change
+  point; and no other release of the slice (the control) has an open incident of the group
+  → ``release_regression`` (safety changes stay ``safety`` with the release named);
 - otherwise ``input`` → ``input_drift``; ``latency``/``output`` → ``output_drift``;
   ``quality``/``tools`` → ``workflow_drift``.
 
@@ -56,7 +64,9 @@ SEVERITIES = (Severity.low, Severity.medium, Severity.high, Severity.critical)
 ROLLOUT_METRIC_GROUPS = {"correction_rate": "quality", "task_success": "quality", "escalation_rate": "quality",
                          "latency_p95": "latency", "cost": "output", "policy_block_rate": "safety",
                          "safety_feedback_rate": "safety"}
-LAYER_RANK = {"tenant": 1, "tenant_cohort": 2, "tenant_workflow": 2, "tenant_cohort_workflow": 3, "release": 4}
+PLATFORM = "platform"
+PLATFORM_KEY = slice_key("platform", "*", None, None, None)
+LAYER_RANK = {"platform": 0, "tenant": 1, "tenant_cohort": 2, "tenant_workflow": 2, "tenant_cohort_workflow": 3, "release": 4}
 
 
 class StateBackend(Protocol):
@@ -94,7 +104,6 @@ class TraceContext:
 
     trace_id: Callable[[int], str]
     event_time_ms: Callable[[int], int]
-    manifest: Callable[[int], dict[str, Any] | None]
 
 
 @dataclass
@@ -117,6 +126,7 @@ class OpenIncident:
     also_seen: list[str]
     evidence: list[str]
     detected_at_trace_id: str
+    detected_ms: int
     first_seen_ms: int
     last_seen_ms: int
     last_emit_ms: int
@@ -154,6 +164,9 @@ class IncidentManager:
         update_interval_s: minimum event-time seconds between ``updated`` events of one incident.
         evidence: evidence trace ids kept per incident (bounded).
         max_open_per_tenant: storm guard.
+        releases: release_id → manifest dict, to name the implicated manifest.
+        platform_window_s: event-time window in which alarms of one metric in many tenants make a
+            platform-wide episode (and after which a platform episode without alarms resolves).
         drained_nats: a detector below this statistic counts as recovered (default h/2: on null
             data P(S > x) <= exp(-x) per detector, so 70 detectors stay under 9 nats 99% of the
             time, while a persisting regression keeps its detectors above h/2 half of the time).
@@ -165,7 +178,8 @@ class IncidentManager:
     def __init__(self, store: SliceStore, backend: StateBackend, *, resolve_after_traces: int = 2000,
                  update_interval_s: float = 60.0, evidence: int = 20, max_open_per_tenant: int = 8,
                  release_onset_fraction: float = 0.8, release_onset_traces: int = 100,
-                 drained_nats: float = 9.0) -> None:
+                 drained_nats: float = 9.0, releases: dict[str, dict[str, Any]] | None = None,
+                 platform_window_s: float = 1800.0, warmup_traces: int = 300) -> None:
         self.store = store
         self.backend = backend
         self.resolve_after = resolve_after_traces
@@ -177,6 +191,13 @@ class IncidentManager:
         #: CUSUM level (nats) under which a detector counts as drained for resolution
         self.drained = drained_nats
         self.open: dict[str, OpenIncident] = {}
+        #: platform-wide correlation: metric group -> {tenant: event time of its last alarm}; open episodes
+        self.platform_alarms: dict[str, dict[str, int]] = {}
+        self.platform_open: dict[str, str] = {}
+        self.platform_window_ms = int(platform_window_s * 1000)
+        self.warmup = warmup_traces
+        #: release_id -> manifest (filled by the pipeline from the traces it sees)
+        self.releases = releases if releases is not None else {}
         self.loaded_partitions: set[int] = set()
 
     # ------------------------------------------------------------------ persistence
@@ -189,6 +210,7 @@ class IncidentManager:
                 if inc.partition in partitions and inc.incident_id not in self.open:
                     self.open[inc.incident_id] = inc
         self.loaded_partitions = set(partitions)
+        self.platform_open = {inc.group: iid for iid, inc in self.open.items() if not inc.tenant_id}
         for inc in self.open.values():
             inc.rows = [r for r in (self.store.index.get(k) for k in inc.slices) if r is not None]
             g = GROUP_INDEX[inc.group]
@@ -196,7 +218,7 @@ class IncidentManager:
                 self.store.f["i_open"][r, g] = 1.0
 
     def _persist(self, inc: OpenIncident) -> None:
-        self.backend.put(f"inc|{inc.tenant_id}|{inc.incident_id}", inc.to_json(), inc.partition)
+        self.backend.put(f"inc|{inc.tenant_id or PLATFORM}|{inc.incident_id}", inc.to_json(), inc.partition)
 
     def _next_episode(self, slice_key: str, group: str, partition: int) -> int:
         key = f"ep|{slice_key}|{group}"
@@ -212,6 +234,8 @@ class IncidentManager:
         # most specific layers first, so a new episode's primary slice is the most specific one
         for alarm in sorted(alarms, key=lambda a: (-LAYER_RANK[self.store.info[a.row].layer], a.pos)):
             info = self.store.info[alarm.row]
+            if self._platform(alarm, info, ctx, out):
+                continue
             inc = self._match(info, alarm.metric.group)
             if inc is None:
                 inc = self._open(alarm, info, ctx)
@@ -226,6 +250,69 @@ class IncidentManager:
                 out[inc.incident_id] = self._event(inc, status, ctx)
             self._mark(inc, alarm.row)
         return list(out.values())
+
+    # ------------------------------------------------------------------ platform-wide changes
+    def _platform(self, alarm: Alarm, info: SliceInfo, ctx: TraceContext, out: dict[str, Incident]) -> bool:
+        """Fold an alarm into a platform-wide episode when the same metric moved in many tenants.
+
+        A change of one metric group seen in >= max(3, half of the tenants) distinct tenants within
+        ``platform_window_s`` of event time is platform-wide (seasonal traffic, a provider-side
+        change): it becomes one incident on the ``platform`` layer, never a release regression,
+        and the tenant incidents it explains are resolved as superseded. Alarms that a new
+        release explains (release slice, change from the release's start) are never folded.
+        Returns True when the alarm was folded.
+        """
+        now = _time(alarm, ctx)
+        metric = alarm.metric.name
+        group = alarm.metric.group  # one platform episode per metric group
+        seen = self.platform_alarms.setdefault(group, {})
+        seen[info.tenant_id] = now
+        for t in [t for t, ts in seen.items() if now - ts > self.platform_window_ms]:
+            del seen[t]
+        if self._blame(alarm, info, alarm.metric.group) is not None:
+            return False
+        inc = self.open.get(self.platform_open.get(group, ""))
+        tenants = {si.tenant_id for si in self.store.info}
+        if inc is None:
+            if len(seen) < max(3, math.ceil(0.5 * len(tenants))):
+                return False
+            episode = self._next_episode(PLATFORM_KEY, group, 0)
+            iid = hashlib.sha1(f"{PLATFORM_KEY}|{group}|{episode}".encode()).hexdigest()[:20]
+            inc = OpenIncident(
+                incident_id=iid, tenant_id="", group=alarm.metric.group, partition=0, primary=PLATFORM_KEY,
+                slices=[PLATFORM_KEY], revision=0, kind="", metric=metric, best=_figures(alarm), severity=0,
+                release_id=None, release=None, also_seen=[], evidence=_evidence(alarm, ctx)[-self.evidence_max:],
+                detected_at_trace_id=_trace(alarm, ctx), detected_ms=now, first_seen_ms=min(seen.values()),
+                last_seen_ms=now,
+                last_emit_ms=now)
+            self.open[iid] = inc
+            self.platform_open[group] = iid
+            inc.kind = _group_kind(inc.group)
+            inc.severity = _severity(alarm, inc.group)
+            # the tenant incidents this change explains: superseded
+            for other in list(self.open.values()):
+                if other.tenant_id and other.group == inc.group and other.release_id is None \
+                        and now - other.first_seen_ms <= self.platform_window_ms:
+                    event = self._resolve(other, now, f"superseded by platform-wide incident {iid}")
+                    out[other.incident_id] = event
+                    inc.also_seen.append(f"{other.primary}:{other.metric}")
+            out[iid] = self._event(inc, IncidentStatus.open, ctx)
+        note = f"{info.key}:{metric}"
+        if note not in inc.also_seen and len(inc.also_seen) < 64:
+            inc.also_seen.append(note)
+        inc.last_seen_ms = max(inc.last_seen_ms, now)
+        if alarm.statistic - alarm.threshold > inc.best["statistic"] - inc.best["threshold"]:
+            inc.best = _figures(alarm)
+        self._persist(inc)
+        return True
+
+    def _release_onset(self, alarm: Alarm, info: SliceInfo) -> bool:
+        """The alarm is on a release slice and the change started with that release."""
+        if info.layer != "release" or not info.release_id:
+            return False
+        seen = float(alarm.slice_index)
+        before_change = max(seen - alarm.samples, 0.0)
+        return before_change <= max(self.release_onset_traces, (1 - self.release_onset_fraction) * seen)
 
     def _mark(self, inc: OpenIncident, row: int) -> None:
         """Remember traffic counts at this alarm (resolution counts traffic after the last one)."""
@@ -264,7 +351,7 @@ class IncidentManager:
             incident_id=iid, tenant_id=info.tenant_id, group=group, partition=info.partition, primary=info.key,
             slices=[info.key], revision=0, kind="", metric=alarm.metric.name, best=_figures(alarm),
             severity=0, release_id=None, release=None, also_seen=[], evidence=ev_ids,
-            detected_at_trace_id=_trace(alarm, ctx), first_seen_ms=min(first_ms, now_ms),
+            detected_at_trace_id=_trace(alarm, ctx), detected_ms=now_ms, first_seen_ms=min(first_ms, now_ms),
             last_seen_ms=now_ms, last_emit_ms=now_ms, rows=[alarm.row])
         self._classify(inc, alarm, info, ctx)
         self.open[iid] = inc
@@ -276,6 +363,10 @@ class IncidentManager:
     def _update(self, inc: OpenIncident, alarm: Alarm, info: SliceInfo, ctx: TraceContext) -> bool:
         now_ms = _time(alarm, ctx)
         changed = False
+        if inc.revision == 0 and now_ms < inc.detected_ms:
+            # alarms of the opening batch are folded most-specific first; the detection point is
+            # the earliest of them
+            inc.detected_ms, inc.detected_at_trace_id = now_ms, _trace(alarm, ctx)
         if info.key not in inc.slices:
             inc.slices.append(info.key)
             inc.rows.append(alarm.row)
@@ -294,10 +385,10 @@ class IncidentManager:
         note = f"{info.key}:{alarm.metric.name}"
         if note != f"{inc.primary}:{inc.metric}" and note not in inc.also_seen:
             inc.also_seen.append(note)
-        if alarm.statistic - alarm.threshold > inc.best["statistic"] - inc.best["threshold"] or changed:
-            if info.key == inc.primary:
-                inc.metric = alarm.metric.name
-                inc.best = _figures(alarm)
+        stronger = alarm.statistic - alarm.threshold > inc.best["statistic"] - inc.best["threshold"]
+        if (stronger or changed) and info.key == inc.primary:
+            inc.metric = alarm.metric.name
+            inc.best = _figures(alarm)
         for tid in _evidence(alarm, ctx):
             if tid not in inc.evidence:
                 inc.evidence.append(tid)
@@ -373,6 +464,7 @@ class IncidentManager:
                     severity=severity, release_id=verdict.release_id, release=release, also_seen=[note],
                     evidence=list(verdict.evidence_trace_ids[-self.evidence_max:]),
                     detected_at_trace_id=verdict.evidence_trace_ids[0] if verdict.evidence_trace_ids else "",
+                    detected_ms=now_ms,
                     first_seen_ms=min(to_ms(verdict.first_seen), now_ms), last_seen_ms=now_ms, last_emit_ms=now_ms)
                 inc.tenant_mark = self._tenant_traffic(tenant)
                 self.open[inc.incident_id] = inc
@@ -402,35 +494,59 @@ class IncidentManager:
 
     # ------------------------------------------------------------------ classification
     def _classify(self, inc: OpenIncident, alarm: Alarm, info: SliceInfo, ctx: TraceContext) -> None:
-        f = self.store.f
-        if info.layer == "release" and info.release_id and inc.release_id is None:
-            # where the CUSUM's change-point estimate lies in the release's life (traces of the
-            # release before the change): near its start means the change came with the release
-            seen = float(alarm.slice_index)
-            before_change = max(seen - alarm.samples, 0.0)
-            onset = before_change <= max(self.release_onset_traces, (1 - self.release_onset_fraction) * seen)
-            controls = [
-                r for r, si in enumerate(self.store.info)
-                if si.layer == "release" and si.tenant_id == info.tenant_id and si.cohort == info.cohort
-                and si.workflow == info.workflow and si.release_id != info.release_id
-            ]
-            control_stable = all(f["i_open"][r, GROUP_INDEX[inc.group]] == 0 for r in controls)
-            if onset and control_stable:
-                inc.release_id = info.release_id
-                inc.release = ctx.manifest(alarm.pos) if alarm.pos >= 0 else None
-        if inc.group == "safety":
-            inc.kind = IncidentKind.safety.value
-        elif inc.release_id is not None:
+        if inc.release_id is None:
+            blamed = self._blame(alarm, info, inc.group)
+            if blamed is not None:
+                inc.release_id = blamed
+                inc.release = self.releases.get(blamed)
+        if inc.release_id is not None and inc.group != "safety":
             inc.kind = IncidentKind.release_regression.value
-        elif inc.group == "input":
-            inc.kind = IncidentKind.input_drift.value
-        elif inc.group in ("latency", "output"):
-            inc.kind = IncidentKind.output_drift.value
         else:
-            inc.kind = IncidentKind.workflow_drift.value
+            inc.kind = _group_kind(inc.group)
         inc.severity = max(inc.severity, _severity(alarm, inc.group))
 
+    def _blame(self, alarm: Alarm, info: SliceInfo, group: str) -> str | None:
+        """The new release this change started with, if any (see module docstring).
+
+        A release is *new* in a slice when it appeared after the slice had ``warmup_traces`` of
+        history (an incumbent present from the start is never blamed). On a release slice the
+        CUSUM's change point must lie near the release's first traces; on a wider slice the new
+        release must carry the traffic since the change point (between a quarter and all of it).
+        The control (other releases of the same tenant × cohort × workflow) must have no open
+        incident of the group.
+        """
+        f = self.store.f
+        g = GROUP_INDEX[group]
+        if info.layer == "release":
+            if not info.release_id or f["born"][alarm.row, 0] < self.warmup:
+                return None
+            if not self._release_onset(alarm, info):
+                return None
+            candidates = {info.release_id: 0.0}
+        else:
+            candidates = {}
+            for r, si in enumerate(self.store.info):
+                if si.layer == "release" and si.tenant_id == info.tenant_id and f["born"][r, 0] >= self.warmup \
+                        and (info.cohort is None or si.cohort == info.cohort) \
+                        and (info.workflow is None or si.workflow == info.workflow):
+                    candidates[si.release_id] = candidates.get(si.release_id, 0.0) + float(f["own"][r, 0])
+            n = float(alarm.samples)
+            # the CUSUM's change-point estimate lags the true change when evidence builds slowly,
+            # so the release may be up to three times older than the estimated change
+            candidates = {rel: t for rel, t in candidates.items() if max(0.25 * n, 30.0) <= t <= 3.0 * n + 300.0}
+        for rel in sorted(candidates, key=lambda x: -candidates[x]):
+            controls = [
+                r for r, si in enumerate(self.store.info)
+                if si.layer == "release" and si.tenant_id == info.tenant_id and si.release_id != rel
+                and (info.cohort is None or si.cohort == info.cohort) and (info.workflow is None or si.workflow == info.workflow)
+            ]
+            if all(f["i_open"][r, g] == 0 for r in controls):
+                return rel
+        return None
+
     def _action(self, inc: OpenIncident) -> RecommendedAction:
+        if not inc.tenant_id:  # platform-wide: nothing tenant- or release-specific to roll back
+            return RecommendedAction.sample_outputs if inc.group in ("quality", "safety") else RecommendedAction.observe
         if inc.kind == IncidentKind.release_regression.value:
             return RecommendedAction.roll_back if inc.severity >= 2 else RecommendedAction.freeze_rollout
         if inc.kind == IncidentKind.safety.value:
@@ -448,7 +564,11 @@ class IncidentManager:
         """
         out = []
         f = self.store.f
-        for iid, inc in list(self.open.items()):
+        for inc in list(self.open.values()):
+            if not inc.tenant_id:  # platform-wide: resolved once no tenant reports it for a window
+                if ctx_time_ms - inc.last_seen_ms >= self.platform_window_ms:
+                    out.append(self._resolve(inc, ctx_time_ms, None))
+                continue
             g = GROUP_INDEX[inc.group]
             if self._tenant_traffic(inc.tenant_id) - inc.tenant_mark < self.resolve_after:
                 continue
@@ -457,16 +577,24 @@ class IncidentManager:
             active = [r for r in inc.rows if f["own"][r, 0] > inc.marks.get(self.store.info[r].key, -1.0)]
             if any(self.store.group_statistic(r, g) > self.drained for r in active):
                 continue
-            for r in inc.rows:
-                f["i_open"][r, g] = 0.0
-                self.store.dirty.add(r)
-            inc.revision += 1
-            inc.last_seen_ms = max(inc.last_seen_ms, ctx_time_ms)
-            event = self._build(inc, IncidentStatus.resolved, ctx_time_ms)
-            del self.open[iid]
-            self.backend.put(f"inc|{inc.tenant_id}|{inc.incident_id}", b"", inc.partition)
-            out.append(event)
+            out.append(self._resolve(inc, ctx_time_ms, None))
         return out
+
+    def _resolve(self, inc: OpenIncident, now_ms: int, note: str | None) -> Incident:
+        """Close an incident: unfreeze its slices' baselines, forget it, return the event."""
+        f = self.store.f
+        g = GROUP_INDEX[inc.group]
+        for r in inc.rows:
+            f["i_open"][r, g] = 0.0
+            self.store.dirty.add(r)
+        inc.revision += 1
+        inc.last_seen_ms = max(inc.last_seen_ms, now_ms)
+        event = self._build(inc, IncidentStatus.resolved, now_ms, note)
+        self.open.pop(inc.incident_id, None)
+        if self.platform_open.get(inc.group) == inc.incident_id:
+            del self.platform_open[inc.group]
+        self.backend.put(f"inc|{inc.tenant_id or PLATFORM}|{inc.incident_id}", b"", inc.partition)
+        return event
 
     def _tenant_traffic(self, tenant: str) -> float:
         """Traces of ``tenant`` seen so far (its tenant-layer slice, else its busiest slice)."""
@@ -481,16 +609,19 @@ class IncidentManager:
     def _event(self, inc: OpenIncident, status: IncidentStatus, ctx: TraceContext) -> Incident:
         return self._build(inc, status, inc.last_seen_ms)
 
-    def _build(self, inc: OpenIncident, status: IncidentStatus, emitted_ms: int) -> Incident:
+    def _build(self, inc: OpenIncident, status: IncidentStatus, emitted_ms: int, note: str | None = None) -> Incident:
         layer, tenant, cohort, workflow, release = parse_slice_key(inc.primary)
+        tenant = None if tenant == "*" else tenant
         b = inc.best
         sev = SEVERITIES[min(inc.severity, 3)]
         action = self._action(inc)
-        where = "/".join(p for p in (tenant, cohort, workflow, release) if p)
+        where = "/".join(p for p in (tenant, cohort, workflow, release) if p) or \
+            f"the platform ({len(inc.also_seen)} slices)"
         summary = (f"{inc.metric} {'rose' if b['observed'] >= b['baseline'] else 'fell'} from {b['baseline']:.4g} to "
                    f"{b['observed']:.4g} ({b['samples']} traces) on {where}"
                    + (f" after release {inc.release_id}" if inc.release_id else "")
-                   + f": {inc.kind.replace('_', ' ')}, {action.value.replace('_', ' ')}")
+                   + f": {inc.kind.replace('_', ' ')}, {action.value.replace('_', ' ')}"
+                   + (f"; {note}" if note else ""))
         return Incident(
             incident_id=inc.incident_id, status=status, revision=inc.revision, kind=IncidentKind(inc.kind),
             slice=Slice(layer=layer, tenant_id=tenant, cohort=cohort, workflow=workflow, release_id=release),
@@ -525,6 +656,10 @@ def _verdict_figures(verdict: RolloutVerdict, entry: Any) -> dict[str, Any]:
             "effect": effect, "samples": entry.samples_candidate,
             "statistic": -math.log(max(entry.p_value, 1e-300)), "threshold": -math.log(verdict.alpha_rollback),
             "detector": "canary_msprt"}
+def _group_kind(group: str) -> str:
+    """Kind of a change in a metric group when no release explains it (the drift matrix)."""
+    return {"safety": IncidentKind.safety, "input": IncidentKind.input_drift, "latency": IncidentKind.output_drift,
+            "output": IncidentKind.output_drift}.get(group, IncidentKind.workflow_drift).value
 
 
 def _evidence(alarm: Alarm, ctx: TraceContext) -> list[str]:

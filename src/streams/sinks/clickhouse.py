@@ -19,7 +19,7 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -188,13 +188,48 @@ class ClickHouseSink:
         return self._insert("traces", data)
 
     def write_feedback(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert feedback rows (dicts with the ``feedback`` table's columns, ``event_time`` in ms)."""
+        """Insert feedback rows (dicts with the ``feedback`` table's columns, times in epoch ms)."""
         if not rows:
             return 0
         cols = {k: [r[k] for r in rows] for k in rows[0]}
-        cols["event_time"] = pa.array(cols["event_time"], type=pa.int64()).cast(TS)
-        cols["version"] = pa.array(cols["version"], type=pa.uint64())
+        for k in ("event_time", "trace_event_time"):
+            if k in cols:
+                cols[k] = pa.array(cols[k], type=pa.int64()).cast(TS)
+        for k, typ in _FEEDBACK_TYPES.items():
+            if k in cols:
+                cols[k] = pa.array(cols[k], type=typ)
         return self._insert("feedback", pa.table(cols))
+
+    def refresh_patterns(self, touched: Mapping[str, Iterable[str]] | None = None) -> None:
+        """Recompute ``feedback_patterns`` rows (the scope ladder, migration 0010) from ``feedback``
+        FINAL: the tenant rows of ``touched`` (tenant → pattern ids) and the segment and global
+        rows of those pattern ids; ``None`` recomputes every pattern. Idempotent (a rerun writes
+        the same counts with a later ``refreshed_at``). Thresholds: ``feedback_tenant_min_sessions``,
+        ``feedback_segment_min_tenants`` (k), ``feedback_global_min_cohorts`` of the settings.
+
+        Raises:
+            SinkError: after ``retry_s`` of failures.
+        """
+        pairs = sorted((t, p) for t, ps in (touched or {}).items() for p in ps if p)
+        if touched is not None and not pairs:
+            return
+        st = self.settings
+        params = {"all": touched is None, "tenants": sorted({t for t, _ in pairs}),
+                  "patterns": sorted({p for _, p in pairs}), "m": st.feedback_tenant_min_sessions,
+                  "k": st.feedback_segment_min_tenants, "c": st.feedback_global_min_cohorts}
+        for sql in PATTERN_REFRESH:
+            self._command(sql, params)
+
+    def _command(self, sql: str, params: dict[str, Any]) -> None:
+        for attempt in Retrying(retry=retry_if_exception_type(Exception),
+                                wait=wait_exponential(multiplier=0.1, max=10.0), stop=stop_after_delay(self.retry_s),
+                                reraise=True, before_sleep=before_sleep_log(log, logging.WARNING)):
+            with attempt:
+                try:
+                    with self._lock:
+                        self.client.command(sql.replace("{db}", self.db), parameters=params)
+                except Exception as exc:
+                    raise SinkError(f"{sql.split(chr(10))[0][:80]}... failed: {exc}") from exc
 
     def write_submissions(self, rows: Sequence[dict[str, Any]]) -> int:
         """Insert the feedback submission log (one row per Kafka record, ``event_time`` in ms)."""
@@ -206,6 +241,15 @@ class ClickHouseSink:
         cols["source_offset"] = pa.array(cols["source_offset"], type=pa.uint64())
         cols["record_index"] = pa.array(cols["record_index"], type=pa.int32())
         return self._insert("feedback_submissions", pa.table(cols))
+
+    def write_baseline_snapshots(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert baseline snapshot rows (:meth:`SliceStore.snapshot_rows`)."""
+        if not rows:
+            return 0
+        cols = {k: [r[k] for r in rows] for k in rows[0]}
+        cols["snapshot_at"] = pa.array(cols["snapshot_at"], type=pa.int64()).cast(TS)
+        cols["traces"] = pa.array(cols["traces"], type=pa.uint64())
+        return self._insert("baseline_snapshots", pa.table(cols))
 
     def write_incidents(self, incidents: Iterable[Incident]) -> int:
         """Insert incident events (every revision; FINAL keeps the latest)."""
@@ -331,6 +375,12 @@ class ClickHouseSink:
         with self._lock:
             return self.client.query(sql.replace("{db}", self.db), parameters=parameters or {}).result_rows
 
+    def query_dicts(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Like :meth:`query`, rows as dicts keyed by column name."""
+        with self._lock:
+            q = self.client.query(sql.replace("{db}", self.db), parameters=parameters or {})
+        return [dict(zip(q.column_names, row, strict=True)) for row in q.result_rows]
+
     def for_tenant(self, tenant_id: str) -> TenantQueries:
         """Query helpers bound to one tenant.
 
@@ -346,6 +396,38 @@ class ClickHouseSink:
                 self.client.close()
         except Exception:
             log.debug("close failed", exc_info=True)
+
+
+#: arrow types of ``feedback`` columns that inference would get wrong
+_FEEDBACK_TYPES = {"version": pa.uint64(), "submissions": pa.uint32(), "agreement_count": pa.uint16(),
+                   "confidence": pa.float32(), "conflict": pa.bool_()}
+
+_PATTERN_COLS = ("scope, tenant_id, cohort, pattern_id, category, workflow, tool, template, release_id, corrections, "
+                 "sessions, traces, tenants, cohorts, conflicts, lost, mean_confidence, first_seen, last_seen, "
+                 "refreshed_at")
+_PATTERN_AGG = ("count(), uniqExact(tenant_id, session_id), uniqExact(tenant_id, trace_id), uniqExact(tenant_id), "
+                "uniqExact(cohort), countIf(conflict), countIf(resolution = 'lost'), avg(confidence), min(event_time), "
+                "max(event_time), now64(3)")
+_PATTERN_GROUP = "pattern_id, category, workflow, tool, template, release_id"
+# every correction counts, also one that lost a conflict: counts only grow, so the ladder is
+# monotone and the rows do not depend on where batch boundaries fell
+_PATTERN_FROM = "FROM {db}.feedback FINAL WHERE pattern_id != '' "
+#: INSERT ... SELECT statements of :meth:`ClickHouseSink.refresh_patterns` (tenant, segment, global)
+PATTERN_REFRESH = (
+    f"INSERT INTO {{db}}.feedback_patterns ({_PATTERN_COLS}) "
+    f"SELECT if(uniqExact(session_id) >= {{m:UInt32}}, 'tenant', 'session'), tenant_id, '', {_PATTERN_GROUP}, "
+    f"{_PATTERN_AGG} {_PATTERN_FROM}"
+    "AND ({all:Bool} OR (tenant_id IN {tenants:Array(String)} AND pattern_id IN {patterns:Array(String)})) "
+    f"GROUP BY tenant_id, {_PATTERN_GROUP}",
+    f"INSERT INTO {{db}}.feedback_patterns ({_PATTERN_COLS}) "
+    f"SELECT 'segment', '', cohort, {_PATTERN_GROUP}, {_PATTERN_AGG} {_PATTERN_FROM}"
+    "AND ({all:Bool} OR pattern_id IN {patterns:Array(String)}) "
+    f"GROUP BY cohort, {_PATTERN_GROUP} HAVING uniqExact(tenant_id) >= {{k:UInt32}}",
+    f"INSERT INTO {{db}}.feedback_patterns ({_PATTERN_COLS}) "
+    f"SELECT 'global_candidate', '', '', {_PATTERN_GROUP}, {_PATTERN_AGG} {_PATTERN_FROM}"
+    "AND ({all:Bool} OR pattern_id IN {patterns:Array(String)}) "
+    f"GROUP BY {_PATTERN_GROUP} HAVING uniqExact(tenant_id) >= {{k:UInt32}} AND uniqExact(cohort) >= {{c:UInt32}}",
+)
 
 
 class TenantQueries:
@@ -390,6 +472,24 @@ class TenantQueries:
             candidate, delta, ci_low, ci_high, p_value, samples_control, samples_candidate)``.
         """
         return _scorecards(self.sink, release_id, self.tenant_id)
+
+    def golden_set(self, since_ms: int, until_ms: int, cohort: str | None = None, release_id: str | None = None,
+                   include_lost: bool = False) -> list[dict[str, Any]]:
+        """This tenant's corrections joined to their trace's release manifest (``v_golden_set``),
+        for traces with ``since_ms <= trace event time < until_ms`` (epoch ms), optionally one
+        cohort and release; corrections that lost a conflict only with ``include_lost``.
+        Deterministic order: trace event time, trace id, dedup key. Returns dicts by column name.
+        """
+        sql = ("SELECT * FROM {db}.v_golden_set WHERE tenant_id = {tenant:String} "
+               "AND trace_event_time >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
+               "AND trace_event_time < fromUnixTimestamp64Milli({until:Int64}, 'UTC') "
+               "AND ({cohort:String} = '' OR cohort = {cohort:String}) "
+               "AND ({release:String} = '' OR release_id = {release:String}) "
+               "AND ({include_lost:Bool} OR usable) "
+               "ORDER BY trace_event_time, trace_id, dedup_key")
+        params = {"tenant": self.tenant_id, "since": since_ms, "until": until_ms, "cohort": cohort or "",
+                  "release": release_id or "", "include_lost": include_lost}
+        return self.sink.query_dicts(sql, params)
 
     def feedback(self, limit: int = 100) -> list[tuple]:
         """This tenant's unique corrections (FINAL), newest first."""

@@ -2,7 +2,8 @@
 -- ReplacingMergeTree ordered by (tenant_id, dedup_key): exact replays (same feedback_id) and
 -- resubmits (same tenant, trace, category and normalised correction) share a dedup_key, so
 -- SELECT ... FINAL shows one row per unique correction; count() without FINAL shows what arrived.
--- version = event time of the submission: the latest wording of a resubmit wins.
+-- version grows with every change of the correction (aggregates, conflict outcome); the text stays
+-- the first submission's wording (streams.processors.feedback).
 CREATE TABLE IF NOT EXISTS {db}.feedback
 (
     tenant_id            LowCardinality(String),

@@ -1,0 +1,380 @@
+"""``selfheal bench``: throughput, latency and memory of the real pipeline on this machine.
+
+One run measures, with the same data:
+
+1. **raw limit**: consume the trace topic with confluent-kafka and decode every message with
+   fastavro (the codec), no processing: traces per CPU-second of the consuming process;
+2. **pipeline**: the real ``selfheal worker`` (faust) on the same topic: decode, validate,
+   every baseline layer and detector, incidents, ClickHouse (chDB) sink, changelog, acks:
+   traces per CPU-second of the worker process (``/proc/<pid>/stat`` utime + stime between the
+   first consumed and the last committed message), and its ratio to (1);
+3. **trace-to-incident latency** at a paced offered load (default 10,000 traces/s): regressions
+   injected on a rotating set of slices; latency = incident message timestamp on
+   ``agent.incidents.v1`` minus the wall-clock time the detecting trace was handed to the SDK;
+4. **sink rows/s**: ``ClickHouseSink.write_traces`` / ``write_feedback`` (arrow inserts);
+5. **memory**: bytes per active slice-metric (slice state + index, measured with tracemalloc)
+   and peak RSS of a pipeline holding 10,000 active slices.
+
+Figures are per CPU-second ("per core") so they compare across loaded and idle machines; wall
+times are reported too. Record results with the command in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from schemas import default_codec
+from streams.config import Settings
+from streams.processors.baselines import METRICS
+from streams.synthetic import Effect, Slice, synthetic_columns
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (and its threads) from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def fleet(tenants: int, cohorts: int = 2) -> list[Slice]:
+    """A fleet of ``tenants`` tenants × ``cohorts`` cohorts with equal traffic, spread over 6 partitions."""
+    names = ("cardiology", "primary_care", "oncology", "pediatrics")
+    return [Slice(f"tenant-{t:04d}", names[c % len(names)], 1.0, partition=t % 6)
+            for t in range(tenants) for c in range(cohorts)]
+
+
+def _records(cols, rel: dict[str, dict]) -> list[dict[str, Any]]:
+    """Avro-shaped trace dicts for synthetic columns (what agents send)."""
+    outcome = ("success", "failure", "escalated", "abandoned")
+    out = []
+    for i in range(cols.n):
+        out.append({
+            "trace_id": cols.trace_id[i], "tenant_id": cols.tenant_id[i], "cohort": cols.cohort[i],
+            "workflow": cols.workflow[i], "intent": cols.intent[i], "agent_id": "scribe-1", "session_id": f"s{i % 997}",
+            "event_time": int(cols.event_time_ms[i]), "release": rel[cols.release_id[i]], "rollout": None,
+            "latency_ms": float(cols.latency_ms[i]), "input_tokens": int(cols.input_tokens[i]),
+            "output_tokens": int(cols.output_tokens[i]), "cost_usd": float(cols.cost_usd[i]),
+            "confidence": float(cols.confidence[i]), "outcome": outcome[int(cols.outcome[i])],
+            "tool_calls": [{"name": "ehr_lookup", "status": "error" if cols.tool_failure[i] else "ok", "latency_ms": 120.0}],
+            "retrieval_queries": 2, "retrieval_hits": 1 if cols.retrieval_miss[i] else 2,
+            "policy_blocked": bool(cols.policy_blocked[i]), "retries": 0, "fallback_used": bool(cols.fallback_used[i]),
+            "output_sha256": None, "attributes": {"channel": "ambient", "locale": "en-US"}})
+    return out
+
+
+def _manifest(rid: str) -> dict[str, str]:
+    return {"release_id": rid, "model": "gpt-x-2026-10", "prompt_version": "p-14", "tool_schema_version": "t-3",
+            "policy_version": "pol-7", "retrieval_index_version": "idx-22"}
+
+
+def produce(settings: Settings, traces: int, slices: list[Slice], batch: int = 256, seed: int = 1,
+            pace_per_s: float | None = None, on_send: Callable[[list[str], float], None] | None = None,
+            effect_for: Callable[[int], dict[int, tuple[Effect, str]]] | None = None) -> float:
+    """Send ``traces`` traces as AgentTraceBatch messages (one tenant per message) to the trace topic.
+
+    ``pace_per_s`` paces the offered load; ``effect_for(offset)`` returns ``{slice index: (effect,
+    release)}`` to inject regressions; ``on_send(trace_ids, wall_time)`` observes send times.
+    Returns the wall seconds spent.
+    """
+    codec = default_codec()
+    topic = settings.topic("traces")
+    prod = Producer({**settings.kafka_config(), "linger.ms": 5, "batch.size": 1_000_000, "compression.type": "lz4",
+                     "enable.idempotence": True, "queue.buffering.max.kbytes": 512_000})
+    rng = np.random.default_rng(seed)
+    rel = {"rel-1": _manifest("rel-1")}
+    t0 = time.perf_counter()
+    step = 20_000
+    off = 0
+    sent_count = 0
+    t_start_ms = int(time.time() * 1000) - 3_600_000
+    while off < traces:
+        n = min(step, traces - off)
+        sl = list(slices)
+        if effect_for:
+            for i, (eff, rid) in effect_for(off).items():
+                sl[i] = replace(sl[i], effect=eff, release=rid)
+                rel.setdefault(rid, _manifest(rid))
+        cols, _ = synthetic_columns(rng, sl, n, off, t_start_ms + off, 1.0)
+        by_tenant: dict[str, list[dict]] = {}
+        for r in _records(cols, rel):
+            by_tenant.setdefault(r["tenant_id"], []).append(r)
+        chunks = [(t, rs[i:i + batch]) for t, rs in by_tenant.items() for i in range(0, len(rs), batch)]
+        for t, chunk in chunks:
+            if pace_per_s:
+                due = t0 + (sent_count + len(chunk)) / pace_per_s
+                while (wait := due - time.perf_counter()) > 0:
+                    prod.poll(min(wait, 0.01))
+            payload = codec.encode("selfheal.v1.AgentTraceBatch", {"batch_id": uuid.uuid4().hex, "producer_id": "bench",
+                                                                    "sent_at": int(time.time() * 1000), "traces": chunk})
+            while True:
+                try:
+                    prod.produce(topic, payload, key=t.encode())
+                    break
+                except BufferError:
+                    prod.poll(0.05)
+            if on_send:
+                on_send([r["trace_id"] for r in chunk], time.time())
+            prod.poll(0)
+            sent_count += len(chunk)
+        off += n
+    prod.flush(60)
+    return time.perf_counter() - t0
+
+
+def raw_limit(settings: Settings, expected: int) -> dict[str, float]:
+    """Consume the whole trace topic and decode every message (no processing)."""
+    codec = default_codec()
+    c = Consumer({**settings.kafka_config(), "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.max.bytes": 52_428_800})
+    c.assign([TopicPartition(settings.topic("traces"), p, 0) for p in range(settings.partitions)])
+    n = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    idle = 0
+    while n < expected and idle < 20:
+        msgs = c.consume(1000, 0.5)
+        if not msgs:
+            idle += 1
+            continue
+        for m in msgs:
+            if m.error():
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(m.error().str())
+                continue
+            _, rec = codec.decode(m.value())
+            n += len(rec["traces"])
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    c.close()
+    return {"traces": n, "cpu_s": cpu, "wall_s": wall, "traces_per_cpu_s": n / cpu, "traces_per_wall_s": n / wall}
+
+
+def _lag(settings: Settings) -> tuple[int, int]:
+    from streams.cli import _lag as lag
+
+    return lag(settings, settings.full_app_id, [settings.topic("traces")])
+
+
+def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: float = 900.0) -> dict[str, float]:
+    """Run a real worker over the pre-filled topic; CPU of the worker from first consumed to caught up."""
+    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix, "SELFHEAL_STATE_DIR": str(settings.state_dir),
+           "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir), "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "SELFHEAL_TAKE_MAX_MESSAGES": str(settings.take_max_messages)}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        cpu0 = t0 = None
+        done = 0
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {proc.returncode}; see {log}")
+            done, end = _lag(settings)
+            if cpu0 is None and done > 0:
+                cpu0, t0, done0 = _cpu_s(proc.pid), time.perf_counter(), done
+            if end and done >= end:
+                break
+            time.sleep(0.2)
+        if cpu0 is None:
+            raise RuntimeError("the worker never committed anything")
+        cpu, wall = _cpu_s(proc.pid) - cpu0, time.perf_counter() - t0
+        msgs = done - done0
+        return {"messages": msgs, "cpu_s": cpu, "wall_s": wall, "message_share": msgs / max(expected_messages, 1)}
+    finally:
+        proc.send_signal(15)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
+    """Arrow-insert throughput of the traces and feedback tables (in-process chDB)."""
+    from streams.processors.ingest import trace_columns
+    from streams.sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink(replace(settings, clickhouse_path=settings.state_dir / "sink-bench"))
+    sink.migrate()
+    rng = np.random.default_rng(3)
+    cols, _ = synthetic_columns(rng, fleet(50), rows, 0, int(time.time() * 1000) - 3_600_000, 1.0)
+    recs = _records(cols, {"rel-1": _manifest("rel-1")})
+    tc = trace_columns(recs, cols.partition.tolist(), cols.offset.tolist())
+    t = time.perf_counter()
+    sink.write_traces(tc)
+    traces_s = rows / (time.perf_counter() - t)
+    fb = [{"tenant_id": r["tenant_id"], "dedup_key": f"k{i}", "feedback_id": f"f{i}", "trace_id": r["trace_id"],
+           "session_id": "", "cohort": r["cohort"], "workflow": r["workflow"], "release_id": "rel-1",
+           "source": "clinician_edit", "category": "omission", "regulatory_tags": [], "severity": "low",
+           "original_output_hash": "0" * 64, "corrected_text": "Added the missing allergy list.", "edit_diff": "",
+           "normalised_correction": "added the missing allergy list", "reviewer_id_hash": "x" * 32,
+           "reviewer_role": "physician", "event_time": r["event_time"], "dedup_status": "new", "version": i}
+          for i, r in enumerate(recs)]
+    t = time.perf_counter()
+    sink.write_feedback(fb)
+    fb_s = rows / (time.perf_counter() - t)
+    sink.close()
+    return {"traces_rows_per_s": traces_s, "feedback_rows_per_s": fb_s}
+
+
+def memory(slices_target: int = 10_000) -> dict[str, float]:
+    """Bytes per active slice-metric and peak RSS of a pipeline core with ``slices_target`` slices."""
+    from schemas import default_codec as codec
+    from streams.pipeline import Pipeline
+
+    # 1) per slice-metric: tracemalloc around creating the slices through real traffic
+    tenants = max(slices_target // (2 * 5 * 2), 1)  # 2 cohorts x (5 workflows x 2 layers + ...) per tenant
+    pipe = Pipeline(Settings(), codec())
+    rng = np.random.default_rng(5)
+    fl = fleet(tenants)
+    tracemalloc.start()
+    base = tracemalloc.take_snapshot()
+    off = 0
+    while pipe.engine.store.n < slices_target:
+        cols, _ = synthetic_columns(rng, fl, 20_000, off, 1_790_000_000_000 + off, 50.0)
+        pipe.process_columns(cols)
+        off += 20_000
+    snap = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in snap.compare_to(base, "filename"))
+    store = pipe.engine.store
+    # the numpy state is allocated with spare capacity: count the rows in use
+    per_slice_state = sum(a[: store.n].nbytes for a in store.f.values()) / store.n
+    per_slice_total = grown / store.n
+    metrics = len(METRICS)
+    return {"slices": store.n, "metrics_per_slice": metrics, "bytes_per_slice_state": per_slice_state,
+            "bytes_per_slice_measured": per_slice_total, "bytes_per_slice_metric": per_slice_total / metrics,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "traces": off}
+
+
+def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: float = 30.0,
+            regressions: int = 30) -> dict[str, Any]:
+    """Trace-to-incident latency at a paced offered load with injected regressions."""
+    from streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    slices = fleet(40)  # 80 slices
+    total = int(rate * seconds)
+    warm = total // 3
+    every = max((total - warm) // regressions, 1)
+    sent: dict[str, float] = {}
+
+    def effect_for(off: int) -> dict[int, tuple[Effect, str]]:
+        k = (off - warm) // every if off >= warm else -1
+        return {i: (Effect(latency=3.0, failure=5.0), f"rel-bad-{i}") for i in range(min(k + 1, len(slices)))}
+
+    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix, "SELFHEAL_STATE_DIR": str(settings.state_dir),
+           "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir), "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "SELFHEAL_TAKE_WITHIN_S": "0.1", "SELFHEAL_WARMUP_TRACES": "100"}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)
+    try:
+        time.sleep(8.0)  # let the worker join its group before the clock starts
+        produce(settings, total, slices, batch=64, pace_per_s=rate, effect_for=effect_for,
+                on_send=lambda ids, t: sent.update(dict.fromkeys(ids, t)), seed=9)
+        time.sleep(5.0)
+        c = Consumer({**settings.kafka_config(), "group.id": f"bench-lat-{uuid.uuid4().hex[:8]}",
+                      "auto.offset.reset": "earliest"})
+        c.subscribe([settings.topic("incidents")])
+        codec = default_codec()
+        lat = []
+        idle = 0
+        while idle < 6:
+            msgs = c.consume(500, 0.5)
+            if not msgs:
+                idle += 1
+                continue
+            for m in msgs:
+                if m.error():
+                    continue
+                _, inc = codec.decode(m.value())
+                if inc["status"] == "open" and inc["detected_at_trace_id"] in sent:
+                    lat.append(m.timestamp()[1] / 1000.0 - sent[inc["detected_at_trace_id"]])
+        c.close()
+    finally:
+        proc.send_signal(15)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    arr = np.asarray(lat) * 1000.0
+    return {"offered_traces_per_s": rate, "incidents": len(lat),
+            "p50_ms": float(np.percentile(arr, 50)) if len(arr) else None,
+            "p99_ms": float(np.percentile(arr, 99)) if len(arr) else None}
+
+
+def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: bool = False,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON report (keys of issue 6 at the top level)."""
+    from streams.topics import delete_topics, ensure_topics
+
+    base = settings or Settings()
+    run_id = uuid.uuid4().hex[:8]
+    root = base.state_dir / f"bench-{run_id}"
+    s = base.model_copy(update={"topic_prefix": f"bench-{run_id}.", "state_dir": root,
+                                "clickhouse_path": root / "clickhouse"})
+    root.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda m: None)
+    report: dict[str, Any] = {"traces": traces}
+    try:
+        ensure_topics(s)
+        say(f"producing {traces} traces")
+        slices = fleet(100)
+        produce(s, traces, slices)
+        say("raw limit: consume + decode")
+        raw = raw_limit(s, traces)
+        report["raw"] = raw
+        say("pipeline: real worker")
+        messages = sum(hi - lo for lo, hi in (
+            Consumer({**s.kafka_config(), "group.id": "x"}).get_watermark_offsets(
+                TopicPartition(s.topic("traces"), p), timeout=10) for p in range(s.partitions)))
+        pipe = pipeline(s, messages, root / "worker.log")
+        pipe_traces = traces * pipe["message_share"]
+        pipe["traces_per_cpu_s"] = pipe_traces / pipe["cpu_s"]
+        pipe["traces_per_wall_s"] = pipe_traces / pipe["wall_s"]
+        report["pipeline"] = pipe
+        say("sink")
+        report["sink"] = sink_rate(s)
+        say("memory")
+        # a fresh process, so the peak RSS is the pipeline's own (not this process's chDB and Kafka)
+        out = subprocess.run([sys.executable, "-c", "import json; from streams.bench import memory; "
+                              "print(json.dumps(memory()))"], capture_output=True, text=True, check=True)
+        report["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
+        if not skip_latency:
+            say("latency at 10k traces/s")
+            ls = s.model_copy(update={"topic_prefix": f"bench-lat-{run_id}.", "state_dir": root / "lat",
+                                      "clickhouse_path": root / "lat" / "clickhouse"})
+            (root / "lat").mkdir(parents=True, exist_ok=True)
+            report["latency"] = latency(ls, root / "latency-worker.log")
+            delete_topics(ls)
+    finally:
+        delete_topics(s)
+    report.update({
+        "raw_traces_per_s": report["raw"]["traces_per_cpu_s"],
+        "pipeline_traces_per_s_per_core": report["pipeline"]["traces_per_cpu_s"],
+        "ratio_to_raw": report["pipeline"]["traces_per_cpu_s"] / report["raw"]["traces_per_cpu_s"],
+        "incident_latency_ms_p50": (report.get("latency") or {}).get("p50_ms"),
+        "incident_latency_ms_p99": (report.get("latency") or {}).get("p99_ms"),
+        "sink_rows_per_s": report["sink"]["traces_rows_per_s"],
+        "bytes_per_slice_metric": report["memory"]["bytes_per_slice_metric"],
+        "peak_rss_mb": report["memory"]["peak_rss_mb"],
+        "cpus": os.cpu_count(),
+    })
+    shutil.rmtree(root, ignore_errors=True)
+    return report

@@ -1,0 +1,362 @@
+"""``selfheal bench-drift``: detection quality on a scenario suite, next to river's raw detectors.
+
+Every scenario drives the real processing core (:meth:`Pipeline.process_columns` for traces and
+:meth:`Pipeline.apply_corrections` for delayed feedback, i.e. everything after Avro decoding) with
+synthetic traffic from :mod:`streams.synthetic`: a fleet of 6 tenants / 8 tenant×cohort slices at
+20 traces/s of event time, feedback arriving 30-240 s after its trace.
+
+Scenarios (each regression runs with several seeds; the change starts after 40,000 warm-up traces):
+
+=============================  ==============================================  ====================
+scenario                       change (affected slice)                         expected
+=============================  ==============================================  ====================
+release_corrections_latency    new release: corrections x2, latency x1.4       release_regression
+release_corrections_x1.5       new release: corrections x1.5                   release_regression
+release_escalations_x2         new release: escalations x2                     release_regression
+release_latency_tail           new release: 10% of runs x2.3 slower (+32% p95) release_regression
+infra_latency_tail             same tail, no release (infrastructure)          output_drift
+tool_outage                    failures x3, tool failures x3, no release        workflow_drift
+release_policy_blocks_x4       new release: policy blocks x4                   safety (release named)
+input_mix_shift                intent mix moves, no release                    input_drift
+release_truncation             new release: output tokens x0.6                 release_regression
+seasonal_all_tenants           every slice: intent mix moves, latency x1.15    platform-wide, no release blamed
+stationary_control             nothing changes (long run)                      no incident
+noisy_low_traffic              40 tenants at 0.25% traffic each, stationary    no incident
+=============================  ==============================================  ====================
+
+Scores: ``recall`` (regressions with an incident on the affected tenant after the change),
+``median/p90_delay_traces`` (traces *of the affected slice* between the change and the first
+incident), ``false_incidents_per_million`` (incidents that open where nothing changed, per million
+traces processed, over every scenario), ``kind_accuracy``, ``release_attribution_accuracy`` (the
+new release named for release scenarios, no release otherwise), ``cross_tenant_misattributions``
+(incidents whose evidence traces belong to another tenant). The baselines run river's ``ADWIN``
+and ``PageHinkley`` (default parameters) on the raw per-trace metrics of every tenant×cohort
+slice (latency ms, output tokens, failure / escalation / policy-block / correction indicators,
+corrections known immediately); alarms on one slice within 2,000 traces count as one incident.
+They only detect, so kind and release scores do not apply to them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from schemas import IncidentStatus
+from streams.config import Settings
+from streams.pipeline import Pipeline
+from streams.synthetic import Effect, Slice, synthetic_columns, synthetic_feedback
+
+FLEET = (
+    Slice("acme", "cardiology", 0.18, partition=0),
+    Slice("acme", "oncology", 0.08, partition=0),
+    Slice("globex", "primary_care", 0.20, partition=1),
+    Slice("globex", "pediatrics", 0.07, partition=1),
+    Slice("initech", "cardiology", 0.15, partition=2),
+    Slice("umbrella", "orthopedics", 0.12, partition=3),
+    Slice("hooli", "dermatology", 0.10, partition=4),
+    Slice("stark", "primary_care", 0.10, partition=5),
+)
+NEW_RELEASE = "rel-2"
+STEP_MS = 50.0  # 20 traces/s fleet-wide
+T0_MS = 1_790_000_000_000
+SEASONAL_INTENTS = (0.15, 0.25, 0.30, 0.30)
+#: river baselines: alarms on a slice within this many traces count as one incident
+COOLDOWN_TRACES = 2000
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario: which slice changes (index into the fleet), how, and what should be said."""
+
+    name: str
+    affected: int | None
+    effect: Effect | None
+    release: bool
+    expected_kind: str | None
+    everywhere: bool = False  # apply the effect to every slice (seasonal)
+    warmup: int = 40_000
+    after: int = 60_000
+    fleet: tuple[Slice, ...] = FLEET
+
+
+SCENARIOS = (
+    Scenario("release_corrections_latency", 0, Effect(correction=2.0, latency=1.4), True, "release_regression"),
+    Scenario("release_corrections_x1.5", 0, Effect(correction=1.5), True, "release_regression"),
+    Scenario("release_escalations_x2", 2, Effect(escalation=2.0), True, "release_regression"),
+    Scenario("release_latency_tail", 4, Effect(latency_tail_share=0.10, latency_tail_factor=2.3), True,
+             "release_regression"),
+    Scenario("infra_latency_tail", 5, Effect(latency_tail_share=0.10, latency_tail_factor=2.3), False, "output_drift"),
+    Scenario("tool_outage", 2, Effect(failure=3.0, tool_failure=3.0), False, "workflow_drift"),
+    Scenario("release_policy_blocks_x4", 6, Effect(policy_block=4.0), True, "safety"),
+    Scenario("input_mix_shift", 1, Effect(intent_p=SEASONAL_INTENTS), False, "input_drift"),
+    Scenario("release_truncation", 7, Effect(output_tokens=0.6), True, "release_regression"),
+    Scenario("seasonal_all_tenants", None, Effect(intent_p=SEASONAL_INTENTS, latency=1.15), False, "platform",
+             everywhere=True),
+)
+NOISY_FLEET = FLEET[:4] + tuple(Slice(f"clinic-{i:02d}", ("cardiology", "primary_care")[i % 2], 0.0025,
+                                      partition=i % 6) for i in range(40))
+STATIONARY = (
+    Scenario("stationary_control", None, None, False, None, warmup=0, after=3_000_000),
+    Scenario("noisy_low_traffic", None, None, False, None, warmup=0, after=2_000_000, fleet=NOISY_FLEET),
+)
+
+
+@dataclass
+class RunResult:
+    """Outcome of one scenario run."""
+
+    scenario: str
+    seed: int
+    traces: int
+    detected: bool = False
+    delay_traces: int | None = None
+    kind: str | None = None
+    release_id: str | None = None
+    false_incidents: int = 0
+    cross_tenant: int = 0
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _fleet_for(s: Scenario, changed: bool) -> list[Slice]:
+    out = []
+    for i, sl in enumerate(s.fleet):
+        hit = s.effect is not None and changed and (s.everywhere or i == s.affected)
+        out.append(replace(sl, effect=s.effect if hit else Effect(),
+                           release=NEW_RELEASE if hit and s.release else sl.release))
+    return out
+
+
+def run_selfheal(s: Scenario, seed: int, settings: Settings, batch: int = 2000) -> RunResult:
+    """Run one scenario through the pipeline core; score its incidents."""
+    rng = np.random.default_rng(seed)
+    pipe = Pipeline(settings, _codec())
+    pipe.releases.update({r: {"release_id": r, "model": "m", "prompt_version": "p", "tool_schema_version": "t",
+                              "policy_version": "x", "retrieval_index_version": "i"} for r in ("rel-1", NEW_RELEASE)})
+    res = RunResult(s.name, seed, s.warmup + s.after)
+    tenant_of = np.empty(s.warmup + s.after, dtype=np.int16)
+    tenants = sorted({sl.tenant for sl in s.fleet})
+    t_index = {t: i for i, t in enumerate(tenants)}
+    affected = s.fleet[s.affected] if s.affected is not None else None
+    slice_traces = 0  # traces of the affected slice since the change
+    pending: list[tuple[int, dict, Any]] = []
+    first_by_id: dict[str, dict[str, Any]] = {}
+    off = 0
+    total = s.warmup + s.after
+    while off < total:
+        n = min(batch, total - off)
+        changed = off >= s.warmup
+        fleet = _fleet_for(s, changed)
+        cols, which = synthetic_columns(rng, fleet, n, off, T0_MS + int(off * STEP_MS), STEP_MS)
+        tenant_of[off : off + n] = [t_index[t] for t in cols.tenant_id]
+        in_slice = np.zeros(n, dtype=bool)
+        if affected is not None and changed:
+            in_slice = which == s.affected
+        events = pipe.process_columns(cols)
+        pos_of = {tid: i for i, tid in enumerate(cols.trace_id)} if events else {}
+        for e in events:
+            at = pos_of.get(e.detected_at_trace_id)
+            seen = slice_traces + (int(in_slice[: at + 1].sum()) if at is not None else int(in_slice.sum()))
+            _record(res, e, first_by_id, seen, changed, s, tenant_of)
+        slice_traces += int(in_slice.sum())
+        pending.extend(synthetic_feedback(rng, cols, which, fleet))
+        now = int(cols.event_time_ms[-1])
+        pending.sort(key=lambda x: x[0])
+        k = next((i for i, p in enumerate(pending) if p[0] > now), len(pending))
+        due, pending = pending[:k], pending[k:]
+        for e in pipe.apply_corrections([(rec, ref) for _, rec, ref in due], dict.fromkeys(range(6), now)):
+            _record(res, e, first_by_id, slice_traces, changed, s, tenant_of)
+        off += n
+    first = next((i for i in res.incidents if i["on_change"]), None)
+    if first is not None:
+        res.detected = True
+        res.delay_traces = first["delay"]
+        final = first_by_id[first["incident_id"]]
+        res.kind = final["kind"]
+        res.release_id = final["release_id"]
+    return res
+
+
+def _record(res: RunResult, e, first_by_id: dict, seen: int, changed: bool, s: Scenario, tenant_of: np.ndarray) -> None:
+    tenant = e.slice.tenant_id
+    if e.incident_id in first_by_id:  # later revision: keep the latest classification
+        if e.status != IncidentStatus.resolved or "superseded" not in e.summary:
+            first_by_id[e.incident_id].update(kind=e.kind.value, release_id=e.release_id)
+        return
+    if e.status == IncidentStatus.resolved:
+        return
+    if s.everywhere:
+        on_change = changed and tenant is None
+    else:
+        on_change = changed and s.affected is not None and tenant == s.fleet[s.affected].tenant
+    entry = {"incident_id": e.incident_id, "tenant": tenant, "layer": e.slice.layer, "metric": e.metric,
+             "kind": e.kind.value, "release_id": e.release_id, "on_change": on_change, "delay": seen}
+    first_by_id[e.incident_id] = entry
+    res.incidents.append(entry)
+    # a tenant incident during a seasonal change is expected until the platform episode forms
+    if not on_change and not (s.everywhere and changed):
+        res.false_incidents += 1
+    tenants = sorted({sl.tenant for sl in s.fleet})
+    owners = {tenants[int(tenant_of[int(t[1:])])] for t in e.evidence_trace_ids if t.startswith("x")}
+    if tenant is not None and owners - {tenant}:
+        res.cross_tenant += 1
+
+
+def run_river(s: Scenario, seed: int, kind: str, batch: int = 5000) -> RunResult:
+    """The same traffic scored by river's raw ``ADWIN`` / ``PageHinkley`` per tenant×cohort slice,
+    on the raw metrics: latency (ms), output tokens, and per-trace failure, escalation, policy-block
+    and correction indicators (corrections seen immediately: an advantage over the real pipeline)."""
+    from river import drift
+
+    rng = np.random.default_rng(seed)
+    res = RunResult(s.name, seed, s.warmup + s.after)
+    make = (lambda: drift.ADWIN()) if kind == "adwin" else (lambda: drift.PageHinkley())
+    dets: dict[tuple[int, int], Any] = {}
+    quiet_until: dict[int, int] = {}  # per slice: alarms are one "incident" per cooldown window
+    slice_traces = 0
+    off = 0
+    total = s.warmup + s.after
+    while off < total:
+        n = min(batch, total - off)
+        changed = off >= s.warmup
+        fleet = _fleet_for(s, changed)
+        cols, which = synthetic_columns(rng, fleet, n, off, T0_MS, STEP_MS)
+        fb = {rec["trace_id"] for _, rec, _ in synthetic_feedback(rng, cols, which, fleet)}
+        corr = np.fromiter((t in fb for t in cols.trace_id), dtype=float, count=n)
+        metrics = np.stack([cols.latency_ms, cols.output_tokens, (cols.outcome == 1).astype(float),
+                            (cols.outcome == 2).astype(float), cols.policy_blocked.astype(float), corr], axis=1)
+        for i in range(n):
+            sl = int(which[i])
+            hit = s.affected == sl and changed
+            if hit:
+                slice_traces += 1
+            row = metrics[i]
+            fired = False
+            for m in range(metrics.shape[1]):
+                d = dets.get((sl, m))
+                if d is None:
+                    d = dets[(sl, m)] = make()
+                d.update(float(row[m]))
+                fired = fired or d.drift_detected
+            if fired and off + i >= quiet_until.get(sl, -1):
+                quiet_until[sl] = off + i + COOLDOWN_TRACES
+                on_change = changed and (s.everywhere or sl == s.affected)
+                if on_change and not res.detected:
+                    res.detected, res.delay_traces = True, slice_traces
+                elif not on_change:
+                    res.false_incidents += 1
+        off += n
+    return res
+
+
+def _codec():
+    from schemas import default_codec
+
+    return default_codec()
+
+
+def _quantile(values: list[int], q: float) -> float | None:
+    if not values:
+        return None
+    return float(np.quantile(np.asarray(values, dtype=float), q))
+
+
+def summarise(results: list[RunResult], with_classification: bool) -> dict[str, Any]:
+    """Aggregate scores over runs (see module docstring)."""
+    regress = [r for r in results if r.scenario in {s.name for s in SCENARIOS} and r.scenario != "seasonal_all_tenants"]
+    detected = [r for r in regress if r.detected]
+    delays = [r.delay_traces for r in detected if r.delay_traces is not None]
+    traces = sum(r.traces for r in results)
+    out: dict[str, Any] = {
+        "recall": len(detected) / len(regress) if regress else None,
+        "median_delay_traces": _quantile(delays, 0.5),
+        "p90_delay_traces": _quantile(delays, 0.9),
+        "false_incidents_per_million": sum(r.false_incidents for r in results) / traces * 1e6,
+        "false_incidents": sum(r.false_incidents for r in results),
+        "traces": traces,
+    }
+    if with_classification:
+        expected = {s.name: s for s in SCENARIOS}
+        classified = [r for r in results if r.detected and r.scenario in expected]
+        kind_ok = [
+            (r.kind in ("input_drift", "output_drift") and r.release_id is None) if expected[r.scenario].expected_kind
+            == "platform" else r.kind == expected[r.scenario].expected_kind for r in classified]
+        rel_ok = [(r.release_id == NEW_RELEASE) == expected[r.scenario].release for r in classified]
+        seasonal = [r for r in results if r.scenario == "seasonal_all_tenants"]
+        out.update({
+            "kind_accuracy": sum(kind_ok) / len(kind_ok) if kind_ok else None,
+            "release_attribution_accuracy": sum(rel_ok) / len(rel_ok) if rel_ok else None,
+            "cross_tenant_misattributions": sum(r.cross_tenant for r in results),
+            "seasonal_release_regressions": sum(1 for r in seasonal for i in r.incidents
+                                                if i["kind"] == "release_regression"),
+        })
+    per: dict[str, Any] = {}
+    for name in dict.fromkeys(r.scenario for r in results):
+        rs = [r for r in results if r.scenario == name]
+        d = [r.delay_traces for r in rs if r.detected and r.delay_traces is not None]
+        per[name] = {"runs": len(rs), "detected": sum(r.detected for r in rs),
+                     "median_delay_traces": _quantile(d, 0.5), "false_incidents": sum(r.false_incidents for r in rs)}
+        if with_classification:
+            per[name]["kinds"] = sorted({r.kind for r in rs if r.kind})
+            per[name]["releases"] = sorted({str(r.release_id) for r in rs if r.detected})
+    out["per_scenario"] = per
+    return out
+
+
+def run_suite(seeds: int = 5, river: bool = True, settings: Settings | None = None, quick: bool = False,
+              progress=None) -> dict[str, Any]:
+    """Run every scenario (``seeds`` seeds for regressions, one long stationary run each) and
+    return the JSON-able report. ``quick`` shortens stationary runs tenfold (smoke tests)."""
+    settings = settings or Settings()
+    stationary = [replace(s, after=s.after // 10) for s in STATIONARY] if quick else list(STATIONARY)
+    t0 = time.perf_counter()
+    results: list[RunResult] = []
+    jobs = [(s, seed) for s in SCENARIOS for seed in range(seeds)] + [(s, 100) for s in stationary]
+    for i, (s, seed) in enumerate(jobs):
+        results.append(run_selfheal(s, seed, settings))
+        if progress:
+            progress(f"selfheal {s.name} seed {seed}", i + 1, len(jobs))
+    report: dict[str, Any] = {"selfheal": summarise(results, True)}
+    if river:
+        short = [replace(s, after=min(s.after, 500_000)) for s in stationary]
+        rjobs = [(s, 0) for s in SCENARIOS] + [(s, 100) for s in short]
+        for kind in ("adwin", "pagehinkley"):
+            rr = []
+            for i, (s, seed) in enumerate(rjobs):
+                rr.append(run_river(s, seed, kind))
+                if progress:
+                    progress(f"river {kind} {s.name}", i + 1, len(rjobs))
+            report[f"river_{kind}"] = summarise(rr, False)
+    report["settings"] = {"cusum_threshold": settings.cusum_threshold, "rate_shift": settings.rate_shift,
+                          "mean_shift_sigma": settings.mean_shift_sigma, "warmup_traces": settings.warmup_traces,
+                          "feedback_maturity_s": settings.feedback_maturity_s, "seeds": seeds,
+                          "layers": list(settings.layers)}
+    report["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    report["runs"] = [asdict(r) | {"incidents": r.incidents[:20]} for r in results]
+    return report
+
+
+def headline(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows ``(score, selfheal, ADWIN, PageHinkley)`` for printing."""
+    keys = ("recall", "median_delay_traces", "p90_delay_traces", "false_incidents_per_million", "kind_accuracy",
+            "release_attribution_accuracy", "cross_tenant_misattributions")
+
+    def fmt(d: dict | None, k: str) -> str:
+        if d is None or d.get(k) is None:
+            return "n/a"
+        v = d[k]
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return [(k, fmt(report.get("selfheal"), k), fmt(report.get("river_adwin"), k),
+             fmt(report.get("river_pagehinkley"), k)) for k in keys]
+
+
+def dumps(report: dict[str, Any]) -> str:
+    """JSON text of a report."""
+    return json.dumps(report, indent=2, default=str)
+
+
+__all__ = ["SCENARIOS", "STATIONARY", "Scenario", "headline", "run_suite"]
