@@ -97,6 +97,9 @@ class Settings(BaseSettings):
         "sd of the mixing distribution over the log rate ratio (mSPRT tau); tunes power to effect sizes near it"))
     canary_verdict_interval_s: float = Field(600.0, ge=0, description=(
         "event time between verdict events of a scorecard whose verdict did not change, s"))
+    canary_bucket_s: float = Field(75.0, gt=0, le=3600, description=(
+        "width of the event-time buckets that stratify a rollout's comparison, s (a stratum is bucket x "
+        "workflow; strata without traces of both arms carry no information)"))
     # --- feedback aggregation (docs/feedback.md) ------------------------------------------
     feedback_near_dup_threshold: float = Field(91.0, ge=0, le=100, description=(
         "rapidfuzz token-set ratio (0-100) from which two corrections of one tenant, trace and category are "

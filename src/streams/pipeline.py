@@ -88,7 +88,8 @@ def canary_config(settings: Settings) -> CanaryConfig:
         high_risk_min_samples=settings.canary_high_risk_min_samples, margin=settings.canary_margin,
         mixture_scale=settings.canary_mixture_scale,
         verdict_interval_ms=int(settings.canary_verdict_interval_s * 1000),
-        maturity_ms=int(settings.feedback_maturity_s * 1000), evidence=settings.evidence_traces,
+        maturity_ms=int(settings.feedback_maturity_s * 1000), bucket_ms=int(settings.canary_bucket_s * 1000),
+        evidence=settings.evidence_traces,
     )
 
 

@@ -281,3 +281,16 @@ def test_traffic_without_rollouts_writes_no_canary_state():
                                 1_790_000_000_000)
     assert mon.on_traces(cols) == [] and mon.on_feedback([], {0: 1_790_000_500_000}) == []
     assert mon.flush() == 0 and backend.data == {}
+
+
+def test_strata_width_comes_from_its_own_setting_not_from_feedback_maturity(monkeypatch):
+    from streams.config import Settings
+    from streams.pipeline import canary_config
+
+    monkeypatch.setenv("SELFHEAL_FEEDBACK_MATURITY_S", "120")
+    cfg = canary_config(Settings())
+    assert cfg.maturity_ms == 120_000 and cfg.bucket_ms == 75_000 and cfg.lateness_ms == 75_000
+    monkeypatch.setenv("SELFHEAL_CANARY_BUCKET_S", "30")
+    assert canary_config(Settings()).bucket_ms == 30_000
+    with pytest.raises(ValueError, match="bucket_ms"):
+        monitor_config(bucket_ms=0)

@@ -373,7 +373,9 @@ class CanaryConfig:
         mixture_scale: sd of the mixing distribution (log rate ratio).
         verdict_interval_ms: event time between events of an unchanged scorecard, ms.
         maturity_ms: feedback maturity, ms (``Settings.feedback_maturity_s``).
-        bucket_ms: width of an event-time bucket, ms (default maturity / 8, as the drift detectors).
+        bucket_ms: width of an event-time bucket (the strata's time axis), ms
+            (``Settings.canary_bucket_s``). Independent of the maturity: a stratum needs traces of
+            both arms to carry information, so its width is set by traffic, not by label delay.
         lateness_ms: trace lateness allowed before a bucket's trace metrics are folded, ms
             (default one bucket).
         min_control: control traces of a workflow before its latency/cost thresholds exist.
@@ -388,8 +390,8 @@ class CanaryConfig:
     margin: float = 1.5
     mixture_scale: float = 0.5
     verdict_interval_ms: int = 600_000
-    maturity_ms: int = 600_000
-    bucket_ms: int = 0
+    maturity_ms: int = 300_000
+    bucket_ms: int = 75_000
     lateness_ms: int = -1
     min_control: int = 100
     evidence: int = 20
@@ -401,8 +403,8 @@ class CanaryConfig:
         if self.min_samples < 1 or self.high_risk_min_samples < 1:
             raise ValueError(f"min_samples must be >= 1, got {self.min_samples}, {self.high_risk_min_samples}")
         MixtureTest.margin_index(self.margin)  # raises on a margin outside the grid
-        if self.bucket_ms <= 0:
-            self.bucket_ms = max(self.maturity_ms // 8, 1)
+        if self.bucket_ms <= 0 or self.maturity_ms <= 0:
+            raise ValueError(f"bucket_ms and maturity_ms must be > 0, got {self.bucket_ms}, {self.maturity_ms}")
         if self.lateness_ms < 0:
             self.lateness_ms = self.bucket_ms
 
