@@ -14,3 +14,6 @@ CREATE ROW POLICY IF NOT EXISTS tenant_TENANT_dead_letters ON selfheal.dead_lett
 -- feedback patterns: the tenant's own rows and the cross-tenant ones (tenant_id '': counts and masked
 -- templates only, see migration 0010)
 CREATE ROW POLICY IF NOT EXISTS tenant_TENANT_feedback_patterns ON selfheal.feedback_patterns FOR SELECT USING tenant_id IN ('TENANT', '') TO tenant_TENANT;
+-- canary scorecards and rollout verdicts (migration 0020)
+CREATE ROW POLICY IF NOT EXISTS tenant_TENANT_rollout_verdicts ON selfheal.rollout_verdicts FOR SELECT USING tenant_id = 'TENANT' TO tenant_TENANT;
+CREATE ROW POLICY IF NOT EXISTS tenant_TENANT_rollout_scorecards ON selfheal.rollout_scorecards FOR SELECT USING tenant_id = 'TENANT' TO tenant_TENANT;

@@ -27,6 +27,15 @@ from schemas.trace import (
     ToolCall,
     ToolStatus,
 )
+from schemas.verdict import (
+    CandidateArm,
+    MetricRole,
+    MetricStatus,
+    RiskClass,
+    RolloutVerdict,
+    ScorecardEntry,
+    Verdict,
+)
 
 #: Every contract model, for the model/.avsc agreement test.
 CONTRACTS = (
@@ -40,6 +49,8 @@ CONTRACTS = (
     Slice,
     Incident,
     DeadLetter,
+    ScorecardEntry,
+    RolloutVerdict,
 )
 
 __all__ = [
@@ -47,6 +58,7 @@ __all__ = [
     "AgentTrace",
     "AgentTraceBatch",
     "AvroCodec",
+    "CandidateArm",
     "CodecError",
     "DeadLetter",
     "Feedback",
@@ -56,16 +68,22 @@ __all__ = [
     "Incident",
     "IncidentKind",
     "IncidentStatus",
+    "MetricRole",
+    "MetricStatus",
     "Outcome",
     "RecommendedAction",
     "RegulatoryTag",
     "ReleaseManifest",
     "ReviewerRole",
+    "RiskClass",
     "Rollout",
     "RolloutArm",
+    "RolloutVerdict",
+    "ScorecardEntry",
     "Severity",
     "Slice",
     "ToolCall",
     "ToolStatus",
+    "Verdict",
     "default_codec",
 ]

@@ -44,6 +44,7 @@ SCHEMA_FILES = (
     "feedback_batch.avsc",
     "incident.avsc",
     "dead_letter.avsc",
+    "rollout_verdict.avsc",
 )
 
 

@@ -2,13 +2,14 @@
 
 Topology (all topics keyed by tenant_id, ``Settings.partitions`` partitions)::
 
-    agent.traces.v1   ──► process_traces ──► ClickHouse traces, incidents, dead_letters
+    agent.traces.v1   ──► process_traces ──► ClickHouse traces, incidents, dead_letters, rollout verdicts
                                           ├─► agent.incidents.v1
+                                          ├─► agent.rollout-verdicts.v1
                                           └─► agent.deadletter.v1
-    agent.feedback.v1 ──► process_feedback ─► ClickHouse feedback (+ incidents, dead_letters)
+    agent.feedback.v1 ──► process_feedback ─► ClickHouse feedback (+ incidents, dead_letters, verdicts)
 
     changelog tables: baselines (slice rows), incident-state (open incidents, episodes),
-                      feedback-seen (replay/resubmit ids)
+                      feedback-seen (replay/resubmit ids), canary-state (rollout scorecards)
 
 Delivery: agents read batches with ``stream.noack_take``; an :class:`OffsetSequencer` releases
 each partition's messages strictly in offset order from the committed offset (faust re-delivers
@@ -54,7 +55,7 @@ from streams import faust_fixes
 from streams.config import Settings
 from streams.pipeline import Pipeline
 from streams.processors.feedback import TraceRef
-from streams.processors.ingest import RawMessage
+from streams.processors.ingest import ARM_CODES, RawMessage
 from streams.sequencer import OffsetSequencer
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import committed_offsets
@@ -185,7 +186,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
            "partitions": settings.partitions}
-    topics = {name: app.topic(settings.topic(name), **raw) for name in ("traces", "incidents", "deadletter")}
+    topics = {name: app.topic(settings.topic(name), **raw) for name in ("traces", "incidents", "deadletter", "verdicts")}
     topics["feedback"] = app.topic(settings.topic("feedback"), **raw)
     topics["feedback"].maxsize = FEEDBACK_BUFFER  # faust 0.15.3's app.topic() drops its maxsize argument
     faust_fixes.apply({settings.topic("traces"), settings.topic("feedback")})
@@ -193,7 +194,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         # key_type/value_type bytes make faust use the raw serializer for the changelog, also in
         # recovery (the schema argument alone does not)
         name: app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        for name in ("baselines", "incident-state", "feedback-seen")
+        for name in ("baselines", "incident-state", "feedback-seen", "canary-state")
     }
     worker = Worker(settings=settings, app=app, codec=codec, pipeline=None, topics=topics)  # type: ignore[arg-type]
 
@@ -201,11 +202,14 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         if worker.sink is None or not trace_ids:
             return {}
         rows = worker.sink.for_tenant(tenant).trace_refs(trace_ids)
-        return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6]), r[7]) for r in rows}
+        return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6]), r[7],
+                               rollout_arm=ARM_CODES.get(r[8], -1), candidate_release_id=r[9], stage_pct=float(r[10]))
+                for r in rows}
 
     worker.pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"]),
                                incidents=TableBackend(tables["incident-state"]),
-                               feedback_state=TableBackend(tables["feedback-seen"]), trace_lookup=lookup)
+                               feedback_state=TableBackend(tables["feedback-seen"]), trace_lookup=lookup,
+                               canary_state=TableBackend(tables["canary-state"]))
 
     @app.task
     async def open_sink() -> None:
@@ -251,16 +255,18 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         if futs:
             await asyncio.gather(*futs)
 
-    async def emit(out_incidents, dead_letters) -> None:
+    async def emit(out_incidents, dead_letters, verdicts=()) -> None:
         sink = await ready_sink()
-        if out_incidents or dead_letters:
+        if out_incidents or dead_letters or verdicts:
             async with worker.sink_lock:
                 await asyncio.to_thread(sink.write_incidents, out_incidents)
                 await asyncio.to_thread(sink.write_dead_letters, dead_letters, worker.pipeline.redactor.redact)
+                await asyncio.to_thread(sink.write_verdicts, verdicts)
         await publish("incidents", [(i.slice.tenant_id, codec.encode_model(i)) for i in out_incidents])
         # the envelope keeps the original payload (restricted topic, for replay); the value and message
         # it quotes are redacted like everything else that is stored
         red = worker.pipeline.redactor.redact
+        await publish("verdicts", [(v.tenant_id, codec.encode_model(v)) for v in verdicts])
         await publish("deadletter", [
             (d.tenant_id, codec.encode_model(d.model_copy(update={"value": red(d.value), "message": red(d.message)})))
             for d in dead_letters])
@@ -353,7 +359,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 if out.cols is not None:
                     async with worker.sink_lock:
                         await asyncio.to_thread(sink.write_traces, out.cols, out.attributes)
-                await emit(out.incidents, out.dead_letters)
+                await emit(out.incidents, out.dead_letters, out.verdicts)
                 worker.pipeline.flush_state()
                 faust_fixes.mark_processed(events)
             except asyncio.CancelledError:
@@ -419,7 +425,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                         await asyncio.to_thread(worker.sink.write_submissions, out.submissions)
                 for tenant, ids in out.patterns.items():  # refreshed by refresh_patterns below
                     worker.pending_patterns.setdefault(tenant, set()).update(ids)
-                await emit(out.incidents, out.dead_letters)
+                await emit(out.incidents, out.dead_letters, out.verdicts)
                 pipe.flush_state()
                 faust_fixes.mark_processed(events)
             except asyncio.CancelledError:

@@ -1,7 +1,7 @@
 """``selfheal`` command line (typer). The CLI wires components; it does not compute.
 
 Commands: ``topics``, ``migrate``, ``worker``, ``simulate``, ``demo``, ``chaos``, ``incidents``,
-``export-evalset``, ``refresh-patterns``.
+``export-evalset``, ``refresh-patterns``, ``scorecard``, ``bench``, ``bench-drift``, ``bench-canary``.
 Settings come from ``SELFHEAL_*`` environment variables (README "Settings").
 """
 
@@ -62,11 +62,11 @@ def simulate(traces: int = 50_000, seed: int = 7) -> None:
     """Send a simulated fleet's traces and feedback to Kafka (see streams.simulate)."""
     from schemas import default_codec
     from streams.sdk import SelfhealProducer
-    from streams.simulate import FleetSimulator
+    from streams.simulate import DEMO_ROLLOUTS, FleetSimulator
 
     settings = get_settings()
     with SelfhealProducer(settings) as sdk:
-        rep = FleetSimulator(traces=traces, seed=seed).run(
+        rep = FleetSimulator(traces=traces, seed=seed, rollouts=DEMO_ROLLOUTS).run(
             sdk, raw_producer=Producer(settings.kafka_config()), codec=default_codec())
     console.print(f"sent {rep.traces_produced} traces and {rep.feedback_produced} feedback in {rep.elapsed_s:.1f} s")
 
@@ -95,13 +95,14 @@ def demo(
     out: Annotated[Path, typer.Option(help="summary JSON path")] = Path("demo-summary.json"),
     timeout_s: Annotated[float, typer.Option(help="max wait for the worker to catch up, s")] = 600.0,
 ) -> None:
-    """The main job: start a worker, simulate a fleet with an injected regression, summarise.
+    """The main job: start a worker, simulate a fleet with an injected regression and a staged
+    rollout, summarise.
 
-    Exits 1 if the injected regression was not detected.
+    Exits 1 if the injected regression was not detected or the rollout got no verdict.
     """
     from schemas import default_codec
     from streams.sdk import SelfhealProducer
-    from streams.simulate import FleetSimulator
+    from streams.simulate import DEMO_ROLLOUTS, FleetSimulator
     from streams.sinks.clickhouse import ClickHouseSink
     from streams.topics import delete_topics, ensure_topics
 
@@ -130,7 +131,7 @@ def demo(
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log_file,
                                 stderr=subprocess.STDOUT)
     console.print(f"worker started (pid {proc.pid}, log {log_path})")
-    sim = FleetSimulator(traces=traces, seed=seed)
+    sim = FleetSimulator(traces=traces, seed=seed, rollouts=DEMO_ROLLOUTS)
     codec = default_codec()
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -169,6 +170,9 @@ def demo(
     _print_summary(summary, out)
     if not summary["injected_detected"]:
         console.print("[bold red]The injected regression was NOT detected.")
+        raise typer.Exit(1)
+    if rep.rollouts and not summary["verdicts"]["scorecards"]:
+        console.print("[bold red]The staged rollout got NO verdict.")
         raise typer.Exit(1)
 
 
@@ -219,6 +223,34 @@ def _summary(sink, rep, elapsed_s: float, caught_up: bool) -> dict:
         "first_detection_after_traces": min((i["detected_after_traces"] for i in injected_hits), default=None),
         "worker_caught_up": caught_up,
         "elapsed_s": round(elapsed_s, 1),
+        "verdicts": _verdict_summary(sink, rep),
+    }
+
+
+def _verdict_summary(sink, rep) -> dict:
+    """The rollouts simulated and their scorecards' verdicts (latest revision, first decision)."""
+    rows = sink.query(
+        "SELECT verdict_id, revision, tenant_id, release_id, cohort, workflow, arm, stage_pct, verdict, "
+        "guardrail_fired, regressed_metrics, samples_candidate, exposure, reason "
+        "FROM {db}.rollout_verdicts FINAL ORDER BY verdict_id, revision")
+    cards: dict[str, dict] = {}
+    for (vid, rev, tenant, release, cohort, workflow, arm, stage, verdict, fired, regressed, n_t, exposure,
+         reason) in rows:
+        card = cards.setdefault(vid, {"first_decision": None})
+        if card["first_decision"] is None and verdict != "hold":
+            card["first_decision"] = {"verdict": verdict, "revision": rev, "stage_pct": stage,
+                                      "samples_candidate": n_t}
+        card.update({"verdict_id": vid, "tenant_id": tenant, "release_id": release, "cohort": cohort,
+                     "workflow": workflow or None, "arm": arm, "stage_pct": stage, "verdict": verdict,
+                     "revision": rev, "guardrail_fired": fired or None, "regressed_metrics": list(regressed),
+                     "samples_candidate": n_t, "exposure": exposure, "reason": reason})
+    return {
+        "rollouts": [{"tenant_id": p.tenant_id, "cohort": p.cohort, "release_id": p.release["release_id"],
+                      "stages": [list(x) for x in p.stages], "correction_factor": p.correction_factor,
+                      "latency_factor": p.latency_factor,
+                      "traces": rep.rollout_traces.get(f"{p.tenant_id}/{p.cohort}", {})} for p in rep.rollouts],
+        "events": len(rows),
+        "scorecards": sorted(cards.values(), key=lambda c: (c["tenant_id"], c["cohort"], c["workflow"] or "")),
     }
 
 
@@ -249,6 +281,15 @@ def _print_summary(s: dict, out: Path) -> None:
         it.add_row(i["kind"], where, i["metric"], i["release_id"] or "-", str(i["detected_after_traces"]),
                    i["action"], i["severity"], i["status"])
     console.print(it)
+    vt = Table("rollout scorecard", "arm", "stage", "verdict", "first decision", "candidate traces", "regressed",
+               title=f"rollout verdicts ({s['verdicts']['events']} events; details: selfheal scorecard --release R)")
+    for c in s["verdicts"]["scorecards"]:
+        f = c["first_decision"]
+        vt.add_row("/".join(x for x in (c["tenant_id"], c["cohort"], c["workflow"], c["release_id"]) if x), c["arm"],
+                   f"{c['stage_pct']:g}%", f"[{_VERDICT_STYLE.get(c['verdict'], '')}]{c['verdict']}[/]",
+                   f"{f['verdict']} at {f['stage_pct']:g}% ({f['samples_candidate']} cand.)" if f else "-",
+                   str(c["samples_candidate"]), ", ".join(c["regressed_metrics"]) or "-")
+    console.print(vt)
     console.print(f"written {out}")
 
 
@@ -409,6 +450,95 @@ def incidents(tenant: str, status: str = "") -> None:
     for r in rows:
         t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r[:12]])
     console.print(t)
+
+
+_UNIT_FORMAT = {"rate": "{:.2%}", "ms": "{:,.0f} ms", "USD": "${:.4f}"}
+_VERDICT_STYLE = {"promote": "bold green", "hold": "bold yellow", "rollback": "bold red"}
+
+
+@app.command()
+def scorecard(
+    release: Annotated[str, typer.Option(help="candidate release id (Rollout.candidate_release_id)")],
+    tenant: Annotated[str, typer.Option(help="one tenant; default: every tenant (operator view)")] = "",
+) -> None:
+    """Print the current scorecards of a release under rollout, one table per tenant x cohort x
+    workflow scope x arm (latest verdict revision, from ClickHouse)."""
+    from streams.errors import TenantScopeError
+    from streams.processors.canary import METRIC_INDEX
+    from streams.sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink(get_settings())
+    try:
+        verdicts, metrics = sink.for_tenant(tenant).scorecards(release) if tenant else sink.scorecards(release)
+    except TenantScopeError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+    finally:
+        sink.close()
+    if not verdicts:
+        console.print(f"no verdicts for release {release!r}" + (f" and tenant {tenant!r}" if tenant else ""))
+        raise typer.Exit(1)
+    by_id: dict[str, list[tuple]] = {}
+    for m in metrics:
+        by_id.setdefault(m[0], []).append(m)
+    for (vid, rev, tenant_id, cohort, workflow, arm, stage, verdict, risk, fired, reason, n_c, n_t, exposure,
+         emitted_at) in verdicts:
+        where = "/".join(x for x in (tenant_id, cohort, workflow) if x)
+        title = (f"{release} · {where} · {arm} @ {stage:g}% · [{_VERDICT_STYLE.get(verdict, '')}]{verdict.upper()}[/]"
+                 f" (rev {rev}, {risk} risk" + (f", guardrail {fired}" if fired else "") + ")")
+        caption = (f"{reason}\n{n_c:,} control / {n_t:,} candidate traces compared, exposure {exposure:,}; "
+                   f"Δ harm = candidate/control - 1 of the harmful-event rate, always-valid CI; "
+                   f"as of {emitted_at:%Y-%m-%d %H:%M:%S} UTC")
+        t = Table("metric", "role", "control", "candidate", "Δ harm", "CI", "p", "n ctrl", "n cand", "status",
+                  title=title, caption=caption)
+        for (_, metric, role, status, unit, control, candidate, delta, lo, hi, p, s_c, s_t) in sorted(
+                by_id.get(vid, []), key=lambda r: METRIC_INDEX.get(r[1], 99)):
+            fmt = _UNIT_FORMAT.get(unit, "{:.4g}")
+            style = {"harm": "red", "non_inferior": "green"}.get(status, "")
+            t.add_row(metric, role, fmt.format(control), fmt.format(candidate), f"{delta:+.0%}",
+                      f"{lo:+.0%} .. {hi:+.0%}", f"{p:.2g}", f"{s_c:,}", f"{s_t:,}",
+                      f"[{style}]{status}[/]" if style else status)
+        console.print(t)
+
+
+@app.command("bench-canary")
+def bench_canary(
+    releases: Annotated[int, typer.Option(help="simulated null releases per stage")] = 2000,
+    runs: Annotated[int, typer.Option(help="simulated rollouts per effect and stage")] = 20,
+    seed: int = 1,
+    out: Annotated[Path | None, typer.Option(help="write the figures as JSON")] = None,
+) -> None:
+    """Count-based canary figures (no broker, no wall clock): null false-rollback rate when
+    peeking after every stratum, false promotion at the margin, traces until a verdict."""
+    from streams.canary_bench import report
+
+    settings = get_settings()
+    res = report(releases=releases, runs=runs, seed=seed, alpha=settings.canary_alpha,
+                 progress=lambda text: console.print(f"[dim]{text}"))
+    t = Table("stage", "null releases", "looks", "rolled back", "rate (95% CI)", "fixed z-test peeked",
+              title=f"False rollback of null releases, peeking after every stratum (alpha {res['alpha']:g})")
+    for r in res["null_false_rollback"]:
+        t.add_row(f"{r['stage_pct']:g} %", str(r["releases"]), str(r["looks"]), str(r["rolled_back"]),
+                  f"{r['rate']:.2%} ({r['rate_ci95'][0]:.2%}-{r['rate_ci95'][1]:.2%})", f"{r['naive_rate']:.1%}")
+    console.print(t)
+    t = Table("counts", "base rate", "releases at the margin", "promoted", "rate (95% CI)",
+              title="False promotion of one success metric exactly at the margin (1.5x)")
+    for r in res["false_promotion"]:
+        t.add_row(r["counts"], f"{r['base_rate']:g}", str(r["releases"]), str(r["promoted"]),
+                  f"{r['rate']:.2%} ({r['rate_ci95'][0]:.2%}-{r['rate_ci95'][1]:.2%})")
+    console.print(t)
+    t = Table("effect", "stage", "promote", "rollback", "undecided", "traces median", "traces p90",
+              "candidate median", "candidate p90", title="Traces until the first promote/rollback verdict")
+    for r in res["decision_times"]:
+        def num(x):
+            return "-" if x is None else f"{x:,.0f}"
+        t.add_row(r["scenario"], f"{r['stage_pct']:g} %", str(r["promote"]), str(r["rollback"]), str(r["undecided"]),
+                  num(r["traces_median"]), num(r["traces_p90"]), num(r["candidate_traces_median"]),
+                  num(r["candidate_traces_p90"]))
+    console.print(t)
+    if out is not None:
+        out.write_text(json.dumps(res, indent=2))
+        console.print(f"written {out}")
 
 
 def main() -> None:

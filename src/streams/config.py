@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streams.errors import ConfigError
 
@@ -95,6 +95,26 @@ class Settings(BaseSettings):
         "event time after which a trace's feedback is taken as complete for correction-rate detection, s; "
         "later feedback is stored but not counted by detectors"))
 
+    # --- canary scorecards and rollout verdicts (streams.processors.canary) ----------------
+    canary_alpha: float = Field(0.05, gt=0, lt=1, description=(
+        "bound on a scorecard's false rollback rate (all metrics together, under continuous monitoring) "
+        "and level of promotions"))
+    canary_high_risk_alpha: float = Field(0.01, gt=0, lt=1, description="level of promotions in high-risk workflows")
+    canary_high_risk_workflows: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("*medication*", "*triage*", "patient_*"),
+        description="glob patterns (comma-separated) of high-risk workflows: own scorecards, stricter promotion")
+    canary_min_samples: int = Field(500, ge=1, description=(
+        "candidate traces every metric needs per stage before a promotion"))
+    canary_high_risk_min_samples: int = Field(2_000, ge=1, description="the same for high-risk workflows")
+    canary_margin: float = Field(1.5, gt=1, le=8, description=(
+        "non-inferiority margin: largest tolerated candidate/control ratio of a success metric's harmful-event rate"))
+    canary_mixture_scale: float = Field(0.5, gt=0, le=2, description=(
+        "sd of the mixing distribution over the log rate ratio (mSPRT tau); tunes power to effect sizes near it"))
+    canary_verdict_interval_s: float = Field(600.0, ge=0, description=(
+        "event time between verdict events of a scorecard whose verdict did not change, s"))
+    canary_bucket_s: float = Field(75.0, gt=0, le=3600, description=(
+        "width of the event-time buckets that stratify a rollout's comparison, s (a stratum is bucket x "
+        "workflow; strata without traces of both arms carry no information)"))
     # --- feedback aggregation (docs/feedback.md) ------------------------------------------
     feedback_near_dup_threshold: float = Field(91.0, ge=0, le=100, description=(
         "rapidfuzz token-set ratio (0-100) from which two corrections of one tenant, trace and category are "
@@ -139,6 +159,13 @@ class Settings(BaseSettings):
         unknown = set(value) - set(LAYERS)  # type: ignore[arg-type]
         if unknown:
             raise ValueError(f"unknown layers {sorted(unknown)}; known: {', '.join(LAYERS)}")
+        return value
+
+    @field_validator("canary_high_risk_workflows", mode="before")
+    @classmethod
+    def _split_patterns(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
         return value
 
     # --- derived -------------------------------------------------------------------------

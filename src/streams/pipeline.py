@@ -6,6 +6,8 @@
               → incidents → rows for ClickHouse
     feedback: ingest → join to trace (index, ClickHouse) → dedup → correction events into the
               detectors → incidents → rows
+    rollouts: traces with ``rollout`` and their corrections → canary scorecards
+              (:mod:`streams.processors.canary`) → rollout verdicts (+ rollback incidents)
 
 It returns what must be written and published; the caller (:mod:`streams.app` in the worker,
 the benchmarks, the tests) performs the I/O and acknowledges the batch afterwards, which is what
@@ -22,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from schemas import DeadLetter, Incident
+from schemas import DeadLetter, Incident, RolloutVerdict, Verdict
 from schemas.codec import AvroCodec, canonical_json
 from streams.config import Settings
 from streams.processors.baselines import LAYER_PARTS, P_INDEX, SliceStore
+from streams.processors.canary import CanaryConfig, CanaryMonitor, Emitted
 from streams.processors.drift import DriftConfig, DriftEngine
 from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef, is_safety
 from streams.processors.incidents import DictBackend, IncidentManager, StateBackend, TraceContext
@@ -45,6 +48,7 @@ class TraceOutput:
     incidents: list[Incident]
     dead_letters: list[DeadLetter]
     duplicates: int = 0
+    verdicts: list[RolloutVerdict] = field(default_factory=list)
 
 
 @dataclass
@@ -56,6 +60,7 @@ class FeedbackOutput:
     incidents: list[Incident]
     dead_letters: list[DeadLetter]
     counts: dict[str, int] = field(default_factory=dict)
+    verdicts: list[RolloutVerdict] = field(default_factory=list)
     #: tenant → pattern ids whose rows were written (refresh of ``feedback_patterns``)
     patterns: dict[str, set[str]] = field(default_factory=dict)
 
@@ -75,6 +80,19 @@ def drift_config(settings: Settings) -> DriftConfig:
     )
 
 
+def canary_config(settings: Settings) -> CanaryConfig:
+    """Canary scorecard settings from :class:`Settings` (``canary_*``, feedback maturity, evidence)."""
+    return CanaryConfig(
+        alpha=settings.canary_alpha, high_risk_alpha=settings.canary_high_risk_alpha,
+        high_risk_workflows=tuple(settings.canary_high_risk_workflows), min_samples=settings.canary_min_samples,
+        high_risk_min_samples=settings.canary_high_risk_min_samples, margin=settings.canary_margin,
+        mixture_scale=settings.canary_mixture_scale,
+        verdict_interval_ms=int(settings.canary_verdict_interval_s * 1000),
+        maturity_ms=int(settings.feedback_maturity_s * 1000), bucket_ms=int(settings.canary_bucket_s * 1000),
+        evidence=settings.evidence_traces,
+    )
+
+
 class Pipeline:
     """All per-batch processing of a worker.
 
@@ -86,11 +104,13 @@ class Pipeline:
         feedback_state: persistence of seen feedback ids and dedup keys.
         trace_lookup: ``(tenant, [trace_id]) -> {trace_id: TraceRef}`` for traces older than the
             in-memory index (ClickHouse in the worker).
+        canary_state: persistence of the canary scorecards (rollout groups and scorecards).
     """
 
     def __init__(self, settings: Settings, codec: AvroCodec, *, baselines: StateBackend | None = None,
                  incidents: StateBackend | None = None, feedback_state: StateBackend | None = None,
-                 trace_lookup: Callable[[str, list[str]], dict[str, TraceRef]] | None = None) -> None:
+                 trace_lookup: Callable[[str, list[str]], dict[str, TraceRef]] | None = None,
+                 canary_state: StateBackend | None = None) -> None:
         self.settings = settings
         self.codec = codec
         self.baselines = baselines or DictBackend()
@@ -113,8 +133,10 @@ class Pipeline:
             near_dup_threshold=settings.feedback_near_dup_threshold,
             max_corrections_per_trace=settings.feedback_max_corrections_per_trace,
             max_submissions_per_trace=settings.feedback_max_submissions_per_trace)
+        self.canary = CanaryMonitor(canary_config(settings), canary_state or DictBackend())
         self._snapshot_dirty: set[int] = set()
-        self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0}
+        self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0,
+                      "verdicts": 0}
 
     # ------------------------------------------------------------------ partitions
     def on_assigned(self, partitions: set[int]) -> None:
@@ -124,6 +146,7 @@ class Pipeline:
         self._snapshot_dirty = set()  # row numbers change when partitions are dropped
         self.engine.store.drop_partitions(owned - partitions)
         self.incidents.load(partitions)
+        self.canary.on_assigned(partitions)
 
     def baseline_snapshot(self, at_ms: int | None = None) -> list[dict[str, Any]]:
         """Snapshot rows of the slices that changed since the previous snapshot."""
@@ -133,7 +156,8 @@ class Pipeline:
         return store.snapshot_rows(rows, at_ms if at_ms is not None else now_ms())
 
     def flush_state(self) -> int:
-        """Persist dirty slice rows to the baselines backend; returns rows written."""
+        """Persist dirty slice rows to the baselines backend and changed canary scorecards to
+        theirs; returns slice rows written."""
         store = self.engine.store
         dirty = store.dirty
         self._snapshot_dirty |= dirty
@@ -142,6 +166,7 @@ class Pipeline:
             self.baselines.put(info.key, store.row_bytes(row), info.partition)
         n = len(dirty)
         store.dirty = set()
+        self.canary.flush()
         return n
 
     # ------------------------------------------------------------------ traces
@@ -188,6 +213,8 @@ class Pipeline:
             if rel["release_id"] not in self.releases:
                 self.releases[rel["release_id"]] = dict(rel)
         incidents = self.process_columns(cols)
+        emitted = self.canary.on_traces(cols)
+        incidents += self._rollbacks(emitted)
         # remember traces for feedback joins and duplicate detection
         wm: dict[int, int] = {}
         for p, t in zip(cols.partition.tolist(), cols.event_time_ms.tolist(), strict=True):
@@ -198,13 +225,16 @@ class Pipeline:
             TraceRef, cols.tenant_id, cols.cohort, cols.workflow, cols.release_id, parts,
             [r["session_id"] for r in records], fps, cols.event_time_ms.tolist(),
             [next(t["name"] for t in r["tool_calls"] if t["status"] != "ok") if i in failed else ""
-             for i, r in enumerate(records)])), wm)
+             for i, r in enumerate(records)],
+            cols.rollout_arm.tolist(), [c or "" for c in cols.candidate_release_id],
+            np.nan_to_num(cols.stage_pct, nan=0.0).tolist())), wm)
         attrs = [r["attributes"] for r in records]
         if self.redactor.enabled and _MAYBE_PHI.search("\n".join(v for a in attrs for v in a.values())):
             attrs = [self._redact_attrs(a) for a in attrs]  # only batches with a PHI-like value pay per record
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
-        return TraceOutput(cols, attrs, incidents, dls, dup)
+        self.stats["verdicts"] += len(emitted)
+        return TraceOutput(cols, attrs, incidents, dls, dup, [e.verdict for e in emitted])
 
     def process_columns(self, cols: TraceColumns) -> list[Incident]:
         """Baselines, detectors and incidents for validated traces (the part of :meth:`on_traces`
@@ -272,10 +302,25 @@ class Pipeline:
         for rec, p in zip(decoded.records, decoded.partitions, strict=True):
             fb_wm[p] = max(fb_wm.get(p, -1), int(rec["event_time"]))
         incidents = self.apply_corrections(res.corrections, fb_wm)
+        emitted = self.canary.on_feedback(
+            ((rec["trace_id"], ref, is_safety(rec)) for rec, ref in res.corrections), fb_wm)
+        incidents += self._rollbacks(emitted)
         self.stats["feedback"] += len(res.rows)
         self.stats["dead_letters"] += len(dls)
         self.stats["incident_events"] += len(incidents)
-        return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts, res.patterns)
+        self.stats["verdicts"] += len(emitted)
+        return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts,
+                              verdicts=[e.verdict for e in emitted], patterns=res.patterns)
+
+    def _rollbacks(self, emitted: list[Emitted]) -> list[Incident]:
+        """Release-regression incident events opened or updated by rollback verdicts."""
+        out = []
+        for em in emitted:
+            if em.verdict.verdict == Verdict.rollback:
+                event = self.incidents.on_rollback(em.verdict, em.partition)
+                if event is not None:
+                    out.append(event)
+        return out
 
 
 _NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0)

@@ -17,7 +17,11 @@ Fleet (deterministic for a given seed):
 - a handful of malformed messages and invalid records (they must reach the dead-letter topic);
 - one injected regression: at ``inject_at`` (fraction of the run) a new release replaces the
   incumbent for one tenant × cohort; on it the correction rate is ``correction_factor`` x and
-  latency ``latency_factor`` x (every quantile, so p95 too).
+  latency ``latency_factor`` x (every quantile, so p95 too);
+- optional staged rollouts (:class:`RolloutPlan`, the demo runs ``DEMO_ROLLOUTS``): in a tenant ×
+  cohort, from a fraction of the run on, each trace carries ``rollout`` = control or canary
+  (drawn with the stage's percentage) and canary traces run the candidate release with its
+  effects. The draws use their own RNG, so every other trace is the same as without rollouts.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +66,9 @@ BASE_RELEASE = {"release_id": "rel-2026-11-01", "model": "gpt-4.1-2026-09-15", "
 NEW_RELEASE = {"release_id": "rel-2026-11-18-rc1", "model": "gpt-4.1-mini-2026-11-10", "prompt_version": "scribe-v15",
                "tool_schema_version": "tools-2026-10", "policy_version": "pol-7.2",
                "retrieval_index_version": "kb-2026-11-15"}
+CANARY_RELEASE = {"release_id": "rel-2026-11-20-canary", "model": "gpt-4.1-2026-11-12",
+                  "prompt_version": "scribe-v14.1", "tool_schema_version": "tools-2026-10", "policy_version": "pol-7.2",
+                  "retrieval_index_version": "kb-2026-10-28"}
 CATEGORIES = [("omission", 0.30), ("hallucination", 0.16), ("formatting_error", 0.16), ("medication_error", 0.05),
               ("coding_error", 0.08), ("stale_policy", 0.05), ("tool_failure", 0.05), ("customer_specific_exception", 0.07),
               ("tone", 0.05), ("unsafe_recommendation", 0.03)]
@@ -113,6 +120,40 @@ class InjectedChange:
 
 
 @dataclass
+class RolloutPlan:
+    """A staged rollout of a candidate release in one tenant × cohort.
+
+    ``stages`` are ``(start, stage_pct)`` pairs: from fraction ``start`` of the run on, a trace
+    of the cohort is canary with probability ``stage_pct`` % (else control); before the first
+    start the cohort is not in the rollout. Canary traces run ``release`` with corrections
+    ``correction_factor`` x and latency ``latency_factor`` x.
+    """
+
+    tenant_id: str
+    cohort: str
+    stages: tuple[tuple[float, float], ...]
+    correction_factor: float = 1.0
+    latency_factor: float = 1.0
+    release: dict[str, str] = field(default_factory=lambda: dict(CANARY_RELEASE))
+
+    def stage_at(self, fraction: float) -> float | None:
+        """Stage percentage at ``fraction`` of the run (``None`` before the rollout starts)."""
+        pct = None
+        for start, stage in self.stages:
+            if fraction >= start:
+                pct = stage
+        return pct
+
+
+#: the demo's rollouts: one candidate release in two cohorts of the injected tenant, harmless in
+#: primary care, with twice the corrections in oncology (rolled back there only), 5 % -> 25 % -> 50 %
+DEMO_ROLLOUTS = (
+    RolloutPlan("northwind-health", "primary_care", ((0.05, 5.0), (0.15, 25.0), (0.30, 50.0))),
+    RolloutPlan("northwind-health", "oncology", ((0.05, 5.0), (0.15, 25.0), (0.30, 50.0)), correction_factor=2.0),
+)
+
+
+@dataclass
 class SimulationReport:
     """What was produced, for the demo summary and tests."""
 
@@ -131,6 +172,9 @@ class SimulationReport:
     feedback_ordinal: dict[str, int] = field(default_factory=dict)
     slice_ordinal_at_injection: int = 0
     elapsed_s: float = 0.0
+    rollouts: list[RolloutPlan] = field(default_factory=list)
+    #: traces per rollout "tenant/cohort" and arm
+    rollout_traces: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _lognormal(rng: random.Random, median: float, sigma: float) -> float:
@@ -158,6 +202,7 @@ class FleetSimulator:
         correction_factor, latency_factor: effect sizes on the injected slice.
         span_s: event-time span of the run, seconds, ending now.
         bad_input: send malformed messages and invalid records too.
+        rollouts: staged rollouts to run (none by default; the demo runs ``DEMO_ROLLOUTS``).
     """
 
     def __init__(self, traces: int = 50_000, seed: int = 7, inject_at: float = 0.45,
@@ -165,7 +210,7 @@ class FleetSimulator:
                  correction_factor: float = 2.5, latency_factor: float = 1.5, span_s: float = 6 * 3600,
                  bad_input: bool = True, replay_rate: float = 0.12, resubmit_rate: float = 0.07,
                  feedback_lag: tuple[int, int] = (50, 600), near_dup_rate: float = 0.04,
-                 conflict_rate: float = 0.02) -> None:
+                 conflict_rate: float = 0.02, rollouts: Sequence[RolloutPlan] = ()) -> None:
         self.n = traces
         self.rng = random.Random(seed)
         self.seed = seed
@@ -177,6 +222,9 @@ class FleetSimulator:
         self.replay_rate = replay_rate
         self.resubmit_rate = resubmit_rate
         self.feedback_lag = feedback_lag
+        self.rollouts = {(p.tenant_id, p.cohort): p for p in rollouts}
+        self.rollout_rng = random.Random(seed * 1_000_003 + 17)  # own stream: other traces unchanged
+        self.rollout_traces: dict[str, dict[str, int]] = {}
         self.near_dup_rate = near_dup_rate
         self.conflict_rate = conflict_rate
         self.review_rng = random.Random(f"{seed}-reviews")  # second opinions; keeps self.rng's stream
@@ -216,6 +264,17 @@ class FleetSimulator:
                                                         "locale": "en-US"},
         }
         p_corr = wf["corr"] * (self.change.correction_factor if injected else 1.0)
+        plan = self.rollouts.get((tenant, cohort)) if not injected else None
+        stage = plan.stage_at(i / max(self.n, 1)) if plan is not None else None
+        if plan is not None and stage is not None:
+            arm = "canary" if self.rollout_rng.random() < stage / 100.0 else "control"
+            trace["rollout"] = {"arm": arm, "stage_pct": stage, "candidate_release_id": plan.release["release_id"]}
+            if arm == "canary":
+                trace["release"] = plan.release
+                trace["latency_ms"] = round(lat * plan.latency_factor, 2)
+                p_corr *= plan.correction_factor
+            counts = self.rollout_traces.setdefault(f"{tenant}/{cohort}", {"control": 0, "canary": 0})
+            counts[arm] += 1
         return trace, p_corr
 
     def _feedback(self, trace: dict[str, Any], t_ms: int) -> dict[str, Any]:
@@ -248,7 +307,8 @@ class FleetSimulator:
         is called every 1,000 traces."""
         rng = self.rng
         self._topic: dict[str, tuple[str, bool]] = {}  # trace_id → (correction topic, PHI tail)
-        rep = SimulationReport(injected=[self.change])
+        rep = SimulationReport(injected=[self.change], rollouts=list(self.rollouts.values()))
+        rep.rollout_traces = self.rollout_traces
         start_ms = int(time.time() * 1000) - self.span_ms - 60_000
         step = self.span_ms / max(self.n, 1)
         pending: list[tuple[int, dict[str, Any]]] = []  # (emit at trace index, feedback)

@@ -29,4 +29,9 @@ def test_demo_detects_the_injected_regression_and_dedups_feedback(settings, tmp_
     on_slice = [i for i in s["incidents"] if i["tenant_id"] == change["tenant_id"]]
     assert any(i["kind"] == "release_regression" and i["release_id"] == change["release_id"] for i in on_slice)
     assert all(i["tenant_id"] == change["tenant_id"] for i in s["incidents"]), "no incident elsewhere"
+    # the staged rollout gets verdicts for each of its cohorts (decisions: tests/integration/test_canary.py)
+    v = s["verdicts"]
+    assert v["events"] > 0 and v["rollouts"]
+    scored = {(c["tenant_id"], c["cohort"]) for c in v["scorecards"] if c["workflow"] is None}
+    assert scored == {(r["tenant_id"], r["cohort"]) for r in v["rollouts"]}
     assert s["clickhouse"]["baseline_snapshots"] > 0

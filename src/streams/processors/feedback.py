@@ -110,6 +110,10 @@ class TraceRef(NamedTuple):
     fingerprint: int = 0
     event_time_ms: int = 0
     tool: str = ""  # first tool call of the trace that did not return ok ("" if none)
+    #: rollout of the trace: arm (``ingest.ARM_CODES``, -1 = none), candidate release, stage %
+    rollout_arm: int = -1
+    candidate_release_id: str = ""
+    stage_pct: float = 0.0
 
 
 class TraceIndex:

@@ -54,12 +54,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from schemas import Incident, IncidentKind, IncidentStatus, RecommendedAction, Severity, Slice
-from schemas.common import from_ms
+from schemas import Incident, IncidentKind, IncidentStatus, RecommendedAction, RolloutVerdict, Severity, Slice
+from schemas.common import from_ms, to_ms
 from streams.processors.baselines import GROUP_INDEX, SliceInfo, SliceStore, parse_slice_key, slice_key
 from streams.processors.drift import Alarm
 
 SEVERITIES = (Severity.low, Severity.medium, Severity.high, Severity.critical)
+#: incident metric group of each canary scorecard metric (streams.processors.canary.METRICS)
+ROLLOUT_METRIC_GROUPS = {"correction_rate": "quality", "task_success": "quality", "escalation_rate": "quality",
+                         "latency_p95": "latency", "cost": "output", "policy_block_rate": "safety",
+                         "safety_feedback_rate": "safety"}
 PLATFORM = "platform"
 PLATFORM_KEY = slice_key("platform", "*", None, None, None)
 LAYER_RANK = {"platform": 0, "tenant": 1, "tenant_cohort": 2, "tenant_workflow": 2, "tenant_cohort_workflow": 3, "release": 4}
@@ -404,6 +408,90 @@ class IncidentManager:
         self._persist(inc)
         return False
 
+    # ------------------------------------------------------------------ rollout verdicts
+    def on_rollback(self, verdict: RolloutVerdict, partition: int) -> Incident | None:
+        """Open or update the release-regression incident of a ``rollback`` verdict
+        (:mod:`streams.processors.canary`).
+
+        One incident per episode: an open incident of the tenant on the same release (opened by a
+        drift detector or an earlier verdict; the release is the unit of rollback) is updated, the
+        verdict's cohort and metrics noted in ``also_seen``. Otherwise a ``release_regression``
+        incident opens on the release slice (tenant, cohort, workflow scope, release) in the fired
+        metric's group, with the same id rule as detector incidents (slice, group, persisted
+        episode number), severity ``critical`` for a guardrail and ``high`` otherwise (action
+        ``roll_back``). The storm guard applies as in :meth:`on_alarms`.
+
+        Every rollback verdict moves the incident's quiet-traffic mark, so it resolves only
+        ``resolve_after_traces`` tenant traces after the last one (the candidate stopped).
+
+        Args:
+            verdict: a verdict with ``verdict == rollback``.
+            partition: the tenant's source partition (where the incident state is persisted).
+
+        Returns:
+            The event to publish: ``open``, ``updated`` (a new cohort/stage/metric, a higher
+            severity), or ``None`` for a repeated verdict.
+
+        Raises:
+            ValueError: the verdict is not a rollback or names no regressed metric.
+        """
+        if verdict.verdict.value != "rollback" or not verdict.regressed_metrics:
+            raise ValueError(f"verdict {verdict.verdict_id} is {verdict.verdict.value!r} with regressed metrics "
+                             f"{verdict.regressed_metrics}; on_rollback needs a rollback")
+        fired = verdict.guardrail_fired or verdict.regressed_metrics[0]
+        entry = next(e for e in verdict.scorecard if e.metric == fired)
+        group = ROLLOUT_METRIC_GROUPS.get(fired, "quality")
+        tenant = verdict.tenant_id
+        now_ms = to_ms(verdict.emitted_at)
+        severity = 3 if verdict.guardrail_fired else 2
+        note = (f"rollout:{verdict.cohort}/{verdict.workflow or '*'}/{verdict.arm.value}@{verdict.stage_pct:g}%:"
+                + ",".join(verdict.regressed_metrics))
+        release = verdict.release.model_dump() if verdict.release is not None else None
+        inc = next((i for i in self.open.values() if i.tenant_id == tenant and (
+            i.release_id == verdict.release_id or any(parse_slice_key(k)[4] == verdict.release_id for k in i.slices))),
+            None)
+        if inc is None:
+            key = slice_key("release", tenant, verdict.cohort, verdict.workflow, verdict.release_id)
+            tenant_open = [i for i in self.open.values() if i.tenant_id == tenant]
+            if len(tenant_open) >= self.max_open:  # storm guard, as for detector alarms
+                inc = max(tenant_open, key=lambda i: i.severity)
+            else:
+                episode = self._next_episode(key, group, partition)
+                inc = OpenIncident(
+                    incident_id=hashlib.sha1(f"{key}|{group}|{episode}".encode()).hexdigest()[:20], tenant_id=tenant,
+                    group=group, partition=partition, primary=key, slices=[key], revision=0,
+                    kind=IncidentKind.release_regression.value, metric=fired, best=_verdict_figures(verdict, entry),
+                    severity=severity, release_id=verdict.release_id, release=release, also_seen=[note],
+                    evidence=list(verdict.evidence_trace_ids[-self.evidence_max:]),
+                    detected_at_trace_id=verdict.evidence_trace_ids[0] if verdict.evidence_trace_ids else "",
+                    detected_ms=now_ms,
+                    first_seen_ms=min(to_ms(verdict.first_seen), now_ms), last_seen_ms=now_ms, last_emit_ms=now_ms)
+                inc.tenant_mark = self._tenant_traffic(tenant)
+                self.open[inc.incident_id] = inc
+                self._persist(inc)
+                return self._build(inc, IncidentStatus.open, now_ms)
+        changed = note not in inc.also_seen or severity > inc.severity
+        if note not in inc.also_seen:
+            inc.also_seen.append(note)
+        if inc.release_id is None:
+            inc.release_id, inc.release = verdict.release_id, inc.release or release
+            changed = True
+        if inc.kind != IncidentKind.safety.value and inc.kind != IncidentKind.release_regression.value:
+            inc.kind = IncidentKind.release_regression.value
+            changed = True
+        inc.severity = max(inc.severity, severity)
+        for tid in verdict.evidence_trace_ids:
+            if tid not in inc.evidence:
+                inc.evidence.append(tid)
+        inc.evidence = inc.evidence[-self.evidence_max:]
+        inc.last_seen_ms = max(inc.last_seen_ms, now_ms)
+        inc.tenant_mark = self._tenant_traffic(tenant)
+        if changed:
+            inc.revision += 1
+            inc.last_emit_ms = now_ms
+        self._persist(inc)
+        return self._build(inc, IncidentStatus.updated, now_ms) if changed else None
+
     # ------------------------------------------------------------------ classification
     def _classify(self, inc: OpenIncident, alarm: Alarm, info: SliceInfo, ctx: TraceContext) -> None:
         if inc.release_id is None:
@@ -556,6 +644,18 @@ def _figures(alarm: Alarm) -> dict[str, Any]:
             "threshold": alarm.threshold, "detector": DETECTOR_NAMES[alarm.metric.family]}
 
 
+def _verdict_figures(verdict: RolloutVerdict, entry: Any) -> dict[str, Any]:
+    """Incident figures from a verdict's scorecard entry: baseline/observed in the metric's unit,
+    effect = candidate/control ratio of the harmful-event rate with its always-valid interval
+    (mapped onto observed for rates; latency and cost intervals are on the event rate only)."""
+    rate_like = entry.unit == "rate"
+    effect = 1.0 + entry.delta
+    return {"baseline": entry.control, "observed": entry.candidate,
+            "ci_low": entry.control * (1.0 + entry.ci_low) if rate_like else entry.candidate,
+            "ci_high": entry.control * (1.0 + entry.ci_high) if rate_like else entry.candidate,
+            "effect": effect, "samples": entry.samples_candidate,
+            "statistic": -math.log(max(entry.p_value, 1e-300)), "threshold": -math.log(verdict.alpha_rollback),
+            "detector": "canary_msprt"}
 def _group_kind(group: str) -> str:
     """Kind of a change in a metric group when no release explains it (the drift matrix)."""
     return {"safety": IncidentKind.safety, "input": IncidentKind.input_drift, "latency": IncidentKind.output_drift,

@@ -43,7 +43,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from schemas import DeadLetter, Incident
+from schemas import DeadLetter, Incident, RolloutVerdict
 from streams.config import Settings
 from streams.errors import SinkError, TenantScopeError
 from streams.processors.ingest import TraceColumns
@@ -375,6 +375,69 @@ class ClickHouseSink:
         cols["payload_bytes"] = pa.array(cols["payload_bytes"], type=pa.uint32())
         return self._insert("dead_letters", pa.table(cols))
 
+    def write_verdicts(self, verdicts: Iterable[RolloutVerdict]) -> int:
+        """Insert rollout verdict events into ``rollout_verdicts`` and their scorecards into
+        ``rollout_scorecards`` (one row per metric); returns verdict rows written.
+
+        Raises:
+            SinkError: after ``retry_s`` of failures.
+        """
+        verdicts = list(verdicts)
+        if not verdicts:
+            return 0
+        ms = [int(v.emitted_at.timestamp() * 1000) for v in verdicts]
+        head = {
+            "tenant_id": [v.tenant_id for v in verdicts], "release_id": [v.release_id for v in verdicts],
+            "verdict_id": [v.verdict_id for v in verdicts],
+            "revision": pa.array([v.revision for v in verdicts], type=pa.uint32()),
+        }
+        data = pa.table({
+            **head,
+            "cohort": [v.cohort for v in verdicts], "workflow": [v.workflow or "" for v in verdicts],
+            "arm": [v.arm.value for v in verdicts],
+            "stage_pct": pa.array([v.stage_pct for v in verdicts], type=pa.float32()),
+            "verdict": [v.verdict.value for v in verdicts], "changed": [v.changed for v in verdicts],
+            "risk_class": [v.risk_class.value for v in verdicts], "alpha_promote": [v.alpha_promote for v in verdicts],
+            "alpha_rollback": [v.alpha_rollback for v in verdicts], "margin": [v.margin for v in verdicts],
+            "min_samples": pa.array([v.min_samples for v in verdicts], type=pa.uint32()),
+            "guardrail_fired": [v.guardrail_fired or "" for v in verdicts],
+            "regressed_metrics": [v.regressed_metrics for v in verdicts], "reason": [v.reason for v in verdicts],
+            "samples_control": pa.array([v.samples_control for v in verdicts], type=pa.uint64()),
+            "samples_candidate": pa.array([v.samples_candidate for v in verdicts], type=pa.uint64()),
+            "exposure": pa.array([v.exposure for v in verdicts], type=pa.uint64()),
+            "evidence_trace_ids": [v.evidence_trace_ids for v in verdicts],
+            "release_manifest": pa.array([list((v.release.model_dump() if v.release else {}).items())
+                                          for v in verdicts], type=STR_MAP),
+            "first_seen": pa.array([int(v.first_seen.timestamp() * 1000) for v in verdicts], type=pa.int64()).cast(TS),
+            "emitted_at": pa.array(ms, type=pa.int64()).cast(TS),
+        })
+        rows = [(v, e, t) for v, t in zip(verdicts, ms, strict=True) for e in v.scorecard]
+        cards = pa.table({
+            "tenant_id": [v.tenant_id for v, _, _ in rows], "release_id": [v.release_id for v, _, _ in rows],
+            "verdict_id": [v.verdict_id for v, _, _ in rows],
+            "revision": pa.array([v.revision for v, _, _ in rows], type=pa.uint32()),
+            "metric": [e.metric for _, e, _ in rows], "cohort": [v.cohort for v, _, _ in rows],
+            "workflow": [v.workflow or "" for v, _, _ in rows], "arm": [v.arm.value for v, _, _ in rows],
+            "stage_pct": pa.array([v.stage_pct for v, _, _ in rows], type=pa.float32()),
+            "verdict": [v.verdict.value for v, _, _ in rows], "role": [e.role.value for _, e, _ in rows],
+            "status": [e.status.value for _, e, _ in rows], "unit": [e.unit for _, e, _ in rows],
+            **{k: pa.array([getattr(e, k) for _, e, _ in rows], type=pa.float64())
+               for k in ("control", "candidate", "delta", "ci_low", "ci_high", "p_value")},
+            **{k: pa.array([getattr(e, k) for _, e, _ in rows], type=pa.uint64())
+               for k in ("samples_control", "samples_candidate", "events_control", "events_candidate")},
+            "emitted_at": pa.array([t for _, _, t in rows], type=pa.int64()).cast(TS),
+        })
+        n = self._insert("rollout_verdicts", data)
+        self._insert("rollout_scorecards", cards)
+        return n
+
+    def scorecards(self, release_id: str, tenant_id: str | None = None) -> tuple[list[tuple], list[tuple]]:
+        """Current verdicts of a release (highest revision per scorecard) and their scorecard
+        rows, for operators across tenants (``tenant_id=None``) or one tenant; see
+        :meth:`TenantQueries.scorecards` for the columns. Tenant-facing code uses that method.
+        """
+        return _scorecards(self, release_id, tenant_id or "")
+
     # ------------------------------------------------------------------ reads
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         """Run a parameterised query (``{name:Type}`` placeholders) and return its rows.
@@ -494,6 +557,19 @@ class TenantQueries:
             "SELECT count() FROM {db}.traces FINAL WHERE tenant_id = {tenant:String} "
             "AND ({cohort:String} = '' OR cohort = {cohort:String})", cohort=self._text("cohort", cohort))[0][0]
 
+    def scorecards(self, release_id: str) -> tuple[list[tuple], list[tuple]]:
+        """This tenant's current verdicts of ``release_id`` (highest revision per scorecard) and
+        their scorecards.
+
+        Returns:
+            ``(verdicts, metrics)``: verdict rows ``(verdict_id, revision, tenant_id, cohort,
+            workflow, arm, stage_pct, verdict, risk_class, guardrail_fired, reason,
+            samples_control, samples_candidate, exposure, emitted_at)`` ordered by cohort,
+            workflow, arm; metric rows ``(verdict_id, metric, role, status, unit, control,
+            candidate, delta, ci_low, ci_high, p_value, samples_control, samples_candidate)``.
+        """
+        return _scorecards(self.sink, self._text("release_id", release_id), self.tenant_id)
+
     def golden_set(self, since_ms: int, until_ms: int, cohort: str | None = None, release_id: str | None = None,
                    include_lost: bool = False) -> list[dict[str, Any]]:
         """This tenant's corrections joined to their trace's release manifest (``v_golden_set``),
@@ -538,7 +614,9 @@ class TenantQueries:
     def trace_refs(self, trace_ids: Sequence[str]) -> list[tuple]:
         """Slice of this tenant's traces among ``trace_ids`` (the feedback join of older traces):
         ``[(trace_id, cohort, workflow, release_id, source_partition, session_id, event_time_ms,
-        first_failing_tool)]`` (``first_failing_tool`` is ``""`` when every tool call was ok).
+        first_failing_tool, rollout_arm, candidate_release_id, rollout_stage_pct)]``
+        (``first_failing_tool`` is ``""`` when every tool call was ok, ``rollout_arm`` ``""`` outside
+        a rollout).
         Ids of other tenants' traces return nothing."""
         ids = list(trace_ids)
         if len(ids) > self.MAX_IDS or not all(isinstance(t, str) for t in ids):
@@ -547,5 +625,26 @@ class TenantQueries:
             return []
         return self._q(
             "SELECT trace_id, cohort, workflow, release_id, source_partition, session_id, "
-            "toUnixTimestamp64Milli(event_time), arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses) "
+            "toUnixTimestamp64Milli(event_time), arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses), "
+            "rollout_arm, candidate_release_id, rollout_stage_pct "
             "FROM {db}.traces WHERE tenant_id = {tenant:String} AND trace_id IN {ids:Array(String)}", ids=ids)
+
+
+def _scorecards(sink: ClickHouseSink, release_id: str, tenant: str) -> tuple[list[tuple], list[tuple]]:
+    """Latest verdicts of ``release_id`` (``tenant = ''``: every tenant) and their metric rows."""
+    params = {"tenant": tenant, "release": release_id}
+    latest = ("SELECT tenant_id, verdict_id, max(revision) FROM {db}.rollout_verdicts FINAL "
+              "WHERE ({tenant:String} = '' OR tenant_id = {tenant:String}) AND release_id = {release:String} "
+              "GROUP BY tenant_id, verdict_id")
+    verdicts = sink.query(
+        "SELECT verdict_id, revision, tenant_id, cohort, workflow, arm, stage_pct, verdict, risk_class, "
+        "guardrail_fired, reason, samples_control, samples_candidate, exposure, emitted_at "
+        "FROM {db}.rollout_verdicts FINAL WHERE ({tenant:String} = '' OR tenant_id = {tenant:String}) "
+        f"AND release_id = {{release:String}} AND (tenant_id, verdict_id, revision) IN ({latest}) "
+        "ORDER BY tenant_id, cohort, workflow, arm", params)
+    metrics = sink.query(
+        "SELECT verdict_id, metric, role, status, unit, control, candidate, delta, ci_low, ci_high, p_value, "
+        "samples_control, samples_candidate FROM {db}.rollout_scorecards FINAL "
+        "WHERE ({tenant:String} = '' OR tenant_id = {tenant:String}) AND release_id = {release:String} "
+        f"AND (tenant_id, verdict_id, revision) IN ({latest})", params)
+    return verdicts, metrics
