@@ -347,10 +347,34 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
 
     order_traces = sequenced("traces")
     order_feedback = sequenced("feedback")
+    busy: dict[str, bool] = {"traces": False, "feedback": False}
+
+    @app.timer(interval=1.0)
+    async def unstick() -> None:
+        """Seek back partitions the consumer stopped delivering while an idle agent still waits
+        for an offset (the stuck check in ``order`` only runs when a batch arrives)."""
+        if app.rebalancing or worker.stopping:
+            return
+        for name, seq in sequencers.items():
+            if busy[name]:
+                continue
+            topic_name = settings.topic(name)
+            highs = {}
+            for p in {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic_name}:
+                try:
+                    highs[(topic_name, p)] = app.consumer.highwater(TP(topic_name, p))
+                except Exception:  # not fetched yet: nothing to compare
+                    highs[(topic_name, p)] = None
+            for (topic, partition), offset in seq.starved(highs).items():
+                log.warning("%s[%d]: no message for %.0f s while behind (next %d); seeking back",
+                            topic, partition, seq.stuck_after_s, offset)
+                await app.consumer.seek(TP(topic, partition), offset)
+                seq.last_event[(topic, partition)] = time.monotonic()
 
     @app.agent(topics["traces"], name="process-traces")
     async def process_traces(stream: faust.StreamT) -> None:
         async for batch in stream.noack_take(settings.take_max_messages, within=settings.take_within_s):
+            busy["traces"] = True
             try:
                 check_assignment()
                 events, ack_after = await order_traces(batch)
@@ -371,10 +395,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 os._exit(CRASH_EXIT_CODE)
             for e in events + ack_after:  # duplicates only after the originals are done
                 await stream.ack(e)
+            busy["traces"] = False
 
     @app.agent(topics["feedback"], name="process-feedback")
     async def process_feedback(stream: faust.StreamT) -> None:
         async for batch in stream.noack_take(settings.take_max_messages, within=settings.take_within_s):
+            busy["feedback"] = True
             try:
                 check_assignment()
                 events, ack_after = await order_feedback(batch)
@@ -437,6 +463,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 os._exit(CRASH_EXIT_CODE)
             for e in events + ack_after:
                 await stream.ack(e)
+            busy["feedback"] = False
 
     async def refresh_patterns(*_: Any, **__: Any) -> None:
         """Scope ladder: recompute the feedback patterns written since the last refresh

@@ -41,3 +41,18 @@ def test_stuck_partition_is_reported_and_reset_releases_stale_events():
     assert seq.stuck() == {("t", 0): 5}
     stale = seq.reset({("t", 0): 8})  # committed past the parked event meanwhile
     assert offs(stale) == [(0, 7)]
+
+
+def test_a_partition_behind_its_high_watermark_with_no_events_is_starved():
+    seq = OffsetSequencer(stuck_after_s=0.0)
+    seq.reset({("t", 0): 172, ("t", 1): 50})
+    # offset 172 was skipped by the consumer and nothing else comes: no batch would notice
+    seq.feed([ev(0, o) for o in range(173, 212)])
+    seq.feed([ev(1, o) for o in range(50, 60)])
+    assert offs(seq.feed([]).ready) == []
+    starved = seq.starved({("t", 0): 212, ("t", 1): 60, ("t", 2): None})
+    assert starved == {("t", 0): 172}  # partition 1 is caught up; 2 has no watermark yet
+    patient = OffsetSequencer(stuck_after_s=3600.0)
+    patient.reset({("t", 0): 172})
+    patient.feed([ev(0, 173)])
+    assert patient.starved({("t", 0): 212}) == {}  # recent events: not yet
