@@ -186,7 +186,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
            "partitions": settings.partitions}
-    topics = {name: app.topic(settings.topic(name), **raw) for name in ("traces", "incidents", "deadletter", "verdicts")}
+    topics = {name: app.topic(settings.topic(name), **raw)
+              for name in ("traces", "incidents", "deadletter", "verdicts")}
     topics["feedback"] = app.topic(settings.topic("feedback"), **raw)
     topics["feedback"].maxsize = FEEDBACK_BUFFER  # faust 0.15.3's app.topic() drops its maxsize argument
     faust_fixes.apply({settings.topic("traces"), settings.topic("feedback")})

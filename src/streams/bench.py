@@ -72,7 +72,8 @@ def _records(cols, rel: dict[str, dict]) -> list[dict[str, Any]]:
             "latency_ms": float(cols.latency_ms[i]), "input_tokens": int(cols.input_tokens[i]),
             "output_tokens": int(cols.output_tokens[i]), "cost_usd": float(cols.cost_usd[i]),
             "confidence": float(cols.confidence[i]), "outcome": outcome[int(cols.outcome[i])],
-            "tool_calls": [{"name": "ehr_lookup", "status": "error" if cols.tool_failure[i] else "ok", "latency_ms": 120.0}],
+            "tool_calls": [{"name": "ehr_lookup", "status": "error" if cols.tool_failure[i] else "ok",
+                            "latency_ms": 120.0}],
             "retrieval_queries": 2, "retrieval_hits": 1 if cols.retrieval_miss[i] else 2,
             "policy_blocked": bool(cols.policy_blocked[i]), "retries": 0, "fallback_used": bool(cols.fallback_used[i]),
             "output_sha256": None, "attributes": {"channel": "ambient", "locale": "en-US"}})
@@ -121,8 +122,9 @@ def produce(settings: Settings, traces: int, slices: list[Slice], batch: int = 2
                 due = t0 + (sent_count + len(chunk)) / pace_per_s
                 while (wait := due - time.perf_counter()) > 0:
                     prod.poll(min(wait, 0.01))
-            payload = codec.encode("selfheal.v1.AgentTraceBatch", {"batch_id": uuid.uuid4().hex, "producer_id": "bench",
-                                                                    "sent_at": int(time.time() * 1000), "traces": chunk})
+            payload = codec.encode("selfheal.v1.AgentTraceBatch", {
+                "batch_id": uuid.uuid4().hex, "producer_id": "bench", "sent_at": int(time.time() * 1000),
+                "traces": chunk})
             while True:
                 try:
                     prod.produce(topic, payload, key=t.encode())
@@ -172,8 +174,9 @@ def _lag(settings: Settings) -> tuple[int, int]:
 
 def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: float = 900.0) -> dict[str, float]:
     """Run a real worker over the pre-filled topic; CPU of the worker from first consumed to caught up."""
-    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix, "SELFHEAL_STATE_DIR": str(settings.state_dir),
-           "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir), "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
+           "SELFHEAL_STATE_DIR": str(settings.state_dir), "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir),
+           "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "SELFHEAL_TAKE_MAX_MESSAGES": str(settings.take_max_messages)}
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=fh,
@@ -314,8 +317,9 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
         k = (off - warm) // every if off >= warm else -1
         return {i: (Effect(latency=3.0, failure=5.0), f"rel-bad-{i}") for i in range(min(k + 1, len(slices)))}
 
-    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix, "SELFHEAL_STATE_DIR": str(settings.state_dir),
-           "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir), "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
+           "SELFHEAL_STATE_DIR": str(settings.state_dir), "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir),
+           "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "SELFHEAL_TAKE_WITHIN_S": "0.1", "SELFHEAL_WARMUP_TRACES": "100"}
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=fh,

@@ -51,7 +51,8 @@ class Settings(BaseSettings):
         "how often processed offsets are committed, s (a crash redelivers at most this much)"))
     web_port: int = Field(6066, description="faust web (metrics, health); bound to 127.0.0.1")
     web_enabled: bool = False
-    faust_loglevel: Literal["crit", "error", "warn", "info", "debug"] = Field("warn", description="faust's own log level")
+    faust_loglevel: Literal["crit", "error", "warn", "info", "debug"] = Field(
+        "warn", description="faust's own log level")
     broker_session_timeout_s: float = Field(10.0, description="consumer group session timeout, s")
     max_message_bytes: int = Field(1_048_576, description="larger messages are dead-lettered, bytes")
     max_event_age_s: int = Field(30 * 86400, description="older event_time is dead-lettered, s")

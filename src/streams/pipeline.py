@@ -122,7 +122,8 @@ class Pipeline:
         #: release manifests seen, by release_id (incidents name the manifest they implicate)
         self.releases: dict[str, dict[str, Any]] = {}
         self.incidents = IncidentManager(
-            self.engine.store, incidents or DictBackend(), releases=self.releases, resolve_after_traces=settings.resolve_after_traces,
+            self.engine.store, incidents or DictBackend(), releases=self.releases,
+            resolve_after_traces=settings.resolve_after_traces,
             update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
             drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces)
         self.redactor = Redactor(enabled=settings.redact)

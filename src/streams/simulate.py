@@ -70,7 +70,8 @@ CANARY_RELEASE = {"release_id": "rel-2026-11-20-canary", "model": "gpt-4.1-2026-
                   "prompt_version": "scribe-v14.1", "tool_schema_version": "tools-2026-10", "policy_version": "pol-7.2",
                   "retrieval_index_version": "kb-2026-10-28"}
 CATEGORIES = [("omission", 0.30), ("hallucination", 0.16), ("formatting_error", 0.16), ("medication_error", 0.05),
-              ("coding_error", 0.08), ("stale_policy", 0.05), ("tool_failure", 0.05), ("customer_specific_exception", 0.07),
+              ("coding_error", 0.08), ("stale_policy", 0.05), ("tool_failure", 0.05),
+              ("customer_specific_exception", 0.07),
               ("tone", 0.05), ("unsafe_recommendation", 0.03)]
 CORRECTIONS = {
     "omission": "Added missing {x} to the assessment and plan.",
@@ -237,7 +238,8 @@ class FleetSimulator:
         wf = WORKFLOWS[workflow]
         injected = i >= self.change.at_trace and tenant == self.change.tenant_id and cohort == self.change.cohort
         release = NEW_RELEASE if injected else BASE_RELEASE
-        lat = _lognormal(rng, wf["latency_ms"] * COHORT_LATENCY[cohort], 0.35) * (self.change.latency_factor if injected else 1.0)
+        lat = _lognormal(rng, wf["latency_ms"] * COHORT_LATENCY[cohort], 0.35) * (
+            self.change.latency_factor if injected else 1.0)
         out_tok = max(1, int(_lognormal(rng, wf["out"], 0.30)))
         in_tok = max(1, int(_lognormal(rng, wf["inp"], 0.25)))
         r = rng.random()

@@ -38,7 +38,8 @@ class Run:
 
 
 def base():
-    return [Slice("acme", "cardiology", 0.5), Slice("acme", "oncology", 0.2), Slice("globex", "cardiology", 0.3, partition=1)]
+    return [Slice("acme", "cardiology", 0.5), Slice("acme", "oncology", 0.2),
+            Slice("globex", "cardiology", 0.3, partition=1)]
 
 
 def regressed(release="rel-1", latency=1.6):

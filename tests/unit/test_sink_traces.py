@@ -14,7 +14,8 @@ from tests.unit.test_fast_check import BASE
 
 def test_traces_round_trip_with_nested_fields(tmp_path):
     calls = [[], [{"name": "ehr_lookup", "status": "ok", "latency_ms": 120.0}],
-             [{"name": "a", "status": "error", "latency_ms": 5.0}, {"name": "b", "status": "timeout", "latency_ms": 9.5}]]
+             [{"name": "a", "status": "error", "latency_ms": 5.0},
+              {"name": "b", "status": "timeout", "latency_ms": 9.5}]]
     recs = []
     for i, tc in enumerate(calls):
         r = copy.deepcopy(BASE)

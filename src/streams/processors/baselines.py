@@ -368,7 +368,8 @@ class SliceStore:
             none_q = {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0}
             for i, m in enumerate(BERNOULLI):
                 out.append(base | none_q | {"metric": m.name, "family": m.family, "value": float(f["b_rate"][row, i]),
-                                            "variance": 0.0, "cusum": float(max(f["b_s"][row, i], f["b_s"][row, NB + i])),
+                                            "variance": 0.0,
+                                            "cusum": float(max(f["b_s"][row, i], f["b_s"][row, NB + i])),
                                             "frozen": bool(f["i_open"][row, B_GROUP[i]])}
                            | (q if m.group == "latency" and q else {}))
             for i, m in enumerate(GAUSSIAN):
@@ -389,7 +390,8 @@ class SliceStore:
         """Human-readable baseline of one slice (for snapshots to ClickHouse and debugging)."""
         f = self.f
         info = self.info[row]
-        out: dict[str, Any] = {"slice_key": info.key, "count": int(f["count"][row, 0]), "weight": float(f["weight"][row, 0])}
+        out: dict[str, Any] = {"slice_key": info.key, "count": int(f["count"][row, 0]),
+                               "weight": float(f["weight"][row, 0])}
         for i, m in enumerate(BERNOULLI):
             out[m.name] = float(f["b_rate"][row, i])
         for i, m in enumerate(GAUSSIAN):

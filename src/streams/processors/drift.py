@@ -615,7 +615,8 @@ class DriftEngine:
         lat_scale = lat_scale[:, None]
         f["hist"][srow] = np.where(lat_frozen, hist, hist * lam_m[:, None] + hb * per * lat_scale)
         mix_frozen = open_g[:, CAT_GROUP][:, None]
-        f["c_base"][srow] = np.where(mix_frozen, f["c_base"][srow], f["c_base"][srow] * lam_m[:, None] + cat_counts * per)
+        f["c_base"][srow] = np.where(mix_frozen, f["c_base"][srow],
+                                     f["c_base"][srow] * lam_m[:, None] + cat_counts * per)
         f["weight"][srow, 0] = old_w * lam_m + wb
         f["count"][srow, 0] += m
         f["own"][srow, 0] += m

@@ -16,9 +16,10 @@ Deduplication (stream side; the ClickHouse table collapses again by ``dedup_key`
   ``near_duplicate``, and it takes the ``dedup_key`` of the correction it duplicates.
 
 Each unique correction (``dedup_key``) has one row after ``FINAL``: its first submission's
-wording (resubmits and near-duplicates only add agreement), with the correction's aggregates (submissions, distinct agreeing reviewers, confidence,
-conflict outcome, pattern). Every change writes a new row with a higher ``version``
-(``max(previous version + 1, event time)``), so ReplacingMergeTree keeps the newest.
+wording (resubmits and near-duplicates only add agreement), with the correction's aggregates
+(submissions, distinct agreeing reviewers, confidence, conflict outcome, pattern). Every change
+writes a new row with a higher ``version`` (``max(previous version + 1, event time)``), so
+ReplacingMergeTree keeps the newest.
 
 Conflicts: two corrections of one trace conflict when different reviewers gave them and they
 differ in category or contradict each other; both stay, flagged, and the rule of

@@ -66,7 +66,8 @@ ROLLOUT_METRIC_GROUPS = {"correction_rate": "quality", "task_success": "quality"
                          "safety_feedback_rate": "safety"}
 PLATFORM = "platform"
 PLATFORM_KEY = slice_key("platform", "*", None, None, None)
-LAYER_RANK = {"platform": 0, "tenant": 1, "tenant_cohort": 2, "tenant_workflow": 2, "tenant_cohort_workflow": 3, "release": 4}
+LAYER_RANK = {"platform": 0, "tenant": 1, "tenant_cohort": 2, "tenant_workflow": 2, "tenant_cohort_workflow": 3,
+              "release": 4}
 
 
 class StateBackend(Protocol):
@@ -538,7 +539,8 @@ class IncidentManager:
             controls = [
                 r for r, si in enumerate(self.store.info)
                 if si.layer == "release" and si.tenant_id == info.tenant_id and si.release_id != rel
-                and (info.cohort is None or si.cohort == info.cohort) and (info.workflow is None or si.workflow == info.workflow)
+                and (info.cohort is None or si.cohort == info.cohort)
+                and (info.workflow is None or si.workflow == info.workflow)
             ]
             if all(f["i_open"][r, g] == 0 for r in controls):
                 return rel

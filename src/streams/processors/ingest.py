@@ -482,7 +482,8 @@ def trace_columns(records: list[dict[str, Any]], partitions: Sequence[int], offs
         retrieval_miss=np.fromiter(
             (r["retrieval_hits"] < r["retrieval_queries"] for r in records), dtype=bool, count=n),
         fallback_used=np.fromiter((r["fallback_used"] for r in records), dtype=bool, count=n),
-        rollout_arm=np.fromiter((-1 if ro is None else ARM_CODES[ro["arm"]] for ro in rollouts), dtype=np.int8, count=n),
+        rollout_arm=np.fromiter((-1 if ro is None else ARM_CODES[ro["arm"]] for ro in rollouts), dtype=np.int8,
+                                count=n),
         candidate_release_id=[None if ro is None else ro["candidate_release_id"] for ro in rollouts],
         stage_pct=np.fromiter((math.nan if ro is None else ro["stage_pct"] for ro in rollouts), dtype=f64, count=n),
     )

@@ -340,7 +340,8 @@ class ClickHouseSink:
                 "release_manifest": list((inc.release.model_dump() if inc.release else {}).items()),
                 "also_seen": inc.also_seen, "summary": inc.summary, "evidence_trace_ids": inc.evidence_trace_ids,
                 "detected_at_trace_id": inc.detected_at_trace_id,
-                "first_seen": int(inc.first_seen.timestamp() * 1000), "last_seen": int(inc.last_seen.timestamp() * 1000),
+                "first_seen": int(inc.first_seen.timestamp() * 1000),
+                "last_seen": int(inc.last_seen.timestamp() * 1000),
                 "emitted_at": int(inc.emitted_at.timestamp() * 1000),
             })
         if not rows:
