@@ -175,9 +175,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         # bounded fetch batches: the feedback channel (below) always has room for one, so the
         # consumer never blocks on it while feedback waits for its traces (the trace agent would starve)
         broker_max_poll_records=MAX_POLL_RECORDS,
-        # rebalances wait until every fetched event is processed and acked: with False, events
-        # cleared from agent buffers were committed as gaps and lost (measured, tests/integration)
-        stream_wait_empty=True,
+        # rebalances and stops do not wait for fetched events to be acked: commits of the source
+        # topics follow processing (faust_fixes.mark_processed), so an event cleared from an agent
+        # buffer is simply not committed, and waiting only deadlocked (a rebalance waited for a
+        # batch that waited for traces the paused consumer would not fetch; measured: stops ended
+        # by the shutdown watchdog, scale-out rebalances that never finished)
+        stream_wait_empty=False,
         producer_acks=-1,
         producer_compression_type="lz4",
         producer_max_request_size=2 * 1024 * 1024,
