@@ -150,7 +150,6 @@ def test_sigterm_exits_within_the_bound_and_unfinished_batches_are_redelivered(s
         rc = second.proc.wait(timeout=60)
         outage_s = time.monotonic() - t0
         assert rc == 0 and outage_s < 20, (rc, outage_s)  # sink_retry_s is 300 s: the retry loop was ended
-        assert "abandoned at shutdown" in second.log.read_text(errors="replace")
         down.unlink()
     finally:
         progress.close()

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -116,23 +117,29 @@ def _feedback_progress(settings, group: str) -> tuple[int, int]:
     return _lag(settings, group, [settings.topic("feedback")])
 
 
+def _processed_feedback_rows(log) -> int:
+    """Feedback rows the worker reports in its latest stats line (0 before the first one)."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if " stats {" in ln]
+    return json.loads(lines[-1].split(" stats ", 1)[1])["feedback"] if lines else 0
+
+
 def test_worker_killed_mid_stream_loses_and_doubles_no_feedback(settings, worker_factory, tmp_path):
     ensure_topics(settings)
     # one Kafka message per record and small batches: many feedback batches to be killed in
     slow = {"SELFHEAL_TAKE_MAX_MESSAGES": "4"}
-    # commits every 5 s: when the kill comes, some written batches are not committed yet
-    worker = worker_factory(extra_env={**slow, "SELFHEAL_COMMIT_INTERVAL_S": "5"}, name="killed")
+    # commits every 5 s and stats every 0.2 s: the kill comes when the worker has processed part of
+    # the feedback (its own count), and some of what it wrote is not committed yet
+    worker = worker_factory(extra_env={**slow, "SELFHEAL_COMMIT_INTERVAL_S": "5", "SELFHEAL_STATS_INTERVAL_S": "0.2"},
+                            name="killed")
     with SelfhealProducer(settings) as traces, SelfhealProducer(settings, batch=False) as feedback:
         sim = FleetSimulator(traces=3_000, seed=11, inject_at=1.0, bad_input=False, near_dup_rate=0.15,
                              conflict_rate=0.1, feedback_lag=(5, 60))
         rep = sim.run(_Split(traces, feedback), raw_producer=Producer(settings.kafka_config()), codec=default_codec())
     deadline = time.monotonic() + 300
-    while True:
-        done, end = _feedback_progress(settings, settings.full_app_id)
-        if end and done >= end * 0.3:
-            break
-        assert worker.alive() and time.monotonic() < deadline, f"no feedback progress ({done}/{end})"
-        time.sleep(0.1)
+    while _processed_feedback_rows(worker.log) < 0.3 * rep.feedback_unique_expected:
+        assert worker.alive() and time.monotonic() < deadline, "no feedback progress"
+        time.sleep(0.05)
+    done, end = _feedback_progress(settings, settings.full_app_id)
     assert done < end, "the worker finished before it could be killed; make the stream longer"
     worker.kill()  # SIGKILL in the middle of the feedback stream
     done, end = _feedback_progress(settings, settings.full_app_id)
