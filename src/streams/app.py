@@ -288,6 +288,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         os._exit(0)
 
     sequencers: dict[str, OffsetSequencer] = {}
+    generations: dict[str, int] = {}  # consumer generation each sequencer restarted at
 
     def ack_parked() -> None:
         # before faust waits for every fetched message to be acked (rebalance, stop): messages
@@ -327,12 +328,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     def sequenced(name: str):
         """Per-agent ordering guard: returns ``order(events) -> (ready, ack_after)``."""
         seq = sequencers[name] = OffsetSequencer()
-        seen_generation = [-1]
+        generations[name] = -1
         topic_name = settings.topic(name)
 
         async def order(events: list[Any]) -> tuple[list[Any], list[Any]]:
-            if app.rebalancing_count != seen_generation[0]:  # new assignment: restart at the commits
-                seen_generation[0] = app.rebalancing_count
+            if app.rebalancing_count != generations[name]:  # new assignment: restart at the commits
+                generations[name] = app.rebalancing_count
                 parts = list(range(settings.partitions))  # all: the assignment may still move
                 faust_fixes.forget(topic_name, parts)
                 start = await asyncio.to_thread(committed_offsets_retrying, settings, topic_name, parts)
@@ -355,25 +356,23 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
 
     @app.timer(interval=1.0)
     async def unstick() -> None:
-        """Seek back partitions the consumer stopped delivering while an idle agent still waits
-        for an offset (the stuck check in ``order`` only runs when a batch arrives)."""
+        """Seek back a partition whose next offset has not come while later ones are parked, also
+        when no further batch arrives to run the same check in ``order`` (faust skipped the
+        message as old-generation and fetched nothing behind it). Only between rebalances, for
+        this worker's partitions, after the agent restarted at the commits."""
         if app.rebalancing or worker.stopping:
             return
         for name, seq in sequencers.items():
-            if busy[name]:
+            if busy[name] or generations[name] != app.rebalancing_count:
                 continue
             topic_name = settings.topic(name)
-            highs = {}
-            for p in {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic_name}:
-                try:
-                    highs[(topic_name, p)] = app.consumer.highwater(TP(topic_name, p))
-                except Exception:  # not fetched yet: nothing to compare
-                    highs[(topic_name, p)] = None
-            for (topic, partition), offset in seq.starved(highs).items():
-                log.warning("%s[%d]: no message for %.0f s while behind (next %d); seeking back",
-                            topic, partition, seq.stuck_after_s, offset)
-                await app.consumer.seek(TP(topic, partition), offset)
-                seq.last_event[(topic, partition)] = time.monotonic()
+            mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic_name}
+            for (topic, partition), offset in seq.stuck().items():
+                if topic == topic_name and partition in mine:
+                    log.warning("%s[%d]: offset %d missing while later ones are parked; seeking back",
+                                topic, partition, offset)
+                    await app.consumer.seek(TP(topic, partition), offset)
+                    seq.waiting_since[(topic, partition)] = time.monotonic()
 
     @app.agent(topics["traces"], name="process-traces")
     async def process_traces(stream: faust.StreamT) -> None:

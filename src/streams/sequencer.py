@@ -38,8 +38,6 @@ class OffsetSequencer:
         self.parked: dict[tuple[str, int], dict[int, list[Any]]] = {}
         self.waiting_since: dict[tuple[str, int], float] = {}
         self.stuck_after_s = stuck_after_s
-        #: monotonic time of the last event fed per partition (see :meth:`starved`)
-        self.last_event: dict[tuple[str, int], float] = {}
 
     def reset(self, expected: dict[tuple[str, int], int]) -> list[Any]:
         """Start a new assignment generation at the committed offsets ``{(topic, partition): offset}``.
@@ -62,11 +60,9 @@ class OffsetSequencer:
         """Sort ``events`` into ready (in offset order per partition), duplicates, and parked."""
         out = Released()
         touched: set[tuple[str, int]] = set()
-        now = time.monotonic()
         for e in events:
             m = e.message
             tp = (m.topic, m.partition)
-            self.last_event[tp] = now
             exp = self.expected.get(tp)
             if exp is None:  # partition not (yet) known: start from the first offset seen
                 exp = self.expected[tp] = m.offset
@@ -94,21 +90,6 @@ class OffsetSequencer:
         """Partitions waiting too long for their next offset: ``{tp: missing offset}``."""
         now = time.monotonic()
         return {tp: self.expected[tp] for tp, since in self.waiting_since.items() if now - since > self.stuck_after_s}
-
-    def starved(self, high_watermarks: dict[tuple[str, int], int | None]) -> dict[tuple[str, int], int]:
-        """Partitions behind their high watermark that got no event for ``stuck_after_s`` (the
-        consumer stopped delivering, e.g. after faust skipped an old-generation message with
-        nothing fetched behind it): ``{tp: offset to seek to}``. Parked partitions count too,
-        so a missing offset is noticed without waiting for another batch."""
-        now = time.monotonic()
-        out = {}
-        for tp, high in high_watermarks.items():
-            exp = self.expected.get(tp)
-            if exp is None or high is None or exp >= high:
-                continue
-            if now - max(self.last_event.get(tp, 0.0), self.waiting_since.get(tp, 0.0)) > self.stuck_after_s:
-                out[tp] = exp
-        return out
 
     def parked_count(self) -> int:
         """Events held back, waiting for an earlier offset."""
