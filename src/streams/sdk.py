@@ -20,19 +20,22 @@ topic and error if any message was not acknowledged.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import ValidationError
 
 from schemas import AgentTrace, Feedback
 from schemas.codec import AvroCodec, default_codec, to_avro_dict
 from streams.config import Settings, get_settings
 from streams.errors import ContractViolation, DeliveryError
+
+log = logging.getLogger(__name__)
 
 
 def _violation(model: str, exc: ValidationError) -> ContractViolation:
@@ -55,6 +58,10 @@ class SelfhealProducer:
         linger_ms: a partly filled batch is sent after this long (checked on every send and by
             a background flusher thread), ms.
         kafka_config: extra librdkafka settings (e.g. ``{"linger.ms": 5}``).
+        retry_s: how long a retriable ``produce`` error (topic or partition not yet known to the
+            client) is retried before it is raised, s. A batch that fails to send stays buffered
+            (nothing is dropped, also from the background flusher) until sent or raised by
+            :meth:`flush`.
         validate: validate records with the contract models (disable only for load generators
             that send pre-validated data).
     """
@@ -62,7 +69,7 @@ class SelfhealProducer:
     def __init__(self, settings: Settings | None = None, *, producer_id: str | None = None, batch: bool = True,
                  batch_max_records: int = 256, batch_max_bytes: int = 900_000, linger_ms: float = 50.0,
                  kafka_config: Mapping[str, Any] | None = None, validate: bool = True,
-                 codec: AvroCodec | None = None) -> None:
+                 codec: AvroCodec | None = None, retry_s: float = 30.0) -> None:
         self.settings = settings or get_settings()
         self.codec = codec or default_codec()
         self.producer_id = producer_id or f"sdk-{uuid.uuid4().hex[:12]}"
@@ -70,6 +77,7 @@ class SelfhealProducer:
         self.batch_max_records = batch_max_records
         self.batch_max_bytes = batch_max_bytes
         self.linger_s = linger_ms / 1000.0
+        self.retry_s = retry_s
         self.validate = validate
         conf = {
             **self.settings.kafka_config(),
@@ -179,11 +187,18 @@ class SelfhealProducer:
 
     def _send_batch(self, key: tuple[str, str]) -> None:
         buf = self._buffers.pop(key, None)
-        self._born.pop(key, None)
+        born = self._born.pop(key, None)
         if not buf:
             return
         kind, tenant = key
-        self._encode_and_send(kind, tenant, buf)
+        try:
+            self._encode_and_send(kind, tenant, buf)
+        except Exception:
+            # nothing is dropped: the records go back in front of newer ones and are sent again
+            # (a record already handed to Kafka is a replay the worker recognises by trace_id)
+            self._buffers[key] = buf + self._buffers.get(key, [])
+            self._born[key] = born if born is not None else time.monotonic()
+            raise
 
     def _encode_and_send(self, kind: str, tenant: str, items: list[dict[str, Any]]) -> None:
         name = "selfheal.v1.AgentTraceBatch" if kind == "traces" else "selfheal.v1.FeedbackBatch"
@@ -199,12 +214,20 @@ class SelfhealProducer:
 
     def _produce(self, kind: str, tenant: str, payload: bytes, records: int) -> None:
         topic = self._topics[kind]
+        deadline = time.monotonic() + self.retry_s
         while True:
             try:
                 self._producer.produce(topic, payload, key=tenant.encode(), on_delivery=self._on_delivery)
                 break
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: wait for deliveries (backpressure)
+            except KafkaException as exc:
+                # e.g. a topic or partition not yet in the client's metadata right after creation
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is None or err.fatal() or time.monotonic() > deadline:
+                    raise
+                log.warning("produce to %s failed (%s); retrying", topic, err.str())
+                self._producer.poll(0.1)
         self.sent_records[kind] += records
         self.sent_messages += 1
 
@@ -215,10 +238,16 @@ class SelfhealProducer:
             self.delivered_messages += 1
 
     def _linger_loop(self) -> None:
+        # a background thread must not die on an error: the batch stays buffered (see _send_batch)
+        # and the next tick, or flush() in the caller's thread, sends it or raises
         while not self._closed:
             time.sleep(max(self.linger_s / 2, 0.005))
             now = time.monotonic()
-            with self._lock:
-                for key in [k for k, born in self._born.items() if now - born >= self.linger_s]:
-                    self._send_batch(key)
-            self._producer.poll(0)
+            try:
+                with self._lock:
+                    for key in [k for k, born in self._born.items() if now - born >= self.linger_s]:
+                        self._send_batch(key)
+                self._producer.poll(0)
+            except Exception:
+                log.warning("background send failed; the batch stays buffered", exc_info=True)
+                time.sleep(0.1)

@@ -40,3 +40,18 @@ def test_valid_records_are_buffered_per_tenant(sdk):
     sdk.send_trace(trace(1))
     sdk.send_trace(trace(2, tenant_id="globex"))
     assert sorted(sdk._buffers) == [("traces", "acme"), ("traces", "globex")]
+
+
+def test_a_batch_that_fails_to_send_stays_buffered_in_order(sdk, monkeypatch):
+    sdk.send_trace(trace(1))
+    sdk.send_trace(trace(2))
+
+    def refuse(kind, tenant, items):
+        raise RuntimeError("not sent")
+
+    monkeypatch.setattr(sdk, "_encode_and_send", refuse)
+    with pytest.raises(RuntimeError):
+        sdk._send_batch(("traces", "acme"))
+    sdk.send_trace(trace(3))  # newer records queue behind the ones that failed
+    assert [r["trace_id"] for r in sdk._buffers[("traces", "acme")]] == [trace(i)["trace_id"] for i in (1, 2, 3)]
+    assert ("traces", "acme") in sdk._born  # the background flusher will try again
