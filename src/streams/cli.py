@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -71,8 +71,26 @@ def simulate(traces: int = 50_000, seed: int = 7) -> None:
     console.print(f"sent {rep.traces_produced} traces and {rep.feedback_produced} feedback in {rep.elapsed_s:.1f} s")
 
 
-def _lag(settings: Settings, group: str, topic_names: list[str]) -> tuple[int, int]:
-    """(committed, end) offsets summed over the topics' partitions for a consumer group."""
+def _lag(settings: Settings, group: str, topic_names: list[str], retry_s: float = 60.0) -> tuple[int, int]:
+    """(committed, end) offsets summed over the topics' partitions for a consumer group.
+
+    A broker that is still loading its group coordinator (fresh broker: ``NOT_COORDINATOR``,
+    ``COORDINATOR_LOAD_IN_PROGRESS``) or electing leaders is asked again with backoff (tenacity)
+    for up to ``retry_s``.
+
+    Raises:
+        KafkaException: still failing after ``retry_s``.
+    """
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+    for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=3.0),
+                            stop=stop_after_delay(retry_s), reraise=True):
+        with attempt:
+            return _lag_once(settings, group, topic_names)
+    raise AssertionError("unreachable")
+
+
+def _lag_once(settings: Settings, group: str, topic_names: list[str]) -> tuple[int, int]:
     consumer = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
     try:
         tps = [TopicPartition(t, p) for t in topic_names for p in range(settings.partitions)]
