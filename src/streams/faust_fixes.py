@@ -19,16 +19,15 @@ acknowledge a message that no agent processed: a stream skips *and acks* message
 earlier consumer generation (``Stream.__aiter__``, "Skipping message ... generation_id"), and
 ``Consumer._new_offset`` lets the first acked offset sit one past the committed one (its gap
 check is ``min(acked) - committed > 1``). Either can commit past an unprocessed message; after a
-second rebalance the sequencer then starts at that commit and the message is never processed
-(seen as 17 feedback records missing from one CI run on a fresh broker). Fix: for our source
-topics the commit offset is whatever the agents reported as processed (:func:`mark_processed`,
-called after a batch's sink writes), never faust's ack list.
+second rebalance the sequencer then starts at that commit and the message is never processed.
+Fix: for our source topics the commit offset is whatever the agents reported as processed
+(:func:`mark_processed`, called after a batch's sink writes), never faust's ack list.
 
-Third: faust's ``Consumer.wait_empty`` (rebalance, stop) waits until every fetched message is
-acked, but the sequencer parks messages that arrived ahead of a missing offset; they are acked
-only once processed, so a stop or rebalance waited for them until the shutdown watchdog fired.
-Since acks no longer decide commits for our topics, :data:`BEFORE_WAIT_EMPTY` hooks (the app
-acks its parked messages) run first; a parked message is still processed and committed later.
+Third: faust's ``Consumer.wait_empty`` waits until every fetched message is acked, but the
+sequencer parks messages that arrived ahead of a missing offset; they are acked only once
+processed. The worker runs with ``stream_wait_empty`` off (acks no longer decide commits);
+where faust still calls it, :data:`BEFORE_WAIT_EMPTY` hooks (the app acks its parked messages)
+run first, and a parked message is still processed and committed later.
 """
 
 from __future__ import annotations
