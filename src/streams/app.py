@@ -19,11 +19,12 @@ the changelog producer before committing offsets. An exception inside a batch ex
 without acknowledging, so the batch is redelivered to the restarted worker: at-least-once, with
 idempotent sinks and replay guards making redelivery harmless.
 
-Shutdown (SIGTERM/SIGINT): faust stops fetching, the agents finish and acknowledge what they
-already hold, offsets are committed (after the changelog producer is flushed) and the process
-exits 0. A batch that cannot be finished quickly (ClickHouse refusing writes: :meth:`ClickHouseSink.abort`
-ends its retries; feedback still waiting for its traces) is abandoned unacknowledged, acknowledged
-offsets are committed and the process exits 0: the next worker gets the batch again. A watchdog
+Shutdown (SIGTERM/SIGINT): faust stops fetching and stops the agents without waiting for the
+batch in flight (``stream_wait_empty`` off); the offsets of processed batches are committed
+(after the changelog producer is flushed) and the process exits 0. A batch in flight, or one
+that cannot finish (ClickHouse refusing writes: :meth:`ClickHouseSink.abort` ends its retries;
+feedback still waiting for its traces, then abandoned), is not committed: the next worker gets
+it again. A watchdog
 ends the process with :data:`SHUTDOWN_FORCED_EXIT_CODE` if it is still alive
 ``Settings.shutdown_timeout_s`` after the signal; nothing is lost then either (no commit without
 the sink write before it).
@@ -136,7 +137,7 @@ class Worker:
             os._exit(SHUTDOWN_FORCED_EXIT_CODE)
 
         threading.Thread(target=watchdog, name="selfheal-shutdown-watchdog", daemon=True).start()
-        log.info("stop signal: draining, committing, exiting within %.0f s", timeout)
+        log.info("stop signal: committing processed batches, exiting within %.0f s", timeout)
 
 
 def _raw(events: list[Any]) -> list[RawMessage]:
@@ -276,30 +277,19 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             for d in dead_letters])
 
     async def abandon(what: str) -> None:
-        """Shutdown path: leave the current batch unacknowledged (redelivered to the next worker),
-        commit what is acknowledged (faust flushes the changelog producer first), exit 0."""
+        """Shutdown path: leave the current batch uncommitted (redelivered to the next worker),
+        commit the processed batches (faust flushes the changelog producer first), exit 0."""
         log.warning("%s abandoned at shutdown; it stays unacknowledged and is redelivered", what)
         try:
             await asyncio.wait_for(app.consumer.commit(), timeout=5.0)
         except Exception:
-            log.warning("final commit failed; acknowledged batches since the last commit are redelivered",
+            log.warning("final commit failed; batches processed since the last commit are redelivered",
                         exc_info=True)
         logging.shutdown()
         os._exit(0)
 
     sequencers: dict[str, OffsetSequencer] = {}
     generations: dict[str, int] = {}  # consumer generation each sequencer restarted at
-
-    def ack_parked() -> None:
-        # before faust waits for every fetched message to be acked (rebalance, stop): messages
-        # parked ahead of a gap are acked now; commits follow processing (faust_fixes), not acks
-        for seq in sequencers.values():
-            for evs in seq.parked.values():
-                for events in evs.values():
-                    for e in events:
-                        e.ack()
-
-    faust_fixes.BEFORE_WAIT_EMPTY[:] = [ack_parked]
 
     def trace_position(partition: int) -> tuple[int | None, int | None]:
         """(next offset the trace agent processes, high watermark of the consumer's last fetch)."""
@@ -325,6 +315,16 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 behind.append(p)
         return behind
 
+    async def seek_back_stuck(seq: OffsetSequencer, partitions: set[int] | None = None) -> None:
+        """Seek every partition (of ``partitions``, if given) whose next offset has not come for
+        ``seq.stuck_after_s`` while later ones are parked back to that offset."""
+        for (topic, partition), offset in seq.stuck().items():
+            if partitions is None or partition in partitions:
+                log.warning("%s[%d]: offset %d missing while later ones are parked; seeking back",
+                            topic, partition, offset)
+                await app.consumer.seek(TP(topic, partition), offset)
+                seq.waiting_since[(topic, partition)] = time.monotonic()
+
     def sequenced(name: str):
         """Per-agent ordering guard: returns ``order(events) -> (ready, ack_after)``."""
         seq = sequencers[name] = OffsetSequencer()
@@ -341,11 +341,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             else:
                 stale = []
             rel = seq.feed(events)
-            for (topic, partition), offset in seq.stuck().items():
-                log.warning("%s[%d]: offset %d missing while later ones arrived; seeking back",
-                            topic, partition, offset)
-                await app.consumer.seek(TP(topic, partition), offset)
-                seq.waiting_since[(topic, partition)] = time.monotonic()
+            await seek_back_stuck(seq)
             return rel.ready, rel.duplicates + stale
 
         return order
@@ -366,13 +362,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             if busy[name] or generations[name] != app.rebalancing_count:
                 continue
             topic_name = settings.topic(name)
-            mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic_name}
-            for (topic, partition), offset in seq.stuck().items():
-                if topic == topic_name and partition in mine:
-                    log.warning("%s[%d]: offset %d missing while later ones are parked; seeking back",
-                                topic, partition, offset)
-                    await app.consumer.seek(TP(topic, partition), offset)
-                    seq.waiting_since[(topic, partition)] = time.monotonic()
+            await seek_back_stuck(seq, {tp.partition for tp in app.assignor.assigned_actives()
+                                        if tp.topic == topic_name})
 
     @app.agent(topics["traces"], name="process-traces")
     async def process_traces(stream: faust.StreamT) -> None:

@@ -80,6 +80,23 @@ def _records(cols, rel: dict[str, dict]) -> list[dict[str, Any]]:
     return out
 
 
+def _tenant_batches(codec: Any, records: list[dict[str, Any]], batch: int
+                    ) -> list[tuple[str, list[dict[str, Any]], bytes]]:
+    """Records grouped per tenant in chunks of ``batch``, each encoded as the SDK would send it:
+    ``[(tenant_id, chunk, AgentTraceBatch payload)]``."""
+    by_tenant: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_tenant.setdefault(r["tenant_id"], []).append(r)
+    out = []
+    for tenant, rs in by_tenant.items():
+        for i in range(0, len(rs), batch):
+            chunk = rs[i:i + batch]
+            out.append((tenant, chunk, codec.encode("selfheal.v1.AgentTraceBatch", {
+                "batch_id": uuid.uuid4().hex, "producer_id": "bench", "sent_at": int(time.time() * 1000),
+                "traces": chunk})))
+    return out
+
+
 def _manifest(rid: str) -> dict[str, str]:
     return {"release_id": rid, "model": "gpt-x-2026-10", "prompt_version": "p-14", "tool_schema_version": "t-3",
             "policy_version": "pol-7", "retrieval_index_version": "idx-22"}
@@ -113,18 +130,11 @@ def produce(settings: Settings, traces: int, slices: list[Slice], batch: int = 2
                 sl[i] = replace(sl[i], effect=eff, release=rid)
                 rel.setdefault(rid, _manifest(rid))
         cols, _ = synthetic_columns(rng, sl, n, off, t_start_ms + off, 1.0)
-        by_tenant: dict[str, list[dict]] = {}
-        for r in _records(cols, rel):
-            by_tenant.setdefault(r["tenant_id"], []).append(r)
-        chunks = [(t, rs[i:i + batch]) for t, rs in by_tenant.items() for i in range(0, len(rs), batch)]
-        for t, chunk in chunks:
+        for t, chunk, payload in _tenant_batches(codec, _records(cols, rel), batch):
             if pace_per_s:
                 due = t0 + (sent_count + len(chunk)) / pace_per_s
                 while (wait := due - time.perf_counter()) > 0:
                     prod.poll(min(wait, 0.01))
-            payload = codec.encode("selfheal.v1.AgentTraceBatch", {
-                "batch_id": uuid.uuid4().hex, "producer_id": "bench", "sent_at": int(time.time() * 1000),
-                "traces": chunk})
             while True:
                 try:
                     prod.produce(topic, payload, key=t.encode())
@@ -222,17 +232,10 @@ def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
     offsets = dict.fromkeys(range(6), 0)
     for start in range(0, traces, 20_000):
         cols, _ = synthetic_columns(rng, fleet(100), min(20_000, traces - start), start, t0_ms + start, 1.0)
-        by_tenant: dict[str, list[dict]] = {}
-        for r in _records(cols, rel):
-            by_tenant.setdefault(r["tenant_id"], []).append(r)
-        for tenant, rs in by_tenant.items():
-            part = int(tenant.split("-")[1]) % 6
-            for i in range(0, len(rs), 256):
-                payload = codec.encode("selfheal.v1.AgentTraceBatch", {
-                    "batch_id": uuid.uuid4().hex, "producer_id": "bench", "sent_at": int(time.time() * 1000),
-                    "traces": rs[i:i + 256]})
-                msgs.append(RawMessage("traces", part, offsets[part], tenant.encode(), payload))
-                offsets[part] += 1
+        for tenant, _, payload in _tenant_batches(codec, _records(cols, rel), 256):
+            part = int(tenant.split("-")[1]) % 6  # fleet() spreads tenants over 6 partitions this way
+            msgs.append(RawMessage("traces", part, offsets[part], tenant.encode(), payload))
+            offsets[part] += 1
     pipe = Pipeline(Settings(), codec)
     pipe.on_assigned(set(range(6)))
     cpu0 = time.process_time()

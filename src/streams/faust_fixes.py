@@ -23,11 +23,6 @@ second rebalance the sequencer then starts at that commit and the message is nev
 Fix: for our source topics the commit offset is whatever the agents reported as processed
 (:func:`mark_processed`, called after a batch's sink writes), never faust's ack list.
 
-Third: faust's ``Consumer.wait_empty`` waits until every fetched message is acked, but the
-sequencer parks messages that arrived ahead of a missing offset; they are acked only once
-processed. The worker runs with ``stream_wait_empty`` off (acks no longer decide commits);
-where faust still calls it, :data:`BEFORE_WAIT_EMPTY` hooks (the app acks its parked messages)
-run first, and a parked message is still processed and committed later.
 """
 
 from __future__ import annotations
@@ -49,9 +44,6 @@ PATCHED_TOPICS: set[str] = set()
 PROCESSED: dict[tuple[str, int], int] = {}
 _original = faust_consumer.Consumer._drain_messages
 _original_new_offset = faust_consumer.Consumer._new_offset
-_original_wait_empty = faust_consumer.Consumer.wait_empty
-#: called (no arguments) before faust's Consumer.wait_empty: acknowledge parked messages
-BEFORE_WAIT_EMPTY: list[Any] = []
 
 
 def mark_processed(events: Any) -> None:
@@ -139,18 +131,10 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
         unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
-async def _wait_empty(self: Any) -> None:
-    """faust's ``Consumer.wait_empty`` after the :data:`BEFORE_WAIT_EMPTY` hooks."""
-    for hook in BEFORE_WAIT_EMPTY:
-        hook()
-    await _original_wait_empty(self)
-
-
 def apply(topics: set[str]) -> None:
     """Install the patched loop and commit offsets for ``topics`` (idempotent)."""
     PATCHED_TOPICS.update(topics)
     if faust_consumer.Consumer._drain_messages is not _drain_messages:
         faust_consumer.Consumer._drain_messages = _drain_messages
         faust_consumer.Consumer._new_offset = _new_offset
-        faust_consumer.Consumer.wait_empty = _wait_empty
         log.debug("faust Consumer._drain_messages patched for %s", sorted(PATCHED_TOPICS))

@@ -25,7 +25,7 @@ validation context) are the definition. For traces, the hot path first runs
 :class:`TraceFastCheck`, a column-wise (numpy) check of the same constraints that is never more lenient
 than the model (``tests/unit/test_fast_check.py`` mutates every field to prove it); a record it
 does not accept goes through the model, which accepts it or names the field and value. The fast
-check costs about a fifth of the model per trace (BENCHMARKS.md).
+check costs about a quarter of the model per trace (BENCHMARKS.md).
 """
 
 from __future__ import annotations
