@@ -8,6 +8,7 @@ partition's rows. So the test checks the union of trace ids over both directorie
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -31,6 +32,12 @@ def _owned(log) -> set[int]:
     return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
 
 
+def _traces_done(log) -> int:
+    """Traces a worker reports in its latest stats line (0 before the first one)."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if " stats {" in ln]
+    return json.loads(lines[-1].split(" stats ", 1)[1])["traces"] if lines else 0
+
+
 def _wait(cond, what: str, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
@@ -52,7 +59,7 @@ def test_two_workers_split_partitions_and_survive_one_stopping(settings, worker_
     ensure_topics(settings)
     dirs = {n: tmp_path / n for n in ("a", "b")}
     env = {n: {"SELFHEAL_STATE_DIR": str(d / "state"), "SELFHEAL_CLICKHOUSE_PATH": str(d / "clickhouse"),
-               "SELFHEAL_FAUST_LOGLEVEL": "info"} for n, d in dirs.items()}
+               "SELFHEAL_FAUST_LOGLEVEL": "info", "SELFHEAL_STATS_INTERVAL_S": "0.2"} for n, d in dirs.items()}
     a = worker_factory(env["a"], name="a")
     b = worker_factory(env["b"], name="b")
     sender = threading.Thread(target=produce, args=(settings, TRACES, fleet(24)), kwargs={"pace_per_s": 1_500})
@@ -61,7 +68,8 @@ def test_two_workers_split_partitions_and_survive_one_stopping(settings, worker_
     _wait(lambda: _owned(a.log) and _owned(b.log) and not _owned(a.log) & _owned(b.log)
           and _owned(a.log) | _owned(b.log) == set(range(settings.partitions)), "both workers to own partitions")
     split = (sorted(_owned(a.log)), sorted(_owned(b.log)))
-    _wait(lambda: _lag(settings, settings.full_app_id, topic)[0] >= TRACES // 256 // 3, "a third of the traces")
+    _wait(lambda: _lag(settings, settings.full_app_id, topic)[0] >= TRACES // 256 // 3 and _traces_done(b.log) > 0,
+          "a third of the traces, some of them by b")
     assert b.stop() == 0  # graceful: b commits and leaves the group; a takes its partitions over
     sender.join()
     wait_caught_up(settings, ["traces"], worker=a)
