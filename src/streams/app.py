@@ -315,15 +315,14 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 behind.append(p)
         return behind
 
-    async def seek_back_stuck(seq: OffsetSequencer, partitions: set[int] | None = None) -> None:
-        """Seek every partition (of ``partitions``, if given) whose next offset has not come for
-        ``seq.stuck_after_s`` while later ones are parked back to that offset."""
+    async def seek_back_stuck(seq: OffsetSequencer) -> None:
+        """Seek every partition whose next offset has not come for ``seq.stuck_after_s`` while
+        later ones are parked back to that offset."""
         for (topic, partition), offset in seq.stuck().items():
-            if partitions is None or partition in partitions:
-                log.warning("%s[%d]: offset %d missing while later ones are parked; seeking back",
-                            topic, partition, offset)
-                await app.consumer.seek(TP(topic, partition), offset)
-                seq.waiting_since[(topic, partition)] = time.monotonic()
+            log.warning("%s[%d]: offset %d missing while later ones are parked; seeking back",
+                        topic, partition, offset)
+            await app.consumer.seek(TP(topic, partition), offset)
+            seq.waiting_since[(topic, partition)] = time.monotonic()
 
     def sequenced(name: str):
         """Per-agent ordering guard: returns ``order(events) -> (ready, ack_after)``."""
@@ -348,27 +347,10 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
 
     order_traces = sequenced("traces")
     order_feedback = sequenced("feedback")
-    busy: dict[str, bool] = {"traces": False, "feedback": False}
-
-    @app.timer(interval=1.0)
-    async def unstick() -> None:
-        """Seek back a partition whose next offset has not come while later ones are parked, also
-        when no further batch arrives to run the same check in ``order`` (faust skipped the
-        message as old-generation and fetched nothing behind it). Only between rebalances, for
-        this worker's partitions, after the agent restarted at the commits."""
-        if app.rebalancing or worker.stopping:
-            return
-        for name, seq in sequencers.items():
-            if busy[name] or generations[name] != app.rebalancing_count:
-                continue
-            topic_name = settings.topic(name)
-            await seek_back_stuck(seq, {tp.partition for tp in app.assignor.assigned_actives()
-                                        if tp.topic == topic_name})
 
     @app.agent(topics["traces"], name="process-traces")
     async def process_traces(stream: faust.StreamT) -> None:
         async for batch in stream.noack_take(settings.take_max_messages, within=settings.take_within_s):
-            busy["traces"] = True
             try:
                 check_assignment()
                 events, ack_after = await order_traces(batch)
@@ -389,12 +371,10 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 os._exit(CRASH_EXIT_CODE)
             for e in events + ack_after:  # duplicates only after the originals are done
                 await stream.ack(e)
-            busy["traces"] = False
 
     @app.agent(topics["feedback"], name="process-feedback")
     async def process_feedback(stream: faust.StreamT) -> None:
         async for batch in stream.noack_take(settings.take_max_messages, within=settings.take_within_s):
-            busy["feedback"] = True
             try:
                 check_assignment()
                 events, ack_after = await order_feedback(batch)
@@ -457,7 +437,6 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 os._exit(CRASH_EXIT_CODE)
             for e in events + ack_after:
                 await stream.ack(e)
-            busy["feedback"] = False
 
     async def refresh_patterns(*_: Any, **__: Any) -> None:
         """Scope ladder: recompute the feedback patterns written since the last refresh
