@@ -111,6 +111,8 @@ class Worker:
     sink_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     partitions: frozenset[int] = frozenset()
     started_at: float = field(default_factory=time.time)
+    #: traces whose rows are durably written (before their offsets are committed), for the stats line
+    written: dict[str, int] = field(default_factory=lambda: {"traces": 0})
     #: tenant → pattern ids written since the last pattern refresh (see ``refresh_patterns``)
     pending_patterns: dict[str, set[str]] = field(default_factory=dict)
     #: the sink while the worker opens it (migrations, first pattern refresh), before ``sink`` is set
@@ -251,8 +253,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         assigned = frozenset(tp.partition for tp in app.assignor.assigned_actives()
                              if tp.topic == settings.topic("traces"))
         if assigned != worker.partitions:
-            worker.partitions = assigned
             worker.pipeline.on_assigned(set(assigned))
+            worker.partitions = assigned  # only once applied: a failure is retried
             log.info("owning partitions %s", sorted(assigned))
 
     async def publish(name: str, items: list[tuple[str | None, bytes]]) -> None:
@@ -315,35 +317,101 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 behind.append(p)
         return behind
 
-    async def seek_back_stuck(seq: OffsetSequencer) -> None:
-        """Seek every partition whose next offset has not come for ``seq.stuck_after_s`` while
-        later ones are parked back to that offset."""
-        for (topic, partition), offset in seq.stuck().items():
-            log.warning("%s[%d]: offset %d missing while later ones are parked; seeking back",
-                        topic, partition, offset)
-            await app.consumer.seek(TP(topic, partition), offset)
-            seq.waiting_since[(topic, partition)] = time.monotonic()
+    locks: dict[str, asyncio.Lock] = {}  # one per agent: its sequencer's reset, feed and seeks
+    busy: dict[str, bool] = {}  # the agent is between receiving a batch and acknowledging it
+    stale_acks: dict[str, list[Any]] = {}  # parked events a watchdog reset made duplicates
+
+    async def seek_back(name: str, targets: dict[tuple[str, int], int], why: str,
+                        level: int = logging.WARNING) -> None:
+        """Seek the partitions of ``targets`` (``{(topic, partition): offset}``) this worker owns.
+
+        Through ``Consumer.seek_wait``, which runs in the consumer's own thread: faust's
+        ``Consumer.seek`` calls aiokafka from the event loop's thread, and after such a seek the
+        fetcher waited forever (measured: a consumer that never delivered again). A failed seek
+        (the partition moved in a rebalance meanwhile, a timeout) is logged; the watchdog
+        retries it."""
+        try:
+            owned = app.consumer.assignment()
+        except Exception:
+            return
+        todo = {TP(t, p): o for (t, p), o in targets.items() if TP(t, p) in owned}
+        if not todo:
+            return
+        log.log(level, "%s: seeking %s (%s)", name, {f"{tp.topic}[{tp.partition}]": o for tp, o in todo.items()},
+                why)
+        try:
+            await app.consumer.seek_wait(todo)
+        except Exception:
+            log.warning("%s: seek back failed; retried by the watchdog", name, exc_info=True)
+            return
+        for tp in todo:
+            sequencers[name].sought((tp.topic, tp.partition))
+
+    async def restart(name: str) -> list[Any]:
+        """New assignment generation: restart ``name``'s sequencer at the group's committed
+        offsets and seek the owned partitions there. faust seeks to the commits itself, but
+        aiokafka's ``seek_to_committed`` skips partitions without a commit or committed at 0,
+        so records faust discarded in the rebalance (a fetch cut short, a stream skipping
+        another generation's messages) were never fetched again (measured: a replacement worker
+        after a SIGKILL waited forever for offset 1). Returns parked events now duplicates."""
+        generations[name] = app.rebalancing_count
+        topic_name = settings.topic(name)
+        parts = list(range(settings.partitions))  # all: the assignment may still move
+        faust_fixes.forget(topic_name, parts)
+        start = await asyncio.to_thread(committed_offsets_retrying, settings, topic_name, parts)
+        stale = sequencers[name].reset(start)
+        await seek_back(name, start, "new assignment: restart at the committed offsets", logging.INFO)
+        return stale
 
     def sequenced(name: str):
         """Per-agent ordering guard: returns ``order(events) -> (ready, ack_after)``."""
         seq = sequencers[name] = OffsetSequencer()
         generations[name] = -1
-        topic_name = settings.topic(name)
+        locks[name] = asyncio.Lock()
+        busy[name] = False
+        stale_acks[name] = []
 
         async def order(events: list[Any]) -> tuple[list[Any], list[Any]]:
-            if app.rebalancing_count != generations[name]:  # new assignment: restart at the commits
-                generations[name] = app.rebalancing_count
-                parts = list(range(settings.partitions))  # all: the assignment may still move
-                faust_fixes.forget(topic_name, parts)
-                start = await asyncio.to_thread(committed_offsets_retrying, settings, topic_name, parts)
-                stale = seq.reset(start)
-            else:
-                stale = []
-            rel = seq.feed(events)
-            await seek_back_stuck(seq)
+            async with locks[name]:
+                stale, stale_acks[name] = stale_acks[name], []
+                if app.rebalancing_count != generations[name]:  # new assignment: restart at the commits
+                    stale += await restart(name)
+                rel = seq.feed(events)
+                await seek_back(name, seq.stuck(), "offset missing while later ones are parked")
             return rel.ready, rel.duplicates + stale
 
         return order
+
+    def queued(name: str) -> int:
+        """Events in ``name``'s agent channel (fetched, not yet taken by the agent)."""
+        return sum(ch.queue.qsize() for ch in getattr(topics[name], "_subscribers", ()))
+
+    @app.timer(interval=1.0)
+    async def sequencer_watchdog() -> None:
+        # Between batches, apply an assignment change (also when no batch comes). An idle agent
+        # (empty channel, no batch in hand) may wait for records that will never
+        # be delivered: faust dropped them in a rebalance and no later batch arrives to notice.
+        # Restart its sequencer on a new generation and seek back partitions behind their high
+        # watermark that received nothing for stuck_after_s.
+        if app.rebalancing or not app.flow_control.is_active():
+            return
+        if not any(busy.values()):  # take a new assignment over before its first batch (and say so)
+            try:
+                check_assignment()
+            except Exception:  # the next batch calls it again, and fails the batch if it still fails
+                log.warning("applying the new assignment failed; retried", exc_info=True)
+        for name, seq in sequencers.items():
+            if busy[name] or queued(name):
+                continue
+            async with locks[name]:
+                if app.rebalancing_count != generations[name]:
+                    stale_acks[name] += await restart(name)
+                try:
+                    owned = [tp for tp in app.consumer.assignment() if tp.topic == settings.topic(name)]
+                    high = {(tp.topic, tp.partition): app.consumer.highwater(tp) for tp in owned}
+                except Exception:  # assignment changing under us: next tick
+                    continue
+                await seek_back(name, seq.to_seek(high), "behind the high watermark, nothing delivered")
 
     order_traces = sequenced("traces")
     order_feedback = sequenced("feedback")
@@ -351,6 +419,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     @app.agent(topics["traces"], name="process-traces")
     async def process_traces(stream: faust.StreamT) -> None:
         async for batch in stream.noack_take(settings.take_max_messages, within=settings.take_within_s):
+            busy["traces"] = True
             try:
                 check_assignment()
                 events, ack_after = await order_traces(batch)
@@ -362,6 +431,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 await emit(out.incidents, out.dead_letters, out.verdicts)
                 worker.pipeline.flush_state()
                 faust_fixes.mark_processed(events)
+                worker.written["traces"] += out.cols.n if out.cols is not None else 0
             except asyncio.CancelledError:
                 raise  # shutting down: the batch stays unacknowledged and is redelivered
             except BaseException:
@@ -371,10 +441,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 os._exit(CRASH_EXIT_CODE)
             for e in events + ack_after:  # duplicates only after the originals are done
                 await stream.ack(e)
+            busy["traces"] = False
 
     @app.agent(topics["feedback"], name="process-feedback")
     async def process_feedback(stream: faust.StreamT) -> None:
         async for batch in stream.noack_take(settings.take_max_messages, within=settings.take_within_s):
+            busy["feedback"] = True
             try:
                 check_assignment()
                 events, ack_after = await order_feedback(batch)
@@ -437,6 +509,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 os._exit(CRASH_EXIT_CODE)
             for e in events + ack_after:
                 await stream.ack(e)
+            busy["feedback"] = False
 
     async def refresh_patterns(*_: Any, **__: Any) -> None:
         """Scope ladder: recompute the feedback patterns written since the last refresh
@@ -460,9 +533,29 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     async def report() -> None:
         # one JSON line: pipeline counters, messages the consumer has taken from Kafka (faust's
         # monitor; flat while a stuck batch holds consumption), failed sink writes
-        stats = {**worker.pipeline.stats, "received": app.monitor.messages_received_total,
-                 "sink_failed_attempts": worker.sink.failed_attempts if worker.sink is not None else 0}
+        stats = {**worker.pipeline.stats, "traces_written": worker.written["traces"],
+                 "received": app.monitor.messages_received_total,
+                 "sink_failed_attempts": worker.sink.failed_attempts if worker.sink is not None else 0,
+                 "flow": flow_state()}
         log.info("stats %s", json.dumps(stats))
+
+    def flow_state() -> dict[str, Any]:
+        """Where events sit (for a stalled worker's log): agent channel depths (events), the
+        consumer's paused and buffer-full partitions and flags, recovery, and per source topic the
+        sequencer's next offsets and parked events."""
+        c = app.consumer
+        state: dict[str, Any] = {
+            "queued": {name: queued(name) for name in ("traces", "feedback")},
+            "paused": sorted(f"{tp.topic}:{tp.partition}" for tp in getattr(c, "_paused_partitions", ())),
+            "buffer_full": sorted(f"{tp.topic}:{tp.partition}" for tp in getattr(c, "_buffered_partitions", ())),
+            "flags": sorted(getattr(getattr(c, "diag", None), "flags", ()) or ()),
+            "in_recovery": bool(app.in_recovery),
+            "flow_suspended": not app.flow_control.is_active(),
+        }
+        for name, seq in sequencers.items():
+            state[name] = {"next": {p: o for (_, p), o in sorted(seq.expected.items())},
+                           "parked": seq.parked_count()}
+        return state
 
     @app.timer(interval=settings.snapshot_interval_s)
     async def snapshot_baselines() -> None:

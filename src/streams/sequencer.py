@@ -4,9 +4,11 @@ faust can hand an agent the same offset twice (re-fetch after a rebalance seek) 
 offset before an earlier one (messages prefetched before the seek). :class:`OffsetSequencer`
 turns that into a clean stream per partition: starting from the committed offset, it releases
 offsets strictly in order, recognises duplicates (already processed: acknowledge only), parks
-early arrivals until the missing offsets come, and reports partitions stuck on a missing offset
-so the caller can seek back. Acknowledgements therefore only ever cover a contiguous run from
-the committed offset, so a commit can never skip an unprocessed message.
+early arrivals until the missing offsets come, and reports partitions the caller must seek back
+(:meth:`OffsetSequencer.to_seek`): stuck on a missing offset while later ones are parked, or
+behind the high watermark with nothing delivered at all (faust discarded the fetched records
+and the consumer's position is already past them). Acknowledgements therefore only ever cover a
+contiguous run from the committed offset, so a commit can never skip an unprocessed message.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ class OffsetSequencer:
     """Per-partition ordering guard. Events need ``.message.topic/.partition/.offset``.
 
     Args:
-        stuck_after_s: a partition whose next offset has not arrived for this long while later
-            ones are parked is reported by :meth:`stuck` (the caller seeks back to it).
+        stuck_after_s: seconds. A partition whose next offset has not arrived for this long while
+            later ones are parked is reported by :meth:`stuck`; one that received nothing for
+            this long while behind its high watermark by :meth:`to_seek`.
     """
 
     def __init__(self, stuck_after_s: float = 5.0) -> None:
         self.expected: dict[tuple[str, int], int] = {}
         self.parked: dict[tuple[str, int], dict[int, list[Any]]] = {}
         self.waiting_since: dict[tuple[str, int], float] = {}
+        self.last_seen: dict[tuple[str, int], float] = {}  # monotonic s of the last event or seek
         self.stuck_after_s = stuck_after_s
 
     def reset(self, expected: dict[tuple[str, int], int]) -> list[Any]:
@@ -54,15 +58,19 @@ class OffsetSequencer:
         self.parked = {tp: {o: e for o, e in evs.items() if o >= expected.get(tp, 0)}
                        for tp, evs in self.parked.items() if tp in expected}
         self.waiting_since = {}
+        now = time.monotonic()
+        self.last_seen = {tp: now for tp in expected}
         return stale
 
     def feed(self, events: Iterable[Any]) -> Released:
         """Sort ``events`` into ready (in offset order per partition), duplicates, and parked."""
         out = Released()
         touched: set[tuple[str, int]] = set()
+        now = time.monotonic()
         for e in events:
             m = e.message
             tp = (m.topic, m.partition)
+            self.last_seen[tp] = now
             exp = self.expected.get(tp)
             if exp is None:  # partition not (yet) known: start from the first offset seen
                 exp = self.expected[tp] = m.offset
@@ -90,6 +98,30 @@ class OffsetSequencer:
         """Partitions waiting too long for their next offset: ``{tp: missing offset}``."""
         now = time.monotonic()
         return {tp: self.expected[tp] for tp, since in self.waiting_since.items() if now - since > self.stuck_after_s}
+
+    def to_seek(self, highwater: dict[tuple[str, int], int | None], now: float | None = None
+                ) -> dict[tuple[str, int], int]:
+        """Partitions to seek back, ``{tp: next offset}``: :meth:`stuck` ones, and those of
+        ``highwater`` (``{tp: high watermark}``, ``None`` = unknown) whose next offset is below the
+        high watermark while no event arrived for ``stuck_after_s``. Call it only while the
+        agent's channel is empty and it waits for its next batch: otherwise a slow agent, not a
+        lost fetch, explains the silence."""
+        now = time.monotonic() if now is None else now
+        out = self.stuck()
+        for tp, high in highwater.items():
+            nxt = self.expected.get(tp)
+            if (nxt is not None and high is not None and nxt < high
+                    and now - self.last_seen.get(tp, now) > self.stuck_after_s):
+                out[tp] = nxt
+        return out
+
+    def sought(self, tp: tuple[str, int], now: float | None = None) -> None:
+        """The caller sought ``tp`` back to its next offset (at monotonic ``now`` s): wait
+        ``stuck_after_s`` again."""
+        now = time.monotonic() if now is None else now
+        self.last_seen[tp] = now
+        if tp in self.waiting_since:
+            self.waiting_since[tp] = now
 
     def parked_count(self) -> int:
         """Events held back, waiting for an earlier offset."""

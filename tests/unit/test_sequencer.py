@@ -54,3 +54,18 @@ def test_a_missing_offset_with_later_ones_parked_is_reported_stuck():
     patient.reset({("t", 0): 172})
     patient.feed([ev(0, 173)])
     assert patient.stuck() == {}  # parked only just now: not yet
+
+
+def test_an_idle_partition_behind_its_high_watermark_is_sought_back():
+    seq = OffsetSequencer(stuck_after_s=5.0)
+    seq.reset({("t", 0): 1, ("t", 1): 0, ("t", 2): 3})
+    t0 = seq.last_seen[("t", 0)]
+    high = {("t", 0): 115, ("t", 1): 0, ("t", 2): 3, ("t", 3): None}
+    # the records after offset 1 were fetched and discarded in a rebalance: nothing more arrives
+    assert seq.to_seek(high, now=t0 + 1.0) == {}  # not yet stuck_after_s
+    # partition 1 is empty, partition 2 caught up, partition 3 has no known high watermark
+    assert seq.to_seek(high, now=t0 + 6.0) == {("t", 0): 1}
+    seq.sought(("t", 0), now=t0 + 6.0)
+    assert seq.to_seek(high, now=t0 + 7.0) == {}  # just sought: wait again
+    seq.feed([ev(0, 1)])  # the re-fetch delivers
+    assert seq.expected[("t", 0)] == 2 and seq.to_seek(high, now=seq.last_seen[("t", 0)] + 1.0) == {}
