@@ -5,7 +5,7 @@
 #   scripts/kafka.sh stop      stop by PID (SIGTERM, then SIGKILL after 30 s)
 #   scripts/kafka.sh status    exit 0 if the broker answers on its port
 # Settings (env): SELFHEAL_KAFKA_PORT (9092), SELFHEAL_KAFKA_CONTROLLER_PORT (port+1),
-# SELFHEAL_STATE_DIR (.local), SELFHEAL_KAFKA_HEAP (512m), SELFHEAL_CACHE_DIR (~/.cache/selfheal).
+# SELFHEAL_STATE_DIR (.local), SELFHEAL_KAFKA_HEAP (1g), SELFHEAL_CACHE_DIR (~/.cache/selfheal).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$root/deploy/kafka/pom.xml")
@@ -41,7 +41,7 @@ start() {
   mkdir -p "$kdir/data"
   sed -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$cport#g" -e "s#@LOG_DIR@#$kdir/data#g" \
     "$root/deploy/kafka/server.properties" >"$kdir/server.properties"
-  local java_opts=(-Xmx"${SELFHEAL_KAFKA_HEAP:-512m}" -Xms128m -XX:+UseG1GC -Djava.awt.headless=true
+  local java_opts=(-Xmx"${SELFHEAL_KAFKA_HEAP:-1g}" -Xms128m -XX:+UseG1GC -Djava.awt.headless=true
     -Dlog4j2.configurationFile="$root/deploy/kafka/log4j2.yaml" -Dkafka.logs.dir="$kdir")
   if [ ! -f "$kdir/data/meta.properties" ]; then
     java "${java_opts[@]}" -cp "$libs/*" kafka.tools.StorageTool format --standalone \

@@ -32,8 +32,23 @@ def settings(tmp_path: Path, kafka_bootstrap: str):
     from streams.config import Settings
 
     prefix = f"t{uuid.uuid4().hex[:10]}."
-    return Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix, state_dir=tmp_path / "state",
-                    clickhouse_path=tmp_path / "clickhouse")
+    yield Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix, state_dir=tmp_path / "state",
+                   clickhouse_path=tmp_path / "clickhouse")
+    _delete_topics(kafka_bootstrap, prefix)
+
+
+def _delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete the test's topics (its workers are stopped by then): a long run would otherwise
+    leave thousands of partitions on the one broker (measured: its 512 MB heap ran out)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+        for fut in admin.delete_topics(names, operation_timeout=30).values() if names else ():
+            fut.result(timeout=60)
+    except Exception as exc:  # best effort: a leftover topic costs memory, not correctness
+        print(f"could not delete topics {prefix}*: {exc!r}")
 
 
 def settings_env(settings) -> dict[str, str]:

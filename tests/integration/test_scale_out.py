@@ -16,7 +16,6 @@ import time
 import pytest
 
 from streams.bench import fleet, produce
-from streams.cli import _lag
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics
 from tests.conftest import wait_caught_up
@@ -32,10 +31,10 @@ def _owned(log) -> set[int]:
     return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
 
 
-def _traces_done(log) -> int:
-    """Traces a worker reports in its latest stats line (0 before the first one)."""
+def _stat(log, key: str) -> int:
+    """``key`` of a worker's latest stats line (0 before the first one)."""
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if " stats {" in ln]
-    return json.loads(lines[-1].split(" stats ", 1)[1])["traces"] if lines else 0
+    return json.loads(lines[-1].split(" stats ", 1)[1])[key] if lines else 0
 
 
 def _wait(cond, what: str, timeout_s: float = 180.0) -> None:
@@ -62,18 +61,18 @@ def test_two_workers_split_partitions_and_survive_one_stopping(settings, worker_
                "SELFHEAL_FAUST_LOGLEVEL": "info", "SELFHEAL_STATS_INTERVAL_S": "0.2"} for n, d in dirs.items()}
     a = worker_factory(env["a"], name="a")
     b = worker_factory(env["b"], name="b")
-    sender = threading.Thread(target=produce, args=(settings, TRACES, fleet(24)), kwargs={"pace_per_s": 1_500})
+    sender = threading.Thread(target=produce, args=(settings, TRACES, fleet(24)), kwargs={"pace_per_s": 1_500},
+                              daemon=True)
     sender.start()
-    topic = [settings.topic("traces")]
     _wait(lambda: _owned(a.log) and _owned(b.log) and not _owned(a.log) & _owned(b.log)
           and _owned(a.log) | _owned(b.log) == set(range(settings.partitions)), "both workers to own partitions")
     split = (sorted(_owned(a.log)), sorted(_owned(b.log)))
-    _wait(lambda: _lag(settings, settings.full_app_id, topic)[0] >= TRACES // 256 // 3 and _traces_done(b.log) > 0,
-          "a third of the traces, some of them by b")
+    _wait(lambda: _stat(b.log, "traces_written") > 0, "b to write traces")
     assert b.stop() == 0  # graceful: b commits and leaves the group; a takes its partitions over
     sender.join()
     wait_caught_up(settings, ["traces"], worker=a)
-    assert _owned(a.log) == set(range(settings.partitions)), a.log
+    # the rebalance after b left may still be settling when a has committed everything
+    _wait(lambda: _owned(a.log) == set(range(settings.partitions)), f"a to take b's partitions over ({a.log})")
     assert a.stop() == 0
     ids_a, rows_a = _trace_ids(settings, dirs["a"] / "clickhouse")
     ids_b, rows_b = _trace_ids(settings, dirs["b"] / "clickhouse")
