@@ -1,0 +1,47 @@
+"""A short chaos run inside `make test`: a SIGKILL, a ClickHouse outage, a broker restart and a
+SIGTERM against the worker, on a broker of the test's own (restarting the shared one would
+disturb nothing else, but its state belongs to every other test). `make chaos` is the long run.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import pytest
+
+from streams.chaos import ChaosConfig, run_chaos
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 1 (the KRaft controller) free on loopback."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(30_000, 39_000)
+        taken = False
+        for p in (port, port + 1):
+            with socket.socket() as s:
+                taken = taken or s.connect_ex(("127.0.0.1", p)) == 0
+        if not taken:
+            return port
+    raise RuntimeError("no free port pair in 30000-39000")
+
+
+def test_chaos_run_loses_and_doubles_nothing_through_every_fault(settings, tmp_path):
+    cfg = ChaosConfig(traces=16_000, rate=800.0, kills=1, broker_restart=True, broker_down_s=5.0,
+                      sink_outage_s=5.0, sigterm=True, kafka_port=_free_port_pair(), shutdown_timeout_s=30.0,
+                      catch_up_timeout_s=300.0, work_dir=tmp_path / "chaos")
+    report = run_chaos(cfg, settings)
+    assert report["faults_injected"] == {"sigkill": 1, "broker_restart": 1, "sink_outage": 1, "sigterm": 1}, report
+    for name, stream in report["streams"].items():
+        assert stream["in"] > 0 and (stream["lost"], stream["duplicated"]) == (0, 0), (name, stream)
+    assert set(report["streams"]) == {"traces", "feedback_submissions", "feedback_unique", "dead_letters"}
+    # also: caught up, every SIGTERM (mid-run and final) exit 0 in time, the ClickHouse outage
+    # resumed, baseline state equal to the changelog, no incident re-opened as a new episode.
+    # Not here: detecting (and attributing) the injected regression, which this short run gives
+    # too few post-change traces per slice to do every time (1 of 3 runs missed it); the demo
+    # test and `make chaos` (30k traces) assert it.
+    problems = [p for p in report["problems"] if p != "injected regression not detected"]
+    assert problems == [], problems
