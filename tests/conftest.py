@@ -38,8 +38,10 @@ def settings(tmp_path: Path, kafka_bootstrap: str):
 
 
 def _delete_topics(bootstrap: str, prefix: str) -> None:
-    """Delete the test's topics (its workers are stopped by then): a long run would otherwise
-    leave thousands of partitions on the one broker (measured: its 512 MB heap ran out)."""
+    """Delete every topic under the test's prefix (its workers are stopped by then): a long run
+    would otherwise leave thousands of partitions on the one broker (measured: its 512 MB heap ran
+    out). Not :func:`streams.topics.delete_topics`: that one keeps to one app id, and some tests
+    run a second app (e.g. ``ref``) under the same prefix."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})

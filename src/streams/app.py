@@ -111,8 +111,8 @@ class Worker:
     sink_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     partitions: frozenset[int] = frozenset()
     started_at: float = field(default_factory=time.time)
-    #: traces whose rows are durably written (before their offsets are committed), for the stats line
-    written: dict[str, int] = field(default_factory=lambda: {"traces": 0})
+    #: traces whose rows are durably written (their offsets are committed after), for the stats line
+    traces_written: int = 0
     #: tenant → pattern ids written since the last pattern refresh (see ``refresh_patterns``)
     pending_patterns: dict[str, set[str]] = field(default_factory=dict)
     #: the sink while the worker opens it (migrations, first pattern refresh), before ``sink`` is set
@@ -393,7 +393,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         # be delivered: faust dropped them in a rebalance and no later batch arrives to notice.
         # Restart its sequencer on a new generation and seek back partitions behind their high
         # watermark that received nothing for stuck_after_s.
-        if app.rebalancing or not app.flow_control.is_active():
+        if app.rebalancing or worker.stopping or not app.flow_control.is_active():
             return
         if not any(busy.values()):  # take a new assignment over before its first batch (and say so)
             try:
@@ -431,7 +431,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                 await emit(out.incidents, out.dead_letters, out.verdicts)
                 worker.pipeline.flush_state()
                 faust_fixes.mark_processed(events)
-                worker.written["traces"] += out.cols.n if out.cols is not None else 0
+                worker.traces_written += out.cols.n if out.cols is not None else 0
             except asyncio.CancelledError:
                 raise  # shutting down: the batch stays unacknowledged and is redelivered
             except BaseException:
@@ -533,7 +533,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     async def report() -> None:
         # one JSON line: pipeline counters, messages the consumer has taken from Kafka (faust's
         # monitor; flat while a stuck batch holds consumption), failed sink writes
-        stats = {**worker.pipeline.stats, "traces_written": worker.written["traces"],
+        stats = {**worker.pipeline.stats, "traces_written": worker.traces_written,
                  "received": app.monitor.messages_received_total,
                  "sink_failed_attempts": worker.sink.failed_attempts if worker.sink is not None else 0,
                  "flow": flow_state()}

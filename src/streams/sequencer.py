@@ -94,9 +94,10 @@ class OffsetSequencer:
                 self.waiting_since.pop(tp, None)
         return out
 
-    def stuck(self) -> dict[tuple[str, int], int]:
-        """Partitions waiting too long for their next offset: ``{tp: missing offset}``."""
-        now = time.monotonic()
+    def stuck(self, now: float | None = None) -> dict[tuple[str, int], int]:
+        """Partitions waiting more than ``stuck_after_s`` (at monotonic ``now`` s) for their next
+        offset while later ones are parked: ``{tp: missing offset}``."""
+        now = time.monotonic() if now is None else now
         return {tp: self.expected[tp] for tp, since in self.waiting_since.items() if now - since > self.stuck_after_s}
 
     def to_seek(self, highwater: dict[tuple[str, int], int | None], now: float | None = None
@@ -107,7 +108,7 @@ class OffsetSequencer:
         agent's channel is empty and it waits for its next batch: otherwise a slow agent, not a
         lost fetch, explains the silence."""
         now = time.monotonic() if now is None else now
-        out = self.stuck()
+        out = self.stuck(now)
         for tp, high in highwater.items():
             nxt = self.expected.get(tp)
             if (nxt is not None and high is not None and nxt < high
