@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     sink_retry_s: float = Field(300.0, gt=0, description=(
         "how long a failing ClickHouse write is retried (exponential backoff, batch held, consumption "
         "paused) before the worker exits with code 70, s"))
+    changelog_ack_timeout_s: float = Field(300.0, gt=0, description=(
+        "how long a batch waits for the broker to acknowledge its changelog (state) messages "
+        "before the worker exits with code 70 without committing it, s"))
     stats_interval_s: float = Field(10.0, gt=0, description="worker stats log line interval, s")
     shutdown_timeout_s: float = Field(30.0, gt=0, description=(
         "SIGTERM/SIGINT: the worker drains and commits, and exits by force after this long, s "
@@ -77,6 +80,9 @@ class Settings(BaseSettings):
     fault_sink_fail_writes: int = Field(0, ge=0, description="TEST HOOK: the worker's first N ClickHouse writes fail")
     fault_sink_fail_file: Path | None = Field(None, description=(
         "TEST HOOK: while this file exists, every ClickHouse write of the worker fails"))
+    fault_changelog_hold_file: Path | None = Field(None, description=(
+        "TEST HOOK: while this file exists, the worker's changelog messages wait in faust's producer "
+        "buffer (a stalled changelog producer, as after a broker restart)"))
 
     # --- detection -----------------------------------------------------------------------
     layers: tuple[str, ...] = Field(LAYERS, description="baseline layers that are on")

@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas import default_codec
-from streams.chaos import GroupProgress, rss_mb
+from streams.chaos import GroupProgress, read_topic, rss_mb, state_mismatches
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics
 from tests.conftest import wait_caught_up
@@ -119,6 +119,48 @@ def test_clickhouse_outage_pauses_consumption_and_loses_nothing(settings, worker
     assert raw >= len(sent)
     print(f"outage: {taken} of {n_burst} burst messages taken, lag {end - committed} messages, "
           f"worker RSS {rss_before:.0f} -> {rss_during:.0f} MiB")
+
+
+def test_stalled_changelog_holds_the_commit_and_a_kill_loses_no_baseline_state(settings, worker_factory, tmp_path):
+    # The changelog producer stalls (test hook: its messages wait in faust's producer buffer, as
+    # after a broker restart) while traces keep coming. A batch's offsets may be committed only
+    # once its changelog messages are acknowledged; otherwise a SIGKILL loses state updates of
+    # committed traces for good (faust's commit-time flush gives up after 0.1 s without progress).
+    ensure_topics(settings)
+    hold = tmp_path / "changelog-hold"
+    worker = worker_factory({"SELFHEAL_FAULT_CHANGELOG_HOLD_FILE": str(hold), "SELFHEAL_STATS_INTERVAL_S": "1",
+                             "SELFHEAL_COMMIT_INTERVAL_S": "0.2"})
+    sent = burst(settings, 0, 12)
+    wait_caught_up(settings, ["traces"], worker=worker)
+    wait_for(lambda: stats(worker.log) and stats(worker.log)[-1]["traces"] == len(sent), 30, "stats", worker)
+    progress = GroupProgress(settings, ["traces"])
+    try:
+        committed_before, _ = progress()
+        hold.touch()
+        healthy = len(sent)
+        sent += burst(settings, len(sent), 12)
+        wait_for(lambda: stats(worker.log)[-1]["traces"] > healthy, 60, "held traces processed", worker)
+        lines = len(stats(worker.log))
+        wait_for(lambda: len(stats(worker.log)) >= lines + 2, 30, "two stats intervals (ten commit intervals)", worker)
+        committed_held, end = progress()
+    finally:
+        progress.close()
+    worker.kill()
+    hold.unlink()
+    assert committed_held == committed_before < end, "offsets committed before their changelog was acknowledged"
+    worker = worker_factory({"SELFHEAL_STATS_INTERVAL_S": "1"})
+    wait_caught_up(settings, ["traces"], worker=worker)
+    wait_for(lambda: stats(worker.log), 60, "the restarted worker running", worker)
+    assert worker.stop() == 0
+    ids, _ = stored_trace_ids(settings)
+    assert len(ids) == len(set(ids)) == len(sent) and set(ids) == set(sent), "lost or doubled traces"
+    sink = ClickHouseSink(settings)
+    try:
+        bad, slices = state_mismatches(settings, sink,
+                                       read_topic(settings, f"{settings.full_app_id}-baselines-changelog"))
+    finally:
+        sink.close()
+    assert slices > 0 and bad == [], f"{len(bad)} of {slices} slices: state behind ClickHouse, e.g. {bad[:3]}"
 
 
 def test_sigterm_exits_within_the_bound_and_unfinished_batches_are_redelivered(settings, worker_factory, tmp_path):
