@@ -615,6 +615,23 @@ class ChaosRun:
         self.say(f"SIGTERM at {at} traces produced: worker exited with {rc} after {secs:.1f} s; restarted")
 
 
+def _where_lost(settings: Settings, codec: Any, topic: str, id_field: str, missing: dict[str, int],
+                limit: int = 20) -> list[dict[str, Any]]:
+    """For up to ``limit`` ids sent but not stored (``{id: copies missing}``): how many copies reached
+    the topic, at which partition/offset, so a report tells producer-side loss (0 on the topic) from
+    pipeline-side loss (on the topic, not in ClickHouse)."""
+    wanted = dict(sorted(missing.items())[:limit])
+    found: dict[str, list[str]] = {k: [] for k in wanted}
+    for p, o, _, v in read_topic(settings, settings.topic(topic)):
+        try:
+            _, rec = codec.decode(v)
+        except Exception:
+            continue
+        if rec.get(id_field) in found:
+            found[rec[id_field]].append(f"{p}@{o}")
+    return [{"id": k, "missing": n, "on_topic": found[k]} for k, n in wanted.items()]
+
+
 def verify(settings: Settings, rep: Any, sdk: RecordingSDK) -> dict[str, Any]:
     """Compare what was sent with ClickHouse and the topics (worker stopped: it owned the chDB dir)."""
     from schemas import default_codec
@@ -637,6 +654,12 @@ def verify(settings: Settings, rep: Any, sdk: RecordingSDK) -> dict[str, Any]:
         submissions = {"in": sum(sdk.feedback_ids.values()), "out": sum(sub.values()), "lost": fb_lost,
                        "duplicated": fb_dup,
                        "rows_before_final": q("SELECT count() FROM {db}.feedback_submissions")[0][0]}
+        if fb_lost:
+            submissions["lost_ids"] = _where_lost(
+                settings, codec, "feedback", "feedback_id",
+                {k: n - sub.get(k, 0) for k, n in sdk.feedback_ids.items() if n > sub.get(k, 0)})
+        if traces["lost"]:
+            traces["lost_ids"] = _where_lost(settings, codec, "traces", "trace_id", {k: 1 for k in sent - got})
         statuses = dict(q("SELECT dedup_status, count() FROM {db}.feedback_submissions FINAL GROUP BY 1"))
         status_expected = {"new": rep.feedback_unique_expected, "replay": rep.feedback_replays,
                            "resubmit": rep.feedback_resubmits}
@@ -649,7 +672,8 @@ def verify(settings: Settings, rep: Any, sdk: RecordingSDK) -> dict[str, Any]:
         bad_sent = rep.bad_messages + rep.bad_records
         dl = q("SELECT count() FROM {db}.dead_letters FINAL")[0][0]
         dead = {"in": bad_sent, "out": dl, "lost": max(0, bad_sent - dl), "duplicated": max(0, dl - bad_sent),
-                "rows_before_final": q("SELECT count() FROM {db}.dead_letters")[0][0]}
+                "rows_before_final": q("SELECT count() FROM {db}.dead_letters")[0][0],
+                "by_reason": dict(q("SELECT error_class, count() FROM {db}.dead_letters FINAL GROUP BY 1"))}
         change = rep.injected[0]
         incidents = q("SELECT incident_id, tenant_id, kind, release_id, metric_group, status FROM {db}.incidents FINAL")
         detected = any(r[1] == change.tenant_id and r[2] == "release_regression" and r[3] == change.release_id

@@ -35,8 +35,10 @@ def test_chaos_run_loses_and_doubles_nothing_through_every_fault(settings, tmp_p
                       catch_up_timeout_s=300.0, work_dir=tmp_path / "chaos")
     report = run_chaos(cfg, settings)
     assert report["faults_injected"] == {"sigkill": 1, "broker_restart": 1, "sink_outage": 1, "sigterm": 1}, report
-    for name, stream in report["streams"].items():
-        assert stream["in"] > 0 and (stream["lost"], stream["duplicated"]) == (0, 0), (name, stream)
+    # every stream at once (a lost feedback id also shows up as an extra dead letter, say), with
+    # where each lost id was found (on the topic or not: producer side or pipeline side)
+    bad = {name: s for name, s in report["streams"].items() if not (s["in"] > 0 and s["lost"] == s["duplicated"] == 0)}
+    assert bad == {}, (bad, report["problems"])
     assert set(report["streams"]) == {"traces", "feedback_submissions", "feedback_unique", "dead_letters"}
     # also: caught up, every SIGTERM (mid-run and final) exit 0 in time, the ClickHouse outage
     # resumed, baseline state equal to the changelog, no incident re-opened as a new episode.
