@@ -61,7 +61,7 @@ from streams.processors.feedback import TraceRef
 from streams.processors.ingest import ARM_CODES, RawMessage
 from streams.sequencer import OffsetSequencer
 from streams.sinks.clickhouse import ClickHouseSink
-from streams.topics import committed_offsets
+from streams.topics import TABLES, committed_offsets, ensure_topics
 
 log = logging.getLogger("selfheal.worker")
 #: a batch failed (e.g. ClickHouse down for longer than sink_retry_s): exit without acknowledging
@@ -110,8 +110,9 @@ class ChangelogAcks:
             return 0
         _, late = await asyncio.wait(futs, timeout=timeout_s)
         if late:
+            topics = sorted({f.message.channel.get_topic_name() for f in late})
             raise ChangelogError(f"{len(late)} of {len(futs)} changelog messages not acknowledged within "
-                                 f"{timeout_s:g} s (changelog_ack_timeout_s)")
+                                 f"{timeout_s:g} s (changelog_ack_timeout_s); topics {topics}")
         for f in futs:
             if f.cancelled() or f.exception() is not None:
                 raise ChangelogError(f"changelog send to {f.message.channel.get_topic_name()} failed: "
@@ -261,7 +262,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
         # key_type/value_type bytes make faust use the raw serializer for the changelog, also in
         # recovery (the schema argument alone does not)
         name: app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        for name in ("baselines", "incident-state", "feedback-seen", "canary-state")
+        for name in TABLES
     }
     worker = Worker(settings=settings, app=app, codec=codec, pipeline=None, topics=topics)  # type: ignore[arg-type]
 
@@ -709,6 +710,11 @@ class _SignalAwareWorker(faust.Worker):
 def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     """Run a worker in the foreground until SIGTERM/SIGINT (bounded graceful stop, see the module
     docstring: unacknowledged batches are redelivered to the next worker)."""
+    # the table changelogs exist before faust's first assignment (streams.topics docstring)
+    for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=5.0),
+                            stop=stop_after_delay(settings.sink_retry_s), reraise=True):
+        with attempt:
+            ensure_topics(settings)
     worker = build_app(settings)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
     _SignalAwareWorker(worker.app, loglevel=loglevel, quiet=True,

@@ -2,6 +2,13 @@
 
 Source topics must exist with the intended partition count before workers start (faust's
 auto-create ignores it, ../shared/INFRA.md). All are keyed by tenant_id.
+
+The worker's table changelogs (``<app id>-<table>-changelog``, compacted) are created here too,
+and by the worker itself before faust starts. faust declares them when each table starts, and
+measured here that raced the group's first assignment: the assignor ignored the missing
+``canary-state`` changelog (so its partitions were not recovered), and in 1 demo run of 8 the
+first changelog send to it waited for the topic's metadata until the batch failed after
+``changelog_ack_timeout_s``.
 """
 
 from __future__ import annotations
@@ -21,9 +28,19 @@ TOPIC_CONFIGS = {
     "verdicts": {"retention.ms": str(90 * 86400_000)},
 }
 
+#: the worker's faust tables (streams.app); each has a compacted changelog topic
+TABLES = ("baselines", "incident-state", "feedback-seen", "canary-state")
+CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """faust's changelog topic name of ``table``: ``<app id>-<table>-changelog``."""
+    return f"{settings.full_app_id}-{table}-changelog"
+
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]:
-    """Create missing topics; returns ``{topic: "created" | "exists"}``.
+    """Create missing topics (source and output topics, the worker's table changelogs); returns
+    ``{topic: "created" | "exists"}``.
 
     Raises:
         ConfigError: an existing topic has a different partition count than ``settings.partitions``.
@@ -33,8 +50,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
     meta = admin.list_topics(timeout=timeout_s)
     result: dict[str, str] = {}
     new = []
-    for name, config in TOPIC_CONFIGS.items():
-        topic = settings.topic(name)
+    wanted = {settings.topic(name): config for name, config in TOPIC_CONFIGS.items()}
+    wanted.update({changelog_topic(settings, t): CHANGELOG_CONFIG for t in TABLES})
+    for topic, config in wanted.items():
         if topic in meta.topics:
             have = len(meta.topics[topic].partitions)
             if have != settings.partitions:

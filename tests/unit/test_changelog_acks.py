@@ -52,9 +52,10 @@ def test_a_failed_send_fails_the_wait_naming_the_topic_and_error():
 def test_a_timeout_fails_the_wait_and_leaves_the_sends_alone():
     async def run():
         acks = ChangelogAcks()
-        late = _send(asyncio.get_running_loop())
+        late = _send(asyncio.get_running_loop(), "app-canary-state-changelog")
         acks.add(late)
-        with pytest.raises(ChangelogError, match=r"1 of 1 changelog messages not acknowledged within 0\.05 s"):
+        with pytest.raises(ChangelogError, match=r"1 of 1 changelog messages not acknowledged within 0\.05 s"
+                                                 r".*app-canary-state-changelog"):
             await acks.wait(0.05)
         assert not late.cancelled()  # faust still resolves it
         late.set_result(None)
