@@ -127,3 +127,38 @@ def test_a_tiny_first_batch_then_a_large_one_raises_no_alarm():
             alarms += engine.process_traces(cols)
             off += n
         assert alarms == [], (seed, [(a.metric.name, engine.store.info[a.row].key) for a in alarms])
+
+
+def _concat(a, b):
+    from dataclasses import fields
+
+    from streams.processors.ingest import TraceColumns
+
+    out = {}
+    for f in fields(TraceColumns):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        out[f.name] = np.concatenate([x, y]) if isinstance(x, np.ndarray) else list(x) + list(y)
+    return TraceColumns(**out)
+
+
+def test_a_new_release_in_the_batch_that_warms_its_parent_is_still_seeded_and_blamed():
+    """A lagging worker gets the slice's history and a new release in one batch: the release
+    slice must start from the warm parent (as with small batches), so a regression it brings is
+    caught on the release slice; unseeded, its own regressed traffic was its baseline."""
+    results = {}
+    for one_batch in (False, True):
+        engine = DriftEngine(DriftConfig())
+        rng = np.random.default_rng(11)
+        old = [Slice("acme", "cardiology", 1.0, partition=0)]
+        new = [Slice("acme", "cardiology", 1.0, release="rel-2", partition=0, effect=Effect(latency=1.5))]
+        history, _ = synthetic_columns(rng, old, 2_000, 0, T0)
+        regressed, _ = synthetic_columns(rng, new, 1_000, 2_000, T0 + 200_000)
+        if one_batch:
+            alarms = engine.process_traces(_concat(history, regressed))
+        else:
+            alarms = engine.process_traces(history)
+            alarms += engine.process_traces(regressed)
+        row = engine.store.index["release|acme|cardiology|soap_note|rel-2"]
+        results[one_batch] = (engine.store.f["weight"][row, 0] > 1_000,
+                              any(engine.store.info[a.row].layer == "release" for a in alarms))
+    assert results == {False: (True, True), True: (True, True)}

@@ -323,6 +323,44 @@ class DriftEngine:
                     self.store.copy_baseline(p, row, self.cfg.release_prior_traces)
         return row
 
+    def _release_cut(self, cols: TraceColumns) -> int:
+        """Where to split a batch so no release slice is created from a cold parent that this
+        batch warms up: the first position of such a release's traces, or 0 (no split).
+
+        A release slice is seeded from its tenant x cohort x workflow parent when it first appears,
+        if the parent has ``warmup_traces`` (the new release is then measured against the slice's
+        history, and can be blamed). Decided at batch start, a worker lagging behind (large
+        batches after a start or restart) saw the parent's history and the new release in one
+        batch, left the release unseeded, and its own regressed traffic became its baseline: the
+        demo's injected regression was then an ``output_drift`` with no release named (3 runs of
+        17). Splitting there makes the outcome independent of batch sizes.
+        """
+        if "release" not in self.cfg.layers:
+            return 0
+        index, loader, store = self.store.index, self.loader, self.store
+        combos = set(zip(cols.tenant_id, cols.cohort, cols.workflow, cols.release_id, strict=True))
+        new = [c for c in combos if slice_key("release", *c) not in index
+               and (loader is None or loader(slice_key("release", *c)) is None)]
+        if not new:
+            return 0
+        cut = 0
+        parents = list(zip(cols.tenant_id, cols.cohort, cols.workflow, strict=True))
+        releases = cols.release_id
+        for t, c, w, r in new:
+            first = next(i for i, (par, rel) in enumerate(zip(parents, releases, strict=True))
+                         if rel == r and par == (t, c, w))
+            if first == 0:
+                continue
+            # the parent row (created or resumed now; this batch would create it anyway)
+            prow = self.row_for(LAYER_PARENT["release"], t, c, w, None, int(cols.partition[first]))
+            have = float(store.f["count"][prow, 0])
+            if have >= self.cfg.warmup_traces:
+                continue
+            before = sum(1 for par in parents[:first] if par == (t, c, w))
+            if have + before >= self.cfg.warmup_traces:
+                cut = first if cut == 0 else min(cut, first)
+        return cut
+
     def _rows_per_layer(self, cols: TraceColumns) -> tuple[dict[str, np.ndarray], np.ndarray]:
         combos: dict[tuple[str, str, str, str, int], int] = {}
         setdefault = combos.setdefault
@@ -349,6 +387,18 @@ class DriftEngine:
         """
         if cols.n == 0:
             return []
+        cut = self._release_cut(cols)
+        if cut:
+            # a new release whose parent slice warms up earlier in this batch: apply the traces
+            # before it first, so the release slice is seeded from a warm parent (see _release_cut)
+            head = self.process_traces(cols.slice(0, cut))
+            tail = self.process_traces(cols.slice(cut, cols.n))
+            for a in tail:
+                if a.pos >= 0:
+                    a.pos += cut
+                    a.evidence = [e + cut for e in a.evidence]
+                    a.cp_pos = None if a.cp_pos is None else a.cp_pos + cut
+            return head + tail
         cfg = self.cfg
         rows_by_layer, _ = self._rows_per_layer(cols)
         # per-trace inputs shared by all layers

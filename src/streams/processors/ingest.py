@@ -35,7 +35,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from operator import itemgetter
 from typing import Any
 
@@ -451,6 +451,10 @@ class TraceColumns:
     def n(self) -> int:
         """Number of traces."""
         return len(self.trace_id)
+
+    def slice(self, start: int, stop: int) -> TraceColumns:
+        """Traces ``start:stop`` (views of the arrays, copies of the lists)."""
+        return TraceColumns(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
 
 
 def trace_columns(records: list[dict[str, Any]], partitions: Sequence[int], offsets: Sequence[int]) -> TraceColumns:
