@@ -644,19 +644,22 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
+def _kafka_retrying(settings: Settings) -> Retrying:
+    """tenacity policy for admin calls to the broker: ``KafkaException`` retried with exponential
+    backoff (0.2 s doubling to 5 s) for up to ``settings.sink_retry_s``, then re-raised (a broker
+    restarting or electing leaders answers with timeouts)."""
+    return Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=5.0),
+                    stop=stop_after_delay(settings.sink_retry_s), reraise=True,
+                    before_sleep=before_sleep_log(log, logging.WARNING))
+
+
 def committed_offsets_retrying(settings: Settings, topic: str, partitions: list[int]) -> dict[tuple[str, int], int]:
-    """:func:`streams.topics.committed_offsets` of the worker's group, retried with backoff for up
-    to ``settings.sink_retry_s`` (a broker restarting or electing leaders answers with timeouts).
+    """:func:`streams.topics.committed_offsets` of the worker's group, retried by :func:`_kafka_retrying`.
 
     Raises:
-        KafkaException: still failing after that.
+        KafkaException: still failing after ``settings.sink_retry_s``.
     """
-    for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=5.0),
-                            stop=stop_after_delay(settings.sink_retry_s), reraise=True,
-                            before_sleep=before_sleep_log(log, logging.WARNING)):
-        with attempt:
-            return committed_offsets(settings, settings.full_app_id, topic, partitions)
-    raise AssertionError("unreachable")
+    return _kafka_retrying(settings)(committed_offsets, settings, settings.full_app_id, topic, partitions)
 
 
 def _hold_changelog_while(path: Path) -> None:
@@ -711,10 +714,7 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     """Run a worker in the foreground until SIGTERM/SIGINT (bounded graceful stop, see the module
     docstring: unacknowledged batches are redelivered to the next worker)."""
     # the table changelogs exist before faust's first assignment (streams.topics docstring)
-    for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=5.0),
-                            stop=stop_after_delay(settings.sink_retry_s), reraise=True):
-        with attempt:
-            ensure_topics(settings)
+    _kafka_retrying(settings)(ensure_topics, settings)
     worker = build_app(settings)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
     _SignalAwareWorker(worker.app, loglevel=loglevel, quiet=True,
