@@ -56,6 +56,7 @@ from schemas import default_codec
 from schemas.codec import AvroCodec
 from streams import faust_fixes
 from streams.config import Settings
+from streams.errors import TopicNotReadyError
 from streams.pipeline import Pipeline
 from streams.processors.feedback import TraceRef
 from streams.processors.ingest import ARM_CODES, RawMessage
@@ -645,10 +646,11 @@ def _credentials(settings: Settings) -> Any:
 
 
 def _kafka_retrying(settings: Settings) -> Retrying:
-    """tenacity policy for admin calls to the broker: ``KafkaException`` retried with exponential
-    backoff (0.2 s doubling to 5 s) for up to ``settings.sink_retry_s``, then re-raised (a broker
-    restarting or electing leaders answers with timeouts)."""
-    return Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=5.0),
+    """tenacity policy for admin calls to the broker: ``KafkaException`` and ``TopicNotReadyError``
+    retried with exponential backoff (0.2 s doubling to 5 s) for up to ``settings.sink_retry_s``,
+    then re-raised (a broker restarting or electing leaders answers with timeouts)."""
+    return Retrying(retry=retry_if_exception_type((KafkaException, TopicNotReadyError)),
+                    wait=wait_exponential(0.2, max=5.0),
                     stop=stop_after_delay(settings.sink_retry_s), reraise=True,
                     before_sleep=before_sleep_log(log, logging.WARNING))
 

@@ -11,6 +11,10 @@ class ConfigError(SelfhealError):
     """A setting is missing or invalid (names the ``SELFHEAL_*`` variable)."""
 
 
+class TopicNotReadyError(SelfhealError):
+    """Topic partitions are not served by a leader yet (names topic, partition and error)."""
+
+
 class ContractViolation(SelfhealError, ValueError):
     """A record breaks its contract.
 
@@ -29,7 +33,17 @@ class ContractViolation(SelfhealError, ValueError):
 
 
 class DeliveryError(SelfhealError):
-    """Kafka did not acknowledge a message (names topic, partition and the broker error)."""
+    """Kafka did not acknowledge a message (names topic, partition and the broker error).
+
+    Attributes:
+        unconfirmed: messages acknowledged without an offset, which the broker may not have
+            written, as ``(topic, key, value)`` bytes; the caller may send them again (the worker
+            recognises a replayed trace or feedback record).
+    """
+
+    def __init__(self, message: str, *, unconfirmed: list[tuple[str, bytes, bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.unconfirmed = unconfirmed or []
 
 
 class SinkError(SelfhealError):

@@ -15,7 +15,10 @@ after ``linger_ms``), keyed by tenant_id: one Kafka message per run would cost t
 
 Delivery: idempotent producer (``enable.idempotence=true``, ``acks=all``); delivery reports
 are checked in :meth:`flush`, which raises :class:`~streams.errors.DeliveryError` naming
-topic and error if any message was not acknowledged.
+topic and error if any message was not acknowledged, or was acknowledged without an offset:
+librdkafka reports a DUPLICATE_SEQUENCE_NUMBER answer as delivered, but a broker before Kafka 4.5
+also gives it for a first batch it never wrote (KAFKA-15591, see :mod:`streams.topics`); such
+messages are in ``DeliveryError.unconfirmed``, to be sent again.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class SelfhealProducer:
         self._born: dict[tuple[str, str], float] = {}
         self._lock = threading.RLock()
         self._errors: list[str] = []
+        self._unconfirmed: list[tuple[str, bytes, bytes]] = []
         self.sent_records = {"traces": 0, "feedback": 0}
         self.sent_messages = 0
         self.delivered_messages = 0
@@ -124,16 +128,25 @@ class SelfhealProducer:
         """Send every buffered batch and wait for all delivery reports.
 
         Raises:
-            DeliveryError: a message was not acknowledged (topic, partition and error named), or
-                the timeout passed with messages in flight.
+            DeliveryError: a message was not acknowledged (topic, partition and error named), was
+                acknowledged without an offset (``unconfirmed`` holds those messages), or the
+                timeout passed with messages in flight.
         """
         with self._lock:
             for key in list(self._buffers):
                 self._send_batch(key)
         remaining = self._producer.flush(timeout_s)
-        errors, self._errors = self._errors, []
+        with self._lock:
+            errors, self._errors = self._errors, []
+            unconfirmed, self._unconfirmed = self._unconfirmed, []
         if errors:
-            raise DeliveryError(f"{len(errors)} message(s) not delivered; first: {errors[0]}")
+            raise DeliveryError(f"{len(errors)} message(s) not delivered; first: {errors[0]}", unconfirmed=unconfirmed)
+        if unconfirmed:
+            raise DeliveryError(
+                f"{len(unconfirmed)} message(s) to {sorted({t for t, _, _ in unconfirmed})} acknowledged without an "
+                "offset (a duplicate-sequence answer): the broker may not have written them (KAFKA-15591 on a "
+                "partition its leader had not loaded yet); send DeliveryError.unconfirmed again",
+                unconfirmed=unconfirmed)
         if remaining:
             raise DeliveryError(f"{remaining} message(s) still in flight after {timeout_s} s")
 
@@ -232,10 +245,14 @@ class SelfhealProducer:
         self.sent_messages += 1
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
-        else:
-            self.delivered_messages += 1
+        # runs in whichever thread polls (the caller's or the linger thread)
+        with self._lock:
+            if err is not None:
+                self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+            elif msg.offset() is None:  # acks=all always returns an offset, except for a duplicate
+                self._unconfirmed.append((msg.topic(), msg.key(), msg.value()))
+            else:
+                self.delivered_messages += 1
 
     def _linger_loop(self) -> None:
         # a background thread must not die on an error: the batch stays buffered (see _send_batch)

@@ -1,9 +1,10 @@
 """The SDK validates before sending and names the field and value at fault."""
 
 import pytest
+from confluent_kafka import OFFSET_INVALID, Message
 
 from streams.config import Settings
-from streams.errors import ContractViolation
+from streams.errors import ContractViolation, DeliveryError
 from streams.sdk import SelfhealProducer
 from tests.factories import feedback, trace
 
@@ -55,3 +56,18 @@ def test_a_batch_that_fails_to_send_stays_buffered_in_order(sdk, monkeypatch):
     sdk.send_trace(trace(3))  # newer records queue behind the ones that failed
     assert [r["trace_id"] for r in sdk._buffers[("traces", "acme")]] == [trace(i)["trace_id"] for i in (1, 2, 3)]
     assert ("traces", "acme") in sdk._born  # the background flusher will try again
+
+
+def test_a_delivery_report_without_offset_is_raised_with_the_message_to_resend(sdk):
+    # librdkafka reports a DUPLICATE_SEQUENCE_NUMBER answer as delivered with no offset; before
+    # Kafka 4.5 the broker gives it for a first batch it never wrote (KAFKA-15591): the kill
+    # test's feedback producer lost 2 records that way. Delivery reports as librdkafka builds them
+    # (confluent_kafka.Message's constructor is meant for this).
+    topic = sdk.settings.topic("feedback")
+    sdk._on_delivery(None, Message(topic=topic, partition=3, offset=17, key=b"t-a", value=b"kept"))
+    sdk._on_delivery(None, Message(topic=topic, partition=3, offset=OFFSET_INVALID, key=b"t-a", value=b"lost?"))
+    with pytest.raises(DeliveryError, match=r"1 message\(s\) to .*feedback.* acknowledged without an offset") as err:
+        sdk.flush(timeout_s=1)
+    assert err.value.unconfirmed == [(topic, b"t-a", b"lost?")]
+    assert sdk.delivered_messages == 1
+    sdk.flush(timeout_s=1)  # raised once: the caller now owns those messages
