@@ -56,7 +56,7 @@ from schemas import default_codec
 from schemas.codec import AvroCodec
 from streams import faust_fixes
 from streams.config import Settings
-from streams.errors import TopicNotReadyError
+from streams.errors import ChangelogError, TopicNotReadyError
 from streams.pipeline import Pipeline
 from streams.processors.feedback import TraceRef
 from streams.processors.ingest import ARM_CODES, RawMessage
@@ -121,11 +121,6 @@ class ChangelogAcks:
         # keep sends added meanwhile (still in flight, or failed: their waiter raises)
         self.pending = [f for f in self.pending if not f.done() or f.cancelled() or f.exception() is not None]
         return len(futs)
-
-
-class ChangelogError(Exception):
-    """Changelog messages were not acknowledged by the broker (failed, or timed out): the batch
-    that wrote them is not committed."""
 
 
 class TableBackend:

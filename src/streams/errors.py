@@ -11,6 +11,11 @@ class ConfigError(SelfhealError):
     """A setting is missing or invalid (names the ``SELFHEAL_*`` variable)."""
 
 
+class ChangelogError(SelfhealError):
+    """Changelog messages were not acknowledged by the broker (failed, or timed out; names the
+    topics): the batch that wrote them is not committed."""
+
+
 class TopicNotReadyError(SelfhealError):
     """Topic partitions are not served by a leader yet (names topic, partition and error)."""
 

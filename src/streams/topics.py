@@ -103,14 +103,15 @@ def wait_until_served(admin: AdminClient, topics: dict[str, int], timeout_s: flo
     """
     pending = {(t, p) for t, n in topics.items() for p in range(n)}
     errors: dict[tuple[str, int], str] = {}
+    request_s = max(1.0, min(10.0, timeout_s))
 
     def probe() -> None:
         try:
             # refresh the client's metadata first: list_offsets fails with _NOENT for a partition
             # its cached metadata does not know, and the cache is not refreshed by that failure
-            admin.list_topics(timeout=max(1.0, min(10.0, timeout_s)))
+            admin.list_topics(timeout=request_s)
             futures = admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in sorted(pending)},
-                                         request_timeout=max(1.0, min(10.0, timeout_s)))
+                                         request_timeout=request_s)
         except KafkaException as exc:
             raise _NotServed from exc
         for tp, fut in futures.items():

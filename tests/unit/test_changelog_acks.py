@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams.app import ChangelogAcks, ChangelogError
+from streams.app import ChangelogAcks
+from streams.errors import ChangelogError
 
 
 def _send(loop: asyncio.AbstractEventLoop, topic: str = "app-baselines-changelog") -> asyncio.Future:

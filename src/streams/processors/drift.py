@@ -338,14 +338,13 @@ class DriftEngine:
         if "release" not in self.cfg.layers:
             return 0
         index, loader, store, warmup = self.store.index, self.loader, self.store, self.cfg.warmup_traces
-        combos = set(zip(cols.tenant_id, cols.cohort, cols.workflow, cols.release_id, strict=True))
-        new = [c for c in combos if slice_key("release", *c) not in index
+        keys = list(zip(cols.tenant_id, cols.cohort, cols.workflow, cols.release_id, strict=True))
+        new = [c for c in set(keys) if slice_key("release", *c) not in index
                and (loader is None or loader(slice_key("release", *c)) is None)]
         if not new:
             return 0  # the usual batch: one set over its traces, no per-trace loop
         # parent rows (created or resumed now; this batch would create them anyway) and their counts
-        part = dict(zip(zip(cols.tenant_id, cols.cohort, cols.workflow, cols.release_id, strict=True),
-                        cols.partition.tolist(), strict=True))
+        part = dict(zip(keys, cols.partition.tolist(), strict=True))
         cold: dict[tuple[str, str, str], float] = {}
         for t, c, w, r in new:
             prow = self.row_for(LAYER_PARENT["release"], t, c, w, None, part[(t, c, w, r)])
@@ -353,21 +352,20 @@ class DriftEngine:
                 cold[(t, c, w)] = float(store.f["count"][prow, 0])
         if not cold:
             return 0  # a new release in a warm slice: seeded whatever the batch
-        # one pass: each new cold-parent release's first position, and its parent's traces before it
+        # one pass: the first new cold-parent release whose parent is warm by then
         todo = {c for c in new if c[:3] in cold}
         seen: dict[tuple[str, str, str], int] = {}
-        cut = 0
-        for i, key in enumerate(zip(cols.tenant_id, cols.cohort, cols.workflow, cols.release_id, strict=True)):
+        for i, key in enumerate(keys):
             par = key[:3]
             if key in todo:
-                todo.discard(key)
                 if i > 0 and cold[par] + seen.get(par, 0) >= warmup:
-                    cut = i if cut == 0 else min(cut, i)
+                    return i
+                todo.discard(key)
                 if not todo:
                     break
             if par in cold:
                 seen[par] = seen.get(par, 0) + 1
-        return cut
+        return 0
 
     def _rows_per_layer(self, cols: TraceColumns) -> tuple[dict[str, np.ndarray], np.ndarray]:
         combos: dict[tuple[str, str, str, str, int], int] = {}
