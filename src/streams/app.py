@@ -58,8 +58,8 @@ from streams import faust_fixes
 from streams.config import Settings
 from streams.errors import ChangelogError, TopicNotReadyError
 from streams.pipeline import Pipeline
+from streams.processors.columns import ARM_CODES, RawMessage
 from streams.processors.feedback import TraceRef
-from streams.processors.ingest import ARM_CODES, RawMessage
 from streams.sequencer import OffsetSequencer
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import TABLES, committed_offsets, ensure_topics
@@ -124,7 +124,7 @@ class ChangelogAcks:
 
 
 class TableBackend:
-    """:class:`~streams.processors.incidents.StateBackend` over a faust table with raw bytes.
+    """:class:`~streams.state.StateBackend` over a faust table with raw bytes.
 
     Writes go to the in-memory store and to the changelog partition given by the caller (the
     tenant's source partition), so the state follows the tenant's partition on rebalance. Every

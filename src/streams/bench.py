@@ -222,7 +222,7 @@ def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
     (decode, validation, every layer and detector, incidents, trace index), no Kafka, no sink.
     Returns traces per CPU-second of this process (the figure to profile with pyinstrument)."""
     from streams.pipeline import Pipeline
-    from streams.processors.ingest import RawMessage
+    from streams.processors.columns import RawMessage
 
     codec = default_codec()
     rng = np.random.default_rng(1)
@@ -248,7 +248,7 @@ def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
 
 def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
     """Arrow-insert throughput of the traces and feedback tables (in-process chDB)."""
-    from streams.processors.ingest import trace_columns
+    from streams.processors.columns import trace_columns
     from streams.sinks.clickhouse import ClickHouseSink
 
     sink = ClickHouseSink(settings.model_copy(update={"clickhouse_path": settings.state_dir / "sink-bench"}))

@@ -33,9 +33,9 @@ from streams.processors.canary import (
     MixtureTest,
     stratum_loglik,
 )
+from streams.processors.columns import TraceColumns
 from streams.processors.feedback import TraceRef
-from streams.processors.incidents import DictBackend
-from streams.processors.ingest import TraceColumns
+from streams.state import DictBackend
 from streams.synthetic import INPUT_TOKENS, LATENCY_MS, OUTPUT_TOKENS, WORKFLOW_P, WORKFLOWS
 
 #: base rates of the harmful events (as in streams.simulate's fleet)

@@ -24,7 +24,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.redact import Redactor
+from streams.privacy import Redactor
 from streams.sinks.clickhouse import ClickHouseSink
 
 FORMAT_VERSION = 1

@@ -11,7 +11,7 @@
 
 It returns what must be written and published; the caller (:mod:`streams.app` in the worker,
 the benchmarks, the tests) performs the I/O and acknowledges the batch afterwards, which is what
-makes the whole path at-least-once. State lives in :class:`~streams.processors.incidents.StateBackend`
+makes the whole path at-least-once. State lives in :class:`~streams.state.StateBackend`
 objects (faust changelog tables in the worker).
 """
 
@@ -27,16 +27,15 @@ import numpy as np
 from schemas import DeadLetter, Incident, RolloutVerdict, Verdict
 from schemas.codec import AvroCodec, canonical_json
 from streams.config import Settings
+from streams.privacy import Redactor
 from streams.processors.baselines import LAYER_PARTS, P_INDEX, SliceStore
 from streams.processors.canary import CanaryConfig, CanaryMonitor, Emitted
+from streams.processors.columns import RawMessage, TraceColumns, trace_columns
 from streams.processors.drift import DriftConfig, DriftEngine
 from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef, is_safety
-from streams.processors.incidents import DictBackend, IncidentManager, StateBackend, TraceContext
-from streams.processors.ingest import Ingest, RawMessage, TraceColumns, make_dead_letter, trace_columns
-from streams.redact import Redactor
-
-_MAYBE_PHI = __import__("re").compile(r"[@\d]|\b(?:mr|mrs|ms|miss|dr|prof|patient|pt|name|mrn|record|account|member)\b",
-                                      __import__("re").IGNORECASE)
+from streams.processors.incidents import IncidentManager, TraceContext
+from streams.processors.ingest import Ingest, make_dead_letter
+from streams.state import DictBackend, StateBackend
 
 
 @dataclass
@@ -229,9 +228,7 @@ class Pipeline:
              for i, r in enumerate(records)],
             cols.rollout_arm.tolist(), [c or "" for c in cols.candidate_release_id],
             np.nan_to_num(cols.stage_pct, nan=0.0).tolist())), wm)
-        attrs = [r["attributes"] for r in records]
-        if self.redactor.enabled and _MAYBE_PHI.search("\n".join(v for a in attrs for v in a.values())):
-            attrs = [self._redact_attrs(a) for a in attrs]  # only batches with a PHI-like value pay per record
+        attrs = self.redactor.redact_maps([r["attributes"] for r in records])
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
         self.stats["verdicts"] += len(emitted)
@@ -271,13 +268,6 @@ class Pipeline:
         alarms = eng.process_feedback(np.asarray(rows, dtype=np.int64), np.asarray(midx, dtype=np.int64),
                                       np.asarray(t_ms, dtype=np.int64), tids, feedback_watermarks, lags)
         return self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
-
-    def _redact_attrs(self, attrs: dict[str, str]) -> dict[str, str]:
-        if not attrs or not self.redactor.enabled:
-            return attrs
-        if any(_MAYBE_PHI.search(v) for v in attrs.values()):
-            return self.redactor.redact_map(attrs)
-        return attrs
 
     # ------------------------------------------------------------------ feedback
     def decode_feedback(self, messages: Sequence[RawMessage], now_ms: int | None = None):

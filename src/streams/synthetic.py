@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streams.processors.columns import TraceColumns
 from streams.processors.feedback import TraceRef
-from streams.processors.ingest import TraceColumns
 
 WORKFLOWS = ("soap_note", "discharge_summary", "prior_auth", "patient_message_reply", "billing_coding")
 WORKFLOW_P = np.array([0.50, 0.15, 0.15, 0.12, 0.08])

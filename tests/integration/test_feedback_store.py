@@ -13,7 +13,7 @@ import pytest
 from schemas import default_codec
 from streams.evalset import build_evalset
 from streams.pipeline import Pipeline
-from streams.processors.ingest import RawMessage
+from streams.processors.columns import RawMessage
 from streams.sinks.clickhouse import ClickHouseSink
 from tests.feedback_stream import EXPECTED, PHI_LEAKS, crafted_stream
 

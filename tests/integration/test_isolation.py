@@ -18,7 +18,7 @@ import pytest
 from schemas import default_codec
 from streams.errors import TenantScopeError
 from streams.pipeline import Pipeline
-from streams.processors.ingest import RawMessage
+from streams.processors.columns import RawMessage
 from streams.sinks.clickhouse import ClickHouseSink
 from tests.factories import now_ms, trace
 

@@ -30,7 +30,8 @@ from streams.processors.canary import (
     stratum_loglik,
 )
 from streams.processors.drift import DriftConfig, DriftEngine
-from streams.processors.incidents import DictBackend, IncidentManager
+from streams.processors.incidents import IncidentManager
+from streams.state import DictBackend
 
 
 # ---------------------------------------------------------------------------- the test itself

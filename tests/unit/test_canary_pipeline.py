@@ -14,7 +14,7 @@ from schemas import IncidentKind, IncidentStatus, RolloutVerdict, Verdict, defau
 from streams.canary_bench import ArmEffect, CohortPlan, rollout_records, rollout_steps
 from streams.config import Settings
 from streams.pipeline import Pipeline
-from streams.processors.ingest import RawMessage
+from streams.processors.columns import RawMessage
 from streams.sinks.clickhouse import ClickHouseSink
 from tests.conftest import ROOT
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.privacy import Redactor
 from streams.processors.corrections import (
     NEAR_DUP_THRESHOLD,
     Candidate,
@@ -18,7 +19,6 @@ from streams.processors.corrections import (
     resolve,
     similarity_text,
 )
-from streams.redact import Redactor
 
 PAIRS = json.loads((Path(__file__).resolve().parents[1] / "data/near_duplicate_pairs.json").read_text())["pairs"]
 

@@ -132,7 +132,7 @@ def test_a_tiny_first_batch_then_a_large_one_raises_no_alarm():
 def _concat(a, b):
     from dataclasses import fields
 
-    from streams.processors.ingest import TraceColumns
+    from streams.processors.columns import TraceColumns
 
     out = {}
     for f in fields(TraceColumns):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from streams.privacy import Redactor
+from streams.processors.columns import RawMessage
 from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef, dedup_key, normalise_correction
-from streams.processors.incidents import DictBackend
-from streams.processors.ingest import RawMessage
-from streams.redact import Redactor
+from streams.state import DictBackend
 from tests.factories import feedback
 
 REF = TraceRef("acme", "cardiology", "soap_note", "rel-1", 0, "s-1", 0, 1_790_000_000_000)

@@ -7,7 +7,8 @@ import numpy as np
 
 from schemas import IncidentKind, IncidentStatus
 from streams.processors.drift import DriftConfig, DriftEngine
-from streams.processors.incidents import DictBackend, IncidentManager, TraceContext
+from streams.processors.incidents import IncidentManager, TraceContext
+from streams.state import DictBackend
 from streams.synthetic import Effect, Slice, synthetic_columns
 
 T0 = 1_790_000_000_000

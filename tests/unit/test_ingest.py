@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from schemas.codec import AvroCodec
-from streams.processors.ingest import Ingest, RawMessage, trace_columns
+from streams.processors.columns import RawMessage, trace_columns
+from streams.processors.ingest import Ingest
 from tests.factories import feedback, now_ms, trace
 
 CODEC = AvroCodec()

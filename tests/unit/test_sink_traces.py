@@ -7,7 +7,8 @@ import copy
 
 from schemas import default_codec
 from streams.config import Settings
-from streams.processors.ingest import Ingest, RawMessage, trace_columns
+from streams.processors.columns import RawMessage, trace_columns
+from streams.processors.ingest import Ingest
 from streams.sinks.clickhouse import ClickHouseSink
 from tests.unit.test_fast_check import BASE
 

@@ -103,7 +103,7 @@ A *group* (tenant, release, cohort, workflow scope) holds the control histograms
 buckets; each of its scorecards (one per arm) holds the grid log-likelihoods (``(7, 107)``
 floats), sticky decisions, per-stage counts, display figures and evidence. A group and its
 scorecards are one JSON value (written atomically, ~10-30 kB) in a
-:class:`~streams.processors.incidents.StateBackend` (a faust changelog table in the worker),
+:class:`~streams.state.StateBackend` (a faust changelog table in the worker),
 written by :meth:`CanaryMonitor.flush` after every batch to the tenant's partition, so a
 restarted worker continues its scorecards; the group's last-applied source offset, stored in the
 same value, makes a redelivered batch count once. Verdict ids are deterministic per scorecard, revisions count up,
@@ -135,8 +135,8 @@ from schemas.verdict import (
     ScorecardEntry,
     Verdict,
 )
-from streams.processors.incidents import StateBackend
-from streams.processors.ingest import TraceColumns
+from streams.processors.columns import TraceColumns
+from streams.state import StateBackend
 
 # ====================================================================== the sequential test
 

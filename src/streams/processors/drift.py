@@ -77,7 +77,7 @@ from streams.processors.baselines import (
     hist_bins,
     slice_key,
 )
-from streams.processors.ingest import TraceColumns
+from streams.processors.columns import TraceColumns
 
 B_DIR = np.array([m.direction for m in BERNOULLI])
 G_DIR = np.array([m.direction for m in GAUSSIAN])

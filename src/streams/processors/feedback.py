@@ -59,6 +59,8 @@ from typing import Any, NamedTuple
 from schemas import DeadLetter
 from schemas.codec import canonical_json
 from schemas.feedback import SAFETY_CATEGORIES
+from streams.privacy import Redactor, tenant_hmac
+from streams.processors.columns import RawMessage
 from streams.processors.corrections import (
     NEAR_DUP_THRESHOLD,
     ROLE_WEIGHT,
@@ -72,9 +74,8 @@ from streams.processors.corrections import (
     similarity,
     similarity_text,
 )
-from streams.processors.incidents import StateBackend
-from streams.processors.ingest import RawMessage, make_dead_letter
-from streams.redact import Redactor, tenant_hmac
+from streams.processors.ingest import make_dead_letter
+from streams.state import StateBackend
 
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _WS = re.compile(r"\s+")

@@ -50,14 +50,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from schemas import Incident, IncidentKind, IncidentStatus, RecommendedAction, RolloutVerdict, Severity, Slice
 from schemas.common import from_ms, to_ms
 from streams.processors.baselines import GROUP_INDEX, SliceInfo, SliceStore, parse_slice_key, slice_key
 from streams.processors.drift import Alarm
+from streams.state import StateBackend
 
 SEVERITIES = (Severity.low, Severity.medium, Severity.high, Severity.critical)
 #: incident metric group of each canary scorecard metric (streams.processors.canary.METRICS)
@@ -68,35 +69,6 @@ PLATFORM = "platform"
 PLATFORM_KEY = slice_key("platform", "*", None, None, None)
 LAYER_RANK = {"platform": 0, "tenant": 1, "tenant_cohort": 2, "tenant_workflow": 2, "tenant_cohort_workflow": 3,
               "release": 4}
-
-
-class StateBackend(Protocol):
-    """Where incident state persists (a faust changelog table in the worker, a dict in tests)."""
-
-    def get(self, key: str) -> bytes | None: ...
-
-    def put(self, key: str, value: bytes, partition: int) -> None: ...
-
-    def items(self) -> Iterator[tuple[str, bytes]]: ...
-
-
-class DictBackend:
-    """In-memory :class:`StateBackend` (unit tests, benchmarks)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        """Value of ``key`` or ``None``."""
-        return self.data.get(key)
-
-    def put(self, key: str, value: bytes, partition: int) -> None:
-        """Store ``value`` (``partition`` is ignored in memory)."""
-        self.data[key] = value
-
-    def items(self) -> Iterator[tuple[str, bytes]]:
-        """All stored pairs."""
-        return iter(list(self.data.items()))
 
 
 @dataclass(slots=True)

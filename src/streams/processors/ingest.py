@@ -1,12 +1,13 @@
 """Ingest: decode and validate a batch of Kafka messages; bad input becomes dead-letter envelopes.
 
-Input is a list of :class:`RawMessage` (what faust hands the agent with ``value_serializer='raw'``).
-Each message is one Avro single-object payload: either a batch (``AgentTraceBatch``,
-``FeedbackBatch``) or a single record (``AgentTrace``, ``Feedback``). Every record that passes is
-returned with its provenance (partition, offset, index in the message); every message or record
-that fails becomes a :class:`schemas.DeadLetter` naming the error class, field and value. Nothing
-is dropped: ``len(records) + len(dead_letters) == records seen`` (whole-message failures count as
-one dead letter).
+Input is a list of :class:`~streams.processors.columns.RawMessage` (what faust hands the agent
+with ``value_serializer='raw'``). Each message is one Avro single-object payload: either a batch
+(``AgentTraceBatch``, ``FeedbackBatch``) or a single record (``AgentTrace``, ``Feedback``). Every
+record that passes is returned with its provenance (partition, offset, index in the message);
+every message or record that fails becomes a :class:`schemas.DeadLetter` naming the error class,
+field and value. Nothing is dropped: ``len(records) + len(dead_letters) == records seen``
+(whole-message failures count as one dead letter). Valid traces become
+:class:`~streams.processors.columns.TraceColumns` (:func:`~streams.processors.columns.trace_columns`).
 
 Dead-letter reasons (``error_class``; ``field`` and ``value`` name what is at fault):
 
@@ -31,11 +32,10 @@ check costs about a quarter of the model per trace (BENCHMARKS.md).
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
@@ -57,25 +57,12 @@ from schemas.common import (
     MIN_EVENT_TIME_MS,
     TENANT_ID_PATTERN,
 )
+from streams.processors.columns import ARM_CODES, OUTCOME_CODES, RawMessage
 
 TRACE_SCHEMAS = {"selfheal.v1.AgentTrace": None, "selfheal.v1.AgentTraceBatch": "traces"}
 FEEDBACK_SCHEMAS = {"selfheal.v1.Feedback": None, "selfheal.v1.FeedbackBatch": "items"}
 
-OUTCOME_CODES = {"success": 0, "failure": 1, "escalated": 2, "abandoned": 3}
-ARM_CODES = {"control": 0, "canary": 1, "shadow": 2}
 TENANT_KEY_RE = re.compile(TENANT_ID_PATTERN.removeprefix("^").removesuffix("$"))
-
-
-@dataclass(slots=True)
-class RawMessage:
-    """One Kafka message as consumed: bytes plus where it came from."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -414,80 +401,3 @@ class Ingest:
                 out.offsets.append(msg.offset)
                 out.indexes.append(i if batched else -1)
         return out
-
-
-@dataclass(slots=True)
-class TraceColumns:
-    """A batch of valid traces, columnar. Arrays have shape ``(n,)``; units in the names.
-
-    ``records`` keeps the decoded dicts (the sink writes nested fields from them).
-    """
-
-    records: list[dict[str, Any]]
-    trace_id: list[str]
-    tenant_id: list[str]
-    cohort: list[str]
-    workflow: list[str]
-    intent: list[str | None]
-    release_id: list[str]
-    partition: np.ndarray  # int32
-    offset: np.ndarray  # int64, source message offset
-    event_time_ms: np.ndarray  # int64
-    latency_ms: np.ndarray  # float64
-    input_tokens: np.ndarray  # float64
-    output_tokens: np.ndarray  # float64
-    cost_usd: np.ndarray  # float64
-    confidence: np.ndarray  # float64, NaN when absent
-    outcome: np.ndarray  # int8, OUTCOME_CODES
-    policy_blocked: np.ndarray  # bool
-    tool_failure: np.ndarray  # bool: any tool call not ok
-    retrieval_miss: np.ndarray  # bool: some retrieval query returned nothing usable
-    fallback_used: np.ndarray  # bool
-    rollout_arm: np.ndarray  # int8, ARM_CODES, -1 = not in a rollout
-    candidate_release_id: list[str | None]
-    stage_pct: np.ndarray  # float64, NaN = not in a rollout
-
-    @property
-    def n(self) -> int:
-        """Number of traces."""
-        return len(self.trace_id)
-
-    def slice(self, start: int, stop: int) -> TraceColumns:
-        """Traces ``start:stop`` (views of the arrays, copies of the lists)."""
-        return TraceColumns(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
-
-
-def trace_columns(records: list[dict[str, Any]], partitions: Sequence[int], offsets: Sequence[int]) -> TraceColumns:
-    """Build :class:`TraceColumns` from validated trace dicts (one pass per column, no per-row objects)."""
-    n = len(records)
-    f64 = np.float64
-    conf = [r["confidence"] for r in records]
-    rollouts = [r["rollout"] for r in records]
-    return TraceColumns(
-        records=records,
-        trace_id=[r["trace_id"] for r in records],
-        tenant_id=[r["tenant_id"] for r in records],
-        cohort=[r["cohort"] for r in records],
-        workflow=[r["workflow"] for r in records],
-        intent=[r["intent"] for r in records],
-        release_id=[r["release"]["release_id"] for r in records],
-        partition=np.asarray(partitions, dtype=np.int32).reshape(n),
-        offset=np.asarray(offsets, dtype=np.int64).reshape(n),
-        event_time_ms=np.fromiter((r["event_time"] for r in records), dtype=np.int64, count=n),
-        latency_ms=np.fromiter((r["latency_ms"] for r in records), dtype=f64, count=n),
-        input_tokens=np.fromiter((r["input_tokens"] for r in records), dtype=f64, count=n),
-        output_tokens=np.fromiter((r["output_tokens"] for r in records), dtype=f64, count=n),
-        cost_usd=np.fromiter((r["cost_usd"] for r in records), dtype=f64, count=n),
-        confidence=np.fromiter((math.nan if c is None else c for c in conf), dtype=f64, count=n),
-        outcome=np.fromiter((OUTCOME_CODES[r["outcome"]] for r in records), dtype=np.int8, count=n),
-        policy_blocked=np.fromiter((r["policy_blocked"] for r in records), dtype=bool, count=n),
-        tool_failure=np.fromiter(
-            (any(t["status"] != "ok" for t in r["tool_calls"]) for r in records), dtype=bool, count=n),
-        retrieval_miss=np.fromiter(
-            (r["retrieval_hits"] < r["retrieval_queries"] for r in records), dtype=bool, count=n),
-        fallback_used=np.fromiter((r["fallback_used"] for r in records), dtype=bool, count=n),
-        rollout_arm=np.fromiter((-1 if ro is None else ARM_CODES[ro["arm"]] for ro in rollouts), dtype=np.int8,
-                                count=n),
-        candidate_release_id=[None if ro is None else ro["candidate_release_id"] for ro in rollouts],
-        stage_pct=np.fromiter((math.nan if ro is None else ro["stage_pct"] for ro in rollouts), dtype=f64, count=n),
-    )

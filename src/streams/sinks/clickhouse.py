@@ -46,7 +46,7 @@ from tenacity import (
 from schemas import DeadLetter, Incident, RolloutVerdict
 from streams.config import Settings
 from streams.errors import SinkError, TenantScopeError
-from streams.processors.ingest import TraceColumns
+from streams.processors.columns import TraceColumns
 
 log = logging.getLogger(__name__)
 
