@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from schemas import default_codec
 from streams.config import Settings
-from streams.processors.baselines import METRICS
+from streams.processors.metrics import DRIFT_METRICS as METRICS
 from streams.synthetic import Effect, Slice, synthetic_columns
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -28,13 +28,14 @@ from schemas import DeadLetter, Incident, RolloutVerdict, Verdict
 from schemas.codec import AvroCodec, canonical_json
 from streams.config import Settings
 from streams.privacy import Redactor
-from streams.processors.baselines import LAYER_PARTS, P_INDEX, SliceStore
+from streams.processors.baselines import LAYER_PARTS, SliceStore
 from streams.processors.canary import CanaryConfig, CanaryMonitor, Emitted
 from streams.processors.columns import RawMessage, TraceColumns, trace_columns
 from streams.processors.drift import DriftConfig, DriftEngine
-from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef, is_safety
+from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef
 from streams.processors.incidents import IncidentManager, TraceContext
 from streams.processors.ingest import Ingest, make_dead_letter
+from streams.processors.metrics import POISSON, is_safety_feedback
 from streams.state import DictBackend, StateBackend
 
 
@@ -250,12 +251,11 @@ class Pipeline:
         feedback event time, ms) and turn matured-bucket alarms into incidents."""
         rows, midx, t_ms, tids = [], [], [], []
         eng = self.engine
-        corr, unsafe = P_INDEX["correction_rate"], P_INDEX["unsafe_feedback_rate"]
         timed = [(ref.event_time_ms, ref.partition, rec["event_time"] - ref.event_time_ms)
                  for rec, ref in corrections if "event_time" in rec]
         lags = tuple(np.array([x[i] for x in timed], dtype=np.int64 if i < 2 else np.float64) for i in range(3))
         for rec, ref in corrections:
-            metrics = (corr, unsafe) if is_safety(rec) else (corr,)
+            metrics = [j for j, metric in enumerate(POISSON) if metric.feedback_event(rec)]  # type: ignore[misc]
             for layer in eng.cfg.layers:
                 use_c, use_w, use_r = LAYER_PARTS[layer][1:]
                 row = eng.row_for(layer, ref.tenant_id, ref.cohort if use_c else None, ref.workflow if use_w else None,
@@ -294,7 +294,7 @@ class Pipeline:
             fb_wm[p] = max(fb_wm.get(p, -1), int(rec["event_time"]))
         incidents = self.apply_corrections(res.corrections, fb_wm)
         emitted = self.canary.on_feedback(
-            ((rec["trace_id"], ref, is_safety(rec)) for rec, ref in res.corrections), fb_wm)
+            ((rec["trace_id"], ref, is_safety_feedback(rec)) for rec, ref in res.corrections), fb_wm)
         incidents += self._rollbacks(emitted)
         self.stats["feedback"] += len(res.rows)
         self.stats["dead_letters"] += len(dls)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from streams.processors.drift import _ChangePoints, segmented_cusum
+from streams.processors.drift.cusum import ChangePoints, segmented_cusum
 
 
 def naive(x, seg, s0):
@@ -37,7 +37,7 @@ def test_change_points_count_since_last_zero():
     starts = np.array([0])
     s = segmented_cusum(x, seg, starts, np.array([[3.0]]))
     raw = np.array([[0.0], [0.0], [0.0], [1.0], [0.0], [1.0]])
-    cp = _ChangePoints(s, raw, np.ones_like(raw), seg, starts, np.array([[7.0]]), np.array([[2.0]]))
+    cp = ChangePoints(s, raw, np.ones_like(raw), seg, starts, np.array([[7.0]]), np.array([[2.0]]))
     n, k, cpos = cp.at(np.array([5]), np.array([0]))
     assert (n[0], k[0], cpos[0]) == (3.0, 2.0, 3)
     # before the zero, the carried counts from earlier batches are added

@@ -18,12 +18,15 @@ layer                       key                                     parent (prio
 A new ``release`` slice starts from its parent's baseline (the hypothesis under test is "the new
 release behaves like what it replaces"), so a regression is detectable from its first traces.
 Other slices warm up on their own data first (cohorts legitimately differ).
-The platform layer (all tenants) is kept by :mod:`streams.processors.platform` from per-batch
-aggregates, because a worker only sees the tenants of its partitions.
+There is no all-tenants baseline, because a worker only sees the tenants of its partitions:
+platform-wide changes are recognised from alarms of one metric group in many tenants by
+:class:`streams.processors.incidents.IncidentManager` (``platform_window_s``).
 
 Metrics
 -------
-``METRICS`` lists every metric with its family, group and direction. Families:
+Every metric is declared once in :mod:`streams.processors.metrics` (family, group, direction,
+how it is read and on which scale); the families' columns here are derived from it. Per family
+the baseline keeps:
 
 - ``bernoulli``: a 0/1 outcome per trace (failure, escalation, policy block, tool failure, ...),
   and the *tail* metrics ``latency_p95``/``latency_p99``: 1 when latency exceeds the baseline's
@@ -60,65 +63,19 @@ from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True, slots=True)
-class Metric:
-    """One monitored metric.
-
-    Attributes:
-        name: e.g. ``latency_p95``.
-        family: ``bernoulli``, ``gaussian``, ``poisson`` or ``categorical``.
-        group: incident metric group: ``quality``, ``latency``, ``output``, ``safety``, ``tools``, ``input``.
-        direction: +1 alarm on increase, -1 on decrease, 0 both.
-        unit: unit of baseline/observed in incidents (``rate``, ``ms``, ``tokens``, ``USD``, ``score``, ``per_trace``).
-    """
-
-    name: str
-    family: str
-    group: str
-    direction: int
-    unit: str
-
-
-BERNOULLI = (
-    Metric("failure_rate", "bernoulli", "quality", +1, "rate"),
-    Metric("escalation_rate", "bernoulli", "quality", +1, "rate"),
-    Metric("success_rate", "bernoulli", "quality", -1, "rate"),
-    Metric("policy_block_rate", "bernoulli", "safety", +1, "rate"),
-    Metric("tool_failure_rate", "bernoulli", "tools", +1, "rate"),
-    Metric("retrieval_miss_rate", "bernoulli", "tools", +1, "rate"),
-    Metric("fallback_rate", "bernoulli", "tools", +1, "rate"),
-    Metric("latency_p95", "bernoulli", "latency", +1, "ms"),
-    Metric("latency_p99", "bernoulli", "latency", +1, "ms"),
+from streams.processors.metrics import (
+    BERNOULLI,
+    BERNOULLI_GROUP,
+    GAUSSIAN,
+    GAUSSIAN_DIRECTION,
+    GAUSSIAN_GROUP,
+    GROUPS,
+    N_BERNOULLI,
+    N_GAUSSIAN,
+    N_POISSON,
+    POISSON,
+    POISSON_GROUP,
 )
-GAUSSIAN = (
-    Metric("latency_mean", "gaussian", "latency", +1, "ms"),
-    Metric("output_tokens", "gaussian", "output", 0, "tokens"),
-    Metric("input_tokens", "gaussian", "input", 0, "tokens"),
-    Metric("cost", "gaussian", "output", +1, "USD"),
-    Metric("confidence", "gaussian", "output", -1, "score"),
-)
-POISSON = (
-    Metric("correction_rate", "poisson", "quality", +1, "per_trace"),
-    Metric("unsafe_feedback_rate", "poisson", "safety", +1, "per_trace"),
-)
-CATEGORICAL = (Metric("input_mix", "categorical", "input", 0, "distribution"),)
-METRICS = BERNOULLI + GAUSSIAN + POISSON + CATEGORICAL
-METRIC_BY_NAME = {m.name: m for m in METRICS}
-GROUPS = ("quality", "latency", "output", "safety", "tools", "input")
-GROUP_INDEX = {g: i for i, g in enumerate(GROUPS)}
-
-NB, NG, NP = len(BERNOULLI), len(GAUSSIAN), len(POISSON)
-B_INDEX = {m.name: i for i, m in enumerate(BERNOULLI)}
-G_INDEX = {m.name: i for i, m in enumerate(GAUSSIAN)}
-P_INDEX = {m.name: i for i, m in enumerate(POISSON)}
-TAIL_P95, TAIL_P99 = B_INDEX["latency_p95"], B_INDEX["latency_p99"]
-#: group index of each metric family column (for freezing baselines per group)
-B_GROUP = np.array([GROUP_INDEX[m.group] for m in BERNOULLI])
-G_GROUP = np.array([GROUP_INDEX[m.group] for m in GAUSSIAN])
-G_DIR = np.array([m.direction for m in GAUSSIAN])
-P_GROUP = np.array([GROUP_INDEX[m.group] for m in POISSON])
-CAT_GROUP = GROUP_INDEX["input"]
 
 #: latency histogram: log-spaced bins from 1 ms to 1 h (ratio 1.178 per bin; quantiles are
 #: taken at bin edges and the tail mass above the chosen edge is the exact baseline rate).
@@ -166,7 +123,8 @@ def hist_bins(latency_ms: np.ndarray) -> np.ndarray:
 
 
 #: Per-row state fields: name -> (columns, initial value). Order is the serialisation order.
-#: b_* Bernoulli (NB), g_* Gaussian (NG), p_* Poisson (NP), c_* categorical, i_* incident groups.
+#: b_* Bernoulli, g_* Gaussian, p_* Poisson (a column per metric of the family, catalogue order),
+#: c_* categorical, i_* incident groups.
 FIELDS: dict[str, tuple[int, float]] = {
     "count": (1, 0.0),  # traces applied, plus the pseudo-count of an inherited baseline
     "own": (1, 0.0),  # traces of this slice actually seen
@@ -174,32 +132,32 @@ FIELDS: dict[str, tuple[int, float]] = {
     "last_offset": (1, -1.0),  # last source offset applied (replay guard), exact in float64 below 2**53
     "partition": (1, -1.0),
     "weight": (1, 0.0),  # EW effective sample size of the baseline
-    "b_rate": (NB, 0.0),  # baseline rate
-    "b_w": (NB, 0.0),  # EW weight per Bernoulli metric (a tail indicator is missing while its stratum is cold)
-    "b_s": (2 * NB, 0.0),  # CUSUM statistics: tuned for rate_shift, then for rate_shift_large
-    "b_n": (2 * NB, 0.0),  # samples since each CUSUM last left zero (change-point estimate)
-    "b_k": (2 * NB, 0.0),  # successes since then
-    "g_mean": (NG, 0.0),
-    "g_var": (NG, 0.0),
-    "g_w": (NG, 0.0),  # EW weight per Gaussian metric (confidence may be absent)
-    "g_mgf_u": (NG, float(np.exp(0.5))),  # EW mean of exp(+delta * clip(z)): the up detector's log-MGF
-    "g_mgf_d": (NG, float(np.exp(0.5))),  # EW mean of exp(-delta * clip(z))
-    "g_su": (NG, 0.0),  # upward CUSUM
-    "g_sd": (NG, 0.0),  # downward CUSUM
-    "g_nu": (NG, 0.0),
-    "g_xu": (NG, 0.0),  # sum of transformed values since up change point
-    "g_nd": (NG, 0.0),
-    "g_xd": (NG, 0.0),
-    "p_num": (NP, 0.0),  # EW count of events (corrections)
-    "p_den": (NP, 0.0),  # EW exposure (traces)
-    "p_s": (NP, 0.0),
-    "p_n": (NP, 0.0),  # exposure since change point
-    "p_k": (NP, 0.0),  # events since change point
+    "b_rate": (N_BERNOULLI, 0.0),  # baseline rate
+    "b_w": (N_BERNOULLI, 0.0),  # EW weight per Bernoulli metric (a tail indicator is missing while its stratum is cold)
+    "b_s": (2 * N_BERNOULLI, 0.0),  # CUSUM statistics: tuned for rate_shift, then for rate_shift_large
+    "b_n": (2 * N_BERNOULLI, 0.0),  # samples since each CUSUM last left zero (change-point estimate)
+    "b_k": (2 * N_BERNOULLI, 0.0),  # successes since then
+    "g_mean": (N_GAUSSIAN, 0.0),
+    "g_var": (N_GAUSSIAN, 0.0),
+    "g_w": (N_GAUSSIAN, 0.0),  # EW weight per Gaussian metric (confidence may be absent)
+    "g_mgf_u": (N_GAUSSIAN, float(np.exp(0.5))),  # EW mean of exp(+delta * clip(z)): the up detector's log-MGF
+    "g_mgf_d": (N_GAUSSIAN, float(np.exp(0.5))),  # EW mean of exp(-delta * clip(z))
+    "g_su": (N_GAUSSIAN, 0.0),  # upward CUSUM
+    "g_sd": (N_GAUSSIAN, 0.0),  # downward CUSUM
+    "g_nu": (N_GAUSSIAN, 0.0),
+    "g_xu": (N_GAUSSIAN, 0.0),  # sum of transformed values since up change point
+    "g_nd": (N_GAUSSIAN, 0.0),
+    "g_xd": (N_GAUSSIAN, 0.0),
+    "p_num": (N_POISSON, 0.0),  # EW count of events (corrections)
+    "p_den": (N_POISSON, 0.0),  # EW exposure (traces)
+    "p_s": (N_POISSON, 0.0),
+    "p_n": (N_POISSON, 0.0),  # exposure since change point
+    "p_k": (N_POISSON, 0.0),  # events since change point
     "pb_id": (N_BUCKETS, -1.0),  # event-time bucket held by each ring slot (-1 empty)
     "pb_n": (N_BUCKETS, 0.0),  # traces in the slot's bucket
     "pb_f": (N_BUCKETS, 0.0),  # share of the bucket's eventual feedback already credited as exposure
-    "pb_k": (N_BUCKETS * NP, 0.0),  # feedback events in the slot's bucket, slot-major
-    "pb_kc": (N_BUCKETS * NP, 0.0),  # events already credited to the detector
+    "pb_k": (N_BUCKETS * N_POISSON, 0.0),  # feedback events in the slot's bucket, slot-major
+    "pb_kc": (N_BUCKETS * N_POISSON, 0.0),  # events already credited to the detector
     "hist": (N_HIST, 0.0),  # EW latency histogram (weights)
     "c_base": (N_CAT, 0.0),  # EW input-mix distribution (weights)
     "c_win": (N_CAT, 0.0),  # current window counts
@@ -333,13 +291,13 @@ class SliceStore:
         """Largest CUSUM statistic (nats) among the detectors of metric group ``group`` on ``row``."""
         f = self.f
         vals = [0.0]
-        b = group == B_GROUP
-        g = group == G_GROUP
-        p = group == P_GROUP
+        b = group == BERNOULLI_GROUP
+        g = group == GAUSSIAN_GROUP
+        p = group == POISSON_GROUP
         if b.any():
             vals.append(float(f["b_s"][row, np.concatenate([b, b])].max()))
-        up = g & (G_DIR >= 0)  # only the sides that can alarm
-        dn = g & (G_DIR <= 0)
+        up = g & (GAUSSIAN_DIRECTION >= 0)  # only the sides that can alarm
+        dn = g & (GAUSSIAN_DIRECTION <= 0)
         if up.any():
             vals.append(float(f["g_su"][row, up].max()))
         if dn.any():
@@ -369,21 +327,21 @@ class SliceStore:
             for i, m in enumerate(BERNOULLI):
                 out.append(base | none_q | {"metric": m.name, "family": m.family, "value": float(f["b_rate"][row, i]),
                                             "variance": 0.0,
-                                            "cusum": float(max(f["b_s"][row, i], f["b_s"][row, NB + i])),
-                                            "frozen": bool(f["i_open"][row, B_GROUP[i]])}
+                                            "cusum": float(max(f["b_s"][row, i], f["b_s"][row, N_BERNOULLI + i])),
+                                            "frozen": bool(f["i_open"][row, BERNOULLI_GROUP[i]])}
                            | (q if m.group == "latency" and q else {}))
             for i, m in enumerate(GAUSSIAN):
                 out.append(base | none_q | {"metric": m.name, "family": m.family,
-                                            "value": _from_scale(i, float(f["g_mean"][row, i])),
+                                            "value": m.scale.from_scale(float(f["g_mean"][row, i])),
                                             "variance": float(f["g_var"][row, i]),
                                             "cusum": float(max(f["g_su"][row, i], f["g_sd"][row, i])),
-                                            "frozen": bool(f["i_open"][row, G_GROUP[i]])}
+                                            "frozen": bool(f["i_open"][row, GAUSSIAN_GROUP[i]])}
                            | (q if m.group == "latency" and q else {}))
             for i, m in enumerate(POISSON):
                 out.append(base | none_q | {"metric": m.name, "family": m.family,
                                             "value": float(f["p_num"][row, i] / max(f["p_den"][row, i], 1e-12)),
                                             "variance": 0.0, "cusum": float(f["p_s"][row, i]),
-                                            "frozen": bool(f["i_open"][row, P_GROUP[i]])})
+                                            "frozen": bool(f["i_open"][row, POISSON_GROUP[i]])})
         return out
 
     def snapshot(self, row: int) -> dict[str, Any]:
@@ -407,14 +365,3 @@ class SliceStore:
                 out[f"latency_q{int(q * 100)}_ms"] = float(HIST_EDGES_MS[min(int(np.searchsorted(cdf, q)) + 1, N_HIST)])
         return out
 
-
-def _from_scale(gcol: int, v: float) -> float:
-    """A Gaussian metric's mean on the detector scale back in its unit (ms, tokens, USD, score)."""
-    v = max(min(v, 50.0), -50.0)
-    if gcol == 0:
-        return float(np.exp(v))
-    if gcol in (1, 2):
-        return float(np.expm1(v))
-    if gcol == 3:
-        return float(np.exp(v) - 1e-5)
-    return float(1.0 / (1.0 + np.exp(-v)))

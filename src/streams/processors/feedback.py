@@ -58,7 +58,6 @@ from typing import Any, NamedTuple
 
 from schemas import DeadLetter
 from schemas.codec import canonical_json
-from schemas.feedback import SAFETY_CATEGORIES
 from streams.privacy import Redactor, tenant_hmac
 from streams.processors.columns import RawMessage
 from streams.processors.corrections import (
@@ -461,7 +460,3 @@ class FeedbackProcessor:
             "trace_id": rec["trace_id"], "category": rec["category"], "dedup_status": status,
             "event_time": rec["event_time"]})
 
-
-def is_safety(record: dict[str, Any]) -> bool:
-    """Feedback that counts as a safety signal (unsafe recommendation, medication error)."""
-    return record["category"] in SAFETY_CATEGORIES

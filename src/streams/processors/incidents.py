@@ -56,15 +56,12 @@ from typing import Any
 
 from schemas import Incident, IncidentKind, IncidentStatus, RecommendedAction, RolloutVerdict, Severity, Slice
 from schemas.common import from_ms, to_ms
-from streams.processors.baselines import GROUP_INDEX, SliceInfo, SliceStore, parse_slice_key, slice_key
+from streams.processors.baselines import SliceInfo, SliceStore, parse_slice_key, slice_key
 from streams.processors.drift import Alarm
+from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, GROUP_INDEX
 from streams.state import StateBackend
 
 SEVERITIES = (Severity.low, Severity.medium, Severity.high, Severity.critical)
-#: incident metric group of each canary scorecard metric (streams.processors.canary.METRICS)
-ROLLOUT_METRIC_GROUPS = {"correction_rate": "quality", "task_success": "quality", "escalation_rate": "quality",
-                         "latency_p95": "latency", "cost": "output", "policy_block_rate": "safety",
-                         "safety_feedback_rate": "safety"}
 PLATFORM = "platform"
 PLATFORM_KEY = slice_key("platform", "*", None, None, None)
 LAYER_RANK = {"platform": 0, "tenant": 1, "tenant_cohort": 2, "tenant_workflow": 2, "tenant_cohort_workflow": 3,
@@ -413,7 +410,7 @@ class IncidentManager:
                              f"{verdict.regressed_metrics}; on_rollback needs a rollback")
         fired = verdict.guardrail_fired or verdict.regressed_metrics[0]
         entry = next(e for e in verdict.scorecard if e.metric == fired)
-        group = ROLLOUT_METRIC_GROUPS.get(fired, "quality")
+        group = CANARY_METRICS[CANARY_INDEX[fired]].group if fired in CANARY_INDEX else "quality"
         tenant = verdict.tenant_id
         now_ms = to_ms(verdict.emitted_at)
         severity = 3 if verdict.guardrail_fired else 2
@@ -608,14 +605,10 @@ class IncidentManager:
             first_seen=from_ms(inc.first_seen_ms), last_seen=from_ms(inc.last_seen_ms), emitted_at=from_ms(emitted_ms))
 
 
-DETECTOR_NAMES = {"bernoulli": "bernoulli_cusum", "gaussian": "gaussian_cusum", "poisson": "poisson_cusum",
-                  "categorical": "chi2_window"}
-
-
 def _figures(alarm: Alarm) -> dict[str, Any]:
     return {"baseline": alarm.baseline, "observed": alarm.observed, "ci_low": alarm.ci_low, "ci_high": alarm.ci_high,
             "effect": alarm.effect, "samples": alarm.samples, "statistic": alarm.statistic,
-            "threshold": alarm.threshold, "detector": DETECTOR_NAMES[alarm.metric.family]}
+            "threshold": alarm.threshold, "detector": alarm.metric.detector}
 
 
 def _verdict_figures(verdict: RolloutVerdict, entry: Any) -> dict[str, Any]:

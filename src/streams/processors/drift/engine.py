@@ -1,0 +1,951 @@
+"""The drift engine: every detector of every slice layer, run per batch at per-trace resolution.
+
+:class:`DriftEngine` keeps the slice store (:mod:`streams.processors.baselines`) and, for a batch
+of traces (:meth:`DriftEngine.process_traces`):
+
+1. splits the batch where a new release appears after its parent slice warmed up
+   (:meth:`DriftEngine._release_cut`), so a release is seeded from a warm parent whatever the
+   batch sizes;
+2. finds each trace's slice row in every layer, creating (and resuming) slices on first sight;
+3. reads the per-trace inputs once for all layers (:meth:`DriftEngine._batch_inputs`): every
+   metric's event or value from the catalogue (:mod:`streams.processors.metrics`), the latency
+   tail events against the trace's own tenant x cohort x workflow edges, the input-mix bucket;
+4. per layer (:meth:`DriftEngine._process_layer`): sorts the fresh traces by slice, computes the
+   likelihood-ratio increments of every detector column against the baselines at batch start,
+   runs the CUSUMs (:func:`~streams.processors.drift.cusum.segmented_cusum`), reports the first
+   crossing per slice and column as an :class:`Alarm`, carries detector state, tests full
+   input-mix windows, and merges the batch into the baselines;
+5. advances the label-delay clock, credits matured feedback exposure and steps the Poisson
+   CUSUMs (:meth:`DriftEngine.mature`), then counts the batch's traces in their event-time buckets.
+
+Feedback events enter through :meth:`DriftEngine.process_feedback`. The engine never emits
+incidents; it returns :class:`Alarm` objects for
+:class:`streams.processors.incidents.IncidentManager`, and it freezes the baselines of groups
+whose ``i_open`` flag the manager sets.
+
+Detector columns of one layer (the per-layer CUSUM matrix, ``N_DETECTOR_COLS`` wide):
+``[Bernoulli tuned for rate_shift | Bernoulli tuned for rate_shift_large | Gaussian up |
+Gaussian down]``; Poisson detectors run on feedback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streams.processors.baselines import (
+    HIST_EDGES_MS,
+    LAYER_PARENT,
+    LAYER_PARTS,
+    N_BUCKETS,
+    N_CAT,
+    N_HIST,
+    SliceInfo,
+    SliceStore,
+    hist_bins,
+    slice_key,
+)
+from streams.processors.columns import TraceColumns
+from streams.processors.drift.cusum import ChangePoints, segmented_cusum
+from streams.processors.drift.families import (
+    MIN_POISSON_EVENTS,
+    MIN_TAIL_WEIGHT,
+    LagDistribution,
+    bernoulli_llr,
+    ew_rate_update,
+    gaussian_update,
+    guarded_poisson_rate,
+    guarded_rate,
+    poisson_cusum_step,
+    poisson_rate_interval,
+    quantile_interval,
+    standardise,
+    tail_edges,
+    tail_mass,
+    tilted_increment,
+    wilson,
+)
+from streams.processors.drift.mix import chi2_threshold, input_mix_code, mix_test
+from streams.processors.metrics import (
+    BERNOULLI,
+    BERNOULLI_DIRECTION,
+    BERNOULLI_EVENT_COLUMNS,
+    BERNOULLI_GROUP,
+    CATEGORICAL,
+    GAUSSIAN,
+    GAUSSIAN_DIRECTION,
+    GAUSSIAN_GROUP,
+    INPUT_MIX_GROUP,
+    N_BERNOULLI,
+    N_GAUSSIAN,
+    N_POISSON,
+    POISSON,
+    POISSON_GROUP,
+    TAIL_COLUMNS,
+    TAIL_P95,
+    TAIL_P99,
+    Metric,
+)
+
+# ---------------------------------------------------------------------- the per-layer CUSUM matrix
+#: Bernoulli detector columns: every Bernoulli metric tuned for rate_shift, then for rate_shift_large
+N_BERNOULLI_COLS = 2 * N_BERNOULLI
+#: all detector columns of a layer: [Bernoulli x2 tunings | Gaussian up | Gaussian down]
+N_DETECTOR_COLS = N_BERNOULLI_COLS + 2 * N_GAUSSIAN
+BERNOULLI_COLS = slice(0, N_BERNOULLI_COLS)
+GAUSSIAN_UP_COLS = slice(N_BERNOULLI_COLS, N_BERNOULLI_COLS + N_GAUSSIAN)
+GAUSSIAN_DOWN_COLS = slice(N_BERNOULLI_COLS + N_GAUSSIAN, N_DETECTOR_COLS)
+#: which columns may alarm (Gaussian sides by the metric's direction)
+ALARM_COLS = np.concatenate([np.ones(N_BERNOULLI_COLS), GAUSSIAN_DIRECTION >= 0,
+                             GAUSSIAN_DIRECTION <= 0]).astype(bool)
+#: per family of columns: the state fields (statistic, samples since the change point, raw sum
+#: since it) and the columns they hold
+STATE_COLS = (
+    (("b_s", "b_n", "b_k"), BERNOULLI_COLS),
+    (("g_su", "g_nu", "g_xu"), GAUSSIAN_UP_COLS),
+    (("g_sd", "g_nd", "g_xd"), GAUSSIAN_DOWN_COLS),
+)
+#: Bernoulli metrics monitored downward (success rate): their detectors see the complement
+DOWN = BERNOULLI_DIRECTION < 0
+#: the four tail detector columns (p95, p99 in both tunings): a coarse slice holding tail evidence
+TAIL_DETECTOR_COLS = [TAIL_P95, TAIL_P99, N_BERNOULLI + TAIL_P95, N_BERNOULLI + TAIL_P99]
+
+#: the layer whose p95/p99 edges define every trace's latency tail events (see _batch_inputs)
+STRATA = "tenant_cohort_workflow"
+#: learning weight of a baseline while its metric's CUSUM holds evidence of a change (S > HOLD_AT * h)
+HOLD_WEIGHT = 0.1
+HOLD_AT = 0.25
+
+
+@dataclass(slots=True)
+class DriftConfig:
+    """Detector settings (see ``Settings`` for units and defaults)."""
+
+    layers: tuple[str, ...] = tuple(LAYER_PARTS)
+    warmup_traces: int = 300
+    half_life_traces: float = 20_000.0
+    threshold: float = 18.0
+    rate_shift: float = 1.5
+    rate_shift_large: float = 3.0
+    mean_shift_sigma: float = 1.0
+    guard_z: float = 1.0
+    cat_window: int = 300
+    cat_alpha: float = 1e-7
+    cat_min_js: float = 0.01
+    evidence: int = 20
+    release_prior_traces: float = 2000.0
+    feedback_maturity_ms: int = 300_000
+
+    @property
+    def bucket_ms(self) -> int:
+        """Width of a label-delay bucket: maturity / 8, so the ring of 32 holds 4 x maturity
+        (maturity + a batch's span + the lag between the two topics)."""
+        return max(self.feedback_maturity_ms // 8, 1)
+
+    @property
+    def lam(self) -> float:
+        """Per-trace decay factor of the EW baselines: ``0.5 ** (1 / half_life)``."""
+        return 0.5 ** (1.0 / self.half_life_traces)
+
+
+@dataclass(slots=True)
+class Alarm:
+    """A detector crossed its threshold at one trace.
+
+    ``pos`` indexes the batch (``TraceColumns`` order, or feedback order for Poisson metrics);
+    ``baseline``/``observed`` are in the metric's unit; ``samples`` counts slice traces since the
+    estimated change point (last time the CUSUM was at zero).
+    """
+
+    row: int
+    metric: Metric
+    pos: int
+    statistic: float
+    threshold: float
+    baseline: float
+    observed: float
+    ci_low: float
+    ci_high: float
+    effect: float
+    samples: int
+    direction: int
+    evidence: list[int] = field(default_factory=list)
+    cp_pos: int | None = None
+    #: 1-based index of the alarming trace in the slice's own traffic (traces before the change
+    #: point = slice_index - samples)
+    slice_index: int = 0
+    #: set instead of positions when the alarm comes from matured feedback buckets
+    trace_id: str | None = None
+    event_time_ms: int | None = None
+    evidence_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _BatchInputs:
+    """Per-trace inputs of a batch shared by every layer, in batch order.
+
+    Attributes:
+        events: Bernoulli events (0/1, the monitored orientation), ``(n, N_BERNOULLI)``.
+        events_valid: where an event exists (a tail event needs a warm stratum), same shape.
+        values: Gaussian values on their detector scale (NaN: missing), ``(n, N_GAUSSIAN)``.
+        latency_bins: latency histogram bin of each trace, ``(n,)``.
+        mix_codes: input-mix bucket of each trace, ``(n,)``.
+        tail_p0: per-trace null rate of the p95/p99 tail events (the trace's stratum, guarded),
+            ``(n, 2)``, or ``None`` when tails are measured against each slice's own edges.
+    """
+
+    events: np.ndarray
+    events_valid: np.ndarray
+    values: np.ndarray
+    latency_bins: np.ndarray
+    mix_codes: np.ndarray
+    tail_p0: np.ndarray | None
+
+
+@dataclass(slots=True)
+class _Segments:
+    """One layer's fresh traces of a batch sorted by slice row (a *segment* per slice).
+
+    Attributes:
+        order: batch positions in sorted order, ``(n,)``.
+        starts, ends: first and last sorted row of each segment, ``(u,)``.
+        seg: segment of each sorted row, ``(n,)``.
+        srow: slice row of each segment, ``(u,)``.
+        size: traces per segment (float), ``(u,)``.
+        armed: the slice has ``warmup_traces`` (its detectors may alarm), ``(u,)``.
+        open_groups: incident groups open on the slice, ``(u, len(GROUPS))``.
+    """
+
+    order: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    seg: np.ndarray
+    srow: np.ndarray
+    size: np.ndarray
+    armed: np.ndarray
+    open_groups: np.ndarray
+
+    @property
+    def u(self) -> int:
+        """Number of segments (slices)."""
+        return len(self.starts)
+
+
+@dataclass(slots=True)
+class _LayerBaseline:
+    """Baseline parameters of one layer's segments at batch start (every array ``(u, ...)``).
+
+    Attributes:
+        hist: latency histograms; k95, k99: their p95/p99 bin edges (reported in incidents).
+        p0: Bernoulli null rates in the monitored orientation (complement for "down" metrics).
+        p0_guarded: the same guarded by ``guard_z`` standard errors (the CUSUMs' null).
+        mu, sd: Gaussian means and standard deviations on the detector scale.
+    """
+
+    hist: np.ndarray
+    k95: np.ndarray
+    k99: np.ndarray
+    p0: np.ndarray
+    p0_guarded: np.ndarray
+    mu: np.ndarray
+    sd: np.ndarray
+
+
+@dataclass(slots=True)
+class _LayerEvents:
+    """One layer's per-trace inputs in sorted order (every array ``(n, ...)``).
+
+    Attributes:
+        events: Bernoulli events, 0 where missing; valid: where they exist.
+        latency_bins: latency bins.
+        values: Gaussian values (NaN: missing); values_valid: ``~isnan(values)``; raw: values
+            with missing ones set to 0.
+    """
+
+    events: np.ndarray
+    valid: np.ndarray
+    latency_bins: np.ndarray
+    values: np.ndarray
+    values_valid: np.ndarray
+    raw: np.ndarray
+
+
+class DriftEngine:
+    """Maintains the slice store and runs every detector on each batch (see the module docstring).
+
+    Args:
+        config: detector settings.
+        store: the slice state (a fresh one by default).
+        loader: ``key -> bytes | None``; called when a slice is first seen in this process, to
+            resume its state from the changelog table (``None`` = new slice).
+    """
+
+    def __init__(self, config: DriftConfig | None = None, store: SliceStore | None = None,
+                 loader: Callable[[str], bytes | None] | None = None) -> None:
+        self.cfg = config or DriftConfig()
+        self.store = store or SliceStore()
+        self.loader = loader
+        self._mix_code_cache: dict[tuple[str, str | None], int] = {}
+        #: per partition: latest trace / feedback event time seen (ms), the label-maturity clock
+        self.trace_wm: dict[int, int] = {}
+        self.feedback_wm: dict[int, int] = {}
+        #: recent corrected traces per slice key (evidence for correction incidents)
+        self._fb_evidence: dict[str, list[tuple[str, int]]] = {}
+        self.late_feedback = 0
+        self.discarded_buckets = 0
+        self.lag = LagDistribution()
+        self._ln_rho = math.log(self.cfg.rate_shift)
+
+    # ------------------------------------------------------------------ slices
+    def row_for(self, layer: str, tenant: str, cohort: str | None, workflow: str | None,
+                release: str | None, partition: int) -> int:
+        """Row of a slice, creating it (and resuming from the changelog) on first sight."""
+        key = slice_key(layer, tenant, cohort, workflow, release)
+        row = self.store.index.get(key)
+        if row is not None:
+            return row
+        row = self.store.add(SliceInfo(key, layer, tenant, cohort, workflow, release, partition))
+        data = self.loader(key) if self.loader else None
+        if data is not None:
+            self.store.load_row(row, data)
+            self.store.f["partition"][row, 0] = partition
+        elif layer in LAYER_PARENT:
+            parent = LAYER_PARENT[layer]
+            if parent in self.cfg.layers:
+                p = self.row_for(parent, tenant, cohort, workflow, None, partition)
+                # a release that appears in an established slice is new (it can be blamed for a change)
+                self.store.f["born"][row, 0] = self.store.f["own"][p, 0]
+                if self.store.f["count"][p, 0] >= self.cfg.warmup_traces:
+                    self.store.copy_baseline(p, row, self.cfg.release_prior_traces)
+        return row
+
+    def _release_cut(self, cols: TraceColumns) -> int:
+        """Where to split a batch so no release slice is created from a cold parent that this
+        batch warms up: the first position of such a release's traces, or 0 (no split).
+
+        A release slice is seeded from its tenant x cohort x workflow parent when it first appears,
+        if the parent has ``warmup_traces`` (the new release is then measured against the slice's
+        history, and can be blamed). Decided at batch start, a worker lagging behind (large
+        batches after a start or restart) saw the parent's history and the new release in one
+        batch, left the release unseeded, and its own regressed traffic became its baseline: the
+        demo's injected regression was then an ``output_drift`` with no release named (3 runs of
+        17). Splitting there makes the outcome independent of batch sizes.
+        """
+        if "release" not in self.cfg.layers:
+            return 0
+        index, loader, store, warmup = self.store.index, self.loader, self.store, self.cfg.warmup_traces
+        keys = list(zip(cols.tenant_id, cols.cohort, cols.workflow, cols.release_id, strict=True))
+        new = [c for c in set(keys) if slice_key("release", *c) not in index
+               and (loader is None or loader(slice_key("release", *c)) is None)]
+        if not new:
+            return 0  # the usual batch: one set over its traces, no per-trace loop
+        # parent rows (created or resumed now; this batch would create them anyway) and their counts
+        part = dict(zip(keys, cols.partition.tolist(), strict=True))
+        cold: dict[tuple[str, str, str], float] = {}
+        for t, c, w, r in new:
+            prow = self.row_for(LAYER_PARENT["release"], t, c, w, None, part[(t, c, w, r)])
+            if store.f["count"][prow, 0] < warmup:
+                cold[(t, c, w)] = float(store.f["count"][prow, 0])
+        if not cold:
+            return 0  # a new release in a warm slice: seeded whatever the batch
+        # one pass: the first new cold-parent release whose parent is warm by then
+        todo = {c for c in new if c[:3] in cold}
+        seen: dict[tuple[str, str, str], int] = {}
+        for i, key in enumerate(keys):
+            par = key[:3]
+            if key in todo:
+                if i > 0 and cold[par] + seen.get(par, 0) >= warmup:
+                    return i
+                todo.discard(key)
+                if not todo:
+                    break
+            if par in cold:
+                seen[par] = seen.get(par, 0) + 1
+        return 0
+
+    def _rows_per_layer(self, cols: TraceColumns) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Slice row of every trace in every layer, ``{layer: (n,)}``, and each trace's code of
+        distinct (tenant, cohort, workflow, release, partition): rows are looked up once per code."""
+        combos: dict[tuple[str, str, str, str, int], int] = {}
+        setdefault = combos.setdefault
+        codes = np.fromiter(
+            (setdefault(k, len(combos)) for k in zip(cols.tenant_id, cols.cohort, cols.workflow,
+                                                      cols.release_id, cols.partition.tolist(), strict=True)),
+            dtype=np.intp, count=cols.n)
+        rows: dict[str, np.ndarray] = {}
+        for layer in self.cfg.layers:
+            use_c, use_w, use_r = LAYER_PARTS[layer][1:]
+            combo_rows = np.empty(len(combos), dtype=np.intp)
+            for (t, c, w, r, p), ci in combos.items():
+                combo_rows[ci] = self.row_for(layer, t, c if use_c else None, w if use_w else None,
+                                              r if use_r else None, p)
+            rows[layer] = combo_rows[codes]
+        return rows, codes
+
+    # ------------------------------------------------------------------ traces
+    def process_traces(self, cols: TraceColumns) -> list[Alarm]:
+        """Run all detectors on a batch of traces and update baselines. Returns the alarms.
+
+        Replayed messages (offset <= the slice's last applied offset) are skipped per slice, so an
+        at-least-once redelivery after a crash does not count twice in baselines or detectors.
+        A batch in which a new release appears after its parent slice warms up is processed in
+        two parts (:meth:`_release_cut`); alarm positions still index ``cols``.
+        """
+        if cols.n == 0:
+            return []
+        cut = self._release_cut(cols)
+        if cut:
+            # a new release whose parent slice warms up earlier in this batch: apply the traces
+            # before it first, so the release slice is seeded from a warm parent (see _release_cut)
+            head = self.process_traces(cols.slice(0, cut))
+            tail = self.process_traces(cols.slice(cut, cols.n))
+            for a in tail:
+                if a.pos >= 0:
+                    a.pos += cut
+                    a.evidence = [e + cut for e in a.evidence]
+                    a.cp_pos = None if a.cp_pos is None else a.cp_pos + cut
+            return head + tail
+        cfg, f = self.cfg, self.store.f
+        rows_by_layer, _ = self._rows_per_layer(cols)
+        inputs = self._batch_inputs(cols, rows_by_layer)
+        # replay guard, per layer: traces whose message offset the slice has already applied
+        last = f["last_offset"]
+        fresh = {layer: cols.offset > last[rows_by_layer[layer], 0] for layer in cfg.layers}
+        alarms: list[Alarm] = []
+        stratified = inputs.tail_p0 is not None
+        tail_hold = np.zeros(cols.n, dtype=bool)  # a coarser slice of the trace holds tail evidence
+        hold_at = cfg.threshold * HOLD_AT
+        for layer in cfg.layers:
+            hold = tail_hold if (stratified and layer == STRATA) else None
+            alarms.extend(self._process_layer(rows_by_layer[layer], fresh[layer], cols, inputs, hold))
+            if stratified and layer not in (STRATA, "release"):
+                tail_hold |= (f["b_s"][rows_by_layer[layer]][:, TAIL_DETECTOR_COLS] > hold_at).any(axis=1)
+        # label-delayed metrics: advance the trace watermark, mature due buckets (freeing their
+        # ring slots), then count this batch's traces in their event-time buckets
+        for p in np.unique(cols.partition).tolist():
+            t = int(cols.event_time_ms[cols.partition == p].max())
+            self.trace_wm[p] = max(self.trace_wm.get(p, -1), t)
+        alarms.extend(self.mature())
+        bucket = cols.event_time_ms // cfg.bucket_ms
+        for layer in cfg.layers:
+            ok = fresh[layer]
+            self._bucket_add(rows_by_layer[layer][ok], bucket[ok], None)
+        return alarms
+
+    def _batch_inputs(self, cols: TraceColumns, rows_by_layer: dict[str, np.ndarray]) -> _BatchInputs:
+        """Per-trace inputs shared by all layers: every metric read once from the catalogue.
+
+        Latency tails are stratified when the ``tenant_cohort_workflow`` layer runs: each trace
+        is compared with the p95/p99 bin edge of its own tenant x cohort x workflow baseline, and
+        that event is what every layer monitors, so coarse slices that mix workflows of different
+        speed keep the full tail signal. A cold stratum (histogram weight below
+        ``MIN_TAIL_WEIGHT``) has no edge yet: its traces' tail events are missing, not 0 or 1.
+        """
+        cfg, n = self.cfg, cols.n
+        events = np.empty((n, N_BERNOULLI))
+        for i in BERNOULLI_EVENT_COLUMNS:
+            events[:, i] = BERNOULLI[i].event(cols)  # the monitored orientation (non-success for success_rate)
+        values = np.empty((n, N_GAUSSIAN))
+        for i, metric in enumerate(GAUSSIAN):
+            values[:, i] = metric.scale.to_scale(metric.value(cols))  # type: ignore[union-attr,misc]
+        bins = hist_bins(cols.latency_ms)
+        valid = np.ones((n, N_BERNOULLI), dtype=bool)
+        tail_p0 = None
+        if STRATA in cfg.layers:
+            uniq, inv = np.unique(rows_by_layer[STRATA], return_inverse=True)
+            strata_hist = self.store.f["hist"][uniq]
+            edges = tail_edges(strata_hist)
+            for col, k in zip(TAIL_COLUMNS, edges, strict=True):
+                events[:, col] = bins >= k[inv]
+            hw = strata_hist.sum(axis=1)
+            warm = (hw >= MIN_TAIL_WEIGHT)[inv]
+            for col in TAIL_COLUMNS:
+                valid[:, col] = warm
+            # each trace's null rate: the tail mass of its stratum above the edge used (guarded by
+            # one standard error), so the increments stay likelihood ratios when an edge moves
+            tail = tail_mass(strata_hist)
+            ix = np.arange(len(uniq))
+            tail_p0 = np.empty((n, 2))
+            for c, k in enumerate(edges):
+                p = tail[ix, k]
+                tail_p0[:, c] = guarded_rate(p, np.maximum(hw, 1.0), cfg.guard_z, hw)[inv]
+        cache = self._mix_code_cache
+        mix = np.fromiter((cache[k] if k in cache else cache.setdefault(k, input_mix_code(*k))
+                           for k in zip(cols.workflow, cols.intent, strict=True)), dtype=np.intp, count=n)
+        return _BatchInputs(events, valid, values, bins, mix, tail_p0)
+
+    def _process_layer(self, rows: np.ndarray, fresh: np.ndarray, cols: TraceColumns, inputs: _BatchInputs,
+                       tail_hold: np.ndarray | None = None) -> list[Alarm]:
+        """Run one layer's detectors on a batch and merge the batch into its slices' baselines.
+
+        Args:
+            rows: slice row of each trace in this layer, ``(n,)``.
+            fresh: the trace's offset is new to its slice (replays are skipped), ``(n,)``.
+            cols: the batch (alarm evidence reads latencies from it).
+            inputs: the per-trace inputs of :meth:`_batch_inputs`.
+            tail_hold: for the strata layer, traces whose coarser slices hold tail evidence (their
+                stratum's latency histogram learns slowly, so the edges they watch stay put).
+
+        Steps: sort by slice (:meth:`_segments`); baselines at batch start
+        (:meth:`_baseline_at_start`); sorted per-trace events (:meth:`_layer_events`); increments
+        of every detector column (:meth:`_increments`) and their CUSUMs; first crossings
+        (:meth:`_first_crossings`); detector state carried to the next batch
+        (:meth:`_carry_detector_state`); input-mix windows (:meth:`_count_input_mix`,
+        :meth:`_check_mix`); the baselines learn the batch (:meth:`_learn_baselines`).
+        Returns the alarms, positions indexing ``cols``.
+        """
+        sg = self._segments(rows, fresh)
+        if sg is None:
+            return []
+        stratified = inputs.tail_p0 is not None
+        base = self._baseline_at_start(sg, stratified)
+        ev = self._layer_events(sg, inputs, base, stratified)
+        f = self.store.f
+        s0 = np.concatenate([f["b_s"][sg.srow], f["g_su"][sg.srow], f["g_sd"][sg.srow]], axis=1)
+        s = segmented_cusum(self._increments(sg, base, ev, inputs.tail_p0), sg.seg, sg.starts, s0)
+        cp = ChangePoints(
+            s,
+            raw=np.concatenate([ev.events, ev.events, ev.raw, ev.raw], axis=1),
+            cnt=np.concatenate([ev.valid, ev.valid, ev.values_valid, ev.values_valid], axis=1),
+            seg=sg.seg, starts=sg.starts,
+            carry_n=np.concatenate([f["b_n"][sg.srow], f["g_nu"][sg.srow], f["g_nd"][sg.srow]], axis=1),
+            carry_k=np.concatenate([f["b_k"][sg.srow], f["g_xu"][sg.srow], f["g_xd"][sg.srow]], axis=1),
+        )
+        alarms, fired = self._first_crossings(cols, sg, base, s, cp)
+        s_end = self._carry_detector_state(sg, s, cp, fired)
+        mix_counts = self._count_input_mix(sg, inputs.mix_codes)
+        alarms.extend(self._check_mix(sg.srow, sg.armed, sg.ends, sg.order))
+        self._learn_baselines(sg, base, ev, s_end, mix_counts, cols, tail_hold)
+        return alarms
+
+    def _segments(self, rows: np.ndarray, fresh: np.ndarray) -> _Segments | None:
+        """Sort the layer's fresh traces by slice row (stable: batch order within a slice);
+        ``None`` when every trace is a replay."""
+        f = self.store.f
+        if not fresh.all():
+            idx = np.flatnonzero(fresh)
+            if idx.size == 0:
+                return None
+        else:
+            idx = None
+        order = np.argsort(rows if idx is None else rows[idx], kind="stable")
+        if idx is not None:
+            order = idx[order]
+        r_sorted = rows[order]
+        n = len(order)
+        brk = np.flatnonzero(r_sorted[1:] != r_sorted[:-1]) + 1
+        starts = np.concatenate(([0], brk))
+        ends = np.concatenate((brk - 1, [n - 1]))
+        seg = np.repeat(np.arange(len(starts)), ends - starts + 1)
+        srow = r_sorted[starts]
+        size = (ends - starts + 1).astype(np.float64)
+        armed = f["count"][srow, 0] >= self.cfg.warmup_traces
+        return _Segments(order, starts, ends, seg, srow, size, armed, f["i_open"][srow] > 0)
+
+    def _baseline_at_start(self, sg: _Segments, stratified: bool) -> _LayerBaseline:
+        """The segments' baselines at batch start: Bernoulli null rates (monitored orientation,
+        guarded), the tail edges, Gaussian means and sds.
+
+        Without stratified tails, a slice's tail events are measured against its own p95/p99
+        edges, whose null rate is the histogram's tail mass above them.
+        """
+        cfg, f, srow, u = self.cfg, self.store.f, sg.srow, sg.u
+        hist = f["hist"][srow]
+        k95, k99 = tail_edges(hist)  # this slice's own p95/p99 bin edges (reported in incidents)
+        p0 = f["b_rate"][srow].copy()
+        if not stratified:  # tails against this slice's own edges: p0 is the tail mass above them
+            tail = tail_mass(hist)
+            p0[:, TAIL_P95] = tail[np.arange(u), k95]
+            p0[:, TAIL_P99] = tail[np.arange(u), k99]
+        # monitored direction: complement for "down" metrics
+        p0[:, DOWN] = 1.0 - p0[:, DOWN]
+        bw = np.maximum(f["b_w"][srow], 1.0)
+        if not stratified:
+            bw[:, [TAIL_P95, TAIL_P99]] = np.maximum(hist.sum(axis=1), 1.0)[:, None]
+        p0g = guarded_rate(p0, bw, cfg.guard_z, bw)
+        mu = f["g_mean"][srow]
+        sd = np.sqrt(np.maximum(f["g_var"][srow], 1e-4))
+        return _LayerBaseline(hist, k95, k99, p0, p0g, mu, sd)
+
+    def _layer_events(self, sg: _Segments, inputs: _BatchInputs, base: _LayerBaseline,
+                      stratified: bool) -> _LayerEvents:
+        """The per-trace inputs in sorted order; without stratified tails, the tail events
+        against each slice's own edges (missing while its histogram is cold)."""
+        order, seg = sg.order, sg.seg
+        xs = inputs.events[order]
+        vb = inputs.events_valid[order]
+        bs = inputs.latency_bins[order]
+        if not stratified:
+            xs[:, TAIL_P95] = bs >= base.k95[seg]
+            xs[:, TAIL_P99] = bs >= base.k99[seg]
+            warm = (base.hist.sum(axis=1) >= MIN_TAIL_WEIGHT)[seg]
+            vb[:, TAIL_P95] = warm
+            vb[:, TAIL_P99] = warm
+        xs = np.where(vb, xs, 0.0)
+        gs = inputs.values[order]
+        valid = ~np.isnan(gs)
+        return _LayerEvents(xs, vb, bs, gs, valid, np.where(valid, gs, 0.0))
+
+    def _increments(self, sg: _Segments, base: _LayerBaseline, ev: _LayerEvents,
+                    tail_p0: np.ndarray | None) -> np.ndarray:
+        """Log-likelihood ratio increment of every detector column for every sorted trace,
+        ``(n, N_DETECTOR_COLS)``; a missing event or value adds 0.
+
+        Bernoulli: the event's LLR of ``rho * p0`` against the guarded ``p0`` for both tunings
+        (stratified tails: against the trace's own stratum's null rate). Gaussian: the
+        exponentially tilted increments, up and down, charged with the baseline mean's
+        uncertainty (``guard_z / sqrt(weight)`` sd).
+        """
+        cfg, f, seg, srow = self.cfg, self.store.f, sg.seg, sg.srow
+        vb = ev.valid
+        hit = ev.events > 0
+        incs = [bernoulli_llr(base.p0_guarded, rho) for rho in (cfg.rate_shift, cfg.rate_shift_large)]
+        incb = np.concatenate([np.where(vb, np.where(hit, i1[seg], i0[seg]), 0.0) for i1, i0 in incs], axis=1)
+        if tail_p0 is not None:  # tails: per-trace null rates of the trace's stratum
+            for c, col in enumerate(TAIL_COLUMNS):
+                p0t = tail_p0[sg.order, c]
+                for b, rho in enumerate((cfg.rate_shift, cfg.rate_shift_large)):
+                    on, off = bernoulli_llr(p0t, rho)
+                    incb[:, b * N_BERNOULLI + col] = np.where(vb[:, col], np.where(hit[:, col], on, off), 0.0)
+        d = cfg.mean_shift_sigma
+        z = standardise(ev.values, ev.values_valid, base.mu[seg], base.sd[seg])
+        # guard: the baseline mean is uncertain by ~1/sqrt(weight) sigma; charge it to the increment
+        guard = (d * cfg.guard_z / np.sqrt(np.maximum(f["g_w"][srow], 1.0)))[seg]
+        inc_up = tilted_increment(z, ev.values_valid, d, np.log(f["g_mgf_u"][srow])[seg], guard)
+        inc_dn = tilted_increment(z, ev.values_valid, -d, np.log(f["g_mgf_d"][srow])[seg], guard)
+        return np.concatenate([incb, inc_up, inc_dn], axis=1)
+
+    def _first_crossings(self, cols: TraceColumns, sg: _Segments, base: _LayerBaseline, s: np.ndarray,
+                         cp: ChangePoints) -> tuple[list[Alarm], np.ndarray]:
+        """An :class:`Alarm` at the first trace where each armed slice's alarming column crosses
+        the threshold; returns the alarms and which (segment, column) fired, ``(u, N_DETECTOR_COLS)``."""
+        cfg, seg = self.cfg, sg.seg
+        hits = (s > cfg.threshold) & sg.armed[seg][:, None] & ALARM_COLS[None, :]
+        alarms: list[Alarm] = []
+        fired = np.zeros((sg.u, N_DETECTOR_COLS), dtype=bool)
+        if hits.any():
+            hr, hc = np.nonzero(hits)
+            # first hit per (segment, column): hr is sorted, so the first occurrence of each key
+            keys = seg[hr] * N_DETECTOR_COLS + hc
+            _, first = np.unique(keys, return_index=True)
+            at, colx = hr[first], hc[first]
+            n_since, k_since, cpos = cp.at(at, colx)
+            for j in range(len(at)):
+                alarms.append(self._make_alarm(cols, int(at[j]), int(colx[j]), sg, base, float(s[at[j], colx[j]]),
+                                               float(n_since[j]), float(k_since[j]), int(cpos[j])))
+            fired[seg[at], colx] = True
+        return alarms, fired
+
+    def _carry_detector_state(self, sg: _Segments, s: np.ndarray, cp: ChangePoints, fired: np.ndarray) -> np.ndarray:
+        """Store each slice's statistic and change-point counts at its last trace; detectors that
+        fired restart (the incident tracks the episode), unarmed ones stay at zero. Returns the
+        statistics stored, ``(u, N_DETECTOR_COLS)``."""
+        f, u = self.store.f, sg.u
+        n_end, k_end, _ = cp.at(np.repeat(sg.ends, N_DETECTOR_COLS), np.tile(np.arange(N_DETECTOR_COLS), u))
+        n_end, k_end = n_end.reshape(u, N_DETECTOR_COLS), k_end.reshape(u, N_DETECTOR_COLS)
+        s_end = s[sg.ends]
+        reset = fired | ~sg.armed[:, None]
+        s_end[reset] = 0.0
+        n_end[reset] = 0.0
+        k_end[reset] = 0.0
+        for (stat, since_n, since_k), cols in STATE_COLS:
+            f[stat][sg.srow] = s_end[:, cols]
+            f[since_n][sg.srow] = n_end[:, cols]
+            f[since_k][sg.srow] = k_end[:, cols]
+        return s_end
+
+    def _count_input_mix(self, sg: _Segments, mix_codes: np.ndarray) -> np.ndarray:
+        """Add the batch's input-mix buckets to the slices' open windows; returns the batch's
+        counts per slice, ``(u, N_CAT)``."""
+        counts = np.zeros((sg.u, N_CAT))
+        np.add.at(counts, (sg.seg, mix_codes[sg.order]), 1.0)
+        self.store.f["c_win"][sg.srow] += counts
+        return counts
+
+    def _learn_baselines(self, sg: _Segments, base: _LayerBaseline, ev: _LayerEvents, s_end: np.ndarray,
+                         mix_counts: np.ndarray, cols: TraceColumns, tail_hold: np.ndarray | None) -> None:
+        """Merge the batch into the slices' EW baselines and advance their counters.
+
+        Frozen per open incident group; learning slowed to ``HOLD_WEIGHT`` for a metric whose
+        CUSUM holds evidence of a change (S > h/4), so a young slice does not absorb a regression
+        before it is detected, while a baseline that started off low still converges (a full
+        freeze would lock such an estimate in). Under the null P(S > h/4) ~ exp(-4.5).
+        """
+        cfg, st = self.cfg, self.store
+        f, srow, starts, m, open_g = st.f, sg.srow, sg.starts, sg.size, sg.open_groups
+        hold_at = cfg.threshold * HOLD_AT
+        held_b = (s_end[:, :N_BERNOULLI] > hold_at) | (s_end[:, N_BERNOULLI:N_BERNOULLI_COLS] > hold_at)
+        held_g = (s_end[:, GAUSSIAN_UP_COLS] > hold_at) | (s_end[:, GAUSSIAN_DOWN_COLS] > hold_at)
+        scale_b = np.where(held_b, HOLD_WEIGHT, 1.0)
+        scale_g = np.where(held_g, HOLD_WEIGHT, 1.0)
+        lam_m = cfg.lam ** m  # (u,)
+        wb = (1.0 - lam_m) / (1.0 - cfg.lam)  # EW weight of the batch's samples
+        per = (wb / m)[:, None]
+        # Bernoulli rates, learnt in the metric's own orientation
+        vb, xs = ev.valid, ev.events
+        sums_b = np.add.reduceat(np.where(vb, np.where(DOWN[None, :], 1.0 - xs, xs), 0.0), starts, axis=0)
+        cnt_b = np.add.reduceat(vb.astype(np.float64), starts, axis=0)
+        keep_b = open_g[:, BERNOULLI_GROUP] | (cnt_b == 0)
+        new_b, bw_new = ew_rate_update(f["b_rate"][srow], f["b_w"][srow] * lam_m[:, None], sums_b, cnt_b, per, scale_b)
+        f["b_rate"][srow] = np.where(keep_b, f["b_rate"][srow], new_b)
+        f["b_w"][srow] = np.where(keep_b, f["b_w"][srow], bw_new)
+        old_w = f["weight"][srow, 0]
+        # Gaussian: weighted merge of EW (mean, var, log-MGF) with the batch's
+        mean_old, var_old = f["g_mean"][srow], f["g_var"][srow]
+        g = gaussian_update(ev.values, ev.values_valid, ev.raw, sg.seg, starts, mean_old, var_old,
+                            f["g_w"][srow] * lam_m[:, None], f["g_mgf_u"][srow], f["g_mgf_d"][srow], per, scale_g,
+                            cfg.mean_shift_sigma)
+        keep_g = open_g[:, GAUSSIAN_GROUP] | (g.count == 0)
+        f["g_mgf_u"][srow] = np.where(keep_g, f["g_mgf_u"][srow], g.mgf_up)
+        f["g_mgf_d"][srow] = np.where(keep_g, f["g_mgf_d"][srow], g.mgf_down)
+        f["g_mean"][srow] = np.where(keep_g, mean_old, g.mean)
+        f["g_var"][srow] = np.where(keep_g, var_old, g.var)
+        f["g_w"][srow] = np.where(keep_g, f["g_w"][srow], g.weight)
+        # latency histogram and input mix
+        hist = base.hist
+        hb = np.zeros((sg.u, N_HIST))
+        np.add.at(hb, (sg.seg, ev.latency_bins), 1.0)
+        lat_frozen = open_g[:, BERNOULLI_GROUP[TAIL_P95]][:, None]
+        lat_scale = np.minimum(scale_b[:, TAIL_P95], scale_b[:, TAIL_P99])
+        if tail_hold is not None:  # strata whose tail edges coarser slices are watching
+            lat_scale = np.where(np.maximum.reduceat(tail_hold[sg.order].astype(np.int8), starts) > 0, HOLD_WEIGHT,
+                                 lat_scale)
+        lat_scale = lat_scale[:, None]
+        f["hist"][srow] = np.where(lat_frozen, hist, hist * lam_m[:, None] + hb * per * lat_scale)
+        mix_frozen = open_g[:, INPUT_MIX_GROUP][:, None]
+        f["c_base"][srow] = np.where(mix_frozen, f["c_base"][srow],
+                                     f["c_base"][srow] * lam_m[:, None] + mix_counts * per)
+        f["weight"][srow, 0] = old_w * lam_m + wb
+        f["count"][srow, 0] += m
+        f["own"][srow, 0] += m
+        last_off = np.maximum.reduceat(cols.offset[sg.order], starts)
+        f["last_offset"][srow, 0] = np.maximum(f["last_offset"][srow, 0], last_off)
+        st.dirty.update(srow.tolist())
+
+    def _make_alarm(self, cols: TraceColumns, at: int, col: int, sg: _Segments, base: _LayerBaseline, stat: float,
+                    n_since: float, k_since: float, cp: int) -> Alarm:
+        """The alarm of detector column ``col`` at sorted row ``at``: baseline and observed value
+        since the change point in the metric's unit, with a 95% interval and the effect size."""
+        cfg = self.cfg
+        seg_i = int(sg.seg[at])
+        row = int(sg.srow[seg_i])
+        first = max(cp, int(sg.starts[seg_i]))  # first sorted row of this batch after the change point
+        window = sg.order[first : at + 1]
+        evidence = window[-cfg.evidence :].tolist()
+        cp_pos = None if cp < 0 else int(sg.order[cp])
+        n_s = max(n_since, 1.0)
+        own_before = int(self.store.f["own"][row, 0])  # updated after the batch's alarms
+        common = dict(row=row, pos=int(sg.order[at]), statistic=stat, threshold=cfg.threshold,
+                      samples=int(n_since), evidence=evidence, cp_pos=cp_pos,
+                      slice_index=own_before + at - int(sg.starts[seg_i]) + 1)
+        bcol = col % N_BERNOULLI if col < N_BERNOULLI_COLS else -1
+        if bcol in (TAIL_P95, TAIL_P99):
+            # baseline quantile (bin edge, ms) vs the quantile observed since the change point, with
+            # a distribution-free order-statistic CI (binomial ranks)
+            metric = BERNOULLI[bcol]
+            edge = float(HIST_EDGES_MS[int((base.k95 if bcol == TAIL_P95 else base.k99)[seg_i])])
+            obs, lo, hi = quantile_interval(cols.latency_ms[window], metric.tail_quantile)
+            return Alarm(metric=metric, baseline=edge, observed=obs, ci_low=lo, ci_high=hi,
+                         effect=obs / max(edge, 1e-9), direction=+1, **common)
+        if bcol >= 0:
+            metric = BERNOULLI[bcol]
+            rate = k_since / n_s
+            lo, hi = wilson(k_since, n_s)
+            b0 = float(base.p0[seg_i, bcol])
+            if metric.direction < 0:  # back to the metric's own orientation (e.g. success rate)
+                rate, lo, hi, b0 = 1 - rate, 1 - hi, 1 - lo, 1 - b0
+            return Alarm(metric=metric, baseline=b0, observed=rate, ci_low=lo, ci_high=hi,
+                         effect=rate / max(b0, 1e-9), direction=metric.direction, **common)
+        gcol = (col - N_BERNOULLI_COLS) % N_GAUSSIAN
+        metric = GAUSSIAN[gcol]
+        mean_t = k_since / n_s
+        sdv = float(base.sd[seg_i, gcol])
+        se = sdv / math.sqrt(n_s)
+        base_t = float(base.mu[seg_i, gcol])
+        inv = metric.scale.from_scale  # type: ignore[union-attr]
+        return Alarm(metric=metric, baseline=inv(base_t), observed=inv(mean_t),
+                     ci_low=inv(mean_t - 1.96 * se), ci_high=inv(mean_t + 1.96 * se),
+                     effect=(mean_t - base_t) / max(sdv, 1e-9),
+                     direction=+1 if col < N_BERNOULLI_COLS + N_GAUSSIAN else -1, **common)
+
+    def _check_mix(self, srow: np.ndarray, armed: np.ndarray, ends: np.ndarray, order: np.ndarray) -> list[Alarm]:
+        """Test every slice whose input-mix window is full (:func:`~streams.processors.drift.mix.mix_test`)
+        and start its next window; armed slices with a baseline mix can alarm."""
+        cfg, f = self.cfg, self.store.f
+        win = f["c_win"][srow]
+        tot = win.sum(axis=1)
+        ready = np.flatnonzero(tot >= cfg.cat_window)
+        alarms: list[Alarm] = []
+        for j in ready:
+            row = int(srow[j])
+            base = f["c_base"][row]
+            if armed[j] and base.sum() > 0:
+                t = mix_test(win[j], tot[j], base)
+                if t.rejects(cfg.cat_alpha, cfg.cat_min_js):
+                    at = int(order[ends[j]])
+                    alarms.append(Alarm(row=row, metric=CATEGORICAL[0], pos=at, statistic=t.x2,
+                                        slice_index=int(f["own"][row, 0] + tot[j]),
+                                        threshold=chi2_threshold(cfg.cat_alpha),
+                                        baseline=0.0, observed=t.js, ci_low=t.js, ci_high=t.js, effect=t.js,
+                                        samples=int(tot[j]), direction=0,
+                                        evidence=order[max(0, ends[j] - cfg.evidence + 1): ends[j] + 1].tolist()))
+            f["c_win"][row] = 0.0
+        return alarms
+
+    # ------------------------------------------------------------------ label-delayed metrics
+    def _bucket_add(self, rows: np.ndarray, bucket: np.ndarray, metric_idx: np.ndarray | None) -> int:
+        """Add traces (``metric_idx is None``) or feedback events to the slices' bucket rings.
+
+        Returns the number of feedback events that arrived after their bucket matured (late).
+        """
+        f = self.store.f
+        key = rows.astype(np.int64) * (1 << 40) + bucket.astype(np.int64)
+        uniq, counts = np.unique(key, return_counts=True) if metric_idx is None else (None, None)
+        late = 0
+        if metric_idx is None:
+            for kv, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+                row, b = kv >> 40, kv & ((1 << 40) - 1)
+                slot = b % N_BUCKETS
+                held = f["pb_id"][row, slot]
+                if held != b:
+                    if held >= 0:
+                        # the ring wrapped before the old bucket matured (one topic far ahead of the
+                        # other): discard it whole, exposure and events, so the rate stays unbiased
+                        self.discarded_buckets += 1
+                    f["pb_id"][row, slot] = b
+                    f["pb_n"][row, slot] = 0.0
+                    f["pb_f"][row, slot] = 0.0
+                    f["pb_k"][row, slot * N_POISSON : (slot + 1) * N_POISSON] = 0.0
+                    f["pb_kc"][row, slot * N_POISSON : (slot + 1) * N_POISSON] = 0.0
+                f["pb_n"][row, slot] += c
+            return 0
+        for row, b, j in zip(rows.tolist(), bucket.tolist(), metric_idx.tolist(), strict=True):
+            slot = b % N_BUCKETS
+            if f["pb_id"][row, slot] != b:
+                late += 1  # its bucket retired (or was never seen): not counted, a safe undercount
+                continue
+            f["pb_k"][row, slot * N_POISSON + j] += 1.0
+        return late
+
+    def process_feedback(self, rows: np.ndarray, metric_idx: np.ndarray, trace_event_ms: np.ndarray,
+                         trace_ids: Sequence[str], feedback_event_ms: dict[int, int],
+                         lag_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[Alarm]:
+        """Count feedback events (corrections) in their traces' buckets, then credit exposure.
+
+        Args:
+            rows: slice row of each event, shape ``(k,)`` (one event per slice layer it counts in).
+            metric_idx: Poisson metric index of each event (``metrics.POISSON_INDEX``).
+            trace_event_ms: event time of the trace each event refers to, ms.
+            trace_ids: the trace id of each event (evidence).
+            feedback_event_ms: per partition, the latest feedback event time in the batch, ms
+                (advances the feedback watermark).
+            lag_samples: ``(trace event ms, partition, delay ms)`` arrays, one entry per distinct
+                feedback: the label-delay distribution learns from them.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if lag_samples is not None and len(lag_samples[0]):
+            self.lag.observe(*lag_samples)
+        if len(rows):
+            bucket = np.asarray(trace_event_ms, dtype=np.int64) // self.cfg.bucket_ms
+            self.late_feedback += self._bucket_add(rows, bucket, np.asarray(metric_idx, dtype=np.int64))
+            for row, tid, t in zip(rows.tolist(), trace_ids, np.asarray(trace_event_ms).tolist(), strict=True):
+                ev = self._fb_evidence.setdefault(self.store.info[row].key, [])
+                ev.append((tid, int(t)))
+                if len(ev) > 2 * self.cfg.evidence:
+                    del ev[: len(ev) - self.cfg.evidence]
+        for p, t in feedback_event_ms.items():
+            self.feedback_wm[p] = max(self.feedback_wm.get(p, -1), int(t))
+        return self.mature()
+
+    def mature(self) -> list[Alarm]:
+        """Credit label-delayed exposure and step the Poisson CUSUMs (Lucas 1985), one step per
+        slice per call, vectorised over slices.
+
+        A bucket of ``n`` traces whose age (clock minus the bucket's middle) grew from ``a1`` to ``a2``
+        contributes exposure ``n * (F(a2) - F(a1))``, where ``F`` is the learned feedback-delay CDF;
+        the events it received meanwhile are the counts. The step's log-likelihood ratio is
+        ``k * ln(rho) - exposure * r0 * (rho - 1)`` (Poisson, rate ``rho * r0`` vs ``r0``), exact
+        for events arriving as a Poisson process with intensity ``n * r * F'(age)``. The clock is the
+        lower of the partition's trace and feedback watermarks, so neither topic running ahead of
+        the other fakes a change. Until ``F`` has enough samples it is a step at
+        ``feedback_maturity`` (a bucket counts once matured). Buckets retire when ``F >= 0.999``.
+        """
+        st, cfg = self.store, self.cfg
+        if st.n == 0:
+            return []
+        f = st.f
+        n_rows = st.n
+        parts = f["partition"][:n_rows, 0].astype(np.int64)
+        clock = np.array([min(self.trace_wm.get(p, -1), self.feedback_wm.get(p, -1))
+                          for p in range(int(parts.max()) + 1)], dtype=np.float64)
+        self.lag.release({p: float(c) for p, c in enumerate(clock)}, cfg.feedback_maturity_ms)
+        ids = f["pb_id"][:n_rows]
+        active_rows = np.flatnonzero((ids >= 0).any(axis=1) & (clock[parts] >= 0))
+        if active_rows.size == 0:
+            return []
+        ids = ids[active_rows]
+        age = clock[parts[active_rows]][:, None] - (ids + 0.5) * cfg.bucket_ms
+        cdf = np.where(ids >= 0, self.lag.cdf(age, cfg.feedback_maturity_ms), 0.0)
+        credited = f["pb_f"][active_rows]
+        cdf = np.maximum(cdf, credited)
+        expo = (f["pb_n"][active_rows] * (cdf - credited)).sum(axis=1)  # (R,)
+        k_all = f["pb_k"][active_rows].reshape(len(active_rows), N_BUCKETS, N_POISSON)
+        kc_all = f["pb_kc"][active_rows].reshape(len(active_rows), N_BUCKETS, N_POISSON)
+        # events are credited together with their exposure: as they arrive once F is learned
+        # (F credits the expected share), but only at maturity while F is still the fallback step
+        credit = np.ones_like(cdf, dtype=bool) if self.lag.learned else cdf >= 1.0
+        new_k = np.where(credit[:, :, None], k_all, kc_all)
+        events = (new_k - kc_all).sum(axis=1)  # (R, N_POISSON)
+        f["pb_f"][active_rows] = cdf
+        f["pb_kc"][active_rows] = new_k.reshape(len(active_rows), N_BUCKETS * N_POISSON)
+        retire = (cdf >= 0.999) & (ids >= 0)
+        if retire.any():
+            rr, ss = np.nonzero(retire)
+            f["pb_id"][active_rows[rr], ss] = -1.0
+        stepped = np.flatnonzero((expo > 0) | (events.sum(axis=1) > 0))
+        if stepped.size == 0:
+            return []
+        rows = active_rows[stepped]
+        st.dirty.update(rows.tolist())
+        return self._poisson_steps(rows, expo[stepped], events[stepped])
+
+    def _poisson_steps(self, rows: np.ndarray, expo: np.ndarray, events: np.ndarray) -> list[Alarm]:
+        """One Poisson CUSUM step per row and metric with exposure ``expo`` (R,) and counts
+        ``events`` (R, N_POISSON); baselines learn from the same credited exposure and counts."""
+        cfg, f = self.cfg, self.store.f
+        rho, lnr = cfg.rate_shift, self._ln_rho
+        lam_n = cfg.lam ** expo
+        armed_slice = f["count"][rows, 0] >= cfg.warmup_traces
+        out: list[Alarm] = []
+        for j in range(N_POISSON):
+            k = events[:, j]
+            r0, r0g = guarded_poisson_rate(f["p_num"][rows, j], f["p_den"][rows, j], cfg.guard_z)
+            armed = armed_slice & (f["p_num"][rows, j] >= MIN_POISSON_EVENTS)
+            s_new = poisson_cusum_step(f["p_s"][rows, j], k, expo, r0g, rho, lnr)
+            frozen = f["i_open"][rows, POISSON_GROUP[j]] > 0
+            scale = np.where(s_new > cfg.threshold * HOLD_AT, HOLD_WEIGHT, 1.0)
+            f["p_den"][rows, j] = np.where(frozen, f["p_den"][rows, j], f["p_den"][rows, j] * lam_n + expo * scale)
+            f["p_num"][rows, j] = np.where(frozen, f["p_num"][rows, j], f["p_num"][rows, j] * lam_n + k * scale)
+            reset = ~armed | (s_new <= 0.0)
+            f["p_s"][rows, j] = np.where(reset, 0.0, s_new)
+            f["p_n"][rows, j] = np.where(reset, 0.0, f["p_n"][rows, j] + expo)
+            f["p_k"][rows, j] = np.where(reset, 0.0, f["p_k"][rows, j] + k)
+            for i in np.flatnonzero(~reset & (s_new > cfg.threshold) & (k > 0)).tolist():
+                row = int(rows[i])
+                n_exp = max(float(f["p_n"][row, j]), 1.0)
+                kk = float(f["p_k"][row, j])
+                obs = kk / n_exp
+                lo, hi = poisson_rate_interval(kk, n_exp)
+                ev = self._fb_evidence.get(self.store.info[row].key, [])
+                ids_ = [tid for tid, _ in ev]
+                out.append(Alarm(row=row, metric=POISSON[j], pos=-1, statistic=float(s_new[i]),
+                                 threshold=cfg.threshold, baseline=float(r0[i]), observed=obs, ci_low=lo, ci_high=hi,
+                                 effect=obs / max(float(r0[i]), 1e-9), samples=int(n_exp), direction=+1,
+                                 slice_index=int(f["own"][row, 0]), trace_id=ids_[-1] if ids_ else "",
+                                 event_time_ms=max((t for _, t in ev), default=0),
+                                 evidence_ids=ids_[-cfg.evidence:]))
+                f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
+        return out
