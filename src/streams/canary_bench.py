@@ -27,11 +27,13 @@ from scipy import stats
 from schemas.verdict import RolloutVerdict, Verdict
 from streams.processors.canary import (
     GRID,
-    NM,
     CanaryConfig,
     CanaryMonitor,
     MixtureTest,
     stratum_loglik,
+)
+from streams.processors.canary import (
+    N_CANARY_METRICS as NM,
 )
 from streams.processors.columns import TraceColumns
 from streams.processors.feedback import TraceRef

@@ -482,7 +482,7 @@ def scorecard(
     """Print the current scorecards of a release under rollout, one table per tenant x cohort x
     workflow scope x arm (latest verdict revision, from ClickHouse)."""
     from streams.errors import TenantScopeError
-    from streams.processors.canary import METRIC_INDEX
+    from streams.processors.metrics import CANARY_INDEX as METRIC_INDEX
     from streams.sinks.clickhouse import ClickHouseSink
 
     sink = ClickHouseSink(get_settings())
