@@ -5,7 +5,7 @@ Usage: .venv/bin/python scripts/near_dup_threshold.py [--pairs tests/data/near_d
 For each scorer and threshold prints precision, recall and F1 of "near_duplicate" against the
 hand labels, with selfheal's guards (same numbers in order, no polarity flip, token-sort coverage, no
 substituted content word) and without them,
-and then the confusion table of :func:`streams.processors.corrections.compare` at the default
+and then the confusion table of :func:`streams.processors.feedback.corrections.compare` at the default
 threshold.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rapidfuzz import fuzz
 
-from streams.processors import corrections as C
+from streams.processors.feedback import corrections as C
 
 SCORERS = {"ratio": fuzz.ratio, "token_sort_ratio": fuzz.token_sort_ratio, "token_set_ratio": fuzz.token_set_ratio,
            "WRatio": fuzz.WRatio}

@@ -58,7 +58,7 @@ from streams import faust_fixes
 from streams.config import Settings
 from streams.errors import ChangelogError, TopicNotReadyError
 from streams.pipeline import Pipeline
-from streams.processors.columns import ARM_CODES, RawMessage
+from streams.processors.columns import RawMessage
 from streams.processors.feedback import TraceRef
 from streams.sequencer import OffsetSequencer
 from streams.sinks.clickhouse import ClickHouseSink
@@ -265,10 +265,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     def lookup(tenant: str, trace_ids: list[str]) -> dict[str, TraceRef]:
         if worker.sink is None or not trace_ids:
             return {}
-        rows = worker.sink.for_tenant(tenant).trace_refs(trace_ids)
-        return {r[0]: TraceRef(tenant, r[1], r[2], r[3], int(r[4]), r[5], 0, int(r[6]), r[7],
-                               rollout_arm=ARM_CODES.get(r[8], -1), candidate_release_id=r[9], stage_pct=float(r[10]))
-                for r in rows}
+        return TraceRef.by_trace_id(tenant, worker.sink.for_tenant(tenant).trace_refs(trace_ids))
 
     acks = worker.changelog_acks
     worker.pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"], acks),

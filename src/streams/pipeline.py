@@ -34,7 +34,7 @@ from streams.processors.columns import RawMessage, TraceColumns, trace_columns
 from streams.processors.drift import DriftConfig, DriftEngine
 from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef
 from streams.processors.incidents import IncidentManager, TraceContext
-from streams.processors.ingest import Ingest, make_dead_letter
+from streams.processors.ingest import Decoded, Ingest, make_dead_letter
 from streams.processors.metrics import POISSON, is_safety_feedback
 from streams.state import DictBackend, StateBackend
 
@@ -49,6 +49,18 @@ class TraceOutput:
     dead_letters: list[DeadLetter]
     duplicates: int = 0
     verdicts: list[RolloutVerdict] = field(default_factory=list)
+
+
+@dataclass
+class DedupedTraces:
+    """Valid traces of a batch without replays, with their provenance (parallel lists)."""
+
+    records: list[dict[str, Any]]
+    partitions: list[int]
+    offsets: list[int]
+    fingerprints: list[int]  # content hash per trace (TraceRef.fingerprint)
+    duplicates: int  # replays skipped
+    dead_letters: list[DeadLetter]  # the batch's, conflicting duplicates included
 
 
 @dataclass
@@ -172,11 +184,31 @@ class Pipeline:
 
     # ------------------------------------------------------------------ traces
     def on_traces(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> TraceOutput:
-        """Process one batch of trace messages (see module docstring)."""
-        decoded = self.trace_ingest.decode(messages, now_ms)
+        """Process one batch of trace messages (see module docstring): decode and validate,
+        drop replayed trace ids, detectors and incidents, canary scorecards, index the traces for
+        the feedback join, redact their attributes."""
+        traces = self._dedup_traces(self.trace_ingest.decode(messages, now_ms), messages)
+        if not traces.records:
+            return TraceOutput(None, [], [], traces.dead_letters, traces.duplicates)
+        cols = trace_columns(traces.records, traces.partitions, traces.offsets)
+        self._remember_releases(traces.records)
+        incidents = self.process_columns(cols)
+        emitted = self.canary.on_traces(cols)
+        incidents += self._rollbacks(emitted)
+        self._index_traces(cols, traces.fingerprints)
+        attrs = self.redactor.redact_maps([r["attributes"] for r in traces.records])
+        self.stats["traces"] += cols.n
+        self.stats["incident_events"] += len(incidents)
+        self.stats["verdicts"] += len(emitted)
+        return TraceOutput(cols, attrs, incidents, traces.dead_letters, traces.duplicates,
+                           [e.verdict for e in emitted])
+
+    def _dedup_traces(self, decoded: Decoded, messages: Sequence[RawMessage]) -> DedupedTraces:
+        """Drop traces whose id was seen before (in the trace index or earlier in this batch):
+        same content is a replay (skipped, counted), different content a ``duplicate_conflict``
+        dead letter. The fingerprint of a trace is a hash of the fields a replay cannot change."""
         dls = decoded.dead_letters
         records, parts, offs, idxs = decoded.records, decoded.partitions, decoded.offsets, decoded.indexes
-        # trace_id dedup: same id + same content = replay (skipped), different content = conflict
         keep: list[int] = []
         seen_now: dict[str, int] = {}
         index = self.index
@@ -206,34 +238,23 @@ class Pipeline:
             fps = [fps[i] for i in keep]
         self.stats["trace_duplicates"] += dup
         self.stats["dead_letters"] += len(dls)
-        if not records:
-            return TraceOutput(None, [], [], dls, dup)
-        cols = trace_columns(records, parts, offs)
+        return DedupedTraces(records, parts, offs, fps, dup, dls)
+
+    def _remember_releases(self, records: list[dict[str, Any]]) -> None:
+        """Keep the manifest of every release seen (incidents name the manifest they implicate)."""
         for r in records:
             rel = r["release"]
             if rel["release_id"] not in self.releases:
                 self.releases[rel["release_id"]] = dict(rel)
-        incidents = self.process_columns(cols)
-        emitted = self.canary.on_traces(cols)
-        incidents += self._rollbacks(emitted)
-        # remember traces for feedback joins and duplicate detection
+
+    def _index_traces(self, cols: TraceColumns, fingerprints: list[int]) -> None:
+        """Remember the batch's traces for feedback joins and duplicate detection, and advance
+        the per-partition trace watermarks."""
         wm: dict[int, int] = {}
         for p, t in zip(cols.partition.tolist(), cols.event_time_ms.tolist(), strict=True):
             if t > wm.get(p, -1):
                 wm[p] = t
-        failed = set(np.flatnonzero(cols.tool_failure).tolist())
-        index.add_many(cols.trace_id, list(map(
-            TraceRef, cols.tenant_id, cols.cohort, cols.workflow, cols.release_id, parts,
-            [r["session_id"] for r in records], fps, cols.event_time_ms.tolist(),
-            [next(t["name"] for t in r["tool_calls"] if t["status"] != "ok") if i in failed else ""
-             for i, r in enumerate(records)],
-            cols.rollout_arm.tolist(), [c or "" for c in cols.candidate_release_id],
-            np.nan_to_num(cols.stage_pct, nan=0.0).tolist())), wm)
-        attrs = self.redactor.redact_maps([r["attributes"] for r in records])
-        self.stats["traces"] += cols.n
-        self.stats["incident_events"] += len(incidents)
-        self.stats["verdicts"] += len(emitted)
-        return TraceOutput(cols, attrs, incidents, dls, dup, [e.verdict for e in emitted])
+        self.index.add_many(cols.trace_id, TraceRef.from_columns(cols, fingerprints), wm)
 
     def process_columns(self, cols: TraceColumns) -> list[Incident]:
         """Baselines, detectors and incidents for validated traces (the part of :meth:`on_traces`
@@ -270,12 +291,15 @@ class Pipeline:
         return self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
 
     # ------------------------------------------------------------------ feedback
-    def decode_feedback(self, messages: Sequence[RawMessage], now_ms: int | None = None):
+    def decode_feedback(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> Decoded:
         """Decode + validate feedback messages (step 1 of :meth:`on_feedback`)."""
         return self.feedback_ingest.decode(messages, now_ms)
 
-    def on_feedback(self, messages: Sequence[RawMessage], decoded=None, refs=None) -> FeedbackOutput:
-        """Process one batch of feedback messages whose traces are resolved.
+    def on_feedback(self, messages: Sequence[RawMessage], decoded: Decoded | None = None,
+                    refs: list[TraceRef | None] | None = None) -> FeedbackOutput:
+        """Process one batch of feedback messages whose traces are resolved: decode, join,
+        dedup and rows (:class:`FeedbackProcessor`), new corrections into the label-delayed
+        detectors and the canary scorecards.
 
         ``decoded``/``refs`` come from :meth:`decode_feedback` and
         :meth:`FeedbackProcessor.resolve` when the caller waited for the trace watermark;
@@ -285,13 +309,10 @@ class Pipeline:
             decoded = self.decode_feedback(messages)
         if refs is None:
             refs, _ = self.feedback.resolve(decoded.records, decoded.partitions)
-        msg_by_off = {(m.partition, m.offset): m for m in messages}
-        src = [msg_by_off[(p, o)] for p, o in zip(decoded.partitions, decoded.offsets, strict=True)]
-        res = self.feedback.process(decoded.records, decoded.partitions, decoded.offsets, refs, src, decoded.indexes)
+        res = self.feedback.process(decoded.records, decoded.partitions, decoded.offsets, refs,
+                                    _source_messages(decoded, messages), decoded.indexes)
         dls = decoded.dead_letters + res.dead_letters
-        fb_wm: dict[int, int] = {}
-        for rec, p in zip(decoded.records, decoded.partitions, strict=True):
-            fb_wm[p] = max(fb_wm.get(p, -1), int(rec["event_time"]))
+        fb_wm = _feedback_watermarks(decoded)
         incidents = self.apply_corrections(res.corrections, fb_wm)
         emitted = self.canary.on_feedback(
             ((rec["trace_id"], ref, is_safety_feedback(rec)) for rec, ref in res.corrections), fb_wm)
@@ -315,6 +336,20 @@ class Pipeline:
 
 
 _NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0)
+
+
+def _source_messages(decoded: Decoded, messages: Sequence[RawMessage]) -> list[RawMessage]:
+    """The message each decoded record came from (dead letters carry its envelope)."""
+    msg_by_off = {(m.partition, m.offset): m for m in messages}
+    return [msg_by_off[(p, o)] for p, o in zip(decoded.partitions, decoded.offsets, strict=True)]
+
+
+def _feedback_watermarks(decoded: Decoded) -> dict[int, int]:
+    """Per partition, the latest feedback event time of the batch, ms."""
+    fb_wm: dict[int, int] = {}
+    for rec, p in zip(decoded.records, decoded.partitions, strict=True):
+        fb_wm[p] = max(fb_wm.get(p, -1), int(rec["event_time"]))
+    return fb_wm
 
 
 def now_ms() -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streams.privacy import Redactor
-from streams.processors.corrections import (
+from streams.processors.feedback.corrections import (
     NEAR_DUP_THRESHOLD,
     Candidate,
     compare,

@@ -1,5 +1,6 @@
 """ClickHouseSink.write_traces on embedded chDB: nested fields (tool calls, attributes, rollout)
-land in the right row, and a redelivered batch collapses under FINAL (idempotent sink)."""
+land in the right row, a redelivered batch collapses under FINAL (idempotent sink), and a stored
+trace reads back as the same TraceRef the pipeline built from the batch."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import copy
 from schemas import default_codec
 from streams.config import Settings
 from streams.processors.columns import RawMessage, trace_columns
+from streams.processors.feedback import TraceRef
 from streams.processors.ingest import Ingest
 from streams.sinks.clickhouse import ClickHouseSink
 from tests.unit.test_fast_check import BASE
 
 
-def test_traces_round_trip_with_nested_fields(tmp_path):
+def _batch():
     calls = [[], [{"name": "ehr_lookup", "status": "ok", "latency_ms": 120.0}],
              [{"name": "a", "status": "error", "latency_ms": 5.0},
               {"name": "b", "status": "timeout", "latency_ms": 9.5}]]
@@ -29,7 +31,11 @@ def test_traces_round_trip_with_nested_fields(tmp_path):
                                         "traces": recs}))
     decoded = Ingest(codec, "traces").decode([msg])
     assert not decoded.dead_letters
-    cols = trace_columns(decoded.records, decoded.partitions, decoded.offsets)
+    return trace_columns(decoded.records, decoded.partitions, decoded.offsets)
+
+
+def test_traces_round_trip_with_nested_fields(tmp_path):
+    cols = _batch()
     sink = ClickHouseSink(Settings(state_dir=tmp_path, clickhouse_path=tmp_path / "ch"))
     try:
         sink.migrate()
@@ -45,3 +51,21 @@ def test_traces_round_trip_with_nested_fields(tmp_path):
     assert [r[3] for r in rows] == [[], [120.0], [5.0, 9.5]]
     assert [r[4] for r in rows] == [{}, {"k": "1"}, {"k": "2"}]
     assert [r[5] for r in rows] == ["canary", "", "canary"]
+
+
+def test_a_stored_trace_reads_back_as_the_reference_built_from_its_batch(tmp_path):
+    # a TraceRef is built from a batch (TraceRef.from_columns, the pipeline) and from the sink's
+    # rows (TraceRef.from_row over TRACE_REF_COLUMNS, the feedback join of older traces): field by
+    # field the same, tool failures and rollout (or none) included
+    cols = _batch()
+    sink = ClickHouseSink(Settings(state_dir=tmp_path, clickhouse_path=tmp_path / "ch"))
+    try:
+        sink.migrate()
+        sink.write_traces(cols)
+        stored = TraceRef.by_trace_id(cols.tenant_id[0], sink.for_tenant(cols.tenant_id[0]).trace_refs(cols.trace_id))
+    finally:
+        sink.close()
+    built = dict(zip(cols.trace_id, TraceRef.from_columns(cols, [0] * cols.n), strict=True))
+    assert stored == built
+    assert [built[t].tool for t in cols.trace_id] == ["", "", "a"]
+    assert [built[t].rollout_arm for t in cols.trace_id] == [1, -1, 1]

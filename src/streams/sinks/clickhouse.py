@@ -47,6 +47,7 @@ from schemas import DeadLetter, Incident, RolloutVerdict
 from streams.config import Settings
 from streams.errors import SinkError, TenantScopeError
 from streams.processors.columns import TraceColumns
+from streams.processors.feedback.traces import TRACE_REF_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -486,6 +487,16 @@ _PATTERN_GROUP = "pattern_id, category, workflow, tool, template, release_id"
 # monotone and the rows do not depend on where batch boundaries fell
 _PATTERN_FROM = "FROM {db}.feedback FINAL WHERE pattern_id != '' "
 #: INSERT ... SELECT statements of :meth:`ClickHouseSink.refresh_patterns` (tenant, segment, global)
+#: the ``traces`` table expression of each trace-reference column (TRACE_REF_COLUMNS, the feedback
+#: join of older traces); the SELECT below is generated in the order of that tuple
+_TRACE_REF_SQL = {
+    "trace_id": "trace_id", "cohort": "cohort", "workflow": "workflow", "release_id": "release_id",
+    "partition": "source_partition", "session_id": "session_id", "event_time_ms": "toUnixTimestamp64Milli(event_time)",
+    "tool": "arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses)", "rollout_arm": "rollout_arm",
+    "candidate_release_id": "candidate_release_id", "stage_pct": "rollout_stage_pct",
+}
+TRACE_REFS_QUERY = ("SELECT " + ", ".join(_TRACE_REF_SQL[c] for c in TRACE_REF_COLUMNS)
+                    + " FROM {db}.traces WHERE tenant_id = {tenant:String} AND trace_id IN {ids:Array(String)}")
 PATTERN_REFRESH = (
     f"INSERT INTO {{db}}.feedback_patterns ({_PATTERN_COLS}) "
     f"SELECT if(uniqExact(session_id) >= {{m:UInt32}}, 'tenant', 'session'), tenant_id, '', {_PATTERN_GROUP}, "
@@ -614,21 +625,16 @@ class TenantQueries:
 
     def trace_refs(self, trace_ids: Sequence[str]) -> list[tuple]:
         """Slice of this tenant's traces among ``trace_ids`` (the feedback join of older traces):
-        ``[(trace_id, cohort, workflow, release_id, source_partition, session_id, event_time_ms,
-        first_failing_tool, rollout_arm, candidate_release_id, rollout_stage_pct)]``
-        (``first_failing_tool`` is ``""`` when every tool call was ok, ``rollout_arm`` ``""`` outside
-        a rollout).
-        Ids of other tenants' traces return nothing."""
+        one row per trace found, columns named by
+        :data:`~streams.processors.feedback.traces.TRACE_REF_COLUMNS` (read them with
+        ``TraceRef.from_row``); ``tool`` is the first failing tool (``""`` when every call was ok),
+        ``rollout_arm`` ``""`` outside a rollout. Ids of other tenants' traces return nothing."""
         ids = list(trace_ids)
         if len(ids) > self.MAX_IDS or not all(isinstance(t, str) for t in ids):
             raise TenantScopeError(f"trace_ids must be at most {self.MAX_IDS} strings")
         if not ids:
             return []
-        return self._q(
-            "SELECT trace_id, cohort, workflow, release_id, source_partition, session_id, "
-            "toUnixTimestamp64Milli(event_time), arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses), "
-            "rollout_arm, candidate_release_id, rollout_stage_pct "
-            "FROM {db}.traces WHERE tenant_id = {tenant:String} AND trace_id IN {ids:Array(String)}", ids=ids)
+        return self._q(TRACE_REFS_QUERY, ids=ids)
 
 
 def _scorecards(sink: ClickHouseSink, release_id: str, tenant: str) -> tuple[list[tuple], list[tuple]]:

@@ -218,7 +218,7 @@ class CanaryMonitor:
 
         Args:
             events: ``(trace_id, ref, safety)`` per new correction; ``ref`` is the trace's
-                :class:`~streams.processors.feedback.TraceRef` (its ``rollout_arm``,
+                :class:`~streams.processors.feedback.traces.TraceRef` (its ``rollout_arm``,
                 ``candidate_release_id``, ``stage_pct``); ``safety`` marks safety feedback.
             feedback_wm: per partition, the latest feedback event time of the batch, ms.
         """

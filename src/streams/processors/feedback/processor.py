@@ -1,5 +1,5 @@
-"""Feedback: join to the trace, deduplicate, reconcile and score corrections, and turn them into
-rows and detector events.
+"""Feedback processing: deduplicate, reconcile and score corrections of joined feedback, and turn
+them into rows and detector events.
 
 Deduplication (stream side; the ClickHouse table collapses again by ``dedup_key``):
 
@@ -11,8 +11,9 @@ Deduplication (stream side; the ClickHouse table collapses again by ``dedup_key`
 - **resubmit**: a new ``feedback_id`` with the same tenant, trace, category and normalised
   correction (:func:`normalise_correction`) → ``resubmit``, same ``dedup_key``;
 - **near-duplicate**: a new ``feedback_id`` on the same tenant, trace and category whose
-  correction is the same one worded differently (:func:`streams.processors.corrections.compare`,
-  rapidfuzz token-set ratio >= ``near_dup_threshold`` plus number and polarity guards) →
+  correction is the same one worded differently
+  (:func:`streams.processors.feedback.corrections.compare`, rapidfuzz token-set ratio >=
+  ``near_dup_threshold`` plus number and polarity guards) →
   ``near_duplicate``, and it takes the ``dedup_key`` of the correction it duplicates.
 
 Each unique correction (``dedup_key``) has one row after ``FINAL``: its first submission's
@@ -23,8 +24,8 @@ ReplacingMergeTree keeps the newest.
 
 Conflicts: two corrections of one trace conflict when different reviewers gave them and they
 differ in category or contradict each other; both stay, flagged, and the rule of
-:func:`streams.processors.corrections.resolve` (role weight, then majority, then recency) says
-which wins and why. Confidence: :func:`streams.processors.corrections.confidence`.
+:func:`streams.processors.feedback.corrections.resolve` (role weight, then majority, then recency)
+says which wins and why. Confidence: :func:`streams.processors.feedback.corrections.confidence`.
 
 Only ``new`` feedback counts in the correction-rate detectors, so replays cannot fake a
 regression.
@@ -38,12 +39,8 @@ reviewers, counters, conflict outcome; bounded by ``max_corrections_per_trace`` 
 after a crash either it and the rows it refers to are in the changelog or the submission is
 processed again from scratch: a restarted worker behaves as if it had never stopped.
 
-Trace join: a feedback item needs its trace's slice (cohort, workflow, release). The
-:class:`TraceIndex` keeps recent traces of this worker's partitions (bounded FIFO); older ones
-are looked up in ClickHouse. Feedback always follows its trace, so while the partition's trace
-watermark (latest event time seen) is behind the feedback's event time, the item waits; once the
-watermark passes (plus ``allowed_lateness_ms``) and the trace is still unknown, it is dead-lettered
-as ``unknown_trace``.
+Trace join (which trace a feedback item belongs to, and how long it waits for it):
+:mod:`streams.processors.feedback.traces`.
 """
 
 from __future__ import annotations
@@ -52,15 +49,15 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from schemas import DeadLetter
 from schemas.codec import canonical_json
 from streams.privacy import Redactor, tenant_hmac
 from streams.processors.columns import RawMessage
-from streams.processors.corrections import (
+from streams.processors.feedback.corrections import (
     NEAR_DUP_THRESHOLD,
     ROLE_WEIGHT,
     SEVERITY_ORDER,
@@ -73,6 +70,7 @@ from streams.processors.corrections import (
     similarity,
     similarity_text,
 )
+from streams.processors.feedback.traces import TraceIndex, TraceRef
 from streams.processors.ingest import make_dead_letter
 from streams.state import StateBackend
 
@@ -97,57 +95,6 @@ def dedup_key(tenant_id: str, trace_id: str, category: str, normalised: str) -> 
 def conflict_id(tenant_id: str, trace_id: str) -> str:
     """Id of a trace's conflict group: SHA-1 of tenant and trace (hex, 16)."""
     return hashlib.sha1(f"{tenant_id}\x1f{trace_id}".encode()).hexdigest()[:16]
-
-
-class TraceRef(NamedTuple):
-    """What feedback needs from its trace (a tuple: one is kept per recent trace, built per batch)."""
-
-    tenant_id: str
-    cohort: str
-    workflow: str
-    release_id: str
-    partition: int
-    session_id: str = ""
-    fingerprint: int = 0
-    event_time_ms: int = 0
-    tool: str = ""  # first tool call of the trace that did not return ok ("" if none)
-    #: rollout of the trace: arm (``ingest.ARM_CODES``, -1 = none), candidate release, stage %
-    rollout_arm: int = -1
-    candidate_release_id: str = ""
-    stage_pct: float = 0.0
-
-
-class TraceIndex:
-    """Recent traces by id (bounded, oldest evicted first) and the trace watermark per partition.
-
-    Args:
-        capacity: traces kept (about 250 bytes each).
-    """
-
-    def __init__(self, capacity: int = 500_000) -> None:
-        self.capacity = capacity
-        self.refs: dict[str, TraceRef] = {}
-        self.watermark_ms: dict[int, int] = {}
-
-    def add_many(self, trace_ids: list[str], refs: list[TraceRef], max_event_ms: dict[int, int]) -> None:
-        """Add traces (parallel lists) and advance the per-partition watermarks."""
-        self.refs.update(zip(trace_ids, refs, strict=True))
-        over = len(self.refs) - self.capacity
-        if over > 0:
-            for k in list(self._oldest(over)):
-                del self.refs[k]
-        for p, t in max_event_ms.items():
-            if t > self.watermark_ms.get(p, -1):
-                self.watermark_ms[p] = t
-
-    def _oldest(self, n: int) -> Iterable[str]:
-        it = iter(self.refs)
-        for _ in range(n):
-            yield next(it)
-
-    def get(self, trace_id: str) -> TraceRef | None:
-        """The trace's ref, if it is still in memory."""
-        return self.refs.get(trace_id)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Rules for corrections: near-duplicates, contradictions, pattern templates, confidence, conflicts.
 
-Pure functions used by :class:`streams.processors.feedback.FeedbackProcessor`; every rule is
+Pure functions used by :class:`streams.processors.feedback.processor.FeedbackProcessor`; every rule is
 documented in ``docs/feedback.md`` with the figures that chose its constants.
 
 Near-duplicates (:func:`compare`). Two corrections on the same tenant, trace and category are
