@@ -1,6 +1,6 @@
 """Count-based figures for the canary scorecards (``selfheal bench-canary``) and the synthetic
 rollouts the unit tests use: staged rollouts straight into
-:class:`~streams.processors.ingest.TraceColumns` plus correction events, no Kafka, no Avro.
+:class:`~streams.processors.columns.TraceColumns` plus correction events, no Kafka, no Avro.
 
 - :func:`null_false_rollback`: many null releases (the candidate behaves exactly like the
   control) through the sequential tests, vectorised, looking after *every* stratum; the share

@@ -12,7 +12,7 @@ from streams.processors.columns import RawMessage, trace_columns
 from streams.processors.feedback import TraceRef
 from streams.processors.ingest import Ingest
 from streams.sinks.clickhouse import ClickHouseSink
-from tests.unit.test_fast_check import BASE
+from tests.unit.processors.test_fast_check import BASE
 
 
 def _batch():

@@ -1,6 +1,6 @@
 """Incident lifecycle: turn detector alarms into one incident per episode, updated and resolved.
 
-Rules (documented in README "Incidents"):
+Rules (this docstring is their reference; README "Detection in one paragraph" summarises them):
 
 - **Episode**: an alarm on slice *S* for metric group *G* joins the open incident of group *G*
   whose slices overlap *S* (same tenant; cohort, workflow and release equal or unspecified on

@@ -24,7 +24,7 @@ Dead-letter reasons (``error_class``; ``field`` and ``value`` name what is at fa
 Validation: the pydantic contract models (``model_validate`` with the event-time window in the
 validation context) are the definition. For traces, the hot path first runs
 :class:`TraceFastCheck`, a column-wise (numpy) check of the same constraints that is never more lenient
-than the model (``tests/unit/test_fast_check.py`` mutates every field to prove it); a record it
+than the model (``tests/unit/processors/test_fast_check.py`` mutates every field to prove it); a record it
 does not accept goes through the model, which accepts it or names the field and value. The fast
 check costs about a quarter of the model per trace (BENCHMARKS.md).
 """

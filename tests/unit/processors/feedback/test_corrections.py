@@ -20,7 +20,7 @@ from streams.processors.feedback.corrections import (
     similarity_text,
 )
 
-PAIRS = json.loads((Path(__file__).resolve().parents[1] / "data/near_duplicate_pairs.json").read_text())["pairs"]
+PAIRS = json.loads((Path(__file__).resolve().parents[3] / "data/near_duplicate_pairs.json").read_text())["pairs"]
 
 
 def test_threshold_keeps_its_documented_precision_and_recall_on_the_labelled_pairs():
