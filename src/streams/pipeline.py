@@ -276,7 +276,7 @@ class Pipeline:
                  for rec, ref in corrections if "event_time" in rec]
         lags = tuple(np.array([x[i] for x in timed], dtype=np.int64 if i < 2 else np.float64) for i in range(3))
         for rec, ref in corrections:
-            metrics = [j for j, metric in enumerate(POISSON) if metric.feedback_event(rec)]  # type: ignore[misc]
+            metrics = [j for j, metric in enumerate(POISSON) if metric.feedback_event(rec)]
             for layer in eng.cfg.layers:
                 use_c, use_w, use_r = LAYER_PARTS[layer][1:]
                 row = eng.row_for(layer, ref.tenant_id, ref.cohort if use_c else None, ref.workflow if use_w else None,

@@ -256,7 +256,9 @@ GAUSSIAN_DIRECTION = np.array([m.direction for m in GAUSSIAN])
 
 # ---------------------------------------------------------------------- canary: scorecard rows
 CANARY_METRICS: tuple[Metric, ...] = tuple(sorted((m for m in CATALOGUE if m.canary is not None),
-                                                  key=lambda m: m.canary.slot))  # type: ignore[union-attr]
+                                                  key=lambda m: m.canary.slot))
+#: the canary use of each scorecard row
+CANARY_USES: tuple[CanaryUse, ...] = tuple(m.canary for m in CANARY_METRICS if m.canary is not None)
 N_CANARY_METRICS = len(CANARY_METRICS)
 CANARY_INDEX = {m.name: i for i, m in enumerate(CANARY_METRICS)}
 
@@ -277,7 +279,7 @@ def _check() -> None:
             raise ValueError(f"metric {m.name}: a {m.family} metric is read from traces (value)")
         if m.family == "poisson" and m.feedback_event is None:
             raise ValueError(f"metric {m.name}: a poisson metric counts feedback (feedback_event)")
-    slots = [m.canary.slot for m in CANARY_METRICS]  # type: ignore[union-attr]
+    slots = [use.slot for use in CANARY_USES]
     if slots != list(range(len(slots))):
         raise ValueError(f"canary slots must be 0..{len(slots) - 1}, got {slots}")
     if len(CATEGORICAL) != 1:

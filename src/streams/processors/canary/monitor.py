@@ -73,10 +73,11 @@ from streams.processors.canary.scorecard import (
 )
 from streams.processors.canary.sequential import stratum_loglik
 from streams.processors.columns import TraceColumns
+from streams.processors.metrics import CANARY_USES
 from streams.state import StateBackend
 
 #: per threshold metric, the quantile of the control that its harmful event is measured against
-_THRESHOLD_QUANTILES = {m: CANARY_METRICS[m].canary.control_quantile for m in THRESHOLD_INDEX}  # type: ignore[union-attr]
+_THRESHOLD_QUANTILES = {m: CANARY_USES[m].control_quantile for m in THRESHOLD_INDEX}
 
 
 @dataclass(slots=True)
@@ -266,7 +267,7 @@ class CanaryMonitor:
         g.last_offset = max(g.last_offset, int(cols.offset[pos].max()))
         g.last_event_ms = max(g.last_event_ms, int(cols.event_time_ms[pos].max()))
         self.stats["rollout_traces"] += int(pos.size)
-        bins = {m: hist_bins(CANARY_METRICS[m].value(cols)[pos], lo, hi).tolist()  # type: ignore[misc]
+        bins = {m: hist_bins(CANARY_METRICS[m].value(cols)[pos], lo, hi).tolist()
                 for m, (_, lo, hi) in CONTROL_HISTOGRAMS.items()}
         lat_bins = bins[M_LAT]
         # per immediate metric: (metric, its slot, its threshold's index or -1, per-trace bins or events)
@@ -274,7 +275,7 @@ class CanaryMonitor:
                      else (m, EVENT_SLOT[m], -1, CANARY_METRICS[m].event(cols)[pos].tolist()) for m in IMMEDIATE]
         buckets = (cols.event_time_ms[pos] // cfg.bucket_ms).tolist()
         arms = cols.rollout_arm[pos].tolist()
-        cost = CANARY_METRICS[M_COST].value(cols)[pos].tolist()  # type: ignore[misc]
+        cost = CANARY_METRICS[M_COST].value(cols)[pos].tolist()
         times = cols.event_time_ms[pos].tolist()
         for j, i in enumerate(pos.tolist()):
             wf = cols.workflow[i]

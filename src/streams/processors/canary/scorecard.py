@@ -25,11 +25,12 @@ A *group* (tenant, release, cohort, workflow scope) holds the control histograms
 buckets; each of its scorecards (one per arm) holds the grid log-likelihoods (``(7, 107)``
 floats), sticky decisions, per-stage counts, display figures and evidence. A group and its
 scorecards are one JSON value (written atomically, ~10-30 kB) in a
-:class:`~streams.state.StateBackend` (a faust changelog table in the worker),
-written by :meth:`CanaryMonitor.flush` after every batch to the tenant's partition, so a
-restarted worker continues its scorecards; the group's last-applied source offset, stored in the
-same value, makes a redelivered batch count once. Verdict ids are deterministic per scorecard, revisions count up,
-and ``emitted_at`` is event time, so a batch redelivered after a crash reproduces its events.
+:class:`~streams.state.StateBackend` (a faust changelog table in the worker), written by
+:meth:`~streams.processors.canary.monitor.CanaryMonitor.flush` after every batch to the tenant's
+partition, so a restarted worker continues its scorecards; the group's last-applied source
+offset, stored in the same value, makes a redelivered batch count once. Verdict ids are
+deterministic per scorecard, revisions count up, and ``emitted_at`` is event time, so a batch
+redelivered after a crash reproduces its events.
 """
 
 from __future__ import annotations
@@ -59,18 +60,17 @@ from schemas.verdict import (
 )
 from streams.processors.canary.sequential import GRID, RHO, MixtureTest
 from streams.processors.columns import ARM_CODES
-from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, N_CANARY_METRICS
+from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, CANARY_USES, N_CANARY_METRICS
 
 # ---------------------------------------------------------------------- metrics (derived)
 #: scorecard rows of the metrics the code treats specially (display, feedback counting)
 M_CORR, M_TASK, M_LAT, M_COST, M_SAFETY = (CANARY_INDEX[n] for n in (
     "correction_rate", "task_success", "latency_p95", "cost", "safety_feedback_rate"))
-SUCCESS = tuple(i for i, m in enumerate(CANARY_METRICS) if m.canary.role == MetricRole.success)  # type: ignore[union-attr]
-GUARDRAILS = tuple(i for i, m in enumerate(CANARY_METRICS)
-                   if m.canary.role == MetricRole.guardrail)  # type: ignore[union-attr]
+SUCCESS = tuple(i for i, use in enumerate(CANARY_USES) if use.role == MetricRole.success)
+GUARDRAILS = tuple(i for i, use in enumerate(CANARY_USES) if use.role == MetricRole.guardrail)
 #: metrics counted from the trace itself, and from feedback once its bucket matured
-IMMEDIATE = tuple(i for i, m in enumerate(CANARY_METRICS) if not m.canary.delayed)  # type: ignore[union-attr]
-DELAYED = tuple(i for i, m in enumerate(CANARY_METRICS) if m.canary.delayed)  # type: ignore[union-attr]
+IMMEDIATE = tuple(i for i, use in enumerate(CANARY_USES) if not use.delayed)
+DELAYED = tuple(i for i, use in enumerate(CANARY_USES) if use.delayed)
 #: a stratum's count vector (persisted): [traces, an event count per IMMEDIATE metric,
 #: traces that count for feedback, an event count per DELAYED metric]
 SLOT_TRACES = 0
@@ -81,8 +81,7 @@ EVENT_SLOT = {m: 1 + i for i, m in enumerate(IMMEDIATE)} | {m: SLOT_FEEDBACK_TRA
                                                               for i, m in enumerate(DELAYED)}
 #: metrics whose harmful event is "in or above the control's quantile bin": metric -> index of its
 #: threshold in a stratum's ``thr`` list (persisted)
-THRESHOLD_INDEX = {m: i for i, m in enumerate(
-    m for m in IMMEDIATE if CANARY_METRICS[m].canary.control_quantile is not None)}  # type: ignore[union-attr]
+THRESHOLD_INDEX = {m: i for i, m in enumerate(m for m in IMMEDIATE if CANARY_USES[m].control_quantile is not None)}
 
 ARM_NAMES = {ARM_CODES[arm.value]: arm for arm in (CandidateArm.canary, CandidateArm.shadow)}
 
@@ -385,8 +384,7 @@ class ScorecardRules:
             status = (MetricStatus.harm if harm[m] else MetricStatus.non_inferior if sc.noninferior[m]
                       else MetricStatus.pending if n_t == 0 else MetricStatus.inconclusive)
             entries.append(ScorecardEntry(
-                metric=metric.name, role=metric.canary.role, status=status,  # type: ignore[union-attr]
-                unit=metric.canary_unit, control=control,
+                metric=metric.name, role=CANARY_USES[m].role, status=status, unit=metric.canary_unit, control=control,
                 candidate=candidate, delta=self.test.estimate(sc.ll[m]) - 1.0, ci_low=lo - 1.0, ci_high=hi - 1.0,
                 p_value=float(min(1.0, math.exp(-sc.max_log_harm[m]))) if np.isfinite(sc.max_log_harm[m]) else 1.0,
                 samples_control=int(n_c), samples_candidate=int(n_t), events_control=int(k_c),

@@ -450,7 +450,7 @@ class DriftEngine:
             events[:, i] = BERNOULLI[i].event(cols)  # the monitored orientation (non-success for success_rate)
         values = np.empty((n, N_GAUSSIAN))
         for i, metric in enumerate(GAUSSIAN):
-            values[:, i] = metric.scale.to_scale(metric.value(cols))  # type: ignore[union-attr,misc]
+            values[:, i] = metric.scale.to_scale(metric.value(cols))
         bins = hist_bins(cols.latency_ms)
         valid = np.ones((n, N_BERNOULLI), dtype=bool)
         tail_p0 = None
@@ -765,7 +765,7 @@ class DriftEngine:
         sdv = float(base.sd[seg_i, gcol])
         se = sdv / math.sqrt(n_s)
         base_t = float(base.mu[seg_i, gcol])
-        inv = metric.scale.from_scale  # type: ignore[union-attr]
+        inv = metric.scale.from_scale
         return Alarm(metric=metric, baseline=inv(base_t), observed=inv(mean_t),
                      ci_low=inv(mean_t - 1.96 * se), ci_high=inv(mean_t + 1.96 * se),
                      effect=(mean_t - base_t) / max(sdv, 1e-9),
