@@ -50,7 +50,7 @@ def migrate() -> None:
 @app.command()
 def worker() -> None:
     """Run a stream worker (faust) until SIGTERM (log level: SELFHEAL_FAUST_LOGLEVEL)."""
-    from streams.app import run_worker
+    from streams.worker.app import run_worker
 
     sys.argv = [sys.argv[0], "worker"]  # faust's Worker reads argv
     settings = get_settings()

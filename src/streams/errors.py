@@ -11,6 +11,11 @@ class ConfigError(SelfhealError):
     """A setting is missing or invalid (names the ``SELFHEAL_*`` variable)."""
 
 
+class FrameworkVersionError(SelfhealError):
+    """An installed framework release the worker's workarounds were not verified on (names the
+    installed and the verified versions; see :mod:`streams.worker.faust_fixes`)."""
+
+
 class ChangelogError(SelfhealError):
     """Changelog messages were not acknowledged by the broker (failed, or timed out; names the
     topics): the batch that wrote them is not committed."""

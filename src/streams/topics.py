@@ -40,7 +40,7 @@ TOPIC_CONFIGS = {
     "verdicts": {"retention.ms": str(90 * 86400_000)},
 }
 
-#: the worker's faust tables (streams.app); each has a compacted changelog topic
+#: the worker's faust tables (streams.worker.app); each has a compacted changelog topic
 TABLES = ("baselines", "incident-state", "feedback-seen", "canary-state")
 CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
 
