@@ -58,42 +58,21 @@ SOURCES = ("traces", "feedback")
 class Worker:
     """A wired worker process: the faust app and its parts."""
 
-    settings: Settings
     app: faust.App
     pipeline: Pipeline
     outputs: Outputs
     shutdown: Shutdown
-    #: logical topic name → faust topic
-    topics: dict[str, Any]
     #: source name (:data:`SOURCES`) → its agent's loop
     loops: dict[str, BatchLoop]
-
-    def queued(self, name: str) -> int:
-        """Events in source ``name``'s agent channel (fetched, not yet taken by the agent)."""
-        return faust_fixes.channel_depth(self.topics[name])
+    watchdog: SequencerWatchdog
 
     def stats(self) -> dict[str, Any]:
         """The stats line: pipeline counters, traces written, messages the consumer has taken from
         Kafka (faust's monitor; flat while a stuck batch holds consumption), failed sink writes,
-        and where events sit (:meth:`flow`)."""
+        and where events sit (:meth:`SequencerWatchdog.flow`)."""
         return {**self.pipeline.stats, "traces_written": self.loops["traces"].written,
                 "received": self.app.monitor.messages_received_total,
-                "sink_failed_attempts": self.outputs.failed_attempts, "flow": self.flow()}
-
-    def flow(self) -> dict[str, Any]:
-        """Where events sit (for a stalled worker's log): agent channel depths (events), the
-        consumer's paused and buffer-full partitions and flags, recovery, and per source topic the
-        sequencer's next offsets and parked events."""
-        app = self.app
-        state: dict[str, Any] = {
-            "queued": {name: self.queued(name) for name in self.loops},
-            **faust_fixes.consumer_flow(app.consumer),
-            "in_recovery": bool(app.in_recovery),
-            "flow_suspended": not app.flow_control.is_active(),
-        }
-        for name, loop in self.loops.items():
-            state[name] = loop.delivery.flow()
-        return state
+                "sink_failed_attempts": self.outputs.failed_attempts, "flow": self.watchdog.flow()}
 
 
 def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
@@ -137,9 +116,10 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
              "feedback": BatchLoop(settings, delivery["feedback"],
                                    FeedbackStep(pipeline, outputs, settings.feedback_grace_s,
                                                 delivery["traces"].position, lambda: shutdown.stopping), **common)}
-    worker = Worker(settings, app, pipeline, outputs, shutdown, topics, loops)
     watchdog = SequencerWatchdog(app, list(delivery.values()), assignment.check,
-                                 queued=lambda d: worker.queued(d.name), stopping=lambda: shutdown.stopping)
+                                 queued=lambda d: faust_fixes.channel_depth(topics[d.name]),
+                                 stopping=lambda: shutdown.stopping)
+    worker = Worker(app, pipeline, outputs, shutdown, loops, watchdog)
 
     @app.agent(topics["traces"], name="process-traces")
     async def process_traces(stream: faust.StreamT) -> None:

@@ -42,7 +42,7 @@ from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_a
 from streams.config import Settings
 from streams.errors import ChangelogError, TopicNotReadyError
 from streams.topics import committed_offsets
-from streams.worker.faust_fixes import ProcessedOffsets
+from streams.worker.faust_fixes import ProcessedOffsets, consumer_flow
 from streams.worker.sequencer import OffsetSequencer
 
 log = logging.getLogger("selfheal.worker")
@@ -313,6 +313,21 @@ class SequencerWatchdog:
             if agent.busy or self.queued(agent):
                 continue
             await agent.check_idle()
+
+    def flow(self) -> dict[str, Any]:
+        """Where events sit (for a stalled worker's log): agent channel depths (events), the
+        consumer's paused and buffer-full partitions and flags, recovery, and per source topic the
+        sequencer's next offsets and parked events."""
+        app = self.app
+        state: dict[str, Any] = {
+            "queued": {a.name: self.queued(a) for a in self.agents},
+            **consumer_flow(app.consumer),
+            "in_recovery": bool(app.in_recovery),
+            "flow_suspended": not app.flow_control.is_active(),
+        }
+        for a in self.agents:
+            state[a.name] = a.flow()
+        return state
 
 
 class Shutdown:

@@ -241,3 +241,14 @@ def test_table_backend_writes_the_store_and_tracks_the_changelog_send():
     assert backend.get("slice|a") == b"row" and backend.get("other") is None
     assert sends == [((4, b"slice|a", b"row"), {"key_serializer": "raw", "value_serializer": "raw"})]
     assert acks.pending == ["fut1"] and list(backend.items()) == [("slice|a", b"row")]
+
+
+def test_the_flow_report_shows_channel_depths_consumer_pauses_and_sequencer_positions():
+    d, app, _, _ = make()
+    app.in_recovery = False
+    app.consumer._paused_partitions = {TP("t.feedback", 1)}
+    asyncio.run(d.order([ev(0, 10), ev(0, 12)]))
+    dog = SequencerWatchdog(app, [d], lambda: None, queued=lambda a: 7, stopping=lambda: False)
+    assert dog.flow() == {"queued": {"traces": 7}, "paused": ["t.feedback:1"], "buffer_full": [], "flags": [],
+                          "in_recovery": False, "flow_suspended": False,
+                          "traces": {"next": {0: 11, 1: 0, 2: 5}, "parked": 1}}
