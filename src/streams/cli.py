@@ -59,10 +59,10 @@ def worker() -> None:
 
 @app.command()
 def simulate(traces: int = 50_000, seed: int = 7) -> None:
-    """Send a simulated fleet's traces and feedback to Kafka (see streams.simulate)."""
+    """Send a simulated fleet's traces and feedback to Kafka (see streams.devtools.simulate)."""
     from schemas import default_codec
+    from streams.devtools.simulate import DEMO_ROLLOUTS, FleetSimulator
     from streams.sdk import SelfhealProducer
-    from streams.simulate import DEMO_ROLLOUTS, FleetSimulator
 
     settings = get_settings()
     with SelfhealProducer(settings) as sdk:
@@ -119,8 +119,8 @@ def demo(
     Exits 1 if the injected regression was not detected or the rollout got no verdict.
     """
     from schemas import default_codec
+    from streams.devtools.simulate import DEMO_ROLLOUTS, FleetSimulator
     from streams.sdk import SelfhealProducer
-    from streams.simulate import DEMO_ROLLOUTS, FleetSimulator
     from streams.sinks.clickhouse import ClickHouseSink
     from streams.topics import delete_topics, ensure_topics
 
@@ -319,7 +319,7 @@ def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
 ) -> None:
     """Throughput (raw limit vs pipeline per core), incident latency, sink rows/s, memory."""
-    from streams.bench import run
+    from streams.devtools.bench import run
 
     report = run(traces=traces, skip_latency=not latency, progress=lambda m: console.print(f"[dim]{m}"),
                  latency_rate=latency_rate)
@@ -345,8 +345,8 @@ def bench_drift(
                                                 "scenarios for these thresholds, e.g. 12,14,16,18")] = "",
 ) -> None:
     """Detection quality on the scenario suite (recall, delay, false incidents, attribution)."""
-    from streams.bench_drift import calibrate as run_calibration
-    from streams.bench_drift import dumps, headline, run_suite
+    from streams.devtools.bench_drift import calibrate as run_calibration
+    from streams.devtools.bench_drift import dumps, headline, run_suite
 
     if calibrate:
         rows = run_calibration([float(x) for x in calibrate.split(",")],
@@ -438,11 +438,11 @@ def chaos(
     out: Annotated[Path, typer.Option(help="report JSON path")] = Path("chaos-report.json"),
 ) -> None:
     """Fault injection: SIGKILLs, a broker restart, a ClickHouse outage and SIGTERM during a long
-    simulated run; prints faults, records in, rows out, lost, duplicated (streams.chaos).
+    simulated run; prints faults, records in, rows out, lost, duplicated (streams.devtools.chaos).
 
     Exits 1 unless 0 lost, 0 duplicated, no re-opened incident episode and state recovered.
     """
-    from streams.chaos import ChaosConfig, print_report, run_chaos, write_report
+    from streams.devtools.chaos import ChaosConfig, print_report, run_chaos, write_report
 
     base = get_settings()
     cfg = ChaosConfig(traces=traces, rate=rate, seed=seed, kills=kills, broker_restart=broker_restart,
@@ -528,7 +528,7 @@ def bench_canary(
 ) -> None:
     """Count-based canary figures (no broker, no wall clock): null false-rollback rate when
     peeking after every stratum, false promotion at the margin, traces until a verdict."""
-    from streams.canary_bench import report
+    from streams.devtools.bench_canary import report
 
     settings = get_settings()
     res = report(releases=releases, runs=runs, seed=seed, alpha=settings.canary_alpha,

@@ -1,7 +1,7 @@
 """Canary verdicts end to end on the real broker and worker: crafted rollouts sent through the SDK,
 verdicts on ``agent.rollout-verdicts.v1`` and in ClickHouse, rollback incidents, a killed worker.
 
-The crafted streams are ``streams.canary_bench`` rollouts (seeded); their statistics do not depend
+The crafted streams are ``streams.devtools.bench_canary`` rollouts (seeded); their statistics do not depend
 on Kafka batching (strata are event-time buckets), so the outcome is the one the in-process monitor
 reaches on the same data (promote / rollback decided with a margin well inside the stream).
 """
@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas import CandidateArm, RolloutVerdict, Verdict, default_codec
-from streams.canary_bench import ArmEffect, CohortPlan, rollout_records, rollout_steps
 from streams.cli import _lag
+from streams.devtools.bench_canary import ArmEffect, CohortPlan, rollout_records, rollout_steps
 from streams.sdk import SelfhealProducer
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics

@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas import default_codec
-from streams.chaos import GroupProgress, read_topic, rss_mb, state_mismatches
+from streams.devtools.chaos import GroupProgress, read_topic, rss_mb, state_mismatches
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics
 from tests.conftest import wait_caught_up

@@ -20,8 +20,8 @@ from confluent_kafka import Producer
 
 from schemas import default_codec
 from streams.cli import _lag
+from streams.devtools.simulate import FleetSimulator
 from streams.sdk import SelfhealProducer
-from streams.simulate import FleetSimulator
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics
 from tests.conftest import settings_env, wait_caught_up

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from schemas import IncidentKind, IncidentStatus, RolloutVerdict, Verdict, default_codec
-from streams.canary_bench import ArmEffect, CohortPlan, rollout_records, rollout_steps
 from streams.config import Settings
+from streams.devtools.bench_canary import ArmEffect, CohortPlan, rollout_records, rollout_steps
 from streams.pipeline import Pipeline
 from streams.processors.ingest import RawMessage
 from streams.sinks.clickhouse import ClickHouseSink

@@ -40,8 +40,8 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from schemas import default_codec
 from streams.config import Settings
+from streams.devtools.synthetic import Effect, Slice, synthetic_columns
 from streams.processors.baselines import METRICS
-from streams.synthetic import Effect, Slice, synthetic_columns
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -398,7 +398,7 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         report["sink"] = sink_rate(s)
         say("memory")
         # a fresh process, so the peak RSS is the pipeline's own (not this process's chDB and Kafka)
-        out = subprocess.run([sys.executable, "-c", "import json; from streams.bench import memory; "
+        out = subprocess.run([sys.executable, "-c", "import json; from streams.devtools.bench import memory; "
                               "print(json.dumps(memory()))"], capture_output=True, text=True, check=True)
         report["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
         if not skip_latency:

@@ -8,7 +8,7 @@ What it does (:func:`run_chaos`):
    broker instead and skips that fault.
 2. Starts a worker (``selfheal worker`` subprocess, own chDB directory) under a small
    supervisor that restarts it whenever it exits, as systemd or Kubernetes would.
-3. Produces a fleet simulation (:class:`streams.simulate.FleetSimulator`: many tenants, feedback
+3. Produces a fleet simulation (:class:`streams.devtools.simulate.FleetSimulator`: many tenants, feedback
    with replays and resubmits, malformed messages, one injected release regression) at a
    throttled rate, so the faults land in the middle of the stream, and records every trace and
    feedback id it sends.
@@ -458,8 +458,8 @@ class ChaosRun:
     def produce(self) -> None:
         """Producer thread: the simulated fleet at ``cfg.rate`` traces/s, ids recorded."""
         from schemas import default_codec
+        from streams.devtools.simulate import FleetSimulator
         from streams.sdk import SelfhealProducer
-        from streams.simulate import FleetSimulator
 
         t0 = time.monotonic()
 
