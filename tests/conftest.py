@@ -119,12 +119,12 @@ def worker_factory(settings, tmp_path: Path) -> Iterator:
 
 def wait_caught_up(settings, topics: list[str], timeout_s: float = 180.0, worker: WorkerProcess | None = None) -> None:
     """Block until the worker's consumer group has committed every message of ``topics``."""
-    from streams.cli import _lag
+    from streams.topics import group_lag
 
     deadline = time.monotonic() + timeout_s
     done = end = -1
     while time.monotonic() < deadline:
-        done, end = _lag(settings, settings.full_app_id, [settings.topic(t) for t in topics])
+        done, end = group_lag(settings, settings.full_app_id, [settings.topic(t) for t in topics])
         if end > 0 and done >= end:
             return
         if worker is not None and not worker.alive():

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Producer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.config import Settings, get_settings
+from streams.config import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="selfheal: let fleets of LLM agents heal safely.")
 console = Console()
@@ -71,41 +71,6 @@ def simulate(traces: int = 50_000, seed: int = 7) -> None:
     console.print(f"sent {rep.traces_produced} traces and {rep.feedback_produced} feedback in {rep.elapsed_s:.1f} s")
 
 
-def _lag(settings: Settings, group: str, topic_names: list[str], retry_s: float = 60.0) -> tuple[int, int]:
-    """(committed, end) offsets summed over the topics' partitions for a consumer group.
-
-    A broker that is still loading its group coordinator (fresh broker: ``NOT_COORDINATOR``,
-    ``COORDINATOR_LOAD_IN_PROGRESS``) or electing leaders is asked again with backoff (tenacity)
-    for up to ``retry_s``.
-
-    Raises:
-        KafkaException: still failing after ``retry_s``.
-    """
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-    for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=3.0),
-                            stop=stop_after_delay(retry_s), reraise=True):
-        with attempt:
-            return _lag_once(settings, group, topic_names)
-    raise AssertionError("unreachable")
-
-
-def _lag_once(settings: Settings, group: str, topic_names: list[str]) -> tuple[int, int]:
-    consumer = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
-    try:
-        tps = [TopicPartition(t, p) for t in topic_names for p in range(settings.partitions)]
-        committed = consumer.committed(tps, timeout=10)
-        end = 0
-        done = 0
-        for tp, c in zip(tps, committed, strict=True):
-            lo, hi = consumer.get_watermark_offsets(tp, timeout=10)
-            end += hi - lo
-            done += max(c.offset, lo) - lo if c.offset >= 0 else 0
-        return done, end
-    finally:
-        consumer.close()
-
-
 @app.command()
 def demo(
     traces: Annotated[int, typer.Option(help="traces to simulate (>= 50,000 for the issue's demo)")] = 50_000,
@@ -122,7 +87,7 @@ def demo(
     from streams.devtools.simulate import DEMO_ROLLOUTS, FleetSimulator
     from streams.sdk import SelfhealProducer
     from streams.sinks.clickhouse import ClickHouseSink
-    from streams.topics import delete_topics, ensure_topics
+    from streams.topics import delete_topics, ensure_topics, group_lag
 
     base = get_settings()
     demo_dir = base.state_dir / "demo"
@@ -161,11 +126,11 @@ def demo(
         progress.update(task, completed=traces)
         group = settings.full_app_id
         topics_ = [settings.topic("traces"), settings.topic("feedback")]
-        done, end = _lag(settings, group, topics_)
+        done, end = group_lag(settings, group, topics_)
         ing = progress.add_task("worker consuming (messages)", total=end)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            done, end = _lag(settings, group, topics_)
+            done, end = group_lag(settings, group, topics_)
             progress.update(ing, completed=done, total=end)
             if done >= end:
                 break

@@ -42,6 +42,7 @@ from schemas import default_codec
 from streams.config import Settings
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
 from streams.processors.baselines import METRICS
+from streams.topics import group_lag
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -176,12 +177,6 @@ def raw_limit(settings: Settings, expected: int) -> dict[str, float]:
     return {"traces": n, "cpu_s": cpu, "wall_s": wall, "traces_per_cpu_s": n / cpu, "traces_per_wall_s": n / wall}
 
 
-def _lag(settings: Settings) -> tuple[int, int]:
-    from streams.cli import _lag as lag
-
-    return lag(settings, settings.full_app_id, [settings.topic("traces")])
-
-
 def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: float = 900.0) -> dict[str, float]:
     """Run a real worker over the pre-filled topic; CPU of the worker from first consumed to caught up."""
     env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
@@ -198,7 +193,7 @@ def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: f
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {proc.returncode}; see {log}")
-            done, end = _lag(settings)
+            done, end = group_lag(settings, settings.full_app_id, [settings.topic("traces")])
             if cpu0 is None and done > 0:
                 cpu0, t0, done0 = _cpu_s(proc.pid), time.perf_counter(), done
             if end and done >= end:

@@ -50,11 +50,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.config import ROOT, Settings
+from streams.topics import GroupLag
 
 SCRIPTS = ROOT / "scripts"
+#: seconds a consumer-group progress read is retried: through a broker restart and the load of the
+#: group coordinator after it (about as long as the earlier bound of 60 tries, each up to 6 s)
+PROGRESS_RETRY_S = 300.0
 
 
 @dataclass
@@ -94,42 +98,6 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-class GroupProgress:
-    """Committed and end offsets of the worker's consumer group, from one long-lived client
-    (reconnects by itself after a broker restart)."""
-
-    def __init__(self, settings: Settings, topics: list[str]) -> None:
-        self.consumer = Consumer({**settings.kafka_config(), "group.id": settings.full_app_id,
-                                  "enable.auto.commit": False})
-        self.tps = [TopicPartition(settings.topic(t), p) for t in topics for p in range(settings.partitions)]
-
-    def __call__(self, attempts: int = 60) -> tuple[int, int]:
-        """``(committed, end)`` messages summed over the partitions, retrying transient errors
-        (leader elections, a restarting broker) 1 s apart.
-
-        Raises:
-            KafkaException: still failing after ``attempts`` tries.
-        """
-        last: Exception | None = None
-        for _ in range(attempts):
-            try:
-                committed = self.consumer.committed(self.tps, timeout=5)
-                done = end = 0
-                for tp, c in zip(self.tps, committed, strict=True):
-                    lo, hi = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-                    end += hi - lo
-                    done += max(c.offset, lo) - lo if c.offset >= 0 else 0
-                return done, end
-            except KafkaException as exc:
-                last = exc
-                time.sleep(1.0)
-        raise KafkaException(f"consumer group progress unavailable: {last}")
-
-    def close(self) -> None:
-        """Close the client."""
-        self.consumer.close()
 
 
 class WorkerSupervisor:
@@ -410,7 +378,8 @@ class ChaosRun:
                "SELFHEAL_SHUTDOWN_TIMEOUT_S": str(cfg.shutdown_timeout_s)}
         env.pop("SELFHEAL_CLICKHOUSE_URL", None)
         self.sup = WorkerSupervisor(env, work)
-        self.progress = GroupProgress(settings, ["traces", "feedback"])
+        self.lag = GroupLag(settings, settings.full_app_id, [settings.topic(t) for t in ("traces", "feedback")],
+                            request_timeout_s=5.0)
         self.t0 = time.monotonic()
         self.produced = 0
         self.faults: list[FaultEvent] = []
@@ -421,6 +390,11 @@ class ChaosRun:
         self.producer: threading.Thread | None = None
 
     # ------------------------------------------------------------------ helpers
+    def progress(self) -> tuple[int, int]:
+        """``(committed, end)`` messages of the worker's group over both source topics; asked
+        again for up to ``PROGRESS_RETRY_S`` while the broker restarts or loads its coordinator."""
+        return self.lag(retry_s=PROGRESS_RETRY_S)
+
     def now(self) -> float:
         """Seconds since the run started."""
         return round(time.monotonic() - self.t0, 1)
@@ -544,7 +518,7 @@ class ChaosRun:
         """Stop what the run started (worker, progress client, own broker)."""
         if self.sup.alive():
             self.sup.kill()
-        self.progress.close()
+        self.lag.close()
         if self.own_broker:
             _kafka("stop", self.cfg.kafka_port, self.work)
 
