@@ -39,9 +39,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -53,6 +51,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.config import ROOT, Settings
+from streams.devtools.launcher import WorkerProcess, worker_env
 from streams.topics import GroupLag
 
 SCRIPTS = ROOT / "scripts"
@@ -101,17 +100,18 @@ def rss_mb(pid: int) -> float | None:
 
 
 class WorkerSupervisor:
-    """Runs ``selfheal worker`` as a subprocess and restarts it when it exits.
+    """Runs ``selfheal worker`` as a subprocess (:class:`~streams.devtools.launcher.WorkerProcess`)
+    and restarts it when it exits.
 
     Args:
-        env: environment of the worker (settings as ``SELFHEAL_*``).
+        env: environment of the worker (settings as ``SELFHEAL_*``, :func:`~streams.devtools.launcher.worker_env`).
         log_dir: one log file per worker start (``worker-<n>.log``).
     """
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
         self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
+        self.worker: WorkerProcess | None = None
         self.starts = 0
         self.peak_rss_mb = 0.0
         self.unexpected: list[int] = []  # exit codes of exits we did not cause
@@ -119,10 +119,7 @@ class WorkerSupervisor:
     def start(self) -> None:
         """Start a new worker process."""
         self.starts += 1
-        log = open(self.log_dir / f"worker-{self.starts}.log", "w")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT)
-        log.close()
+        self.worker = WorkerProcess(self.env, self.log_dir / f"worker-{self.starts}.log", truncate_log=True).start()
 
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
         """Until the current worker has opened ClickHouse (its log says so), or ``timeout_s``."""
@@ -136,21 +133,25 @@ class WorkerSupervisor:
 
     def alive(self) -> bool:
         """The current worker process is running."""
-        return self.proc is not None and self.proc.poll() is None
+        return self.worker is not None and self.worker.alive()
+
+    def pid(self) -> int | None:
+        """Process id of the current worker (``None`` before the first start)."""
+        return self.worker.pid if self.worker is not None else None
 
     def sample(self) -> float | None:
         """RSS of the current worker, MiB (also tracked as the peak)."""
         if not self.alive():
             return None
-        rss = rss_mb(self.proc.pid)
+        rss = rss_mb(self.worker.pid)
         if rss is not None:
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
         return rss
 
     def watch(self) -> int | None:
         """Restart the worker if it exited on its own; returns that exit code (else ``None``)."""
-        if self.proc is not None and self.proc.poll() is not None:
-            rc = self.proc.returncode
+        if self.worker is not None and not self.worker.alive():
+            rc = self.worker.stop()  # only reaps: the process has exited
             self.unexpected.append(rc)
             self.start()
             return rc
@@ -158,23 +159,16 @@ class WorkerSupervisor:
 
     def kill(self) -> None:
         """SIGKILL (no shutdown of any kind) and wait for the process to be gone."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        assert self.worker is not None
+        self.worker.kill()
 
     def terminate(self, timeout_s: float) -> tuple[int | None, float]:
         """SIGTERM; returns ``(exit code, seconds until exit)``; SIGKILL after ``timeout_s + 30`` s
         (then the exit code is ``None``)."""
-        assert self.proc is not None
+        assert self.worker is not None
         t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=timeout_s + 30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            rc = None
-        return rc, time.monotonic() - t0
+        rc = self.worker.stop(timeout=timeout_s + 30)
+        return (None if self.worker.killed_after_timeout else rc), time.monotonic() - t0
 
 
 class RecordingSDK:
@@ -371,12 +365,8 @@ class ChaosRun:
                     raise
                 time.sleep(1)
         self.fail_file = work / "sink-outage"
-        env = {**os.environ, "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-               "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix, "SELFHEAL_STATE_DIR": str(settings.state_dir),
-               "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir),
-               "SELFHEAL_FAULT_SINK_FAIL_FILE": str(self.fail_file),
-               "SELFHEAL_SHUTDOWN_TIMEOUT_S": str(cfg.shutdown_timeout_s)}
-        env.pop("SELFHEAL_CLICKHOUSE_URL", None)
+        env = worker_env(settings, {"SELFHEAL_FAULT_SINK_FAIL_FILE": str(self.fail_file),
+                                    "SELFHEAL_SHUTDOWN_TIMEOUT_S": str(cfg.shutdown_timeout_s)})
         self.sup = WorkerSupervisor(env, work)
         self.lag = GroupLag(settings, settings.full_app_id, [settings.topic(t) for t in ("traces", "feedback")],
                             request_timeout_s=5.0)
@@ -542,7 +532,7 @@ class ChaosRun:
     def fault_sink_outage(self, at: int) -> None:
         """Every ClickHouse write fails for ``sink_outage_s``: lag and RSS sampled each second."""
         before, _ = self.progress()
-        pid = self.sup.proc.pid if self.sup.proc else None
+        pid = self.sup.pid()
         self.fail_file.touch()
         lag, rss, committed = [], [], []
         t_end = time.monotonic() + self.cfg.sink_outage_s
@@ -572,7 +562,7 @@ class ChaosRun:
             "lag_start": lag[0], "lag_end": lag[-1], "lag_max": max(lag),
             "worker_rss_mb_min": round(min(rss), 1) if rss else None,
             "worker_rss_mb_max": round(max(rss), 1) if rss else None,
-            "same_worker_process": self.sup.proc is not None and self.sup.proc.pid == pid,
+            "same_worker_process": self.sup.worker is not None and self.sup.pid() == pid,
             "resumed_after_s": resumed})
         self.faults.append(FaultEvent("sink_outage", at, self.now(), dict(self.outage)))
         self.say(f"ClickHouse writes failed for {self.cfg.sink_outage_s:.0f} s: lag {lag[0]} -> {lag[-1]} messages, "
