@@ -243,7 +243,7 @@ def reopened_episodes(events: list[tuple[int, int, dict[str, Any]]]) -> tuple[li
     Redelivered events (same incident id and revision) count once. Returns the violations and
     counts (``events``, ``redelivered_events``, ``incidents``).
     """
-    from streams.processors.incidents import _overlap
+    from streams.processors.incidents import slices_overlap
 
     def key(inc: dict[str, Any]) -> str:
         s = inc["slice"]
@@ -267,7 +267,7 @@ def reopened_episodes(events: list[tuple[int, int, dict[str, Any]]]) -> tuple[li
             continue
         if iid not in all_ids:
             clash = [o for o in open_.values() if o["metric_group"] == inc["metric_group"]
-                     and o["slice"]["tenant_id"] == inc["slice"]["tenant_id"] and _overlap(key(o), key(inc))]
+                     and o["slice"]["tenant_id"] == inc["slice"]["tenant_id"] and slices_overlap(key(o), key(inc))]
             if clash:
                 bad.append({"incident_id": iid, "slice": key(inc), "metric_group": inc["metric_group"],
                             "while_open": [o["incident_id"] for o in clash]})
