@@ -11,6 +11,15 @@ class ConfigError(SelfhealError):
     """A setting is missing or invalid (names the ``SELFHEAL_*`` variable)."""
 
 
+class BrokerUnavailableError(ConfigError):
+    """No Kafka broker answered at ``SELFHEAL_KAFKA_BOOTSTRAP`` (names the address)."""
+
+
+class StoreUnavailableError(ConfigError):
+    """The ClickHouse store to read cannot be used: no chDB directory at ``SELFHEAL_CLICKHOUSE_PATH``,
+    no selfheal database in it, or it cannot be opened (names the path or server and the setting)."""
+
+
 class ChangelogError(SelfhealError):
     """Changelog messages were not acknowledged by the broker (failed, or timed out; names the
     topics): the batch that wrote them is not committed."""

@@ -1,7 +1,10 @@
-"""Topic administration with confluent-kafka's AdminClient: create selfheal's topics up front.
+"""Topic administration with confluent-kafka's AdminClient: create selfheal's topics up front,
+check that a broker answers (:func:`check_broker`), and read a consumer group's progress
+(:func:`group_lag`, :class:`GroupLag`: the one lag helper of the demo, benchmarks, chaos run and
+tests).
 
 Source topics must exist with the intended partition count before workers start (faust's
-auto-create ignores it, ../shared/INFRA.md). All are keyed by tenant_id.
+auto-create ignores ``SELFHEAL_PARTITIONS``). All are keyed by tenant_id.
 
 The worker's table changelogs (``<app id>-<table>-changelog``, compacted) are created here too,
 and by the worker itself before faust starts. faust declares them when each table starts, and
@@ -29,7 +32,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from streams.config import Settings
-from streams.errors import ConfigError, TopicNotReadyError
+from streams.errors import BrokerUnavailableError, ConfigError, TopicNotReadyError
 
 #: per-topic configuration (Kafka topic config names); retention in ms
 TOPIC_CONFIGS = {
@@ -43,6 +46,24 @@ TOPIC_CONFIGS = {
 #: the worker's faust tables (streams.app); each has a compacted changelog topic
 TABLES = ("baselines", "incident-state", "feedback-seen", "canary-state")
 CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
+
+
+def check_broker(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Return when a broker at ``settings.kafka_bootstrap`` answers a metadata request.
+
+    Raises:
+        BrokerUnavailableError: none answered within ``timeout_s`` seconds (names the address
+            and ``SELFHEAL_KAFKA_BOOTSTRAP``).
+    """
+    try:
+        # log_level 0: the client's own connection errors would repeat this one every 50 ms
+        AdminClient({**settings.kafka_config(), "log_level": 0}).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        reason = err.name() if hasattr(err, "name") else repr(exc)
+        raise BrokerUnavailableError(
+            f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout_s:g} s ({reason}); "
+            "set SELFHEAL_KAFKA_BOOTSTRAP to a running broker, or start the local one with `make kafka`") from None
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
