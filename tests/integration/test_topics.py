@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec
@@ -16,6 +19,7 @@ from streams.topics import (
     group_lag,
     wait_until_served,
 )
+from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +84,11 @@ def test_group_lag_counts_committed_and_end_messages_over_partitions(settings):
     with GroupLag(settings, group, topics) as lag:  # the long-lived form answers the same
         assert lag() == (4, 10)
         assert lag() == (4, 10)
+
+
+def test_simulate_without_topics_says_which_command_creates_them(settings):
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "simulate", "--traces", "10"],
+                          env={**settings_env(settings), "COLUMNS": "80"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert f"topics {settings.topic('traces')}" in line and "`selfheal topics`" in line

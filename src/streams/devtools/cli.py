@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.config import get_settings
+from streams.config import Settings, get_settings
 
 console = Console()
 
@@ -33,6 +33,23 @@ def register(app: typer.Typer) -> None:
     app.command("chaos")(chaos)
 
 
+def _require_topics(settings: Settings, names: tuple[str, ...]) -> None:
+    """Return when the source topics ``names`` exist (the broker does not create them on a send).
+
+    Raises:
+        ConfigError: some are missing (named, with the command that creates them).
+    """
+    from confluent_kafka.admin import AdminClient
+
+    from streams.errors import ConfigError
+
+    existing = AdminClient(settings.kafka_config()).list_topics(timeout=10).topics
+    missing = [settings.topic(n) for n in names if settings.topic(n) not in existing]
+    if missing:
+        raise ConfigError(f"topics {', '.join(missing)} do not exist at {settings.kafka_bootstrap}; create them with "
+                          f"`selfheal topics` (same SELFHEAL_TOPIC_PREFIX={settings.topic_prefix!r})")
+
+
 def simulate(traces: int = 50_000, seed: int = 7) -> None:
     """Send a simulated fleet's traces and feedback to Kafka (see streams.devtools.simulate)."""
     from schemas import default_codec
@@ -42,6 +59,7 @@ def simulate(traces: int = 50_000, seed: int = 7) -> None:
 
     settings = get_settings()
     check_broker(settings)
+    _require_topics(settings, ("traces", "feedback"))
     with SelfhealProducer(settings) as sdk:
         rep = FleetSimulator(traces=traces, seed=seed, rollouts=DEMO_ROLLOUTS).run(
             sdk, raw_producer=Producer(settings.kafka_config()), codec=default_codec())
