@@ -68,8 +68,9 @@ def open_store(settings: Settings) -> ClickHouseSink:
     try:
         sink = ClickHouseSink(settings)
     except SinkError as exc:
-        raise StoreUnavailableError(f"{exc} (is a worker running on it? one process owns a chDB directory; "
-                                    f"{setting} names the store)") from None
+        hint = "set SELFHEAL_CLICKHOUSE_URL to a reachable server" if settings.clickhouse_url else \
+            "a running worker owns its chDB directory until it stops; SELFHEAL_CLICKHOUSE_PATH names the store"
+        raise StoreUnavailableError(f"{exc} ({hint})") from None
     if not sink.query("EXISTS DATABASE {db}")[0][0]:
         sink.close()
         raise StoreUnavailableError(
