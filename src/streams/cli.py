@@ -240,15 +240,22 @@ def scorecard(
         console.print(t)
 
 
-# the dev commands live in streams.devtools, which a product install may leave out; any other
-# import error inside it is a bug and surfaces
-try:
-    from streams.devtools.cli import register as _register_devtools
-except ModuleNotFoundError as exc:
-    if exc.name not in ("streams.devtools", "streams.devtools.cli"):
-        raise
-else:
-    _register_devtools(app)
+#: entry-point group of command plugins: ``register(app)`` adds commands to this typer app. The dev
+#: commands (demo, simulate, bench, bench-drift, bench-canary, chaos) come from streams.devtools this
+#: way (pyproject.toml), so the product never imports dev tooling and an install without it still starts.
+COMMAND_PLUGINS = "selfheal.commands"
+
+
+def _mount_plugins() -> None:
+    """Add the commands of every installed :data:`COMMAND_PLUGINS` entry point (importlib.metadata).
+    An import error inside a plugin surfaces: it is a bug, not a missing plugin."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=COMMAND_PLUGINS):
+        ep.load()(app)
+
+
+_mount_plugins()
 
 
 def main() -> None:
