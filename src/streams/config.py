@@ -76,13 +76,7 @@ class Settings(BaseSettings):
         "SIGTERM/SIGINT: the worker drains and commits, and exits by force after this long, s "
         "(unacknowledged batches are redelivered)"))
 
-    # --- fault injection: TEST HOOKS for `selfheal chaos` and tests/integration; never set in production
-    fault_sink_fail_writes: int = Field(0, ge=0, description="TEST HOOK: the worker's first N ClickHouse writes fail")
-    fault_sink_fail_file: Path | None = Field(None, description=(
-        "TEST HOOK: while this file exists, every ClickHouse write of the worker fails"))
-    fault_changelog_hold_file: Path | None = Field(None, description=(
-        "TEST HOOK: while this file exists, the worker's changelog messages wait in faust's producer "
-        "buffer (a stalled changelog producer, as after a broker restart)"))
+    # fault-injection test hooks (SELFHEAL_FAULT_*) are not settings: streams.worker.faults
 
     # --- detection -----------------------------------------------------------------------
     layers: tuple[str, ...] = Field(LAYERS, description="baseline layers that are on")

@@ -11,6 +11,20 @@ class ConfigError(SelfhealError):
     """A setting is missing or invalid (names the ``SELFHEAL_*`` variable)."""
 
 
+class FrameworkVersionError(SelfhealError):
+    """An installed framework release the worker's workarounds were not verified on (names the
+    installed and the verified versions; see :mod:`streams.worker.faust_fixes`)."""
+
+
+class BrokerUnavailableError(ConfigError):
+    """No Kafka broker answered at ``SELFHEAL_KAFKA_BOOTSTRAP`` (names the address)."""
+
+
+class StoreUnavailableError(ConfigError):
+    """The ClickHouse store to read cannot be used: no chDB directory at ``SELFHEAL_CLICKHOUSE_PATH``,
+    no selfheal database in it, or it cannot be opened (names the path or server and the setting)."""
+
+
 class ChangelogError(SelfhealError):
     """Changelog messages were not acknowledged by the broker (failed, or timed out; names the
     topics): the batch that wrote them is not committed."""

@@ -9,7 +9,7 @@
     rollouts: traces with ``rollout`` and their corrections → canary scorecards
               (:mod:`streams.processors.canary`) → rollout verdicts (+ rollback incidents)
 
-It returns what must be written and published; the caller (:mod:`streams.app` in the worker,
+It returns what must be written and published; the caller (:mod:`streams.worker.agents` in the worker,
 the benchmarks, the tests) performs the I/O and acknowledges the batch afterwards, which is what
 makes the whole path at-least-once. State lives in :class:`~streams.state.StateBackend`
 objects (faust changelog tables in the worker).

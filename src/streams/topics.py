@@ -1,7 +1,10 @@
-"""Topic administration with confluent-kafka's AdminClient: create selfheal's topics up front.
+"""Topic administration with confluent-kafka's AdminClient: create selfheal's topics up front,
+check that a broker answers (:func:`check_broker`), and read a consumer group's progress
+(:func:`group_lag`, :class:`GroupLag`: the one lag helper of the demo, benchmarks, chaos run and
+tests).
 
 Source topics must exist with the intended partition count before workers start (faust's
-auto-create ignores it, ../shared/INFRA.md). All are keyed by tenant_id.
+auto-create ignores ``SELFHEAL_PARTITIONS``). All are keyed by tenant_id.
 
 The worker's table changelogs (``<app id>-<table>-changelog``, compacted) are created here too,
 and by the worker itself before faust starts. faust declares them when each table starts, and
@@ -24,12 +27,12 @@ ListOffsets yet (docs/reliability.md).
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from streams.config import Settings
-from streams.errors import ConfigError, TopicNotReadyError
+from streams.errors import BrokerUnavailableError, ConfigError, TopicNotReadyError
 
 #: per-topic configuration (Kafka topic config names); retention in ms
 TOPIC_CONFIGS = {
@@ -40,9 +43,27 @@ TOPIC_CONFIGS = {
     "verdicts": {"retention.ms": str(90 * 86400_000)},
 }
 
-#: the worker's faust tables (streams.app); each has a compacted changelog topic
+#: the worker's faust tables (streams.worker.app); each has a compacted changelog topic
 TABLES = ("baselines", "incident-state", "feedback-seen", "canary-state")
 CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
+
+
+def check_broker(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Return when a broker at ``settings.kafka_bootstrap`` answers a metadata request.
+
+    Raises:
+        BrokerUnavailableError: none answered within ``timeout_s`` seconds (names the address
+            and ``SELFHEAL_KAFKA_BOOTSTRAP``).
+    """
+    try:
+        # log_level 0: the client's own connection errors would repeat this one every 50 ms
+        AdminClient({**settings.kafka_config(), "log_level": 0}).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        reason = err.name() if hasattr(err, "name") else repr(exc)
+        raise BrokerUnavailableError(
+            f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout_s:g} s ({reason}); "
+            "set SELFHEAL_KAFKA_BOOTSTRAP to a running broker, or start the local one with `make kafka`") from None
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
@@ -144,6 +165,83 @@ def delete_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     if names:
         for fut in admin.delete_topics(names, operation_timeout=timeout_s).values():
             fut.result()
+
+
+class GroupLag:
+    """Progress of a consumer group over topics, ``(committed, end)`` messages summed over their
+    partitions, read through one long-lived client (cheap to poll every second; librdkafka
+    reconnects it by itself after a broker restart). :func:`group_lag` is the one-shot form.
+
+    ``committed`` counts, per partition, the messages between the log start and the group's
+    committed offset (0 without a commit); ``end`` counts the messages between log start and
+    high watermark. The group has consumed everything when ``committed >= end``.
+
+    Args:
+        settings: broker connection and partition count (``settings.partitions`` per topic).
+        group: consumer group id (the worker's is ``settings.full_app_id``).
+        topic_names: full topic names (``settings.topic("traces")``, ...).
+        request_timeout_s: timeout of each broker request, seconds.
+
+    Example: ``with GroupLag(s, s.full_app_id, [s.topic("traces")]) as lag: done, end = lag()``.
+    """
+
+    def __init__(self, settings: Settings, group: str, topic_names: list[str], request_timeout_s: float = 10.0) -> None:
+        self.request_timeout_s = request_timeout_s
+        self.tps = [TopicPartition(t, p) for t in topic_names for p in range(settings.partitions)]
+        self.consumer: Consumer | None = Consumer({**settings.kafka_config(), "group.id": group,
+                                                   "enable.auto.commit": False})
+
+    def __call__(self, retry_s: float = 60.0) -> tuple[int, int]:
+        """``(committed, end)`` now. A broker that is still loading its group coordinator (a fresh
+        broker answers ``NOT_COORDINATOR`` / ``COORDINATOR_LOAD_IN_PROGRESS``), electing leaders or
+        restarting is asked again with exponential backoff (tenacity, 0.2 s doubling to 3 s) for up
+        to ``retry_s`` seconds.
+
+        Raises:
+            KafkaException: still failing after ``retry_s``.
+        """
+        for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=3.0),
+                                stop=stop_after_delay(retry_s), reraise=True):
+            with attempt:
+                return self._once()
+        raise AssertionError("unreachable")
+
+    def _once(self) -> tuple[int, int]:
+        committed = self.consumer.committed(self.tps, timeout=self.request_timeout_s)
+        done = end = 0
+        for tp, c in zip(self.tps, committed, strict=True):
+            lo, hi = self.consumer.get_watermark_offsets(tp, timeout=self.request_timeout_s, cached=False)
+            end += hi - lo
+            done += max(c.offset, lo) - lo if c.offset >= 0 else 0
+        return done, end
+
+    def close(self) -> None:
+        """Close the client (idempotent)."""
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
+    def __enter__(self) -> GroupLag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def group_lag(settings: Settings, group: str, topic_names: list[str], retry_s: float = 60.0) -> tuple[int, int]:
+    """``(committed, end)`` messages of consumer group ``group`` summed over the partitions of
+    ``topic_names`` (full names), as :class:`GroupLag` defines them; each attempt opens a fresh
+    client, retried with backoff for up to ``retry_s`` seconds (a fresh broker answers
+    ``NOT_COORDINATOR`` while it loads its group coordinator).
+
+    Raises:
+        KafkaException: still failing after ``retry_s``.
+    """
+    for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=3.0),
+                            stop=stop_after_delay(retry_s), reraise=True):
+        with attempt, GroupLag(settings, group, topic_names) as lag:
+            return lag._once()
+    raise AssertionError("unreachable")
 
 
 def committed_offsets(settings: Settings, group: str, topic: str, partitions: list[int],

@@ -1,7 +1,7 @@
 """Canary verdicts end to end on the real broker and worker: crafted rollouts sent through the SDK,
 verdicts on ``agent.rollout-verdicts.v1`` and in ClickHouse, rollback incidents, a killed worker.
 
-The crafted streams are ``streams.canary_bench`` rollouts (seeded); their statistics do not depend
+The crafted streams are ``streams.devtools.bench_canary`` rollouts (seeded); their statistics do not depend
 on Kafka batching (strata are event-time buckets), so the outcome is the one the in-process monitor
 reaches on the same data (promote / rollback decided with a margin well inside the stream).
 """
@@ -15,11 +15,10 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas import CandidateArm, RolloutVerdict, Verdict, default_codec
-from streams.canary_bench import ArmEffect, CohortPlan, rollout_records, rollout_steps
-from streams.cli import _lag
+from streams.devtools.bench_canary import ArmEffect, CohortPlan, rollout_records, rollout_steps
 from streams.sdk import SelfhealProducer
 from streams.sinks.clickhouse import ClickHouseSink
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, group_lag
 from tests.conftest import wait_caught_up
 
 pytestmark = pytest.mark.integration
@@ -136,7 +135,7 @@ def test_safety_guardrail_rolls_back_despite_better_success_metrics_across_a_kil
     # the second worker) must count once; the final figures hold wherever the kill lands
     topics = [settings.topic("traces"), settings.topic("feedback")]
     deadline = time.monotonic() + 300
-    while _lag(settings, settings.full_app_id, topics)[0] == 0 and time.monotonic() < deadline:
+    while group_lag(settings, settings.full_app_id, topics)[0] == 0 and time.monotonic() < deadline:
         assert first.alive(), first.log.read_text()[-3000:]
         time.sleep(0.1)
     first.kill()

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from streams.chaos import ChaosConfig, run_chaos
+from streams.devtools.chaos import ChaosConfig, run_chaos
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas import default_codec
-from streams.chaos import GroupProgress, read_topic, rss_mb, state_mismatches
+from streams.devtools.chaos import read_topic, rss_mb, state_mismatches
 from streams.sinks.clickhouse import ClickHouseSink
-from streams.topics import ensure_topics
+from streams.topics import GroupLag, ensure_topics
 from tests.conftest import wait_caught_up
 from tests.factories import now_ms, trace
 
@@ -87,7 +87,7 @@ def test_clickhouse_outage_pauses_consumption_and_loses_nothing(settings, worker
     wait_for(lambda: len(stats(worker.log)) >= 2, 30, "stats lines", worker)
     received_before = stats(worker.log)[-1]["received"]
     rss_before = rss_mb(worker.proc.pid)
-    progress = GroupProgress(settings, ["traces"])
+    progress = GroupLag(settings, settings.full_app_id, [settings.topic("traces")], request_timeout_s=5.0)
     try:
         down.touch()
         # a burst far larger than what the worker may hold (256 messages per agent stream plus
@@ -133,7 +133,7 @@ def test_stalled_changelog_holds_the_commit_and_a_kill_loses_no_baseline_state(s
     sent = burst(settings, 0, 12)
     wait_caught_up(settings, ["traces"], worker=worker)
     wait_for(lambda: stats(worker.log) and stats(worker.log)[-1]["traces"] == len(sent), 30, "stats", worker)
-    progress = GroupProgress(settings, ["traces"])
+    progress = GroupLag(settings, settings.full_app_id, [settings.topic("traces")], request_timeout_s=5.0)
     try:
         committed_before, _ = progress()
         hold.touch()
@@ -167,7 +167,7 @@ def test_sigterm_exits_within_the_bound_and_unfinished_batches_are_redelivered(s
     ensure_topics(settings)
     down = tmp_path / "clickhouse-down"
     env = {"SELFHEAL_FAULT_SINK_FAIL_FILE": str(down), "SELFHEAL_SHUTDOWN_TIMEOUT_S": "20"}
-    progress = GroupProgress(settings, ["traces"])
+    progress = GroupLag(settings, settings.full_app_id, [settings.topic("traces")], request_timeout_s=5.0)
     try:
         # 1. SIGTERM while the worker is busy with a backlog
         first = worker_factory(env, name="busy")

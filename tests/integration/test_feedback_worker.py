@@ -19,11 +19,10 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas import default_codec
-from streams.cli import _lag
+from streams.devtools.simulate import FleetSimulator
 from streams.sdk import SelfhealProducer
-from streams.simulate import FleetSimulator
 from streams.sinks.clickhouse import ClickHouseSink
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, group_lag
 from tests.conftest import settings_env, wait_caught_up
 from tests.feedback_stream import EXPECTED, crafted_stream
 from tests.integration.test_feedback_store import check_crafted_outcome, feedback_final, patterns_final
@@ -114,7 +113,7 @@ class _Split:
 
 
 def _feedback_progress(settings, group: str) -> tuple[int, int]:
-    return _lag(settings, group, [settings.topic("feedback")])
+    return group_lag(settings, group, [settings.topic("feedback")])
 
 
 def _processed_feedback_rows(log) -> int:

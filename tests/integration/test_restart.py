@@ -7,8 +7,8 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas import default_codec
+from streams.devtools.simulate import FleetSimulator
 from streams.sdk import SelfhealProducer
-from streams.simulate import FleetSimulator
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics
 from tests.conftest import wait_caught_up

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from streams.bench import fleet, produce
+from streams.devtools.bench import fleet, produce
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics
 from tests.conftest import wait_caught_up

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec
 
 from streams.errors import TopicNotReadyError
-from streams.topics import TABLES, TOPIC_CONFIGS, changelog_topic, ensure_topics, wait_until_served
+from streams.topics import (
+    TABLES,
+    TOPIC_CONFIGS,
+    GroupLag,
+    changelog_topic,
+    ensure_topics,
+    group_lag,
+    wait_until_served,
+)
+from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +63,32 @@ def test_wait_until_served_names_the_partitions_that_never_come(settings):
     missing = settings.topic_prefix + "never-created"
     with pytest.raises(TopicNotReadyError, match=rf"2 partition\(s\) not served .*{missing}\[0\]"):
         wait_until_served(admin, {missing: 2}, timeout_s=1.0)
+
+
+def test_group_lag_counts_committed_and_end_messages_over_partitions(settings):
+    ensure_topics(settings)
+    topics = [settings.topic("traces"), settings.topic("feedback")]
+    producer = Producer(settings.kafka_config())
+    for i in range(10):  # 7 traces on partitions 0 and 1, 3 feedback on partition 2
+        topic, part = (topics[0], i % 2) if i < 7 else (topics[1], 2)
+        producer.produce(topic, b"x", partition=part)
+    assert producer.flush(30) == 0
+    group = settings.topic_prefix + "lag-test"
+    assert group_lag(settings, group, topics) == (0, 10)  # a group that never committed
+    consumer = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(topics[0], 0, 3), TopicPartition(topics[1], 2, 1)], asynchronous=False)
+    finally:
+        consumer.close()
+    assert group_lag(settings, group, topics) == (4, 10)
+    with GroupLag(settings, group, topics) as lag:  # the long-lived form answers the same
+        assert lag() == (4, 10)
+        assert lag() == (4, 10)
+
+
+def test_simulate_without_topics_says_which_command_creates_them(settings):
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "simulate", "--traces", "10"],
+                          env={**settings_env(settings), "COLUMNS": "80"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert f"topics {settings.topic('traces')}" in line and "`selfheal topics`" in line

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from schemas import IncidentKind, IncidentStatus, RolloutVerdict, Verdict, default_codec
-from streams.canary_bench import ArmEffect, CohortPlan, rollout_records, rollout_steps
 from streams.config import Settings
+from streams.devtools.bench_canary import ArmEffect, CohortPlan, rollout_records, rollout_steps
 from streams.pipeline import Pipeline
 from streams.processors.columns import RawMessage
 from streams.sinks.clickhouse import ClickHouseSink
@@ -109,4 +109,4 @@ def test_verdicts_land_in_clickhouse_idempotently_and_the_cli_prints_the_scoreca
     assert "ROLLBACK" in proc.stdout and "correction_rate" in proc.stdout and "acme/oncology" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "streams.cli", "scorecard", "--release", "rel-cand", "--tenant",
                           "Bad Tenant"], env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "not a valid tenant slug" in bad.stdout
+    assert bad.returncode == 2 and "not a valid tenant slug" in bad.stderr and "Traceback" not in bad.stderr

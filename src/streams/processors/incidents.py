@@ -116,7 +116,19 @@ class OpenIncident:
         return cls(**json.loads(data))
 
 
-def _overlap(a: str, b: str) -> bool:
+def slices_overlap(a: str, b: str) -> bool:
+    """Whether two slice keys (:func:`~streams.processors.baselines.slice_key`) can hold the same
+    traces: same tenant, and each of cohort, workflow, release equal or ``*`` in either key (the
+    layer does not matter). Alarms on overlapping slices join one open incident.
+
+    >>> slices_overlap("tenant_cohort|acme|cardiology|*|*", "release|acme|cardiology|soap_note|rel-2")
+    True
+    >>> slices_overlap("tenant_cohort|acme|cardiology|*|*", "tenant_cohort|acme|oncology|*|*")
+    False
+
+    Raises:
+        ValueError: a key does not have five ``|``-separated parts.
+    """
     la = parse_slice_key(a)
     lb = parse_slice_key(b)
     if la[1] != lb[1]:
@@ -294,7 +306,7 @@ class IncidentManager:
         for inc in self.open.values():
             if inc.group != group or inc.tenant_id != info.tenant_id:
                 continue
-            if any(_overlap(info.key, s) for s in inc.slices):
+            if any(slices_overlap(info.key, s) for s in inc.slices):
                 return inc
             # the release is the unit of rollback: its slices in other cohorts/workflows join
             if info.release_id and any(parse_slice_key(s)[4] == info.release_id for s in inc.slices):

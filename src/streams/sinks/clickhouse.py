@@ -6,16 +6,15 @@ owns a chDB directory; in embedded mode the worker writes and serves queries.
 
 Idempotence: every table is a ReplacingMergeTree keyed so that a row written twice (redelivery
 after a crash, at-least-once) collapses; analysts read with ``FINAL``. The worker acknowledges a
-Kafka batch only after its rows are written here (see :mod:`streams.app`).
+Kafka batch only after its rows are written here (see :mod:`streams.worker.delivery`).
 
 Inserts use ``insert_arrow`` (measured 330-700k rows/s on 2 cores, BENCHMARKS.md). Failed writes
 are retried with exponential backoff (tenacity) while the agent holds the batch, which is the
 backpressure: nothing is acknowledged, so nothing is lost, and memory stays bounded by one batch.
 :meth:`ClickHouseSink.abort` (worker shutdown) ends a retry loop at once.
 
-Fault injection (test hooks, ``Settings.fault_sink_fail_writes`` / ``fault_sink_fail_file``, used
-by ``selfheal chaos`` and tests/integration/test_faults.py): writes fail with ``ConnectionError``
-before reaching ClickHouse, exactly like a refused connection, and go through the same retries.
+Fault injection for tests and ``selfheal chaos`` wraps this sink's ``client`` from outside
+(:mod:`streams.worker.faults`); nothing here knows about it.
 """
 
 from __future__ import annotations
@@ -109,9 +108,6 @@ class ClickHouseSink:
         # drop an insert that had reported success)
         self._lock = threading.RLock()
         self._abort = threading.Event()
-        #: fault injection (tests, `selfheal chaos`): fail the next N writes / while this file exists
-        self.fail_writes = settings.fault_sink_fail_writes
-        self.fail_file = settings.fault_sink_fail_file
         #: write attempts that failed (injected or real), for the worker's stats line
         self.failed_attempts = 0
         try:
@@ -175,7 +171,6 @@ class ClickHouseSink:
         for attempt in self._retrying():
             with attempt:
                 try:
-                    self._injected_fault(table)
                     with self._lock:
                         self.client.insert_arrow(f"{self.db}.{table}", data)
                 except Exception as exc:
@@ -183,14 +178,6 @@ class ClickHouseSink:
                     raise SinkError(f"insert of {data.num_rows} rows into {self.db}.{table} failed: "
                                     f"{_scrub(str(exc), self.settings)}") from None
         return data.num_rows
-
-    def _injected_fault(self, table: str) -> None:
-        """TEST HOOK: raise like a refused connection while a fault is injected (see module docstring)."""
-        if self.fail_writes > 0:
-            self.fail_writes -= 1
-            raise ConnectionError(f"injected write failure on {table} (fail_writes)")
-        if self.fail_file is not None and self.fail_file.exists():
-            raise ConnectionError(f"injected write failure on {table} ({self.fail_file} exists)")
 
     def abort(self) -> None:
         """Stop retrying: a write in its retry loop raises its last error now, later writes fail
@@ -296,7 +283,6 @@ class ClickHouseSink:
         for attempt in self._retrying():
             with attempt:
                 try:
-                    self._injected_fault("feedback_patterns")
                     with self._lock:
                         self.client.command(sql.replace("{db}", self.db), parameters=params)
                 except Exception as exc:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from schemas import IncidentKind, IncidentStatus
+from streams.devtools.synthetic import Effect, Slice, synthetic_columns
 from streams.processors.drift import DriftConfig, DriftEngine
 from streams.processors.incidents import IncidentManager, TraceContext
 from streams.state import DictBackend
-from streams.synthetic import Effect, Slice, synthetic_columns
 
 T0 = 1_790_000_000_000
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from schemas.verdict import MetricRole
+from streams.devtools.synthetic import synthetic_columns
 from streams.processors import metrics as M
 from streams.processors.baselines import FIELDS, ROW_BYTES
 from streams.processors.canary.scorecard import (
@@ -23,7 +24,6 @@ from streams.processors.canary.scorecard import (
 )
 from streams.processors.columns import OUTCOME_CODES
 from streams.processors.drift.engine import ALARM_COLS, N_DETECTOR_COLS
-from streams.synthetic import synthetic_columns
 from tests.unit.processors.drift.test_engine import fleet
 
 

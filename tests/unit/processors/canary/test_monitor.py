@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from schemas import CandidateArm, IncidentKind, IncidentStatus, RiskClass, Verdict
-from streams.canary_bench import (
+from streams.devtools.bench_canary import (
     ArmEffect,
     CohortPlan,
     monitor_config,
@@ -196,7 +196,7 @@ def test_settings_read_high_risk_patterns_from_a_comma_separated_variable(monkey
 
 
 def test_traffic_without_rollouts_writes_no_canary_state():
-    from streams.synthetic import Slice, synthetic_columns
+    from streams.devtools.synthetic import Slice, synthetic_columns
 
     backend = DictBackend()
     mon = CanaryMonitor(monitor_config(), backend)

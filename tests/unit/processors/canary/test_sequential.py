@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from streams.canary_bench import false_promotion, null_false_rollback
+from streams.devtools.bench_canary import false_promotion, null_false_rollback
 from streams.processors.canary import GRID, NULL, RHO, CanaryConfig, MixtureTest, stratum_loglik
 
 

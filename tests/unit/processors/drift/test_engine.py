@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from streams.devtools.synthetic import Effect, Slice, synthetic_columns
 from streams.processors.baselines import ROW_BYTES, SliceStore
 from streams.processors.drift import Z_CLIP, DriftConfig, DriftEngine
-from streams.synthetic import Effect, Slice, synthetic_columns
 
 T0 = 1_790_000_000_000
 

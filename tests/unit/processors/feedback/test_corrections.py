@@ -61,7 +61,7 @@ def test_same_template_with_another_subject_is_not_a_near_duplicate():
 
 
 def test_simulator_paraphrases_are_near_duplicates_and_other_doses_contradictions():
-    from streams.simulate import CORRECTIONS, OPPOSITE_DOSE, PARAPHRASES, PHI_TAIL, TOPICS_X
+    from streams.devtools.simulate import CORRECTIONS, OPPOSITE_DOSE, PARAPHRASES, PHI_TAIL, TOPICS_X
 
     red = Redactor()
     for cat, text in CORRECTIONS.items():

@@ -2,7 +2,7 @@
 
 Every scenario drives the real processing core (:meth:`Pipeline.process_columns` for traces and
 :meth:`Pipeline.apply_corrections` for delayed feedback, i.e. everything after Avro decoding) with
-synthetic traffic from :mod:`streams.synthetic`: a fleet of 6 tenants / 8 tenant×cohort slices at
+synthetic traffic from :mod:`streams.devtools.synthetic`: a fleet of 6 tenants / 8 tenant×cohort slices at
 20 traces/s of event time, feedback arriving 30-240 s after its trace.
 
 Scenarios (each regression runs with several seeds; the change starts after 40,000 warm-up traces):
@@ -47,8 +47,8 @@ import numpy as np
 
 from schemas import IncidentStatus
 from streams.config import Settings
+from streams.devtools.synthetic import Effect, Slice, synthetic_columns, synthetic_feedback
 from streams.pipeline import Pipeline
-from streams.synthetic import Effect, Slice, synthetic_columns, synthetic_feedback
 
 FLEET = (
     Slice("acme", "cardiology", 0.18, partition=0),

@@ -1,6 +1,6 @@
 """Synthetic traffic straight into :class:`~streams.processors.columns.TraceColumns` (no Kafka, no
 Avro): the fast path for detector tests and ``selfheal bench-drift``, where millions of traces are
-needed. Distributions follow :mod:`streams.simulate`'s fleet (log-normal latency and tokens, Beta
+needed. Distributions follow :mod:`streams.devtools.simulate`'s fleet (log-normal latency and tokens, Beta
 confidence, categorical outcomes), with per-slice effects.
 """
 

@@ -8,7 +8,7 @@ What it does (:func:`run_chaos`):
    broker instead and skips that fault.
 2. Starts a worker (``selfheal worker`` subprocess, own chDB directory) under a small
    supervisor that restarts it whenever it exits, as systemd or Kubernetes would.
-3. Produces a fleet simulation (:class:`streams.simulate.FleetSimulator`: many tenants, feedback
+3. Produces a fleet simulation (:class:`streams.devtools.simulate.FleetSimulator`: many tenants, feedback
    with replays and resubmits, malformed messages, one injected release regression) at a
    throttled rate, so the faults land in the middle of the stream, and records every trace and
    feedback id it sends.
@@ -39,9 +39,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -50,11 +48,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.config import ROOT, Settings
+from streams.devtools.launcher import WorkerProcess, worker_env
+from streams.topics import GroupLag
 
 SCRIPTS = ROOT / "scripts"
+#: seconds a consumer-group progress read is retried: through a broker restart and the load of the
+#: group coordinator after it (about as long as the earlier bound of 60 tries, each up to 6 s)
+PROGRESS_RETRY_S = 300.0
 
 
 @dataclass
@@ -96,54 +99,19 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-class GroupProgress:
-    """Committed and end offsets of the worker's consumer group, from one long-lived client
-    (reconnects by itself after a broker restart)."""
-
-    def __init__(self, settings: Settings, topics: list[str]) -> None:
-        self.consumer = Consumer({**settings.kafka_config(), "group.id": settings.full_app_id,
-                                  "enable.auto.commit": False})
-        self.tps = [TopicPartition(settings.topic(t), p) for t in topics for p in range(settings.partitions)]
-
-    def __call__(self, attempts: int = 60) -> tuple[int, int]:
-        """``(committed, end)`` messages summed over the partitions, retrying transient errors
-        (leader elections, a restarting broker) 1 s apart.
-
-        Raises:
-            KafkaException: still failing after ``attempts`` tries.
-        """
-        last: Exception | None = None
-        for _ in range(attempts):
-            try:
-                committed = self.consumer.committed(self.tps, timeout=5)
-                done = end = 0
-                for tp, c in zip(self.tps, committed, strict=True):
-                    lo, hi = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-                    end += hi - lo
-                    done += max(c.offset, lo) - lo if c.offset >= 0 else 0
-                return done, end
-            except KafkaException as exc:
-                last = exc
-                time.sleep(1.0)
-        raise KafkaException(f"consumer group progress unavailable: {last}")
-
-    def close(self) -> None:
-        """Close the client."""
-        self.consumer.close()
-
-
 class WorkerSupervisor:
-    """Runs ``selfheal worker`` as a subprocess and restarts it when it exits.
+    """Runs ``selfheal worker`` as a subprocess (:class:`~streams.devtools.launcher.WorkerProcess`)
+    and restarts it when it exits.
 
     Args:
-        env: environment of the worker (settings as ``SELFHEAL_*``).
+        env: environment of the worker (settings as ``SELFHEAL_*``, :func:`~streams.devtools.launcher.worker_env`).
         log_dir: one log file per worker start (``worker-<n>.log``).
     """
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
         self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
+        self.worker: WorkerProcess | None = None
         self.starts = 0
         self.peak_rss_mb = 0.0
         self.unexpected: list[int] = []  # exit codes of exits we did not cause
@@ -151,10 +119,7 @@ class WorkerSupervisor:
     def start(self) -> None:
         """Start a new worker process."""
         self.starts += 1
-        log = open(self.log_dir / f"worker-{self.starts}.log", "w")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT)
-        log.close()
+        self.worker = WorkerProcess(self.env, self.log_dir / f"worker-{self.starts}.log", truncate_log=True).start()
 
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
         """Until the current worker has opened ClickHouse (its log says so), or ``timeout_s``."""
@@ -168,21 +133,25 @@ class WorkerSupervisor:
 
     def alive(self) -> bool:
         """The current worker process is running."""
-        return self.proc is not None and self.proc.poll() is None
+        return self.worker is not None and self.worker.alive()
+
+    def pid(self) -> int | None:
+        """Process id of the current worker (``None`` before the first start)."""
+        return self.worker.pid if self.worker is not None else None
 
     def sample(self) -> float | None:
         """RSS of the current worker, MiB (also tracked as the peak)."""
         if not self.alive():
             return None
-        rss = rss_mb(self.proc.pid)
+        rss = rss_mb(self.worker.pid)
         if rss is not None:
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
         return rss
 
     def watch(self) -> int | None:
         """Restart the worker if it exited on its own; returns that exit code (else ``None``)."""
-        if self.proc is not None and self.proc.poll() is not None:
-            rc = self.proc.returncode
+        if self.worker is not None and not self.worker.alive():
+            rc = self.worker.stop()  # only reaps: the process has exited
             self.unexpected.append(rc)
             self.start()
             return rc
@@ -190,23 +159,16 @@ class WorkerSupervisor:
 
     def kill(self) -> None:
         """SIGKILL (no shutdown of any kind) and wait for the process to be gone."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        assert self.worker is not None
+        self.worker.kill()
 
     def terminate(self, timeout_s: float) -> tuple[int | None, float]:
         """SIGTERM; returns ``(exit code, seconds until exit)``; SIGKILL after ``timeout_s + 30`` s
         (then the exit code is ``None``)."""
-        assert self.proc is not None
+        assert self.worker is not None
         t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=timeout_s + 30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            rc = None
-        return rc, time.monotonic() - t0
+        rc = self.worker.stop(timeout=timeout_s + 30)
+        return (None if self.worker.killed_after_timeout else rc), time.monotonic() - t0
 
 
 class RecordingSDK:
@@ -281,7 +243,7 @@ def reopened_episodes(events: list[tuple[int, int, dict[str, Any]]]) -> tuple[li
     Redelivered events (same incident id and revision) count once. Returns the violations and
     counts (``events``, ``redelivered_events``, ``incidents``).
     """
-    from streams.processors.incidents import _overlap
+    from streams.processors.incidents import slices_overlap
 
     def key(inc: dict[str, Any]) -> str:
         s = inc["slice"]
@@ -305,7 +267,7 @@ def reopened_episodes(events: list[tuple[int, int, dict[str, Any]]]) -> tuple[li
             continue
         if iid not in all_ids:
             clash = [o for o in open_.values() if o["metric_group"] == inc["metric_group"]
-                     and o["slice"]["tenant_id"] == inc["slice"]["tenant_id"] and _overlap(key(o), key(inc))]
+                     and o["slice"]["tenant_id"] == inc["slice"]["tenant_id"] and slices_overlap(key(o), key(inc))]
             if clash:
                 bad.append({"incident_id": iid, "slice": key(inc), "metric_group": inc["metric_group"],
                             "while_open": [o["incident_id"] for o in clash]})
@@ -403,14 +365,11 @@ class ChaosRun:
                     raise
                 time.sleep(1)
         self.fail_file = work / "sink-outage"
-        env = {**os.environ, "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-               "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix, "SELFHEAL_STATE_DIR": str(settings.state_dir),
-               "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir),
-               "SELFHEAL_FAULT_SINK_FAIL_FILE": str(self.fail_file),
-               "SELFHEAL_SHUTDOWN_TIMEOUT_S": str(cfg.shutdown_timeout_s)}
-        env.pop("SELFHEAL_CLICKHOUSE_URL", None)
+        env = worker_env(settings, {"SELFHEAL_FAULT_SINK_FAIL_FILE": str(self.fail_file),
+                                    "SELFHEAL_SHUTDOWN_TIMEOUT_S": str(cfg.shutdown_timeout_s)})
         self.sup = WorkerSupervisor(env, work)
-        self.progress = GroupProgress(settings, ["traces", "feedback"])
+        self.lag = GroupLag(settings, settings.full_app_id, [settings.topic(t) for t in ("traces", "feedback")],
+                            request_timeout_s=5.0)
         self.t0 = time.monotonic()
         self.produced = 0
         self.faults: list[FaultEvent] = []
@@ -421,6 +380,11 @@ class ChaosRun:
         self.producer: threading.Thread | None = None
 
     # ------------------------------------------------------------------ helpers
+    def progress(self) -> tuple[int, int]:
+        """``(committed, end)`` messages of the worker's group over both source topics; asked
+        again for up to ``PROGRESS_RETRY_S`` while the broker restarts or loads its coordinator."""
+        return self.lag(retry_s=PROGRESS_RETRY_S)
+
     def now(self) -> float:
         """Seconds since the run started."""
         return round(time.monotonic() - self.t0, 1)
@@ -458,8 +422,8 @@ class ChaosRun:
     def produce(self) -> None:
         """Producer thread: the simulated fleet at ``cfg.rate`` traces/s, ids recorded."""
         from schemas import default_codec
+        from streams.devtools.simulate import FleetSimulator
         from streams.sdk import SelfhealProducer
-        from streams.simulate import FleetSimulator
 
         t0 = time.monotonic()
 
@@ -544,7 +508,7 @@ class ChaosRun:
         """Stop what the run started (worker, progress client, own broker)."""
         if self.sup.alive():
             self.sup.kill()
-        self.progress.close()
+        self.lag.close()
         if self.own_broker:
             _kafka("stop", self.cfg.kafka_port, self.work)
 
@@ -568,7 +532,7 @@ class ChaosRun:
     def fault_sink_outage(self, at: int) -> None:
         """Every ClickHouse write fails for ``sink_outage_s``: lag and RSS sampled each second."""
         before, _ = self.progress()
-        pid = self.sup.proc.pid if self.sup.proc else None
+        pid = self.sup.pid()
         self.fail_file.touch()
         lag, rss, committed = [], [], []
         t_end = time.monotonic() + self.cfg.sink_outage_s
@@ -598,7 +562,7 @@ class ChaosRun:
             "lag_start": lag[0], "lag_end": lag[-1], "lag_max": max(lag),
             "worker_rss_mb_min": round(min(rss), 1) if rss else None,
             "worker_rss_mb_max": round(max(rss), 1) if rss else None,
-            "same_worker_process": self.sup.proc is not None and self.sup.proc.pid == pid,
+            "same_worker_process": self.sup.worker is not None and self.sup.pid() == pid,
             "resumed_after_s": resumed})
         self.faults.append(FaultEvent("sink_outage", at, self.now(), dict(self.outage)))
         self.say(f"ClickHouse writes failed for {self.cfg.sink_outage_s:.0f} s: lag {lag[0]} -> {lag[-1]} messages, "

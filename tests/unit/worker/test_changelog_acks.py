@@ -1,13 +1,13 @@
 """A batch waits for the broker's acknowledgement of every changelog message it caused before it
-is marked processed (streams.app.ChangelogAcks); faust's commit-time flush does not ensure it."""
+is marked processed (streams.worker.delivery.ChangelogAcks); faust's commit-time flush does not ensure it."""
 
 import asyncio
 from types import SimpleNamespace
 
 import pytest
 
-from streams.app import ChangelogAcks
 from streams.errors import ChangelogError
+from streams.worker.delivery import ChangelogAcks
 
 
 def _send(loop: asyncio.AbstractEventLoop, topic: str = "app-baselines-changelog") -> asyncio.Future:

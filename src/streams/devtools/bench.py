@@ -40,8 +40,10 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from schemas import default_codec
 from streams.config import Settings
+from streams.devtools.launcher import WorkerProcess
+from streams.devtools.synthetic import Effect, Slice, synthetic_columns
 from streams.processors.metrics import DRIFT_METRICS as METRICS
-from streams.synthetic import Effect, Slice, synthetic_columns
+from streams.topics import group_lag
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -176,45 +178,30 @@ def raw_limit(settings: Settings, expected: int) -> dict[str, float]:
     return {"traces": n, "cpu_s": cpu, "wall_s": wall, "traces_per_cpu_s": n / cpu, "traces_per_wall_s": n / wall}
 
 
-def _lag(settings: Settings) -> tuple[int, int]:
-    from streams.cli import _lag as lag
-
-    return lag(settings, settings.full_app_id, [settings.topic("traces")])
-
-
 def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: float = 900.0) -> dict[str, float]:
     """Run a real worker over the pre-filled topic; CPU of the worker from first consumed to caught up."""
-    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
-           "SELFHEAL_STATE_DIR": str(settings.state_dir), "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir),
-           "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "SELFHEAL_TAKE_MAX_MESSAGES": str(settings.take_max_messages)}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=fh,
-                                stderr=subprocess.STDOUT)
+    worker = WorkerProcess.for_settings(settings, log, {"SELFHEAL_TAKE_MAX_MESSAGES": str(settings.take_max_messages)},
+                                        truncate_log=True).start()
     try:
         deadline = time.monotonic() + timeout_s
         cpu0 = t0 = None
         done = 0
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {proc.returncode}; see {log}")
-            done, end = _lag(settings)
+            if not worker.alive():
+                raise RuntimeError(f"worker exited with {worker.proc.returncode}; see {log}")
+            done, end = group_lag(settings, settings.full_app_id, [settings.topic("traces")])
             if cpu0 is None and done > 0:
-                cpu0, t0, done0 = _cpu_s(proc.pid), time.perf_counter(), done
+                cpu0, t0, done0 = _cpu_s(worker.pid), time.perf_counter(), done
             if end and done >= end:
                 break
             time.sleep(0.2)
         if cpu0 is None:
             raise RuntimeError("the worker never committed anything")
-        cpu, wall = _cpu_s(proc.pid) - cpu0, time.perf_counter() - t0
+        cpu, wall = _cpu_s(worker.pid) - cpu0, time.perf_counter() - t0
         msgs = done - done0
         return {"messages": msgs, "cpu_s": cpu, "wall_s": wall, "message_share": msgs / max(expected_messages, 1)}
     finally:
-        proc.send_signal(15)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        worker.stop(timeout=60)
 
 
 def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
@@ -320,13 +307,8 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
         k = (off - warm) // every if off >= warm else -1
         return {i: (Effect(latency=3.0, failure=5.0), f"rel-bad-{i}") for i in range(min(k + 1, len(slices)))}
 
-    env = {**os.environ, "SELFHEAL_TOPIC_PREFIX": settings.topic_prefix,
-           "SELFHEAL_STATE_DIR": str(settings.state_dir), "SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir),
-           "SELFHEAL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "SELFHEAL_TAKE_WITHIN_S": "0.1", "SELFHEAL_WARMUP_TRACES": "100"}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=fh,
-                                stderr=subprocess.STDOUT)
+    fast = {"SELFHEAL_TAKE_WITHIN_S": "0.1", "SELFHEAL_WARMUP_TRACES": "100"}
+    worker = WorkerProcess.for_settings(settings, log, fast, truncate_log=True).start()
     try:
         time.sleep(8.0)  # let the worker join its group before the clock starts
         produce(settings, total, slices, batch=64, pace_per_s=rate, effect_for=effect_for,
@@ -351,11 +333,7 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
                     lat.append(m.timestamp()[1] / 1000.0 - sent[inc["detected_at_trace_id"]])
         c.close()
     finally:
-        proc.send_signal(15)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        worker.stop(timeout=60)
     arr = np.asarray(lat) * 1000.0
     return {"offered_traces_per_s": rate, "incidents": len(lat),
             "p50_ms": float(np.percentile(arr, 50)) if len(arr) else None,
@@ -398,7 +376,7 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         report["sink"] = sink_rate(s)
         say("memory")
         # a fresh process, so the peak RSS is the pipeline's own (not this process's chDB and Kafka)
-        out = subprocess.run([sys.executable, "-c", "import json; from streams.bench import memory; "
+        out = subprocess.run([sys.executable, "-c", "import json; from streams.devtools.bench import memory; "
                               "print(json.dumps(memory()))"], capture_output=True, text=True, check=True)
         report["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
         if not skip_latency:

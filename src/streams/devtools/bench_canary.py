@@ -25,6 +25,7 @@ import numpy as np
 from scipy import stats
 
 from schemas.verdict import RolloutVerdict, Verdict
+from streams.devtools.synthetic import INPUT_TOKENS, LATENCY_MS, OUTPUT_TOKENS, WORKFLOW_P, WORKFLOWS
 from streams.processors.canary import (
     GRID,
     CanaryConfig,
@@ -38,9 +39,8 @@ from streams.processors.canary import (
 from streams.processors.columns import TraceColumns
 from streams.processors.feedback import TraceRef
 from streams.state import DictBackend
-from streams.synthetic import INPUT_TOKENS, LATENCY_MS, OUTPUT_TOKENS, WORKFLOW_P, WORKFLOWS
 
-#: base rates of the harmful events (as in streams.simulate's fleet)
+#: base rates of the harmful events (as in streams.devtools.simulate's fleet)
 CORRECTION_P = np.array([0.14, 0.16, 0.10, 0.08, 0.11])  # per workflow
 SAFETY_SHARE = 0.08  # share of corrections that are unsafe-recommendation / medication-error feedback
 P_FAIL, P_ESC, P_ABANDON, P_POLICY = 0.02, 0.04, 0.01, 0.005

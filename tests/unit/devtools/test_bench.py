@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.bench import core, memory, sink_rate
 from streams.config import Settings
+from streams.devtools.bench import core, memory, sink_rate
 
 
 def test_sink_rate_writes_and_reports(tmp_path):

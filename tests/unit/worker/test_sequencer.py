@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from streams.sequencer import OffsetSequencer
+from streams.worker.sequencer import OffsetSequencer
 
 
 def ev(p, o):

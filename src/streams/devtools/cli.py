@@ -1,0 +1,229 @@
+"""The dev commands of ``selfheal``: ``simulate``, ``demo``, ``bench``, ``bench-drift``,
+``bench-canary``, ``chaos``. :func:`register` adds them to the product CLI's app
+(``streams.cli`` calls it when :mod:`streams.devtools` is importable); names and options are
+those the Makefile and README use.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from confluent_kafka import Producer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streams.config import Settings, get_settings
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the dev commands to ``app`` (the ``selfheal`` typer app). A command that needs a broker
+    checks it first: :class:`~streams.errors.BrokerUnavailableError` becomes one line in
+    :func:`streams.cli.main`."""
+    app.command("simulate")(simulate)
+    app.command("demo")(demo)
+    app.command("bench")(bench)
+    app.command("bench-drift")(bench_drift)
+    app.command("bench-canary")(bench_canary)
+    app.command("chaos")(chaos)
+
+
+def _require_topics(settings: Settings, names: tuple[str, ...]) -> None:
+    """Return when the source topics ``names`` exist (the broker does not create them on a send).
+
+    Raises:
+        ConfigError: some are missing (named, with the command that creates them).
+    """
+    from confluent_kafka.admin import AdminClient
+
+    from streams.errors import ConfigError
+
+    existing = AdminClient(settings.kafka_config()).list_topics(timeout=10).topics
+    missing = [settings.topic(n) for n in names if settings.topic(n) not in existing]
+    if missing:
+        raise ConfigError(f"topics {', '.join(missing)} do not exist at {settings.kafka_bootstrap}; create them with "
+                          f"`selfheal topics` (same SELFHEAL_TOPIC_PREFIX={settings.topic_prefix!r})")
+
+
+def simulate(traces: int = 50_000, seed: int = 7) -> None:
+    """Send a simulated fleet's traces and feedback to Kafka (see streams.devtools.simulate)."""
+    from schemas import default_codec
+    from streams.devtools.simulate import DEMO_ROLLOUTS, FleetSimulator
+    from streams.sdk import SelfhealProducer
+    from streams.topics import check_broker
+
+    settings = get_settings()
+    check_broker(settings)
+    _require_topics(settings, ("traces", "feedback"))
+    with SelfhealProducer(settings) as sdk:
+        rep = FleetSimulator(traces=traces, seed=seed, rollouts=DEMO_ROLLOUTS).run(
+            sdk, raw_producer=Producer(settings.kafka_config()), codec=default_codec())
+    console.print(f"sent {rep.traces_produced} traces and {rep.feedback_produced} feedback in {rep.elapsed_s:.1f} s")
+
+
+def demo(
+    traces: Annotated[int, typer.Option(help="traces to simulate (>= 50,000 for the issue's demo)")] = 50_000,
+    seed: int = 7,
+    out: Annotated[Path, typer.Option(help="summary JSON path")] = Path("demo-summary.json"),
+    timeout_s: Annotated[float, typer.Option(help="max wait for the worker to catch up, s")] = 600.0,
+) -> None:
+    """The main job: start a worker, simulate a fleet with an injected regression and a staged
+    rollout, summarise.
+
+    Exits 1 if the injected regression was not detected or the rollout got no verdict.
+    """
+    from streams.devtools.demo import run_demo
+
+    code = run_demo(get_settings(), console, traces=traces, seed=seed, out=out, timeout_s=timeout_s)
+    if code:
+        raise typer.Exit(code)
+
+
+def bench(
+    traces: Annotated[int, typer.Option(help="traces for the throughput runs")] = 300_000,
+    latency: Annotated[bool, typer.Option(help="also measure trace-to-incident latency")] = True,
+    latency_rate: Annotated[float, typer.Option(help="offered load of the latency run, traces/s")] = 10_000.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
+) -> None:
+    """Throughput (raw limit vs pipeline per core), incident latency, sink rows/s, memory."""
+    from streams.devtools.bench import run
+    from streams.topics import check_broker
+
+    check_broker(get_settings())
+    report = run(traces=traces, skip_latency=not latency, progress=lambda m: console.print(f"[dim]{m}"),
+                 latency_rate=latency_rate)
+    t = Table("figure", "value", title="bench")
+    for k in ("raw_traces_per_s", "pipeline_traces_per_s_per_core", "ratio_to_raw", "core_traces_per_cpu_s",
+              "incident_latency_ms_p50",
+              "incident_latency_ms_p99", "sink_rows_per_s", "bytes_per_slice_metric", "peak_rss_mb"):
+        v = report.get(k)
+        t.add_row(k, "n/a" if v is None else f"{v:,.3f}" if isinstance(v, float) and v < 10 else f"{v:,.0f}")
+    console.print(t)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+        console.print(f"written {json_out}")
+
+
+def bench_drift(
+    seeds: Annotated[int, typer.Option(help="runs per regression scenario")] = 5,
+    river: Annotated[bool, typer.Option(help="also score river ADWIN / PageHinkley")] = True,
+    quick: Annotated[bool, typer.Option(help="shorter stationary runs (smoke)")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full report here")] = None,
+    calibrate: Annotated[str, typer.Option(help="instead: false incidents per million on the stationary "
+                                                "scenarios for these thresholds, e.g. 12,14,16,18")] = "",
+) -> None:
+    """Detection quality on the scenario suite (recall, delay, false incidents, attribution)."""
+    from streams.cli import narrow_table  # at call time: streams.cli mounts this module
+    from streams.devtools.bench_drift import calibrate as run_calibration
+    from streams.devtools.bench_drift import dumps, headline, run_suite
+
+    if calibrate:
+        rows = run_calibration([float(x) for x in calibrate.split(",")],
+                               progress=lambda d, i, n: console.print(f"[dim]{d}"))
+        t = Table("cusum_threshold h", "stationary traces", "false incidents", "per million", title="calibration")
+        for r in rows:
+            t.add_row(f"{r['cusum_threshold']:g}", f"{r['traces']:,}", str(r["false_incidents"]),
+                      f"{r['false_incidents_per_million']:.2f}")
+        console.print(t)
+        if json_out:
+            json_out.write_text(dumps({"calibration": rows}))
+        return
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("scenarios", total=None)
+        report = run_suite(seeds=seeds, river=river, quick=quick,
+                           progress=lambda d, i, n: progress.update(task, description=d, completed=i, total=n))
+    t = Table("score", "selfheal", "river ADWIN", "river PageHinkley", title="bench-drift")
+    for row in headline(report):
+        t.add_row(*row)
+    console.print(t)
+    s = narrow_table("scenario\nkinds · releases", "runs", "detected", "median delay", "false incidents")
+    for name, v in report["selfheal"]["per_scenario"].items():
+        found = " · ".join(x for x in (",".join(v.get("kinds", [])), ",".join(v.get("releases", []))) if x)
+        s.add_row(f"{name}\n{found}" if found else name, str(v["runs"]), str(v["detected"]),
+                  str(v["median_delay_traces"]), str(v["false_incidents"]))
+    console.print(s)
+    if json_out:
+        json_out.write_text(dumps(report))
+        console.print(f"written {json_out}")
+
+
+def chaos(
+    traces: Annotated[int, typer.Option(help="traces to simulate")] = 30_000,
+    rate: Annotated[float, typer.Option(help="traces produced per second (run length ~ traces / rate)")] = 250.0,
+    kills: Annotated[int, typer.Option(help="SIGKILLs of the worker (each followed by a restart)")] = 3,
+    broker_restart: Annotated[bool, typer.Option(help="stop and start the (own) broker mid-run")] = True,
+    sink_outage_s: Annotated[float, typer.Option(help="seconds during which every ClickHouse write fails")] = 20.0,
+    sigterm: Annotated[bool, typer.Option(help="one SIGTERM mid-run (exit time measured)")] = True,
+    kafka_port: Annotated[int, typer.Option(help="port of the chaos run's own broker (never the shared one)")] = 29092,
+    seed: int = 11,
+    out: Annotated[Path, typer.Option(help="report JSON path")] = Path("chaos-report.json"),
+) -> None:
+    """Fault injection: SIGKILLs, a broker restart, a ClickHouse outage and SIGTERM during a long
+    simulated run; prints faults, records in, rows out, lost, duplicated (streams.devtools.chaos).
+
+    Exits 1 unless 0 lost, 0 duplicated, no re-opened incident episode and state recovered.
+    """
+    from streams.devtools.chaos import ChaosConfig, print_report, run_chaos, write_report
+    from streams.topics import check_broker
+
+    base = get_settings()
+    if not broker_restart:  # otherwise the run starts a broker of its own
+        check_broker(base)
+    cfg = ChaosConfig(traces=traces, rate=rate, seed=seed, kills=kills, broker_restart=broker_restart,
+                      sink_outage_s=sink_outage_s, sigterm=sigterm, kafka_port=kafka_port,
+                      shutdown_timeout_s=base.shutdown_timeout_s, work_dir=base.state_dir / "chaos")
+    console.rule("[bold]selfheal chaos")
+    report = run_chaos(cfg, base, log=console.print)
+    write_report(report, out)
+    print_report(report, console)
+    console.print(f"written {out}")
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+def bench_canary(
+    releases: Annotated[int, typer.Option(help="simulated null releases per stage")] = 2000,
+    runs: Annotated[int, typer.Option(help="simulated rollouts per effect and stage")] = 20,
+    seed: int = 1,
+    out: Annotated[Path | None, typer.Option(help="write the figures as JSON")] = None,
+) -> None:
+    """Count-based canary figures (no broker, no wall clock): null false-rollback rate when
+    peeking after every stratum, false promotion at the margin, traces until a verdict."""
+    from streams.cli import narrow_table  # at call time: streams.cli mounts this module
+    from streams.devtools.bench_canary import report
+
+    settings = get_settings()
+    res = report(releases=releases, runs=runs, seed=seed, alpha=settings.canary_alpha,
+                 progress=lambda text: console.print(f"[dim]{text}"))
+    t = narrow_table("stage", "null releases", "looks", "rolled back", "rate (95% CI)", "fixed z-test peeked",
+                     title=f"False rollback of null releases, peeking after every stratum (alpha {res['alpha']:g})")
+    for r in res["null_false_rollback"]:
+        t.add_row(f"{r['stage_pct']:g} %", str(r["releases"]), str(r["looks"]), str(r["rolled_back"]),
+                  f"{r['rate']:.2%} ({r['rate_ci95'][0]:.2%}-{r['rate_ci95'][1]:.2%})", f"{r['naive_rate']:.1%}")
+    console.print(t)
+    t = narrow_table("counts", "base rate", "releases at the margin", "promoted", "rate (95% CI)",
+                     title="False promotion of one success metric exactly at the margin (1.5x)")
+    for r in res["false_promotion"]:
+        t.add_row(r["counts"], f"{r['base_rate']:g}", str(r["releases"]), str(r["promoted"]),
+                  f"{r['rate']:.2%} ({r['rate_ci95'][0]:.2%}-{r['rate_ci95'][1]:.2%})")
+    console.print(t)
+    # pairs in one cell (median / p90) keep the 9 figures of a row in 80 columns
+    t = narrow_table("effect", "stage", "promote /\nrollback /\nundecided", "traces\nmedian / p90",
+                     "candidate traces\nmedian / p90", title="Traces until the first promote/rollback verdict")
+    for r in res["decision_times"]:
+        def num(x):
+            return "-" if x is None else f"{x:,.0f}"
+        t.add_row(r["scenario"], f"{r['stage_pct']:g} %", f"{r['promote']} / {r['rollback']} / {r['undecided']}",
+                  f"{num(r['traces_median'])} / {num(r['traces_p90'])}",
+                  f"{num(r['candidate_traces_median'])} / {num(r['candidate_traces_p90'])}")
+    console.print(t)
+    if out is not None:
+        out.write_text(json.dumps(res, indent=2))
+        console.print(f"written {out}")

@@ -1,0 +1,280 @@
+"""``selfheal demo`` (``make demo``): the main job end to end on the configured broker and an
+embedded ClickHouse of its own.
+
+:func:`run_demo` starts a worker (:mod:`streams.devtools.launcher`), simulates a multi-tenant
+clinical fleet (:class:`~streams.devtools.simulate.FleetSimulator` with one injected release
+regression and the staged rollouts ``DEMO_ROLLOUTS``), waits until the worker's consumer group
+has committed everything, stops the worker, reads ClickHouse and writes a JSON summary
+(:func:`summary`), then prints it (:func:`print_summary`).
+
+Where its data goes: topics under the prefix ``demo.`` (unless ``SELFHEAL_TOPIC_PREFIX`` is set)
+and the chDB directory ``<SELFHEAL_STATE_DIR>/demo/clickhouse`` (``.local/demo/clickhouse``),
+both wiped at the start of each run, so a demo never touches the default store
+(``.local/clickhouse``) a real worker writes. The demo ends by printing the commands that read
+its store (``SELFHEAL_CLICKHOUSE_PATH=.local/demo/clickhouse selfheal incidents <tenant>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streams.config import Settings
+
+
+def demo_settings(base: Settings) -> Settings:
+    """The demo's settings: ``base`` with the topic prefix ``demo.`` (unless one is set) and
+    state and chDB under ``<state_dir>/demo``."""
+    demo_dir = base.state_dir / "demo"
+    return base.model_copy(update={"topic_prefix": base.topic_prefix or "demo.",
+                                   "clickhouse_path": demo_dir / "clickhouse", "state_dir": demo_dir})
+
+
+def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int = 7,
+             out: Path = Path("demo-summary.json"), timeout_s: float = 600.0) -> int:
+    """Run the demo (module docstring) and return the exit code: 0 when the injected regression
+    was detected and every staged rollout got a verdict, 1 when not, 2 when the worker exited.
+
+    Args:
+        base: settings from the environment (broker, prefix, state directory).
+        console: where progress, the summary tables and the follow-up commands go.
+        traces: traces to simulate. seed: the simulation's seed.
+        out: summary JSON path. timeout_s: max wait for the worker to catch up, seconds.
+
+    Raises:
+        BrokerUnavailableError: no broker answers at ``SELFHEAL_KAFKA_BOOTSTRAP``.
+    """
+    from confluent_kafka import Producer
+
+    from schemas import default_codec
+    from streams.devtools.launcher import WorkerProcess
+    from streams.devtools.simulate import DEMO_ROLLOUTS, FleetSimulator
+    from streams.sdk import SelfhealProducer
+    from streams.sinks.clickhouse import ClickHouseSink
+    from streams.topics import check_broker, delete_topics, ensure_topics, group_lag
+
+    settings = demo_settings(base)
+    demo_dir = settings.state_dir
+    check_broker(settings)
+    console.rule("[bold]selfheal demo")
+    console.print(f"Kafka {settings.kafka_bootstrap}, topics {settings.topic('traces')} ..., "
+                  f"ClickHouse {settings.clickhouse_url or 'chdb://' + str(settings.clickhouse_dir)}")
+    # fresh run: previous demo topics and chDB data go
+    delete_topics(settings)
+    if demo_dir.exists() and not settings.clickhouse_url:
+        shutil.rmtree(demo_dir)
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(30):
+        try:
+            ensure_topics(settings)
+            break
+        except Exception:
+            time.sleep(1)
+    # the user's own SELFHEAL_SNAPSHOT_INTERVAL_S wins over the demo's 5 s
+    snapshots = {} if "SELFHEAL_SNAPSHOT_INTERVAL_S" in os.environ else {"SELFHEAL_SNAPSHOT_INTERVAL_S": "5"}
+    worker = WorkerProcess.for_settings(settings, demo_dir / "worker.log", snapshots, truncate_log=True).start()
+    console.print(f"worker started (pid {worker.pid}, log {worker.log})")
+    sim = FleetSimulator(traces=traces, seed=seed, rollouts=DEMO_ROLLOUTS)
+    codec = default_codec()
+    t0 = time.perf_counter()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            task = progress.add_task("producing traces", total=traces)
+            with SelfhealProducer(settings) as sdk:
+                rep = sim.run(sdk, progress=lambda d, n: progress.update(task, completed=d),
+                              raw_producer=Producer(settings.kafka_config()), codec=codec)
+            progress.update(task, completed=traces)
+            group = settings.full_app_id
+            topics_ = [settings.topic("traces"), settings.topic("feedback")]
+            done, end = group_lag(settings, group, topics_)
+            ing = progress.add_task("worker consuming (messages)", total=end)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                done, end = group_lag(settings, group, topics_)
+                progress.update(ing, completed=done, total=end)
+                if done >= end:
+                    break
+                if not worker.alive():
+                    console.print(f"[red]worker exited with {worker.proc.returncode}; see {worker.log}")
+                    return 2
+                time.sleep(1.0)
+        caught_up = done >= end
+    finally:
+        worker.stop(timeout=60)
+    elapsed = time.perf_counter() - t0
+    sink = ClickHouseSink(settings)
+    try:
+        s = summary(sink, rep, elapsed, caught_up)
+    finally:
+        sink.close()
+    out.write_text(json.dumps(s, indent=2))
+    print_summary(s, out, console)
+    print_next_steps(settings, s, console)
+    if not s["injected_detected"]:
+        console.print("[bold red]The injected regression was NOT detected.")
+        return 1
+    if rep.rollouts and not s["verdicts"]["scorecards"]:
+        console.print("[bold red]The staged rollout got NO verdict.")
+        return 1
+    return 0
+
+
+def summary(sink: Any, rep: Any, elapsed_s: float, caught_up: bool) -> dict[str, Any]:
+    """The demo summary (what ``demo-summary.json`` holds) from ClickHouse and the simulation's
+    report ``rep`` (:class:`~streams.devtools.simulate.SimulationReport`): counts in and out,
+    incidents with the traces after the injected change that each needed, rollout verdicts,
+    feedback aggregation figures. ``elapsed_s`` in seconds."""
+    q = sink.query
+    change = rep.injected[0]
+    incidents = []
+    for row in q("SELECT incident_id, kind, tenant_id, cohort, workflow, metric, release_id, action, severity, "
+                 "detected_at_trace_id, detector, status, layer, summary, revision "
+                 "FROM {db}.incidents FINAL ORDER BY first_seen"):
+        iid, kind, tenant, cohort, workflow, metric, release, action, sev, at_tid, detector, status, layer, \
+            text, rev = row
+        on_slice = tenant == change.tenant_id and cohort in ("", change.cohort)
+        ordinal = None
+        if on_slice:
+            ordinal = (rep.feedback_ordinal.get(at_tid) if detector == "poisson_cusum" else None) \
+                or rep.slice_ordinal.get(at_tid)
+        incidents.append({
+            "incident_id": iid, "kind": kind, "tenant_id": tenant, "cohort": cohort or None,
+            "workflow": workflow or None, "layer": layer, "metric": metric, "release_id": release or None,
+            "detected_after_traces": (ordinal - rep.slice_ordinal_at_injection) if ordinal is not None else None,
+            "action": action, "severity": sev, "status": status, "revision": rev, "summary": text,
+        })
+    injected_hits = [i for i in incidents if i["detected_after_traces"] is not None and i["detected_after_traces"] >= 0]
+    counts = {t: q(f"SELECT count() FROM {{db}}.{t} FINAL")[0][0]
+              for t in ("traces", "feedback", "incidents", "baseline_snapshots")}
+    return {
+        "traces_produced": rep.traces_produced,
+        "traces_ingested": counts["traces"],
+        "deadlettered": q("SELECT count() FROM {db}.dead_letters FINAL")[0][0],
+        "bad_input_sent": {"messages": rep.bad_messages, "records": rep.bad_records},
+        "feedback_produced": rep.feedback_produced,
+        "feedback_unique_expected": rep.feedback_unique_expected,
+        "feedback_replays_sent": rep.feedback_replays,
+        "feedback_resubmits_sent": rep.feedback_resubmits,
+        "feedback_rows_raw": q("SELECT count() FROM {db}.feedback_submissions FINAL")[0][0],
+        "feedback_rows_deduped": counts["feedback"],
+        "feedback_near_duplicates_sent": rep.feedback_near_duplicates,
+        "feedback_conflicts_sent": rep.feedback_conflicts,
+        **feedback_summary(q),
+        "clickhouse": counts,
+        "injected_changes": [{"tenant_id": change.tenant_id, "cohort": change.cohort,
+                              "workflow": None if change.workflow == "*" else change.workflow,
+                              "release_id": change.release_id, "at_trace": change.at_trace,
+                              "correction_factor": change.correction_factor, "latency_factor": change.latency_factor}],
+        "incidents": incidents,
+        "injected_detected": bool(injected_hits),
+        "first_detection_after_traces": min((i["detected_after_traces"] for i in injected_hits), default=None),
+        "worker_caught_up": caught_up,
+        "elapsed_s": round(elapsed_s, 1),
+        "verdicts": verdict_summary(sink, rep),
+    }
+
+
+def verdict_summary(sink: Any, rep: Any) -> dict[str, Any]:
+    """The rollouts simulated and their scorecards' verdicts (latest revision, first decision)."""
+    rows = sink.query(
+        "SELECT verdict_id, revision, tenant_id, release_id, cohort, workflow, arm, stage_pct, verdict, "
+        "guardrail_fired, regressed_metrics, samples_candidate, exposure, reason "
+        "FROM {db}.rollout_verdicts FINAL ORDER BY verdict_id, revision")
+    cards: dict[str, dict] = {}
+    for (vid, rev, tenant, release, cohort, workflow, arm, stage, verdict, fired, regressed, n_t, exposure,
+         reason) in rows:
+        card = cards.setdefault(vid, {"first_decision": None})
+        if card["first_decision"] is None and verdict != "hold":
+            card["first_decision"] = {"verdict": verdict, "revision": rev, "stage_pct": stage,
+                                      "samples_candidate": n_t}
+        card.update({"verdict_id": vid, "tenant_id": tenant, "release_id": release, "cohort": cohort,
+                     "workflow": workflow or None, "arm": arm, "stage_pct": stage, "verdict": verdict,
+                     "revision": rev, "guardrail_fired": fired or None, "regressed_metrics": list(regressed),
+                     "samples_candidate": n_t, "exposure": exposure, "reason": reason})
+    return {
+        "rollouts": [{"tenant_id": p.tenant_id, "cohort": p.cohort, "release_id": p.release["release_id"],
+                      "stages": [list(x) for x in p.stages], "correction_factor": p.correction_factor,
+                      "latency_factor": p.latency_factor,
+                      "traces": rep.rollout_traces.get(f"{p.tenant_id}/{p.cohort}", {})} for p in rep.rollouts],
+        "events": len(rows),
+        "scorecards": sorted(cards.values(), key=lambda c: (c["tenant_id"], c["cohort"], c["workflow"] or "")),
+    }
+
+
+def feedback_summary(q: Any) -> dict[str, Any]:
+    """Feedback aggregation figures of a run (issue 4): statuses, conflicts, scopes. ``q`` is
+    :meth:`~streams.sinks.clickhouse.ClickHouseSink.query`."""
+    status = dict(q("SELECT dedup_status, count() FROM {db}.feedback_submissions FINAL GROUP BY dedup_status"))
+    scopes = dict(q("SELECT scope, count() FROM {db}.feedback_patterns FINAL GROUP BY scope"))
+    return {
+        "feedback_submissions_by_status": {k: status.get(k, 0) for k in ("new", "resubmit", "near_duplicate",
+                                                                          "replay")},
+        "feedback_conflict_rows": q("SELECT count() FROM {db}.feedback FINAL WHERE conflict")[0][0],
+        "feedback_conflicts_lost": q("SELECT count() FROM {db}.feedback FINAL WHERE resolution = 'lost'")[0][0],
+        "feedback_patterns_by_scope": {k: scopes.get(k, 0) for k in ("session", "tenant", "segment",
+                                                                      "global_candidate")},
+    }
+
+
+def _lines(*parts: Any) -> str:
+    """Non-empty parts, one per line (multi-line cells keep the tables 80 columns wide)."""
+    return "\n".join(str(p) for p in parts if p not in (None, ""))
+
+
+def print_summary(s: dict[str, Any], out: Path, console: Console) -> None:
+    """Print the summary ``s`` (:func:`summary`) as tables that fit an 80-column terminal."""
+    # imported at call time: streams.cli mounts this package's commands
+    from streams.cli import VERDICT_STYLE, narrow_table
+    console.rule("[bold]summary")
+    t = Table(show_header=False)
+    for k in ("traces_produced", "traces_ingested", "deadlettered", "feedback_produced", "feedback_unique_expected",
+              "feedback_rows_raw", "feedback_rows_deduped", "first_detection_after_traces", "elapsed_s"):
+        t.add_row(k, str(s[k]))
+    console.print(t)
+    it = narrow_table("incident", "slice", "metric", title="incidents")
+    for i in s["incidents"]:
+        after = i["detected_after_traces"]
+        it.add_row(_lines(i["kind"], f"{i['status']} · {i['severity']}"),
+                   _lines(i["tenant_id"], i["cohort"], i["workflow"], i["release_id"]),
+                   _lines(i["metric"], f"after {after} traces" if after is not None else "", i["action"]))
+    console.print(it)
+    vt = narrow_table("rollout scorecard", "verdict", "first decision", "regressed",
+                title=f"rollout verdicts ({s['verdicts']['events']} events; details: selfheal scorecard --release R)")
+    for c in s["verdicts"]["scorecards"]:
+        f = c["first_decision"]
+        vt.add_row(_lines(c["tenant_id"], c["cohort"], c["workflow"], c["release_id"]),
+                   _lines(f"[{VERDICT_STYLE.get(c['verdict'], '')}]{c['verdict']}[/]",
+                          f"{c['arm']} @ {c['stage_pct']:g}%", f"{c['samples_candidate']} cand."),
+                   _lines(f"{f['verdict']} at {f['stage_pct']:g}%", f"({f['samples_candidate']} cand.)") if f else "-",
+                   "\n".join(c["regressed_metrics"]) or "-")
+    console.print(vt)
+    console.print(f"written {out}")
+
+
+def print_next_steps(settings: Settings, s: dict[str, Any], console: Console) -> None:
+    """The commands that read the demo's store, ready to copy (the store is not the default one,
+    so they name it with ``SELFHEAL_CLICKHOUSE_PATH``; each stays on one line however narrow
+    the terminal, so a copied command keeps its variable)."""
+    if settings.clickhouse_url:
+        env = ""
+    else:
+        path = settings.clickhouse_dir.resolve()
+        with contextlib.suppress(ValueError):  # outside the working directory: the absolute path
+            path = path.relative_to(Path.cwd())
+        env = f"SELFHEAL_CLICKHOUSE_PATH={path} "
+    console.print("Next: the demo's incidents and scorecards (its store is not the default one):")
+    commands = [f"{env}selfheal incidents {s['injected_changes'][0]['tenant_id']}"]
+    scorecards = sorted({(c["release_id"], c["tenant_id"]) for c in s["verdicts"]["scorecards"]})
+    commands += [f"{env}selfheal scorecard --release {r} --tenant {t}" for r, t in scorecards]
+    for c in commands:
+        console.print(f"  {c}", soft_wrap=True, highlight=False, markup=False)

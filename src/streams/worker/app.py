@@ -1,0 +1,220 @@
+"""The faust application: topics, changelog tables, and the wiring of the agents.
+
+Topology (all topics keyed by tenant_id, ``Settings.partitions`` partitions)::
+
+    agent.traces.v1   ──► process-traces ──► ClickHouse traces, incidents, dead_letters, rollout verdicts
+                                          ├─► agent.incidents.v1
+                                          ├─► agent.rollout-verdicts.v1
+                                          └─► agent.deadletter.v1
+    agent.feedback.v1 ──► process-feedback ─► ClickHouse feedback (+ incidents, dead_letters, verdicts)
+
+    changelog tables: baselines (slice rows), incident-state (open incidents, episodes),
+                      feedback-seen (replay/resubmit ids), canary-state (rollout scorecards)
+
+Delivery (at-least-once, in offset order, state acknowledged before commit; bounded shutdown):
+:mod:`streams.worker.delivery`. The batch skeleton both agents share: :mod:`streams.worker.agents`.
+
+Throughput note: faust costs ~115 µs per Kafka message (profiled, BENCHMARKS.md), so the SDK
+sends batches of traces per message and the agents work per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import faust
+
+from schemas import default_codec
+from schemas.codec import AvroCodec
+from streams.config import Settings
+from streams.pipeline import Pipeline
+from streams.topics import TABLES, ensure_topics
+from streams.worker import faults, faust_fixes
+from streams.worker.agents import Assignment, BatchLoop, FeedbackStep, TraceStep
+from streams.worker.delivery import (
+    AgentDelivery,
+    ChangelogAcks,
+    SequencerWatchdog,
+    Shutdown,
+    TableBackend,
+    committed_offsets_retrying,
+    kafka_retrying,
+)
+from streams.worker.outputs import Outputs
+
+log = logging.getLogger("selfheal.worker")
+#: records per consumer fetch batch (faust broker_max_poll_records)
+MAX_POLL_RECORDS = 500
+#: feedback channel capacity, messages: room for a fetch batch above faust's pause mark (80 %)
+FEEDBACK_BUFFER = 10 * MAX_POLL_RECORDS
+SOURCES = ("traces", "feedback")
+
+
+@dataclass
+class Worker:
+    """A wired worker process: the faust app and its parts."""
+
+    app: faust.App
+    pipeline: Pipeline
+    outputs: Outputs
+    shutdown: Shutdown
+    #: source name (:data:`SOURCES`) → its agent's loop
+    loops: dict[str, BatchLoop]
+    watchdog: SequencerWatchdog
+
+    def stats(self) -> dict[str, Any]:
+        """The stats line: pipeline counters, traces written, messages the consumer has taken from
+        Kafka (faust's monitor; flat while a stuck batch holds consumption), failed sink writes,
+        and where events sit (:meth:`SequencerWatchdog.flow`)."""
+        return {**self.pipeline.stats, "traces_written": self.loops["traces"].written,
+                "received": self.app.monitor.messages_received_total,
+                "sink_failed_attempts": self.outputs.failed_attempts, "flow": self.watchdog.flow()}
+
+
+def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
+    """Create the faust app with its topics, tables and agents (nothing runs yet).
+
+    Raises:
+        FrameworkVersionError: the installed faust-streaming is not a verified release.
+        ConfigError: invalid settings.
+    """
+    faust_fixes.check_faust_version()
+    codec = codec or default_codec()
+    app = _faust_app(settings)
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
+           "partitions": settings.partitions}
+    topics = {name: app.topic(settings.topic(name), **raw)
+              for name in ("traces", "incidents", "deadletter", "verdicts")}
+    topics["feedback"] = faust_fixes.topic_with_maxsize(app.topic(settings.topic("feedback"), **raw), FEEDBACK_BUFFER)
+    processed = faust_fixes.ProcessedOffsets(settings.topic(name) for name in SOURCES)
+    faust_fixes.install(processed)
+    prepare_sink = faults.install(faults.FaultSettings())
+    # key_type/value_type bytes make faust use the raw serializer for the changelog, also in
+    # recovery (the schema argument alone does not)
+    tables = {name: app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+              for name in TABLES}
+
+    acks = ChangelogAcks()
+    shutdown = Shutdown(settings.shutdown_timeout_s, commit=lambda: app.consumer.commit())
+    outputs = Outputs(settings, codec, topics, stopping=lambda: shutdown.stopping, prepare_sink=prepare_sink)
+    shutdown.on_stop(outputs.abort)
+    pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"], acks),
+                        incidents=TableBackend(tables["incident-state"], acks),
+                        feedback_state=TableBackend(tables["feedback-seen"], acks), trace_lookup=outputs.trace_refs,
+                        canary_state=TableBackend(tables["canary-state"], acks))
+    assignment = Assignment(app, settings.topic("traces"), pipeline)
+    committed = partial(committed_offsets_retrying, settings)
+    delivery = {name: AgentDelivery(name, settings.topic(name), settings.partitions, app, processed, committed)
+                for name in SOURCES}
+    common = {"pipeline": pipeline, "outputs": outputs, "acks": acks, "processed": processed,
+              "assignment": assignment, "shutdown": shutdown}
+    loops = {"traces": BatchLoop(settings, delivery["traces"], TraceStep(pipeline, outputs), **common),
+             "feedback": BatchLoop(settings, delivery["feedback"],
+                                   FeedbackStep(pipeline, outputs, settings.feedback_grace_s,
+                                                delivery["traces"].position, lambda: shutdown.stopping), **common)}
+    watchdog = SequencerWatchdog(app, list(delivery.values()), assignment.check,
+                                 queued=lambda d: faust_fixes.channel_depth(topics[d.name]),
+                                 stopping=lambda: shutdown.stopping)
+    worker = Worker(app, pipeline, outputs, shutdown, loops, watchdog)
+
+    @app.agent(topics["traces"], name="process-traces")
+    async def process_traces(stream: faust.StreamT) -> None:
+        await loops["traces"].run(stream)
+
+    @app.agent(topics["feedback"], name="process-feedback")
+    async def process_feedback(stream: faust.StreamT) -> None:
+        await loops["feedback"].run(stream)
+
+    async def report() -> None:
+        log.info("stats %s", json.dumps(worker.stats()))
+
+    async def snapshot_baselines() -> None:
+        await outputs.write_baseline_snapshots(pipeline.baseline_snapshot)
+
+    app.task(outputs.open)  # agents wait for the sink (Outputs.ready)
+    app.timer(interval=1.0)(watchdog.tick)
+    app.timer(interval=settings.feedback_patterns_refresh_s)(outputs.refresh_patterns)
+    app.on_before_shutdown.connect(outputs.refresh_patterns)  # a graceful stop leaves nothing pending
+    app.timer(interval=settings.stats_interval_s)(report)
+    app.timer(interval=settings.snapshot_interval_s)(snapshot_baselines)
+    return worker
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    """The faust App of ``settings`` (memory tables backed by changelogs, raw serializers)."""
+    state = settings.state_dir / "faust" / settings.full_app_id
+    state.mkdir(parents=True, exist_ok=True)
+    credentials = None
+    if settings.kafka_sasl_mechanism and settings.kafka_sasl_password:
+        credentials = faust.SASLCredentials(username=settings.kafka_sasl_username or "",
+                                            password=settings.kafka_sasl_password.get_secret_value(),
+                                            mechanism=settings.kafka_sasl_mechanism)
+    return faust.App(
+        settings.full_app_id,
+        broker=";".join(f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")),
+        store="memory://",
+        datadir=str(state),
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        web_enabled=settings.web_enabled,
+        web_bind="127.0.0.1",
+        web_port=settings.web_port,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=max(settings.broker_session_timeout_s / 4, 1.0),
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        stream_buffer_maxsize=max(4 * settings.take_max_messages, 64),
+        # bounded fetch batches: the feedback channel (above) always has room for one, so the
+        # consumer never blocks on it while feedback waits for its traces (the trace agent would starve)
+        broker_max_poll_records=MAX_POLL_RECORDS,
+        # rebalances and stops do not wait for fetched events to be acked: commits of the source
+        # topics follow processing (ProcessedOffsets in faust_fixes), so an event cleared from an
+        # agent buffer is simply not committed, and waiting only deadlocked (a rebalance waited for
+        # a batch that waited for traces the paused consumer would not fetch; measured: stops ended
+        # by the shutdown watchdog, scale-out rebalances that never finished)
+        stream_wait_empty=False,
+        producer_acks=-1,
+        producer_compression_type="lz4",
+        producer_max_request_size=2 * 1024 * 1024,
+        table_standby_replicas=0,
+        broker_credentials=credentials,
+    )
+
+
+class _Worker(faust_fixes.SignalAwareWorker):
+    """faust's Worker with selfheal's INFO log lines on a handler of their own."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # faust sets the root handler to its own level (warn by default); selfheal's INFO lines
+        # (readiness, partitions, stats) get a handler of their own
+        super().on_setup_root_logger(logger, level)
+        ours = logging.getLogger("selfheal")
+        if not ours.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s %(message)s"))
+            ours.addHandler(handler)
+            ours.setLevel(logging.INFO)
+            ours.propagate = False
+
+
+def run_worker(settings: Settings, loglevel: str = "warn") -> None:
+    """Run a worker in the foreground until SIGTERM/SIGINT (bounded graceful stop, see
+    :mod:`streams.worker.delivery`: unacknowledged batches are redelivered to the next worker).
+
+    Raises:
+        FrameworkVersionError: the installed faust-streaming is not a verified release.
+        KafkaException: the topics could not be ensured within ``settings.sink_retry_s``.
+    """
+    faust_fixes.check_faust_version()  # before touching the broker: the clearest failure first
+    # the table changelogs exist before faust's first assignment (streams.topics docstring)
+    kafka_retrying(settings)(ensure_topics, settings)
+    worker = build_app(settings)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
+    _Worker(worker.app, loglevel=loglevel, quiet=True, on_signal=worker.shutdown.on_signal).execute_from_commandline()

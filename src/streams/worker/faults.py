@@ -1,0 +1,107 @@
+"""TEST HOOKS: fault injection for ``selfheal chaos`` and tests/integration/test_faults.py.
+
+Never set in production. Read from ``SELFHEAL_FAULT_*`` environment variables by their own
+settings class (:class:`FaultSettings`), not the product ``Settings``, and installed only when one
+is set (:func:`install`):
+
+- ``SELFHEAL_FAULT_SINK_FAIL_WRITES=N``: the worker's first N ClickHouse writes fail;
+- ``SELFHEAL_FAULT_SINK_FAIL_FILE=path``: every ClickHouse write of the worker fails while the
+  file exists (a ClickHouse outage);
+- ``SELFHEAL_FAULT_CHANGELOG_HOLD_FILE=path``: while the file exists, the worker's changelog
+  messages wait in faust's producer buffer before reaching the Kafka client, as they do when the
+  client waits for a partition leader after a broker restart (a stalled changelog producer).
+
+A sink write fails with ``ConnectionError`` before reaching ClickHouse, exactly like a refused
+connection, inside the sink's own retry loop (the injected client replaces the sink's client
+once its migrations are applied; migrations were never failed by these hooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.sinks.clickhouse import ClickHouseSink
+from streams.worker import faust_fixes
+
+
+class FaultSettings(BaseSettings):
+    """The fault-injection hooks (environment ``SELFHEAL_FAULT_<FIELD>``, see the module docstring)."""
+
+    model_config = SettingsConfigDict(env_prefix="SELFHEAL_FAULT_", extra="ignore")
+
+    sink_fail_writes: int = Field(0, ge=0, description="TEST HOOK: the worker's first N ClickHouse writes fail")
+    sink_fail_file: Path | None = Field(None, description=(
+        "TEST HOOK: while this file exists, every ClickHouse write of the worker fails"))
+    changelog_hold_file: Path | None = Field(None, description=(
+        "TEST HOOK: while this file exists, the worker's changelog messages wait in faust's producer "
+        "buffer (a stalled changelog producer, as after a broker restart)"))
+
+    @property
+    def sink_faults(self) -> bool:
+        """A sink fault is set."""
+        return self.sink_fail_writes > 0 or self.sink_fail_file is not None
+
+
+class FailingClient:
+    """A ClickHouse client whose writes (``insert_arrow``, ``insert``, ``command``) raise
+    ``ConnectionError`` while a fault is injected; reads and everything else reach ``client``.
+
+    Args:
+        client: the sink's clickhouse-connect client.
+        fail_writes: fail this many writes first.
+        fail_file: fail every write while this file exists.
+    """
+
+    WRITES = frozenset({"insert_arrow", "insert", "command"})
+
+    def __init__(self, client: Any, fail_writes: int = 0, fail_file: Path | None = None) -> None:
+        self.client = client
+        self.fail_writes = fail_writes
+        self.fail_file = fail_file
+
+    def fault(self, what: str) -> None:
+        """Raise like a refused connection if a fault is injected now (consumes one ``fail_writes``)."""
+        if self.fail_writes > 0:
+            self.fail_writes -= 1
+            raise ConnectionError(f"injected write failure on {what} (SELFHEAL_FAULT_SINK_FAIL_WRITES)")
+        if self.fail_file is not None and self.fail_file.exists():
+            raise ConnectionError(f"injected write failure on {what} ({self.fail_file} exists)")
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.client, name)
+        if name not in self.WRITES:
+            return attr
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            self.fault(f"{args[0]}" if name != "command" and args else name)  # the table of an insert
+            return attr(*args, **kwargs)
+
+        return write
+
+
+def install(faults: FaultSettings) -> Callable[[ClickHouseSink], ClickHouseSink]:
+    """Install the hooks ``faults`` sets: the changelog hold at once (call before the app starts);
+    returns the function that prepares the sink (after its migrations; identity without a sink
+    fault)."""
+    hold = faults.changelog_hold_file
+    if hold is not None:
+
+        async def while_held() -> None:
+            while hold.exists():
+                await asyncio.sleep(0.05)
+
+        faust_fixes.delay_changelog_sends(while_held)
+    if not faults.sink_faults:
+        return lambda sink: sink
+
+    def prepare(sink: ClickHouseSink) -> ClickHouseSink:
+        sink.client = FailingClient(sink.client, faults.sink_fail_writes, faults.sink_fail_file)
+        return sink
+
+    return prepare

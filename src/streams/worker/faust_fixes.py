@@ -1,0 +1,296 @@
+"""Every touch of faust's (and mode's) private internals, in one place, checked against the version.
+
+selfheal's worker relies on a few faust internals. Each one is named here with why it is needed,
+and :func:`check_faust_version` refuses to start on a faust-streaming release they were not
+verified on (:data:`VERIFIED_FAUST_VERSIONS`): a private method can change in any release, and a
+commit-offset patch that silently stops applying loses data. To verify a new release, run the
+worker's integration tests (tests/integration/test_restart.py, test_scale_out.py, test_faults.py,
+test_chaos.py) against it, re-read the patched methods below against its source, then add it.
+
+1. Commit offsets follow processing (``Consumer._drain_messages``, ``Consumer._new_offset``).
+
+   Problem (measured here, tests/integration/test_restart.py): after a rebalance, recovery seeks
+   the source partitions back to their committed offsets while messages fetched *before* the
+   seek are still in flight. ``Consumer._drain_messages`` then (1) records the jump from the
+   committed offset to those messages as a *gap* whose offsets count as acknowledged, and (2)
+   drops the re-fetched messages because their offsets are below its read offset. Offsets in the
+   gap are committed without ever reaching an agent: silent loss (20-120 traces per restart in
+   our runs). Upstream: faust-streaming issues #596 (recovery race leaves gaps), #606 (wrong
+   commit with gaps), #312.
+
+   Fix: for selfheal's source topics, never record gaps and never drop a message for being below
+   the read offset. Our topics are written by idempotent, non-transactional producers and use
+   delete retention, so offsets are contiguous and a gap can never be legitimate; re-fetched
+   messages are duplicates that :class:`streams.worker.sequencer.OffsetSequencer` recognises.
+   Other topics (changelogs) keep faust's behaviour.
+
+   Second problem: faust derives the offset to commit from the acknowledged offsets, and two
+   paths acknowledge a message that no agent processed: a stream skips *and acks* messages
+   fetched in an earlier consumer generation (``Stream.__aiter__``, "Skipping message ...
+   generation_id"), and ``Consumer._new_offset`` lets the first acked offset sit one past the
+   committed one (its gap check is ``min(acked) - committed > 1``). Either can commit past an
+   unprocessed message; after a second rebalance the sequencer then starts at that commit and the
+   message is never processed. Fix: for our source topics the commit offset is whatever the
+   agents reported as processed (:meth:`ProcessedOffsets.mark`, called after a batch's sink
+   writes and changelog acknowledgements), never faust's ack list.
+
+2. ``app.topic()`` drops its ``maxsize`` argument (faust-streaming 0.15.3 ``App.topic`` does not
+   pass it on to ``Topic``): :func:`topic_with_maxsize` sets it on the topic afterwards.
+
+3. Stop signals (``mode.Worker._on_sigterm`` / ``_on_sigint``, the loop's signal handlers):
+   :class:`SignalAwareWorker` tells selfheal about SIGTERM/SIGINT before faust starts stopping
+   (the bounded shutdown in :class:`streams.worker.delivery.Shutdown`).
+
+4. Flow diagnostics for the stats line: a channel's queue depth (``Topic._subscribers``), the
+   consumer's paused and buffer-full partitions (``Consumer._paused_partitions``,
+   ``_buffered_partitions``): :func:`channel_depth`, :func:`consumer_flow`.
+
+5. Test hook only: :func:`delay_changelog_sends` wraps ``ProducerBuffer._send_pending`` (used by
+   :mod:`streams.worker.faults`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, cast
+
+import faust
+from faust.transport import consumer as faust_consumer
+from faust.transport.producer import ProducerBuffer
+from mode import Service
+
+from streams.errors import FrameworkVersionError
+
+log = logging.getLogger(__name__)
+
+#: faust-streaming releases whose internals this module was verified against (see the docstring)
+VERIFIED_FAUST_VERSIONS: tuple[str, ...] = ("0.15.3",)
+
+# faust's own methods, kept to call for other topics and to restore (:func:`uninstall`)
+_ORIGINAL_DRAIN = faust_consumer.Consumer._drain_messages
+_ORIGINAL_NEW_OFFSET = faust_consumer.Consumer._new_offset
+_ORIGINAL_SEND_PENDING = ProducerBuffer._send_pending
+
+
+def check_faust_version(installed: str | None = None) -> None:
+    """Refuse an unverified faust-streaming release (call before the worker builds its app).
+
+    Args:
+        installed: the version to check; default ``faust.__version__``.
+
+    Raises:
+        FrameworkVersionError: ``installed`` is not in :data:`VERIFIED_FAUST_VERSIONS` (the
+            message names both).
+    """
+    installed = faust.__version__ if installed is None else installed
+    if installed not in VERIFIED_FAUST_VERSIONS:
+        raise FrameworkVersionError(
+            f"faust-streaming {installed} is installed, but the worker's patches of faust internals "
+            f"(streams.worker.faust_fixes) are verified on {', '.join(VERIFIED_FAUST_VERSIONS)} only; "
+            f"install faust-streaming=={VERIFIED_FAUST_VERSIONS[-1]}, or verify {installed} as that "
+            "module's docstring describes")
+
+
+class ProcessedOffsets:
+    """The commit offset of each source partition, as the agents report it.
+
+    ``next[(topic, partition)]`` is one past the last offset of a contiguous run of processed,
+    durably written messages; the patched ``Consumer._new_offset`` commits exactly that for
+    ``topics`` (see :func:`install`). Events must be released in offset order per partition
+    (:class:`~streams.worker.sequencer.OffsetSequencer`), so a mark never skips an offset.
+
+    Args:
+        topics: full names of the source topics the commit rule applies to.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> done = ProcessedOffsets({"t"})
+        >>> done.mark([NS(message=NS(topic="t", partition=0, offset=o)) for o in (4, 5)])
+        >>> done.get("t", 0), done.get("t", 1)
+        (6, None)
+    """
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = frozenset(topics)
+        self.next: dict[tuple[str, int], int] = {}
+
+    def mark(self, events: Iterable[Any]) -> None:
+        """Record that ``events`` (with ``.message.topic/.partition/.offset``, released in offset
+        order, their writes durable) are processed: each partition's commit offset becomes its
+        last offset + 1. A reprocessed duplicate never moves it back."""
+        nxt = self.next
+        for e in events:
+            m = e.message
+            key = (m.topic, m.partition)
+            if nxt.get(key, -1) <= m.offset:
+                nxt[key] = m.offset + 1
+
+    def forget(self, topic: str, partitions: Iterable[int]) -> None:
+        """New assignment generation: nothing is committable for ``topic``'s ``partitions``
+        until the agent processes again from the committed offsets."""
+        for p in partitions:
+            self.next.pop((topic, p), None)
+
+    def get(self, topic: str, partition: int) -> int | None:
+        """Offset to commit for ``(topic, partition)``, ``None`` if nothing was processed."""
+        return self.next.get((topic, partition))
+
+
+def install(processed: ProcessedOffsets) -> None:
+    """Patch faust's ``Consumer`` class (all consumers of the process) so that ``processed.topics``
+    get no gap records, no read-offset drops, and ``processed`` as their commit offsets (fix 1 of
+    the module docstring). Installing again replaces the previous ``processed`` (one worker app
+    per process); call it before the app starts (the fetcher binds ``_drain_messages`` at start).
+    """
+
+    def _new_offset(self: Any, tp: Any) -> int | None:
+        return new_offset(processed, self, tp)
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - integration tests
+        await drain_messages(processed.topics, self, fetcher)
+
+    _drain_messages.selfheal_processed = processed  # type: ignore[attr-defined]
+    faust_consumer.Consumer._drain_messages = _drain_messages
+    faust_consumer.Consumer._new_offset = _new_offset
+    log.debug("faust Consumer._drain_messages and _new_offset patched for %s", sorted(processed.topics))
+
+
+def installed() -> ProcessedOffsets | None:
+    """The :class:`ProcessedOffsets` the patched consumer consults, ``None`` if not installed."""
+    return getattr(faust_consumer.Consumer._drain_messages, "selfheal_processed", None)
+
+
+def uninstall() -> None:
+    """Restore faust's own ``Consumer`` methods (tests)."""
+    faust_consumer.Consumer._drain_messages = _ORIGINAL_DRAIN
+    faust_consumer.Consumer._new_offset = _ORIGINAL_NEW_OFFSET
+
+
+def new_offset(processed: ProcessedOffsets, consumer: Any, tp: Any) -> int | None:
+    """faust's ``Consumer._new_offset`` for other topics; for ``processed.topics`` the offset
+    :meth:`ProcessedOffsets.mark` recorded (faust's ack list is emptied, it only grows otherwise)."""
+    if tp.topic not in processed.topics:
+        return _ORIGINAL_NEW_OFFSET(consumer, tp)
+    consumer._acked[tp].clear()
+    consumer._acked_index[tp].clear()
+    return processed.get(tp.topic, tp.partition)
+
+
+async def drain_messages(ours_topics: frozenset[str], self: Any, fetcher: Any) -> None:  # pragma: no cover
+    """faust's ``Consumer._drain_messages`` (0.15.3) without gap recording or read-offset drops for
+    ``ours_topics`` (kept otherwise identical, including flow control). ``self`` is the consumer."""
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = cast(Service, self)._stopped.is_set
+    fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    set_flag = self.diag.set_flag
+    unset_flag = self.diag.unset_flag
+    commit_every = self._commit_every
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    yield_every = 100
+    num_since_yield = 0
+    sleep = asyncio.sleep
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(faust_consumer.CONSUMER_FETCHING)
+            ait = cast(AsyncIterator, getmany(timeout=1.0))
+            await self.sleep(0)
+            if not self.should_stop:
+                async for tp, message in ait:
+                    num_since_yield += 1
+                    if num_since_yield > yield_every:
+                        await sleep(0)
+                        num_since_yield = 0
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    ours = message.topic in ours_topics
+                    if ours or r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        if not ours and gap > 1 and r_offset and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                        if r_offset is None or offset > r_offset:
+                            set_read_offset(tp, offset)
+                unset_flag(faust_consumer.CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(faust_consumer.CONSUMER_FETCHING)
+
+
+def topic_with_maxsize(topic: faust.TopicT, maxsize: int) -> faust.TopicT:
+    """Give ``topic`` the channel capacity ``maxsize`` (messages) that ``app.topic(maxsize=...)``
+    drops in faust-streaming 0.15.3 (fix 2); returns ``topic``."""
+    topic.maxsize = maxsize
+    return topic
+
+
+def channel_depth(topic: faust.TopicT) -> int:
+    """Events fetched for ``topic`` and not yet taken by its agents (sum of the agent channels'
+    queue sizes, ``Topic._subscribers``)."""
+    return sum(ch.queue.qsize() for ch in getattr(topic, "_subscribers", ()))
+
+
+def consumer_flow(consumer: Any) -> dict[str, Any]:
+    """The consumer's flow state for a stalled worker's log: ``paused`` and ``buffer_full``
+    partitions (``"topic:partition"``, from ``_paused_partitions`` / ``_buffered_partitions``) and
+    its diagnostic ``flags`` (e.g. ``CONSUMER_FETCHING``)."""
+    return {
+        "paused": sorted(f"{tp.topic}:{tp.partition}" for tp in getattr(consumer, "_paused_partitions", ())),
+        "buffer_full": sorted(f"{tp.topic}:{tp.partition}" for tp in getattr(consumer, "_buffered_partitions", ())),
+        "flags": sorted(getattr(getattr(consumer, "diag", None), "flags", ()) or ()),
+    }
+
+
+class SignalAwareWorker(faust.Worker):
+    """faust's Worker, calling ``on_signal()`` on SIGTERM/SIGINT before faust starts stopping
+    (mode's ``_on_sigterm`` / ``_on_sigint`` are the loop's signal handlers; fix 3)."""
+
+    def __init__(self, *args: Any, on_signal: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_signal = on_signal
+
+    def _on_sigterm(self) -> None:
+        self._on_signal()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._on_signal()
+        super()._on_sigint()
+
+
+def delay_changelog_sends(wait: Callable[[], Awaitable[None]]) -> None:
+    """TEST HOOK (fix 5): every changelog message (topic ending ``-changelog``) awaits ``wait()``
+    in faust's producer buffer before it reaches the Kafka client. Call before the app starts
+    (the buffer's task binds ``_send_pending`` at start); :func:`restore_changelog_sends` undoes it."""
+    send = _ORIGINAL_SEND_PENDING
+
+    async def held(self: ProducerBuffer, fut: Any) -> None:
+        if fut.message.channel.get_topic_name().endswith("-changelog"):
+            await wait()
+        await send(self, fut)
+
+    ProducerBuffer._send_pending = held  # type: ignore[method-assign]
+
+
+def restore_changelog_sends() -> None:
+    """Undo :func:`delay_changelog_sends` (tests)."""
+    ProducerBuffer._send_pending = _ORIGINAL_SEND_PENDING  # type: ignore[method-assign]
