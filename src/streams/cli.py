@@ -205,7 +205,7 @@ def scorecard(
     """Print the current scorecards of a release under rollout, one table per tenant x cohort x
     workflow scope x arm (latest verdict revision, from ClickHouse)."""
     from streams.errors import TenantScopeError
-    from streams.processors.metrics import CANARY_INDEX as METRIC_INDEX
+    from streams.processors.metrics import CANARY_INDEX
 
     sink = open_store(get_settings())
     try:
@@ -231,7 +231,7 @@ def scorecard(
         t = narrow_table("metric\nrole", "control\ncandidate", "Δ harm\nCI\np", "n ctrl\nn cand", "status",
                          title=title, caption=caption)
         for (_, metric, role, status, unit, control, candidate, delta, lo, hi, p, s_c, s_t) in sorted(
-                by_id.get(vid, []), key=lambda r: METRIC_INDEX.get(r[1], 99)):
+                by_id.get(vid, []), key=lambda r: CANARY_INDEX.get(r[1], 99)):
             fmt = _UNIT_FORMAT.get(unit, "{:.4g}")
             style = {"harm": "red", "non_inferior": "green"}.get(status, "")
             t.add_row(f"{metric}\n{role}", f"{fmt.format(control)}\n{fmt.format(candidate)}",

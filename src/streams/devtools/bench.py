@@ -42,7 +42,7 @@ from schemas import default_codec
 from streams.config import Settings
 from streams.devtools.launcher import WorkerProcess
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
-from streams.processors.metrics import DRIFT_METRICS as METRICS
+from streams.processors.metrics import DRIFT_METRICS
 from streams.topics import group_lag
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -285,7 +285,7 @@ def memory(slices_target: int = 10_000) -> dict[str, float]:
     # the numpy state is allocated with spare capacity: count the rows in use
     per_slice_state = sum(a[: store.n].nbytes for a in store.f.values()) / store.n
     per_slice_total = grown / store.n
-    metrics = len(METRICS)
+    metrics = len(DRIFT_METRICS)
     return {"slices": store.n, "metrics_per_slice": metrics, "bytes_per_slice_state": per_slice_state,
             "bytes_per_slice_measured": per_slice_total, "bytes_per_slice_metric": per_slice_total / metrics,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "traces": off}

@@ -28,13 +28,11 @@ from schemas.verdict import RolloutVerdict, Verdict
 from streams.devtools.synthetic import INPUT_TOKENS, LATENCY_MS, OUTPUT_TOKENS, WORKFLOW_P, WORKFLOWS
 from streams.processors.canary import (
     GRID,
+    N_CANARY_METRICS,
     CanaryConfig,
     CanaryMonitor,
     MixtureTest,
     stratum_loglik,
-)
-from streams.processors.canary import (
-    N_CANARY_METRICS as NM,
 )
 from streams.processors.columns import TraceColumns
 from streams.processors.feedback import TraceRef
@@ -157,8 +155,9 @@ def rollout_steps(rng: np.random.Generator, plans: Sequence[CohortPlan], traces_
             ft, i = pending[cursor]
             cursor += 1
             p = plans[which[i]]
-            ref = TraceRef(p.tenant, p.cohort, WORKFLOWS[wf[i]], p.release, p.partition, "", 0, int(t[i]),
-                           rollout_arm=int(arm[i]), candidate_release_id=p.release, stage_pct=float(stage[i]))
+            ref = TraceRef(tenant_id=p.tenant, cohort=p.cohort, workflow=WORKFLOWS[wf[i]], release_id=p.release,
+                           partition=p.partition, event_time_ms=int(t[i]), rollout_arm=int(arm[i]),
+                           candidate_release_id=p.release, stage_pct=float(stage[i]))
             fb.append((ids[i], ref, bool(safety[i])))
             fb_ms.append(ft)
             wm[p.partition] = max(wm.get(p.partition, -1), ft)
@@ -298,20 +297,20 @@ def null_false_rollback(releases: int = 2000, strata: int = 300, stratum_traces:
     rng = np.random.default_rng(seed)
     test = MixtureTest(scale)
     r = stage_pct / 100.0
-    bound = math.log(NM / alpha)
-    z_crit = float(stats.norm.isf(alpha / NM))
-    ll = np.zeros((releases, NM, GRID))
+    bound = math.log(N_CANARY_METRICS / alpha)
+    z_crit = float(stats.norm.isf(alpha / N_CANARY_METRICS))
+    ll = np.zeros((releases, N_CANARY_METRICS, GRID))
     rolled = np.zeros(releases, dtype=bool)
     naive_hit = np.zeros(releases, dtype=bool)
-    tot = np.zeros((4, releases, NM))  # n_c, k_c, n_t, k_t
+    tot = np.zeros((4, releases, N_CANARY_METRICS))  # n_c, k_c, n_t, k_t
     for _ in range(strata):
         n_t = rng.binomial(stratum_traces, r, releases).astype(float)
         n_c = stratum_traces - n_t
         p = np.minimum(NULL_RATES[None, :] * np.exp(rng.normal(0, drift_sd, (releases, 1))), 1.0)
         k_c = rng.binomial(n_c[:, None].astype(int), p)
         k_t = rng.binomial(n_t[:, None].astype(int), p)
-        e_c = np.broadcast_to(n_c[:, None], (releases, NM))
-        e_t = np.broadcast_to(n_t[:, None], (releases, NM))
+        e_c = np.broadcast_to(n_c[:, None], (releases, N_CANARY_METRICS))
+        e_t = np.broadcast_to(n_t[:, None], (releases, N_CANARY_METRICS))
         ll += stratum_loglik(e_c[..., None], e_t[..., None], k_c[..., None], k_t[..., None])
         rolled |= (test.log_harm(ll) >= bound).any(axis=1)
         if naive:

@@ -123,8 +123,8 @@ def synthetic_feedback(rng: np.random.Generator, cols: TraceColumns, which: np.n
     out = []
     for i in np.flatnonzero(corrected | unsafe).tolist():
         t = int(cols.event_time_ms[i])
-        ref = TraceRef(cols.tenant_id[i], cols.cohort[i], cols.workflow[i], cols.release_id[i],
-                       int(cols.partition[i]), "", 0, t)
+        ref = TraceRef(tenant_id=cols.tenant_id[i], cohort=cols.cohort[i], workflow=cols.workflow[i],
+                       release_id=cols.release_id[i], partition=int(cols.partition[i]), event_time_ms=t)
         category = "unsafe_recommendation" if unsafe[i] else "omission"
         at = t + int(rng.uniform(*lag_ms))
         out.append((at, {"trace_id": cols.trace_id[i], "category": category, "event_time": at}, ref))

@@ -12,7 +12,8 @@ from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef,
 from streams.state import DictBackend
 from tests.factories import feedback
 
-REF = TraceRef("acme", "cardiology", "soap_note", "rel-1", 0, "s-1", 0, 1_790_000_000_000)
+REF = TraceRef(tenant_id="acme", cohort="cardiology", workflow="soap_note", release_id="rel-1", partition=0,
+               session_id="s-1", event_time_ms=1_790_000_000_000)
 
 
 def proc(index=None):
