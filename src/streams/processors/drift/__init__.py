@@ -1,10 +1,12 @@
 """Online drift detection over the layered baselines, vectorised per batch at per-trace resolution.
 
-Modules: :mod:`~streams.processors.drift.cusum` (the CUSUM recursion for many slices at once and
-its change points), :mod:`~streams.processors.drift.families` (per-family null rates, increments,
+Modules: :mod:`~streams.processors.drift.base` (:class:`DriftConfig`, :class:`Alarm`),
+:mod:`~streams.processors.drift.cusum` (the CUSUM recursion for many slices at once and its
+change points), :mod:`~streams.processors.drift.families` (per-family null rates, increments,
 baseline updates, intervals), :mod:`~streams.processors.drift.mix` (the input-mix window test),
-:mod:`~streams.processors.drift.engine` (:class:`DriftEngine`: the per-batch steps over every
-slice layer).
+:mod:`~streams.processors.drift.delayed` (the label-delayed Poisson detectors and the
+feedback-delay distribution), :mod:`~streams.processors.drift.engine` (:class:`DriftEngine`: the
+per-batch steps over every slice layer).
 
 Detectors, by metric family (metrics: :mod:`streams.processors.metrics`; baselines:
 :mod:`streams.processors.baselines`):
@@ -47,10 +49,12 @@ traffic or the metric's distribution; ``h = cusum_threshold`` nats is one number
 The measured false-incident rate is in BENCHMARKS.md (``selfheal bench-drift``).
 """
 
+from streams.processors.drift.base import Alarm, DriftConfig
 from streams.processors.drift.cusum import ChangePoints, segmented_cusum
-from streams.processors.drift.engine import Alarm, DriftConfig, DriftEngine
-from streams.processors.drift.families import Z_CLIP, LagDistribution
+from streams.processors.drift.delayed import DelayedMetrics, LagDistribution
+from streams.processors.drift.engine import DriftEngine
+from streams.processors.drift.families import Z_CLIP
 from streams.processors.drift.mix import MixTest, input_mix_code, mix_test
 
-__all__ = ["Z_CLIP", "Alarm", "ChangePoints", "DriftConfig", "DriftEngine", "LagDistribution", "MixTest",
-           "input_mix_code", "mix_test", "segmented_cusum"]
+__all__ = ["Z_CLIP", "Alarm", "ChangePoints", "DelayedMetrics", "DriftConfig", "DriftEngine", "LagDistribution",
+           "MixTest", "input_mix_code", "mix_test", "segmented_cusum"]

@@ -15,8 +15,10 @@ of traces (:meth:`DriftEngine.process_traces`):
    runs the CUSUMs (:func:`~streams.processors.drift.cusum.segmented_cusum`), reports the first
    crossing per slice and column as an :class:`Alarm`, carries detector state, tests full
    input-mix windows, and merges the batch into the baselines;
-5. advances the label-delay clock, credits matured feedback exposure and steps the Poisson
-   CUSUMs (:meth:`DriftEngine.mature`), then counts the batch's traces in their event-time buckets.
+5. hands the batch to the label-delayed detectors
+   (:class:`~streams.processors.drift.delayed.DelayedMetrics`): advance the label-delay clock,
+   credit matured feedback exposure and step the Poisson CUSUMs, count the batch's traces in their
+   event-time buckets.
 
 Feedback events enter through :meth:`DriftEngine.process_feedback`. The engine never emits
 incidents; it returns :class:`Alarm` objects for
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,7 +42,6 @@ from streams.processors.baselines import (
     HIST_EDGES_MS,
     LAYER_PARENT,
     LAYER_PARTS,
-    N_BUCKETS,
     N_CAT,
     N_HIST,
     SliceInfo,
@@ -49,18 +50,15 @@ from streams.processors.baselines import (
     slice_key,
 )
 from streams.processors.columns import TraceColumns
+from streams.processors.drift.base import HOLD_AT, HOLD_WEIGHT, Alarm, DriftConfig
 from streams.processors.drift.cusum import ChangePoints, segmented_cusum
+from streams.processors.drift.delayed import DelayedMetrics
 from streams.processors.drift.families import (
-    MIN_POISSON_EVENTS,
     MIN_TAIL_WEIGHT,
-    LagDistribution,
     bernoulli_llr,
     ew_rate_update,
     gaussian_update,
-    guarded_poisson_rate,
     guarded_rate,
-    poisson_cusum_step,
-    poisson_rate_interval,
     quantile_interval,
     standardise,
     tail_edges,
@@ -81,13 +79,9 @@ from streams.processors.metrics import (
     INPUT_MIX_GROUP,
     N_BERNOULLI,
     N_GAUSSIAN,
-    N_POISSON,
-    POISSON,
-    POISSON_GROUP,
     TAIL_COLUMNS,
     TAIL_P95,
     TAIL_P99,
-    Metric,
 )
 
 # ---------------------------------------------------------------------- the per-layer CUSUM matrix
@@ -115,72 +109,6 @@ TAIL_DETECTOR_COLS = [TAIL_P95, TAIL_P99, N_BERNOULLI + TAIL_P95, N_BERNOULLI + 
 
 #: the layer whose p95/p99 edges define every trace's latency tail events (see _batch_inputs)
 STRATA = "tenant_cohort_workflow"
-#: learning weight of a baseline while its metric's CUSUM holds evidence of a change (S > HOLD_AT * h)
-HOLD_WEIGHT = 0.1
-HOLD_AT = 0.25
-
-
-@dataclass(slots=True)
-class DriftConfig:
-    """Detector settings (see ``Settings`` for units and defaults)."""
-
-    layers: tuple[str, ...] = tuple(LAYER_PARTS)
-    warmup_traces: int = 300
-    half_life_traces: float = 20_000.0
-    threshold: float = 18.0
-    rate_shift: float = 1.5
-    rate_shift_large: float = 3.0
-    mean_shift_sigma: float = 1.0
-    guard_z: float = 1.0
-    cat_window: int = 300
-    cat_alpha: float = 1e-7
-    cat_min_js: float = 0.01
-    evidence: int = 20
-    release_prior_traces: float = 2000.0
-    feedback_maturity_ms: int = 300_000
-
-    @property
-    def bucket_ms(self) -> int:
-        """Width of a label-delay bucket: maturity / 8, so the ring of 32 holds 4 x maturity
-        (maturity + a batch's span + the lag between the two topics)."""
-        return max(self.feedback_maturity_ms // 8, 1)
-
-    @property
-    def lam(self) -> float:
-        """Per-trace decay factor of the EW baselines: ``0.5 ** (1 / half_life)``."""
-        return 0.5 ** (1.0 / self.half_life_traces)
-
-
-@dataclass(slots=True)
-class Alarm:
-    """A detector crossed its threshold at one trace.
-
-    ``pos`` indexes the batch (``TraceColumns`` order, or feedback order for Poisson metrics);
-    ``baseline``/``observed`` are in the metric's unit; ``samples`` counts slice traces since the
-    estimated change point (last time the CUSUM was at zero).
-    """
-
-    row: int
-    metric: Metric
-    pos: int
-    statistic: float
-    threshold: float
-    baseline: float
-    observed: float
-    ci_low: float
-    ci_high: float
-    effect: float
-    samples: int
-    direction: int
-    evidence: list[int] = field(default_factory=list)
-    cp_pos: int | None = None
-    #: 1-based index of the alarming trace in the slice's own traffic (traces before the change
-    #: point = slice_index - samples)
-    slice_index: int = 0
-    #: set instead of positions when the alarm comes from matured feedback buckets
-    trace_id: str | None = None
-    event_time_ms: int | None = None
-    evidence_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -289,15 +217,8 @@ class DriftEngine:
         self.store = store or SliceStore()
         self.loader = loader
         self._mix_code_cache: dict[tuple[str, str | None], int] = {}
-        #: per partition: latest trace / feedback event time seen (ms), the label-maturity clock
-        self.trace_wm: dict[int, int] = {}
-        self.feedback_wm: dict[int, int] = {}
-        #: recent corrected traces per slice key (evidence for correction incidents)
-        self._fb_evidence: dict[str, list[tuple[str, int]]] = {}
-        self.late_feedback = 0
-        self.discarded_buckets = 0
-        self.lag = LagDistribution()
-        self._ln_rho = math.log(self.cfg.rate_shift)
+        #: the label-delayed (Poisson) detectors of the same slices
+        self.delayed = DelayedMetrics(self.cfg, self.store)
 
     # ------------------------------------------------------------------ slices
     def row_for(self, layer: str, tenant: str, cohort: str | None, workflow: str | None,
@@ -423,17 +344,17 @@ class DriftEngine:
             alarms.extend(self._process_layer(rows_by_layer[layer], fresh[layer], cols, inputs, hold))
             if stratified and layer not in (STRATA, "release"):
                 tail_hold |= (f["b_s"][rows_by_layer[layer]][:, TAIL_DETECTOR_COLS] > hold_at).any(axis=1)
-        # label-delayed metrics: advance the trace watermark, mature due buckets (freeing their
-        # ring slots), then count this batch's traces in their event-time buckets
-        for p in np.unique(cols.partition).tolist():
-            t = int(cols.event_time_ms[cols.partition == p].max())
-            self.trace_wm[p] = max(self.trace_wm.get(p, -1), t)
-        alarms.extend(self.mature())
-        bucket = cols.event_time_ms // cfg.bucket_ms
-        for layer in cfg.layers:
-            ok = fresh[layer]
-            self._bucket_add(rows_by_layer[layer][ok], bucket[ok], None)
+        # label-delayed metrics: the batch's traces are exposure once their feedback had time
+        alarms.extend(self.delayed.add_traces(cols, rows_by_layer, fresh))
         return alarms
+
+    def process_feedback(self, rows: np.ndarray, metric_idx: np.ndarray, trace_event_ms: np.ndarray,
+                         trace_ids: Sequence[str], feedback_event_ms: dict[int, int],
+                         lag_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[Alarm]:
+        """Count feedback events in their traces' buckets and step the Poisson detectors
+        (:meth:`DelayedMetrics.add_feedback <streams.processors.drift.delayed.DelayedMetrics.add_feedback>`,
+        same arguments); ``rows`` come from :meth:`row_for`."""
+        return self.delayed.add_feedback(rows, metric_idx, trace_event_ms, trace_ids, feedback_event_ms, lag_samples)
 
     def _batch_inputs(self, cols: TraceColumns, rows_by_layer: dict[str, np.ndarray]) -> _BatchInputs:
         """Per-trace inputs shared by all layers: every metric read once from the catalogue.
@@ -794,158 +715,3 @@ class DriftEngine:
                                         evidence=order[max(0, ends[j] - cfg.evidence + 1): ends[j] + 1].tolist()))
             f["c_win"][row] = 0.0
         return alarms
-
-    # ------------------------------------------------------------------ label-delayed metrics
-    def _bucket_add(self, rows: np.ndarray, bucket: np.ndarray, metric_idx: np.ndarray | None) -> int:
-        """Add traces (``metric_idx is None``) or feedback events to the slices' bucket rings.
-
-        Returns the number of feedback events that arrived after their bucket matured (late).
-        """
-        f = self.store.f
-        key = rows.astype(np.int64) * (1 << 40) + bucket.astype(np.int64)
-        uniq, counts = np.unique(key, return_counts=True) if metric_idx is None else (None, None)
-        late = 0
-        if metric_idx is None:
-            for kv, c in zip(uniq.tolist(), counts.tolist(), strict=True):
-                row, b = kv >> 40, kv & ((1 << 40) - 1)
-                slot = b % N_BUCKETS
-                held = f["pb_id"][row, slot]
-                if held != b:
-                    if held >= 0:
-                        # the ring wrapped before the old bucket matured (one topic far ahead of the
-                        # other): discard it whole, exposure and events, so the rate stays unbiased
-                        self.discarded_buckets += 1
-                    f["pb_id"][row, slot] = b
-                    f["pb_n"][row, slot] = 0.0
-                    f["pb_f"][row, slot] = 0.0
-                    f["pb_k"][row, slot * N_POISSON : (slot + 1) * N_POISSON] = 0.0
-                    f["pb_kc"][row, slot * N_POISSON : (slot + 1) * N_POISSON] = 0.0
-                f["pb_n"][row, slot] += c
-            return 0
-        for row, b, j in zip(rows.tolist(), bucket.tolist(), metric_idx.tolist(), strict=True):
-            slot = b % N_BUCKETS
-            if f["pb_id"][row, slot] != b:
-                late += 1  # its bucket retired (or was never seen): not counted, a safe undercount
-                continue
-            f["pb_k"][row, slot * N_POISSON + j] += 1.0
-        return late
-
-    def process_feedback(self, rows: np.ndarray, metric_idx: np.ndarray, trace_event_ms: np.ndarray,
-                         trace_ids: Sequence[str], feedback_event_ms: dict[int, int],
-                         lag_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[Alarm]:
-        """Count feedback events (corrections) in their traces' buckets, then credit exposure.
-
-        Args:
-            rows: slice row of each event, shape ``(k,)`` (one event per slice layer it counts in).
-            metric_idx: Poisson metric index of each event (``metrics.POISSON_INDEX``).
-            trace_event_ms: event time of the trace each event refers to, ms.
-            trace_ids: the trace id of each event (evidence).
-            feedback_event_ms: per partition, the latest feedback event time in the batch, ms
-                (advances the feedback watermark).
-            lag_samples: ``(trace event ms, partition, delay ms)`` arrays, one entry per distinct
-                feedback: the label-delay distribution learns from them.
-        """
-        rows = np.asarray(rows, dtype=np.int64)
-        if lag_samples is not None and len(lag_samples[0]):
-            self.lag.observe(*lag_samples)
-        if len(rows):
-            bucket = np.asarray(trace_event_ms, dtype=np.int64) // self.cfg.bucket_ms
-            self.late_feedback += self._bucket_add(rows, bucket, np.asarray(metric_idx, dtype=np.int64))
-            for row, tid, t in zip(rows.tolist(), trace_ids, np.asarray(trace_event_ms).tolist(), strict=True):
-                ev = self._fb_evidence.setdefault(self.store.info[row].key, [])
-                ev.append((tid, int(t)))
-                if len(ev) > 2 * self.cfg.evidence:
-                    del ev[: len(ev) - self.cfg.evidence]
-        for p, t in feedback_event_ms.items():
-            self.feedback_wm[p] = max(self.feedback_wm.get(p, -1), int(t))
-        return self.mature()
-
-    def mature(self) -> list[Alarm]:
-        """Credit label-delayed exposure and step the Poisson CUSUMs (Lucas 1985), one step per
-        slice per call, vectorised over slices.
-
-        A bucket of ``n`` traces whose age (clock minus the bucket's middle) grew from ``a1`` to ``a2``
-        contributes exposure ``n * (F(a2) - F(a1))``, where ``F`` is the learned feedback-delay CDF;
-        the events it received meanwhile are the counts. The step's log-likelihood ratio is
-        ``k * ln(rho) - exposure * r0 * (rho - 1)`` (Poisson, rate ``rho * r0`` vs ``r0``), exact
-        for events arriving as a Poisson process with intensity ``n * r * F'(age)``. The clock is the
-        lower of the partition's trace and feedback watermarks, so neither topic running ahead of
-        the other fakes a change. Until ``F`` has enough samples it is a step at
-        ``feedback_maturity`` (a bucket counts once matured). Buckets retire when ``F >= 0.999``.
-        """
-        st, cfg = self.store, self.cfg
-        if st.n == 0:
-            return []
-        f = st.f
-        n_rows = st.n
-        parts = f["partition"][:n_rows, 0].astype(np.int64)
-        clock = np.array([min(self.trace_wm.get(p, -1), self.feedback_wm.get(p, -1))
-                          for p in range(int(parts.max()) + 1)], dtype=np.float64)
-        self.lag.release({p: float(c) for p, c in enumerate(clock)}, cfg.feedback_maturity_ms)
-        ids = f["pb_id"][:n_rows]
-        active_rows = np.flatnonzero((ids >= 0).any(axis=1) & (clock[parts] >= 0))
-        if active_rows.size == 0:
-            return []
-        ids = ids[active_rows]
-        age = clock[parts[active_rows]][:, None] - (ids + 0.5) * cfg.bucket_ms
-        cdf = np.where(ids >= 0, self.lag.cdf(age, cfg.feedback_maturity_ms), 0.0)
-        credited = f["pb_f"][active_rows]
-        cdf = np.maximum(cdf, credited)
-        expo = (f["pb_n"][active_rows] * (cdf - credited)).sum(axis=1)  # (R,)
-        k_all = f["pb_k"][active_rows].reshape(len(active_rows), N_BUCKETS, N_POISSON)
-        kc_all = f["pb_kc"][active_rows].reshape(len(active_rows), N_BUCKETS, N_POISSON)
-        # events are credited together with their exposure: as they arrive once F is learned
-        # (F credits the expected share), but only at maturity while F is still the fallback step
-        credit = np.ones_like(cdf, dtype=bool) if self.lag.learned else cdf >= 1.0
-        new_k = np.where(credit[:, :, None], k_all, kc_all)
-        events = (new_k - kc_all).sum(axis=1)  # (R, N_POISSON)
-        f["pb_f"][active_rows] = cdf
-        f["pb_kc"][active_rows] = new_k.reshape(len(active_rows), N_BUCKETS * N_POISSON)
-        retire = (cdf >= 0.999) & (ids >= 0)
-        if retire.any():
-            rr, ss = np.nonzero(retire)
-            f["pb_id"][active_rows[rr], ss] = -1.0
-        stepped = np.flatnonzero((expo > 0) | (events.sum(axis=1) > 0))
-        if stepped.size == 0:
-            return []
-        rows = active_rows[stepped]
-        st.dirty.update(rows.tolist())
-        return self._poisson_steps(rows, expo[stepped], events[stepped])
-
-    def _poisson_steps(self, rows: np.ndarray, expo: np.ndarray, events: np.ndarray) -> list[Alarm]:
-        """One Poisson CUSUM step per row and metric with exposure ``expo`` (R,) and counts
-        ``events`` (R, N_POISSON); baselines learn from the same credited exposure and counts."""
-        cfg, f = self.cfg, self.store.f
-        rho, lnr = cfg.rate_shift, self._ln_rho
-        lam_n = cfg.lam ** expo
-        armed_slice = f["count"][rows, 0] >= cfg.warmup_traces
-        out: list[Alarm] = []
-        for j in range(N_POISSON):
-            k = events[:, j]
-            r0, r0g = guarded_poisson_rate(f["p_num"][rows, j], f["p_den"][rows, j], cfg.guard_z)
-            armed = armed_slice & (f["p_num"][rows, j] >= MIN_POISSON_EVENTS)
-            s_new = poisson_cusum_step(f["p_s"][rows, j], k, expo, r0g, rho, lnr)
-            frozen = f["i_open"][rows, POISSON_GROUP[j]] > 0
-            scale = np.where(s_new > cfg.threshold * HOLD_AT, HOLD_WEIGHT, 1.0)
-            f["p_den"][rows, j] = np.where(frozen, f["p_den"][rows, j], f["p_den"][rows, j] * lam_n + expo * scale)
-            f["p_num"][rows, j] = np.where(frozen, f["p_num"][rows, j], f["p_num"][rows, j] * lam_n + k * scale)
-            reset = ~armed | (s_new <= 0.0)
-            f["p_s"][rows, j] = np.where(reset, 0.0, s_new)
-            f["p_n"][rows, j] = np.where(reset, 0.0, f["p_n"][rows, j] + expo)
-            f["p_k"][rows, j] = np.where(reset, 0.0, f["p_k"][rows, j] + k)
-            for i in np.flatnonzero(~reset & (s_new > cfg.threshold) & (k > 0)).tolist():
-                row = int(rows[i])
-                n_exp = max(float(f["p_n"][row, j]), 1.0)
-                kk = float(f["p_k"][row, j])
-                obs = kk / n_exp
-                lo, hi = poisson_rate_interval(kk, n_exp)
-                ev = self._fb_evidence.get(self.store.info[row].key, [])
-                ids_ = [tid for tid, _ in ev]
-                out.append(Alarm(row=row, metric=POISSON[j], pos=-1, statistic=float(s_new[i]),
-                                 threshold=cfg.threshold, baseline=float(r0[i]), observed=obs, ci_low=lo, ci_high=hi,
-                                 effect=obs / max(float(r0[i]), 1e-9), samples=int(n_exp), direction=+1,
-                                 slice_index=int(f["own"][row, 0]), trace_id=ids_[-1] if ids_ else "",
-                                 event_time_ms=max((t for _, t in ev), default=0),
-                                 evidence_ids=ids_[-cfg.evidence:]))
-                f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
-        return out

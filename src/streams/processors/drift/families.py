@@ -18,12 +18,11 @@ Every function here is a pure array computation on a batch sorted by slice (the 
   (:func:`gaussian_update`).
 - **Poisson** (feedback counts against trace exposure): Lucas's counted-data CUSUM step
   (:func:`poisson_cusum_step`), with exposure credited through the learned feedback-delay
-  distribution (:class:`LagDistribution`).
+  distribution (:mod:`streams.processors.drift.delayed`).
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 
@@ -214,64 +213,3 @@ def poisson_rate_interval(k: float, exposure: float) -> tuple[float, float]:
     lo = float(stats.chi2.ppf(0.025, 2 * k) / 2 / exposure) if k > 0 else 0.0
     hi = float(stats.chi2.ppf(0.975, 2 * (k + 1)) / 2 / exposure)
     return lo, hi
-
-
-class LagDistribution:
-    """Empirical CDF of feedback delay (feedback event time minus trace event time), log-binned
-    from 1 s to 7 days, exponentially weighted (half-life ``half_life`` samples).
-
-    Delays are right-censored while their traces are young (a long delay has not happened yet),
-    so a delay is learned only once its trace is ``maturity`` older than its partition's clock:
-    by then every delay up to the maturity horizon has been observed for it, and the estimate is
-    unbiased for delays up to the horizon (later feedback is not counted by detectors anyway).
-    Used to credit label-delayed exposure (:meth:`DriftEngine.mature
-    <streams.processors.drift.engine.DriftEngine.mature>`). With fewer than ``min_samples``
-    learned delays the CDF is a step at the maturity.
-    """
-
-    EDGES_MS = np.concatenate(([0.0], np.exp(np.linspace(np.log(1_000.0), np.log(7 * 86_400_000.0), 64))))
-
-    def __init__(self, half_life: float = 20_000.0, min_samples: float = 200.0) -> None:
-        self.w = np.zeros(len(self.EDGES_MS))  # mass per bin [edge_i, edge_i+1), last = beyond
-        self.lam = 0.5 ** (1.0 / half_life)
-        self.min_samples = min_samples
-        self.total = 0.0
-        self.pending: list[tuple[int, int, float]] = []  # heap of (trace ms, partition, delay ms)
-
-    def observe(self, trace_ms: np.ndarray, partitions: np.ndarray, lags_ms: np.ndarray) -> None:
-        """Queue observed delays; they are learned by :meth:`release` once their traces are old."""
-        for t, p, lag in zip(trace_ms.tolist(), partitions.tolist(), lags_ms.tolist(), strict=True):
-            heapq.heappush(self.pending, (int(t), int(p), float(lag)))
-
-    def release(self, clock_ms: dict[int, float], maturity_ms: float) -> None:
-        """Learn the queued delays whose trace is at least ``maturity_ms`` behind its partition's clock."""
-        ready = []
-        keep = []
-        while self.pending and self.pending[0][0] <= max(clock_ms.values(), default=-1) - maturity_ms:
-            t, p, lag = heapq.heappop(self.pending)
-            (ready if t <= clock_ms.get(p, -1) - maturity_ms else keep).append((t, p, lag))
-        for item in keep:
-            heapq.heappush(self.pending, item)
-        if ready:
-            self.add(np.array([min(lag, maturity_ms) for _, _, lag in ready]))
-
-    def add(self, lags_ms: np.ndarray) -> None:
-        """Learn from observed delays (ms); negative delays count as 0."""
-        idx = np.searchsorted(self.EDGES_MS, np.maximum(lags_ms, 0.0), side="right") - 1
-        decay = self.lam ** len(lags_ms)
-        self.w *= decay
-        np.add.at(self.w, np.clip(idx, 0, len(self.w) - 1), 1.0)
-        self.total = self.total * decay + len(lags_ms)
-
-    @property
-    def learned(self) -> bool:
-        """Enough delays seen to use the empirical CDF (else the step at maturity)."""
-        return self.total >= self.min_samples
-
-    def cdf(self, age_ms: np.ndarray, maturity_ms: float) -> np.ndarray:
-        """P(delay <= age) for each age (ms), linearly interpolated inside bins; 1 from the maturity on."""
-        if not self.learned:
-            return (age_ms >= maturity_ms).astype(np.float64)
-        c = np.concatenate(([0.0], np.cumsum(self.w) / max(self.w.sum(), 1e-12)))
-        edges = np.concatenate((self.EDGES_MS, [self.EDGES_MS[-1] * 2]))
-        return np.where(age_ms >= maturity_ms, 1.0, np.interp(age_ms, edges, c, left=0.0, right=1.0))
