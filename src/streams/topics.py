@@ -203,10 +203,15 @@ class GroupLag:
         for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=3.0),
                                 stop=stop_after_delay(retry_s), reraise=True):
             with attempt:
-                return self._once()
+                return self.measure()
         raise AssertionError("unreachable")
 
-    def _once(self) -> tuple[int, int]:
+    def measure(self) -> tuple[int, int]:
+        """One ``(committed, end)`` reading, messages summed over the partitions, no retry.
+
+        Raises:
+            KafkaException: the broker did not answer within ``request_timeout_s``.
+        """
         committed = self.consumer.committed(self.tps, timeout=self.request_timeout_s)
         done = end = 0
         for tp, c in zip(self.tps, committed, strict=True):
@@ -240,7 +245,7 @@ def group_lag(settings: Settings, group: str, topic_names: list[str], retry_s: f
     for attempt in Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(0.2, max=3.0),
                             stop=stop_after_delay(retry_s), reraise=True):
         with attempt, GroupLag(settings, group, topic_names) as lag:
-            return lag._once()
+            return lag.measure()
     raise AssertionError("unreachable")
 
 

@@ -168,7 +168,7 @@ def raw_limit(settings: Settings, expected: int) -> dict[str, float]:
             continue
         for m in msgs:
             if m.error():
-                if m.error().code() != KafkaError._PARTITION_EOF:
+                if m.error().code() != KafkaError._PARTITION_EOF:  # noqa: SLF001 - confluent-kafka's public name
                     raise RuntimeError(m.error().str())
                 continue
             _, rec = codec.decode(m.value())
