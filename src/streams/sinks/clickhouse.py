@@ -20,6 +20,7 @@ Fault injection for tests and ``selfheal chaos`` wraps this sink's ``client`` fr
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import threading
@@ -76,6 +77,23 @@ def _scrub(text: str, settings: Settings) -> str:
     return text
 
 
+#: sinks opened in this process and not closed yet: token -> location. A sink dropped without
+#: :meth:`ClickHouseSink.close` stays listed: its chDB connection then lives until the garbage
+#: collector finds it, possibly until interpreter exit, where an open chDB connection can crash
+#: the process (chdb-io/chdb-core #177). The test suite fails on any entry (tests/conftest.py).
+_UNCLOSED: dict[int, str] = {}
+_UNCLOSED_LOCK = threading.Lock()
+_TOKENS = itertools.count()
+
+
+def unclosed_sinks() -> list[str]:
+    """Locations (``chdb:///dir`` or a credential-free URL) of the :class:`ClickHouseSink` objects
+    opened in this process and not closed, also those garbage-collected without :meth:`~ClickHouseSink.close`;
+    in opening order, one entry per sink."""
+    with _UNCLOSED_LOCK:
+        return [loc for _, loc in sorted(_UNCLOSED.items())]
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """The numbered migrations shipped with the package: ``[(version, name, sql), ...]`` sorted."""
     out = []
@@ -88,6 +106,9 @@ def migrations() -> list[tuple[int, str, str]]:
 
 class ClickHouseSink:
     """Writes selfheal's tables and answers tenant-scoped queries.
+
+    The opener closes it: :meth:`close`, or ``with ClickHouseSink(settings) as sink:``. An embedded
+    chDB connection left open at interpreter exit can crash the process (see :func:`unclosed_sinks`).
 
     Args:
         settings: connection settings (``clickhouse_url`` or ``clickhouse_dir``, database,
@@ -126,6 +147,10 @@ class ClickHouseSink:
         except Exception as exc:
             where = safe_url(settings.clickhouse_url) if settings.clickhouse_url else settings.clickhouse_dir
             raise SinkError(f"cannot open ClickHouse at {where}: {_scrub(str(exc), settings)}") from None
+        self._closed = False
+        self._token = next(_TOKENS)
+        with _UNCLOSED_LOCK:
+            _UNCLOSED[self._token] = self.location
 
     # ------------------------------------------------------------------ schema
     def migrate(self) -> list[int]:
@@ -449,13 +474,38 @@ class ClickHouseSink:
         """
         return TenantQueries(self, tenant_id)
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
     def close(self) -> None:
-        """Close the connection (releases the chDB directory lock)."""
-        try:
-            with self._lock:
+        """Close the connection; idempotent, never raises (it runs in ``finally`` blocks and must
+        not hide the error being handled; a failure to close is logged as a warning).
+
+        Ends a write's retry loop first (:meth:`abort`), then waits for a call in flight on another
+        thread and closes the clickhouse-connect client: for embedded chDB that closes this
+        process's chDB connection, and with the last one the engine and its directory lock.
+        Afterwards a write raises :class:`SinkError` after one attempt, a read clickhouse-connect's
+        ``ProgrammingError`` ("The client has been closed").
+        """
+        self._abort.set()  # a retry loop on another thread would otherwise retry on a closed client
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with _UNCLOSED_LOCK:
+                _UNCLOSED.pop(self._token, None)
+            try:
                 self.client.close()
-        except Exception:
-            log.debug("close failed", exc_info=True)
+            except Exception:
+                log.warning("closing ClickHouse at %s failed", self.location, exc_info=True)
+
+    def __enter__(self) -> ClickHouseSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 #: arrow types of ``feedback`` columns that inference would get wrong
