@@ -104,6 +104,8 @@ class SelfhealProducer:
         self.sent_messages = 0
         self.delivered_messages = 0
         self._closed = False
+        #: set by close(): wakes the flusher at once (it would otherwise sleep up to linger_ms / 2)
+        self._wake = threading.Event()
         self._flusher = threading.Thread(target=self._linger_loop, name="selfheal-sdk-linger", daemon=True)
         self._flusher.start()
 
@@ -150,11 +152,39 @@ class SelfhealProducer:
         if remaining:
             raise DeliveryError(f"{remaining} message(s) still in flight after {timeout_s} s")
 
-    def close(self) -> None:
-        """Flush and stop the background flusher."""
-        if not self._closed:
-            self._closed = True
-            self.flush()
+    def close(self, timeout_s: float = 60.0, *, discard: bool = False) -> None:
+        """Stop the background flusher, send every buffered batch and wait for the delivery reports
+        (:meth:`flush`), then release the Kafka client: its librdkafka handle and threads end here,
+        not whenever the garbage collector finds them (a client still running while the
+        interpreter exits can crash it). Idempotent: a second call does nothing. Afterwards a send
+        raises ``RuntimeError`` ("Producer has been closed").
+
+        Args:
+            timeout_s: how long to wait for delivery reports, s.
+            discard: drop buffered and in-flight records instead of sending them: nothing is
+                delivered and nothing is raised (for a producer whose broker is unreachable).
+
+        Raises:
+            DeliveryError: as :meth:`flush` (not with ``discard``). The client is released all the
+                same, dropping what it still held.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        self._flusher.join()  # it uses the client: stopped before the client goes
+        try:
+            if discard:
+                with self._lock:
+                    self._buffers.clear()
+                    self._born.clear()
+            else:
+                self.flush(timeout_s)
+        finally:
+            # librdkafka's close() flushes first and would wait forever for a message the broker
+            # never acknowledges (broker gone, or discard): purge whatever is still queued or in flight
+            self._producer.purge()
+            self._producer.close()
 
     def __enter__(self) -> SelfhealProducer:
         return self
@@ -258,7 +288,9 @@ class SelfhealProducer:
         # a background thread must not die on an error: the batch stays buffered (see _send_batch)
         # and the next tick, or flush() in the caller's thread, sends it or raises
         while not self._closed:
-            time.sleep(max(self.linger_s / 2, 0.005))
+            self._wake.wait(max(self.linger_s / 2, 0.005))
+            if self._closed:  # close() sends what is left itself, after this thread has ended
+                return
             now = time.monotonic()
             try:
                 with self._lock:
@@ -267,4 +299,4 @@ class SelfhealProducer:
                 self._producer.poll(0)
             except Exception:
                 log.warning("background send failed; the batch stays buffered", exc_info=True)
-                time.sleep(0.1)
+                self._wake.wait(0.1)

@@ -1,4 +1,5 @@
-"""The SDK validates before sending and names the field and value at fault."""
+"""The SDK validates before sending and names the field and value at fault, and closing it releases
+its Kafka client."""
 
 import pytest
 from confluent_kafka import OFFSET_INVALID, Message
@@ -14,7 +15,7 @@ def sdk():
     # no broker needed: validation happens before anything is produced
     p = SelfhealProducer(Settings(kafka_bootstrap="127.0.0.1:1"), linger_ms=10_000, kafka_config={"log_level": 0})
     yield p
-    p._closed = True
+    p.close(discard=True)  # nothing to deliver to: release the client and its threads now
 
 
 @pytest.mark.parametrize(("over", "field", "value"), [
@@ -71,3 +72,12 @@ def test_a_delivery_report_without_offset_is_raised_with_the_message_to_resend(s
     assert err.value.unconfirmed == [(topic, b"t-a", b"lost?")]
     assert sdk.delivered_messages == 1
     sdk.flush(timeout_s=1)  # raised once: the caller now owns those messages
+
+
+def test_close_releases_the_client_and_its_flusher_once(sdk):
+    sdk.send_trace(trace(1))  # buffered; the broker (port 1) is unreachable
+    sdk.close(discard=True)
+    assert not sdk._flusher.is_alive()  # joined, not left to die with the interpreter
+    with pytest.raises(RuntimeError, match="closed"):
+        sdk._producer.poll(0)  # the librdkafka handle is gone
+    sdk.close(discard=True)  # idempotent
