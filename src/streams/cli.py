@@ -71,7 +71,12 @@ def open_store(settings: Settings) -> ClickHouseSink:
         hint = "set SELFHEAL_CLICKHOUSE_URL to a reachable server" if settings.clickhouse_url else \
             "a running worker owns its chDB directory until it stops; SELFHEAL_CLICKHOUSE_PATH names the store"
         raise StoreUnavailableError(f"{exc} ({hint})") from None
-    if not sink.query("EXISTS DATABASE {db}")[0][0]:
+    try:
+        exists = sink.query("EXISTS DATABASE {db}")[0][0]
+    except BaseException:
+        sink.close()
+        raise
+    if not exists:
         sink.close()
         raise StoreUnavailableError(
             f"the ClickHouse store at {where} has no database {settings.clickhouse_database!r} (nothing was written "
@@ -95,8 +100,8 @@ def migrate() -> None:
     """Apply ClickHouse migrations (idempotent)."""
     from streams.sinks.clickhouse import ClickHouseSink
 
-    sink = ClickHouseSink(get_settings())
-    console.print(f"{sink.location}: applied {sink.migrate() or 'nothing (up to date)'}")
+    with ClickHouseSink(get_settings()) as sink:
+        console.print(f"{sink.location}: applied {sink.migrate() or 'nothing (up to date)'}")
 
 
 @app.command()

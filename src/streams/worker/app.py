@@ -217,4 +217,8 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     kafka_retrying(settings)(ensure_topics, settings)
     worker = build_app(settings)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
-    _Worker(worker.app, loglevel=loglevel, quiet=True, on_signal=worker.shutdown.on_signal).execute_from_commandline()
+    try:
+        _Worker(worker.app, loglevel=loglevel, quiet=True,
+                on_signal=worker.shutdown.on_signal).execute_from_commandline()
+    finally:  # execute_from_commandline ends in SystemExit, after faust has stopped
+        worker.outputs.close()

@@ -87,6 +87,13 @@ class Outputs:
             if sink is not None:
                 sink.abort()
 
+    def close(self) -> None:
+        """Close the open (or opening) sink; idempotent. Called once faust has stopped, so the
+        process does not reach interpreter exit with its chDB connection open (issue 13)."""
+        for sink in (self.sink, self.opening_sink):
+            if sink is not None:
+                sink.close()
+
     @property
     def failed_attempts(self) -> int:
         """Sink write attempts that failed so far (stats line)."""
