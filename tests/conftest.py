@@ -3,11 +3,16 @@ per-test chDB directories, and workers as subprocesses (:class:`streams.devtools
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
+import sys
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,61 @@ import pytest
 from streams.devtools.launcher import WorkerProcess, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# A chDB connection or a librdkafka client still alive when the interpreter exits can crash it
+# after the test summary (issue 13; chdb-io/chdb-core #177): whoever opens a client closes it.
+# These checks fail the test (or the session) that leaves one open, instead of a rare crash later.
+
+def _unclosed_sinks() -> list[str]:
+    """Locations of ClickHouseSinks opened in this process and not closed (none if never imported)."""
+    mod = sys.modules.get("streams.sinks.clickhouse")
+    return mod.unclosed_sinks() if mod is not None else []
+
+
+def _sdk_flushers() -> set[threading.Thread]:
+    """Background threads of SelfhealProducers not closed (close() joins its thread)."""
+    return {t for t in threading.enumerate() if t.name == "selfheal-sdk-linger"}
+
+
+@contextmanager
+def kafka_producer(conf: dict) -> Iterator:
+    """A confluent_kafka ``Producer`` closed when the block ends. What it still holds then is
+    purged first: its ``close()`` flushes, and with the broker gone would wait forever."""
+    from confluent_kafka import Producer
+
+    producer = Producer(conf)
+    try:
+        yield producer
+    finally:
+        producer.purge()
+        producer.close()
+
+
+@pytest.fixture(autouse=True)
+def _test_closes_its_clients() -> Iterator[None]:
+    """Fails a test that leaves a ClickHouseSink or a SelfhealProducer open."""
+    sinks, flushers = Counter(_unclosed_sinks()), _sdk_flushers()
+    yield
+    left = sorted((Counter(_unclosed_sinks()) - sinks).elements())
+    producers = len(_sdk_flushers() - flushers)
+    if left or producers:
+        pytest.fail(f"test left {len(left)} ClickHouseSink(s) open {left} and {producers} SelfhealProducer(s) "
+                    "open: close them (with-block or finally)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_closes_its_clients() -> Iterator[None]:
+    """Fails the session if a chDB connection or a librdkafka client (Producer, Consumer,
+    AdminClient) is still alive at its end, e.g. held by a session or module fixture."""
+    yield
+    gc.collect()  # a client only held by a reference cycle is freed (and so closed) here
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient
+
+    kafka = Counter(type(o).__name__ for o in gc.get_objects() if isinstance(o, (Producer, Consumer, AdminClient)))
+    if _unclosed_sinks() or kafka:
+        pytest.fail(f"open at the end of the session: ClickHouseSink {_unclosed_sinks()}, Kafka clients {dict(kafka)}")
 
 
 @pytest.fixture(scope="session")

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from schemas import AgentTrace, DeadLetter, default_codec
 from schemas.codec import canonical_json
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics
-from tests.conftest import wait_caught_up
+from tests.conftest import kafka_producer, wait_caught_up
 from tests.factories import feedback, now_ms, trace
 
 pytestmark = pytest.mark.integration
@@ -236,15 +236,16 @@ def feedback_cases(acme_trace: str) -> list[Case]:
 
 def produce(settings, cases: list[Case]) -> None:
     """Send the cases in order (one Kafka message each) and record where each one landed."""
-    p = Producer({**settings.kafka_config(), "enable.idempotence": True, "message.max.bytes": 2_000_000})
-    for case in cases:
-        landed: list = []
-        p.produce(settings.topic(case.topic), case.value, key=case.key,
-                  on_delivery=lambda err, msg, out=landed: out.append((err, msg)))
-        p.flush(30)  # one at a time: order on a partition = order sent
-        (err, msg), = landed
-        assert err is None, err
-        case.partition, case.offset = msg.partition(), msg.offset()
+    conf = {**settings.kafka_config(), "enable.idempotence": True, "message.max.bytes": 2_000_000}
+    with kafka_producer(conf) as p:
+        for case in cases:
+            landed: list = []
+            p.produce(settings.topic(case.topic), case.value, key=case.key,
+                      on_delivery=lambda err, msg, out=landed: out.append((err, msg)))
+            p.flush(30)  # one at a time: order on a partition = order sent
+            (err, msg), = landed
+            assert err is None, err
+            case.partition, case.offset = msg.partition(), msg.offset()
 
 
 def read_dead_letter_topic(settings, timeout_s: float = 60.0) -> dict[str, DeadLetter]:
@@ -252,20 +253,23 @@ def read_dead_letter_topic(settings, timeout_s: float = 60.0) -> dict[str, DeadL
     topic = settings.topic("deadletter")
     c = Consumer({**settings.kafka_config(), "group.id": f"{settings.topic_prefix}dl-reader",
                   "enable.auto.commit": False})
-    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(settings.partitions)}
-    c.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
-    out: dict[str, DeadLetter] = {}
-    pos = dict.fromkeys(ends, 0)
-    deadline = time.monotonic() + timeout_s
-    while any(pos[p] < ends[p] for p in ends) and time.monotonic() < deadline:
-        m = c.poll(1.0)
-        if m is None or m.error():
-            continue
-        pos[m.partition()] = m.offset() + 1
-        _, rec = CODEC.decode(m.value())
-        d = DeadLetter.model_validate(rec)
-        out[d.dead_letter_id] = d
-    c.close()
+    try:
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(settings.partitions)}
+        c.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
+        out: dict[str, DeadLetter] = {}
+        pos = dict.fromkeys(ends, 0)
+        deadline = time.monotonic() + timeout_s
+        while any(pos[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+            m = c.poll(1.0)
+            if m is None or m.error():
+                continue
+            pos[m.partition()] = m.offset() + 1
+            _, rec = CODEC.decode(m.value())
+            d = DeadLetter.model_validate(rec)
+            out[d.dead_letter_id] = d
+    finally:
+        c.close()
     return out
 
 

@@ -12,13 +12,12 @@ import signal
 import time
 
 import pytest
-from confluent_kafka import Producer
 
 from schemas import default_codec
 from streams.devtools.chaos import read_topic, rss_mb, state_mismatches
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import GroupLag, ensure_topics
-from tests.conftest import wait_caught_up
+from tests.conftest import kafka_producer, wait_caught_up
 from tests.factories import now_ms, trace
 
 pytestmark = pytest.mark.integration
@@ -30,21 +29,21 @@ TENANTS = ("acme", "globex", "initech", "umbrella", "hooli", "stark")
 def burst(settings, first: int, messages: int, per_message: int = 32) -> list[str]:
     """``messages`` batch messages of ``per_message`` traces with fresh ids, spread over tenants
     (so over partitions); returns the trace ids."""
-    p = Producer({**settings.kafka_config(), "enable.idempotence": True, "linger.ms": 20})
     ids: list[str] = []
     n = first
-    for m in range(messages):
-        tenant = TENANTS[m % len(TENANTS)]
-        recs = []
-        for _ in range(per_message):
-            recs.append(trace(n, trace_id=f"tr-{n:09d}", tenant_id=tenant, session_id=f"s-{n}"))
-            ids.append(recs[-1]["trace_id"])
-            n += 1
-        value = CODEC.encode("selfheal.v1.AgentTraceBatch",
-                             {"batch_id": f"b{m}", "producer_id": "burst", "sent_at": now_ms(), "traces": recs})
-        p.produce(settings.topic("traces"), value, key=tenant.encode())
-        p.poll(0)
-    assert p.flush(60) == 0
+    with kafka_producer({**settings.kafka_config(), "enable.idempotence": True, "linger.ms": 20}) as p:
+        for m in range(messages):
+            tenant = TENANTS[m % len(TENANTS)]
+            recs = []
+            for _ in range(per_message):
+                recs.append(trace(n, trace_id=f"tr-{n:09d}", tenant_id=tenant, session_id=f"s-{n}"))
+                ids.append(recs[-1]["trace_id"])
+                n += 1
+            value = CODEC.encode("selfheal.v1.AgentTraceBatch",
+                                 {"batch_id": f"b{m}", "producer_id": "burst", "sent_at": now_ms(), "traces": recs})
+            p.produce(settings.topic("traces"), value, key=tenant.encode())
+            p.poll(0)
+        assert p.flush(60) == 0
     return ids
 
 

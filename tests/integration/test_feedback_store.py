@@ -77,44 +77,42 @@ def check_crafted_outcome(sink: ClickHouseSink, replays: int = 0) -> None:
 def run_pipeline(settings, traces, feedback, start_offset: int = 0) -> Pipeline:
     codec = default_codec()
     pipe = Pipeline(settings, codec)
-    sink = ClickHouseSink(settings)
-    sink.migrate()
-    tmsgs = [RawMessage("traces", 0, i, t["tenant_id"].encode(), codec.encode("selfheal.v1.AgentTrace", t))
-             for i, t in enumerate(traces)]
-    out = pipe.on_traces(tmsgs)
-    sink.write_traces(out.cols, out.attributes)
-    for rnd in range(2):  # the stream, then the same stream again (every message a replay)
-        fmsgs = [RawMessage("feedback", 0, start_offset + rnd * 1000 + i, f["tenant_id"].encode(),
-                            codec.encode("selfheal.v1.Feedback", f)) for i, f in enumerate(feedback)]
-        for chunk in range(0, len(fmsgs), 5):
-            res = pipe.on_feedback(fmsgs[chunk:chunk + 5])
-            assert not res.dead_letters, res.dead_letters
-            sink.write_feedback(res.rows)
-            sink.write_submissions(res.submissions)
-            sink.refresh_patterns(res.patterns)
-        if rnd == 0:
-            first = (feedback_final(sink), patterns_final(sink))
-    assert (feedback_final(sink), patterns_final(sink)) == first  # replaying everything changes nothing
-    sink.close()
+    with ClickHouseSink(settings) as sink:
+        sink.migrate()
+        tmsgs = [RawMessage("traces", 0, i, t["tenant_id"].encode(), codec.encode("selfheal.v1.AgentTrace", t))
+                 for i, t in enumerate(traces)]
+        out = pipe.on_traces(tmsgs)
+        sink.write_traces(out.cols, out.attributes)
+        for rnd in range(2):  # the stream, then the same stream again (every message a replay)
+            fmsgs = [RawMessage("feedback", 0, start_offset + rnd * 1000 + i, f["tenant_id"].encode(),
+                                codec.encode("selfheal.v1.Feedback", f)) for i, f in enumerate(feedback)]
+            for chunk in range(0, len(fmsgs), 5):
+                res = pipe.on_feedback(fmsgs[chunk:chunk + 5])
+                assert not res.dead_letters, res.dead_letters
+                sink.write_feedback(res.rows)
+                sink.write_submissions(res.submissions)
+                sink.refresh_patterns(res.patterns)
+            if rnd == 0:
+                first = (feedback_final(sink), patterns_final(sink))
+        assert (feedback_final(sink), patterns_final(sink)) == first  # replaying everything changes nothing
     return pipe
 
 
 def test_crafted_stream_dedups_reconciles_scopes_and_redacts(settings, tmp_path):
     traces, feedback = crafted_stream()
     run_pipeline(settings, traces, feedback)
-    sink = ClickHouseSink(settings)
-    check_crafted_outcome(sink, replays=1)
-    # every view answers
-    for view in ("v_correction_rate", "v_top_failure_categories", "v_feedback_conflicts", "v_golden_set"):
-        assert sink.query(f"SELECT count() FROM {{db}}.{view}")[0][0] > 0, view
-    (rate,) = sink.query("SELECT traces, corrected_traces, correction_rate FROM {db}.v_correction_rate "
-                         "WHERE tenant_id = 't-d'")
-    assert rate == (1, 1, 1.0)
-    # a refresh of everything reproduces the incremental pattern rows
-    before = patterns_final(sink)
-    sink.refresh_patterns(None)
-    assert patterns_final(sink) == before
-    sink.close()
+    with ClickHouseSink(settings) as sink:
+        check_crafted_outcome(sink, replays=1)
+        # every view answers
+        for view in ("v_correction_rate", "v_top_failure_categories", "v_feedback_conflicts", "v_golden_set"):
+            assert sink.query(f"SELECT count() FROM {{db}}.{view}")[0][0] > 0, view
+        (rate,) = sink.query("SELECT traces, corrected_traces, correction_rate FROM {db}.v_correction_rate "
+                             "WHERE tenant_id = 't-d'")
+        assert rate == (1, 1, 1.0)
+        # a refresh of everything reproduces the incremental pattern rows
+        before = patterns_final(sink)
+        sink.refresh_patterns(None)
+        assert patterns_final(sink) == before
 
 
 def test_export_evalset_is_reproducible_and_tenant_scoped(settings, tmp_path):
@@ -122,30 +120,29 @@ def test_export_evalset_is_reproducible_and_tenant_scoped(settings, tmp_path):
 
     traces, feedback = crafted_stream()
     run_pipeline(settings, traces, feedback)
-    sink = ClickHouseSink(settings)
-    now = datetime.now(UTC)
-    a, n = build_evalset(sink, "t-a", now - timedelta(days=1), now + timedelta(hours=1))
-    b, _ = build_evalset(sink, "t-a", now - timedelta(days=1), now + timedelta(hours=1))
-    assert a == b and hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest()
-    lines = [json.loads(x) for x in a.decode().splitlines()]
-    header, records = lines[0], lines[1:]
-    assert header["format_version"] == 1 and header["records"] == n == len(records) == 9
-    assert header["records_sha256"] == hashlib.sha256(a.split(b"\n", 1)[1]).hexdigest()
-    assert {r["tenant_id"] for r in records} == {"t-a"}
-    assert [r["trace_event_time"] for r in records] == sorted(r["trace_event_time"] for r in records)
-    rec = next(r for r in records if r["trace_id"] == "tr-t-a-001")
-    assert rec["manifest"]["model"] == "gpt-x-2026-10" and rec["original_output_hash"] == rec["trace_output_sha256"]
-    assert rec["agreement_count"] == 2 and rec["scope"] == "session"
-    assert not any(leak in a.decode() for leak in PHI_LEAKS)
-    # losers of a conflict only on request; other filters narrow the set
-    lost_set, n_lost = build_evalset(sink, "t-b", now - timedelta(days=1), now, include_lost=True)
-    assert n_lost == build_evalset(sink, "t-b", now - timedelta(days=1), now)[1] + 1
-    assert b"\"resolution\":\"lost\"" in lost_set
-    assert build_evalset(sink, "t-a", now - timedelta(days=1), now, cohort="oncology")[1] == 0
-    assert build_evalset(sink, "t-a", now - timedelta(days=1), now, release_id="rel-1")[1] == 9
-    with pytest.raises(ValueError, match="must be before"):
-        build_evalset(sink, "t-a", now, now)
-    from streams.errors import TenantScopeError
-    with pytest.raises(TenantScopeError):
-        build_evalset(sink, "t-a' OR 1=1 --", now - timedelta(days=1), now)
-    sink.close()
+    with ClickHouseSink(settings) as sink:
+        now = datetime.now(UTC)
+        a, n = build_evalset(sink, "t-a", now - timedelta(days=1), now + timedelta(hours=1))
+        b, _ = build_evalset(sink, "t-a", now - timedelta(days=1), now + timedelta(hours=1))
+        assert a == b and hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest()
+        lines = [json.loads(x) for x in a.decode().splitlines()]
+        header, records = lines[0], lines[1:]
+        assert header["format_version"] == 1 and header["records"] == n == len(records) == 9
+        assert header["records_sha256"] == hashlib.sha256(a.split(b"\n", 1)[1]).hexdigest()
+        assert {r["tenant_id"] for r in records} == {"t-a"}
+        assert [r["trace_event_time"] for r in records] == sorted(r["trace_event_time"] for r in records)
+        rec = next(r for r in records if r["trace_id"] == "tr-t-a-001")
+        assert rec["manifest"]["model"] == "gpt-x-2026-10" and rec["original_output_hash"] == rec["trace_output_sha256"]
+        assert rec["agreement_count"] == 2 and rec["scope"] == "session"
+        assert not any(leak in a.decode() for leak in PHI_LEAKS)
+        # losers of a conflict only on request; other filters narrow the set
+        lost_set, n_lost = build_evalset(sink, "t-b", now - timedelta(days=1), now, include_lost=True)
+        assert n_lost == build_evalset(sink, "t-b", now - timedelta(days=1), now)[1] + 1
+        assert b"\"resolution\":\"lost\"" in lost_set
+        assert build_evalset(sink, "t-a", now - timedelta(days=1), now, cohort="oncology")[1] == 0
+        assert build_evalset(sink, "t-a", now - timedelta(days=1), now, release_id="rel-1")[1] == 9
+        with pytest.raises(ValueError, match="must be before"):
+            build_evalset(sink, "t-a", now, now)
+        from streams.errors import TenantScopeError
+        with pytest.raises(TenantScopeError):
+            build_evalset(sink, "t-a' OR 1=1 --", now - timedelta(days=1), now)

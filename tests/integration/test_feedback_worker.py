@@ -16,14 +16,13 @@ import sys
 import time
 
 import pytest
-from confluent_kafka import Producer
 
 from schemas import default_codec
 from streams.devtools.simulate import FleetSimulator
 from streams.sdk import SelfhealProducer
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics, group_lag
-from tests.conftest import settings_env, wait_caught_up
+from tests.conftest import kafka_producer, settings_env, wait_caught_up
 from tests.feedback_stream import EXPECTED, crafted_stream
 from tests.integration.test_feedback_store import check_crafted_outcome, feedback_final, patterns_final
 
@@ -59,9 +58,8 @@ def test_crafted_stream_twice_gives_identical_final_contents(settings, worker_fa
     wait_caught_up(settings, ["traces", "feedback"], worker=worker)
     assert worker.stop() == 0
     first = snapshot(settings)
-    sink = ClickHouseSink(settings)
-    check_crafted_outcome(sink)
-    sink.close()
+    with ClickHouseSink(settings) as sink:
+        check_crafted_outcome(sink)
     assert len(first["submissions"]) == EXPECTED["submissions"] and not first["dead_letters"]
 
     worker = worker_factory(name="second")  # restarts from its changelog
@@ -77,9 +75,8 @@ def test_crafted_stream_twice_gives_identical_final_contents(settings, worker_fa
     added = set(second["submissions"]) - set(first["submissions"])
     assert set(first["submissions"]) <= set(second["submissions"]) and len(added) == EXPECTED["submissions"]
     assert {r[8] for r in added} == {"replay"}
-    sink = ClickHouseSink(settings)
-    check_crafted_outcome(sink, replays=1)
-    sink.close()
+    with ClickHouseSink(settings) as sink:
+        check_crafted_outcome(sink, replays=1)
 
     # the golden set of a tenant, exported twice by the CLI: byte-identical
     env = settings_env(settings)
@@ -130,10 +127,11 @@ def test_worker_killed_mid_stream_loses_and_doubles_no_feedback(settings, worker
     # the feedback (its own count), and some of what it wrote is not committed yet
     worker = worker_factory(extra_env={**slow, "SELFHEAL_COMMIT_INTERVAL_S": "5", "SELFHEAL_STATS_INTERVAL_S": "0.2"},
                             name="killed")
-    with SelfhealProducer(settings) as traces, SelfhealProducer(settings, batch=False) as feedback:
+    with (SelfhealProducer(settings) as traces, SelfhealProducer(settings, batch=False) as feedback,
+          kafka_producer(settings.kafka_config()) as raw):
         sim = FleetSimulator(traces=3_000, seed=11, inject_at=1.0, bad_input=False, near_dup_rate=0.15,
                              conflict_rate=0.1, feedback_lag=(5, 60))
-        rep = sim.run(_Split(traces, feedback), raw_producer=Producer(settings.kafka_config()), codec=default_codec())
+        rep = sim.run(_Split(traces, feedback), raw_producer=raw, codec=default_codec())
     deadline = time.monotonic() + 300
     while _processed_feedback_rows(worker.log) < 0.3 * rep.feedback_unique_expected:
         assert worker.alive() and time.monotonic() < deadline, "no feedback progress"
@@ -142,9 +140,8 @@ def test_worker_killed_mid_stream_loses_and_doubles_no_feedback(settings, worker
     assert done < end, "the worker finished before it could be killed; make the stream longer"
     worker.kill()  # SIGKILL in the middle of the feedback stream
     done, end = _feedback_progress(settings, settings.full_app_id)
-    sink = ClickHouseSink(settings)  # free now: what the killed worker wrote
-    written = sink.query("SELECT count() FROM {db}.feedback_submissions FINAL")[0][0]
-    sink.close()
+    with ClickHouseSink(settings) as sink:  # free now: what the killed worker wrote
+        written = sink.query("SELECT count() FROM {db}.feedback_submissions FINAL")[0][0]
     # one record per message: written beyond the committed offsets = written and then redelivered
     redelivered = written - done
     print(f"killed at {done}/{end} committed feedback messages, {written} submissions written")

@@ -84,23 +84,22 @@ def test_rollout_traffic_through_the_pipeline_yields_verdicts_and_a_rollback_inc
 def test_verdicts_land_in_clickhouse_idempotently_and_the_cli_prints_the_scorecard(run, tmp_path):
     _, verdicts, _, _ = run
     settings = Settings(state_dir=tmp_path, clickhouse_path=tmp_path / "ch")
-    sink = ClickHouseSink(settings)
-    sink.migrate()
-    assert sink.write_verdicts(verdicts) == len(verdicts)
-    sink.write_verdicts(verdicts[-5:])  # redelivered events collapse (same verdict id and revision)
-    assert sink.query("SELECT count() FROM {db}.rollout_verdicts FINAL")[0][0] == len(verdicts)
-    assert sink.query("SELECT count() FROM {db}.rollout_scorecards FINAL")[0][0] == 7 * len(verdicts)
-    rows, metrics = sink.for_tenant("acme").scorecards("rel-cand")
-    latest = {}
-    for v in verdicts:
-        latest[v.verdict_id] = v
-    assert {(r[0], r[1]) for r in rows} == {(v.verdict_id, v.revision) for v in latest.values()}
-    assert len(metrics) == 7 * len(latest)
-    onc = next(r for r in rows if r[3] == "oncology" and r[4] == "")
-    assert onc[7] == "rollback"
-    assert sink.for_tenant("globex").scorecards("rel-cand") == ([], [])  # tenant-scoped
-    assert len(sink.scorecards("rel-cand")[0]) == len(latest)  # operator view, every tenant
-    sink.close()
+    with ClickHouseSink(settings) as sink:
+        sink.migrate()
+        assert sink.write_verdicts(verdicts) == len(verdicts)
+        sink.write_verdicts(verdicts[-5:])  # redelivered events collapse (same verdict id and revision)
+        assert sink.query("SELECT count() FROM {db}.rollout_verdicts FINAL")[0][0] == len(verdicts)
+        assert sink.query("SELECT count() FROM {db}.rollout_scorecards FINAL")[0][0] == 7 * len(verdicts)
+        rows, metrics = sink.for_tenant("acme").scorecards("rel-cand")
+        latest = {}
+        for v in verdicts:
+            latest[v.verdict_id] = v
+        assert {(r[0], r[1]) for r in rows} == {(v.verdict_id, v.revision) for v in latest.values()}
+        assert len(metrics) == 7 * len(latest)
+        onc = next(r for r in rows if r[3] == "oncology" and r[4] == "")
+        assert onc[7] == "rollback"
+        assert sink.for_tenant("globex").scorecards("rel-cand") == ([], [])  # tenant-scoped
+        assert len(sink.scorecards("rel-cand")[0]) == len(latest)  # operator view, every tenant
     env = {"SELFHEAL_CLICKHOUSE_PATH": str(settings.clickhouse_dir), "SELFHEAL_STATE_DIR": str(tmp_path),
            "PYTHONPATH": str(ROOT / "src"), "COLUMNS": "200", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "streams.cli", "scorecard", "--release", "rel-cand", "--tenant",
