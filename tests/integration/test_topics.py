@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec
 
 from streams.errors import TopicNotReadyError
@@ -19,7 +19,7 @@ from streams.topics import (
     group_lag,
     wait_until_served,
 )
-from tests.conftest import settings_env
+from tests.conftest import kafka_producer, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -68,11 +68,11 @@ def test_wait_until_served_names_the_partitions_that_never_come(settings):
 def test_group_lag_counts_committed_and_end_messages_over_partitions(settings):
     ensure_topics(settings)
     topics = [settings.topic("traces"), settings.topic("feedback")]
-    producer = Producer(settings.kafka_config())
-    for i in range(10):  # 7 traces on partitions 0 and 1, 3 feedback on partition 2
-        topic, part = (topics[0], i % 2) if i < 7 else (topics[1], 2)
-        producer.produce(topic, b"x", partition=part)
-    assert producer.flush(30) == 0
+    with kafka_producer(settings.kafka_config()) as producer:
+        for i in range(10):  # 7 traces on partitions 0 and 1, 3 feedback on partition 2
+            topic, part = (topics[0], i % 2) if i < 7 else (topics[1], 2)
+            producer.produce(topic, b"x", partition=part)
+        assert producer.flush(30) == 0
     group = settings.topic_prefix + "lag-test"
     assert group_lag(settings, group, topics) == (0, 10)  # a group that never committed
     consumer = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
