@@ -1,4 +1,4 @@
-"""ClickHouse sink: numbered migrations, idempotent arrow inserts, tenant-scoped reads.
+"""ClickHouse sink, the write side: numbered migrations, idempotent arrow inserts (reads: :mod:`streams.sinks.queries`).
 
 Connection: ``SELFHEAL_CLICKHOUSE_URL`` (a real server, ``http(s)://user@host:8123``) or, unset,
 embedded chDB through clickhouse-connect (``dsn="chdb:///<state_dir>/clickhouse"``). One process
@@ -45,15 +45,13 @@ from tenacity import (
 
 from schemas import DeadLetter, Incident, RolloutVerdict
 from streams.config import Settings
-from streams.errors import SinkError, TenantScopeError
+from streams.errors import SinkError
 from streams.processors.columns import TraceColumns
-from streams.processors.feedback.traces import TRACE_REF_COLUMNS
+from streams.sinks.queries import TenantQueries, release_scorecards
 
 log = logging.getLogger(__name__)
 
 MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-#: tenant slug, matched with fullmatch (``$`` alone would accept a trailing newline)
-TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 TS = pa.timestamp("ms", tz="UTC")
 STR_MAP = pa.map_(pa.string(), pa.string())
 
@@ -449,7 +447,7 @@ class ClickHouseSink:
         rows, for operators across tenants (``tenant_id=None``) or one tenant; see
         :meth:`TenantQueries.scorecards` for the columns. Tenant-facing code uses that method.
         """
-        return _scorecards(self, release_id, tenant_id or "")
+        return release_scorecards(self, release_id, tenant_id or "")
 
     # ------------------------------------------------------------------ reads
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
@@ -523,16 +521,6 @@ _PATTERN_GROUP = "pattern_id, category, workflow, tool, template, release_id"
 # monotone and the rows do not depend on where batch boundaries fell
 _PATTERN_FROM = "FROM {db}.feedback FINAL WHERE pattern_id != '' "
 #: INSERT ... SELECT statements of :meth:`ClickHouseSink.refresh_patterns` (tenant, segment, global)
-#: the ``traces`` table expression of each trace-reference column (TRACE_REF_COLUMNS, the feedback
-#: join of older traces); the SELECT below is generated in the order of that tuple
-_TRACE_REF_SQL = {
-    "trace_id": "trace_id", "cohort": "cohort", "workflow": "workflow", "release_id": "release_id",
-    "partition": "source_partition", "session_id": "session_id", "event_time_ms": "toUnixTimestamp64Milli(event_time)",
-    "tool": "arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses)", "rollout_arm": "rollout_arm",
-    "candidate_release_id": "candidate_release_id", "stage_pct": "rollout_stage_pct",
-}
-TRACE_REFS_QUERY = ("SELECT " + ", ".join(_TRACE_REF_SQL[c] for c in TRACE_REF_COLUMNS)
-                    + " FROM {db}.traces WHERE tenant_id = {tenant:String} AND trace_id IN {ids:Array(String)}")
 PATTERN_REFRESH = (
     f"INSERT INTO {{db}}.feedback_patterns ({_PATTERN_COLS}) "
     f"SELECT if(uniqExact(session_id) >= {{m:UInt32}}, 'tenant', 'session'), tenant_id, '', {_PATTERN_GROUP}, "
@@ -548,146 +536,3 @@ PATTERN_REFRESH = (
     "AND ({all:Bool} OR pattern_id IN {patterns:Array(String)}) "
     f"GROUP BY {_PATTERN_GROUP} HAVING uniqExact(tenant_id) >= {{k:UInt32}} AND uniqExact(cohort) >= {{c:UInt32}}",
 )
-
-
-class TenantQueries:
-    """Read helpers that can only return one tenant's rows.
-
-    Every query binds ``tenant_id`` as a parameter (``{tenant:String}``) in its WHERE clause; no
-    value is ever formatted into SQL text, and the other arguments are bound and type-checked too.
-    The tenant id must be a tenant slug (``[a-z0-9][a-z0-9_-]{0,62}``, whole string): anything else
-    (quotes, NUL, newlines, look-alike Unicode letters, over-long ids) is refused before a query
-    runs. On a ClickHouse server, the row policies in ``deploy/clickhouse/`` enforce the same
-    isolation for analysts who query directly (docs/reliability.md).
-
-    Raises:
-        TenantScopeError: invalid tenant id, or an argument of the wrong type or range.
-    """
-
-    MAX_LIMIT = 10_000
-    MAX_IDS = 100_000
-
-    def __init__(self, sink: ClickHouseSink, tenant_id: str) -> None:
-        if not isinstance(tenant_id, str) or not TENANT_RE.fullmatch(tenant_id):
-            raise TenantScopeError(f"tenant_id={tenant_id!r:.80} is not a valid tenant slug ({TENANT_RE.pattern})")
-        self.sink = sink
-        self.tenant_id = tenant_id
-
-    def _q(self, sql: str, **params: Any) -> list[tuple]:
-        return self.sink.query(sql, {"tenant": self.tenant_id, **params})
-
-    @classmethod
-    def _limit(cls, limit: int) -> int:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= cls.MAX_LIMIT:
-            raise TenantScopeError(f"limit={limit!r:.40} must be an int in 1..{cls.MAX_LIMIT}")
-        return limit
-
-    @staticmethod
-    def _text(name: str, value: str | None) -> str:
-        if value is None:
-            return ""
-        if not isinstance(value, str) or len(value) > 256:
-            raise TenantScopeError(f"{name}={value!r:.40} must be a string of at most 256 characters")
-        return value
-
-    def incidents(self, status: str | None = None, limit: int = 100) -> list[tuple]:
-        """Latest revision of this tenant's incidents, newest first: ``[(incident_id, status, kind,
-        layer, cohort, workflow, metric, baseline, observed, severity, action, release_id, summary)]``."""
-        return self._q(
-            "SELECT incident_id, status, kind, layer, cohort, workflow, metric, baseline, observed, severity, "
-            "action, release_id, summary FROM {db}.incidents FINAL WHERE tenant_id = {tenant:String} "
-            "AND ({status:String} = '' OR status = {status:String}) ORDER BY last_seen DESC LIMIT {limit:UInt32}",
-            status=self._text("status", status), limit=self._limit(limit))
-
-    def trace_count(self, cohort: str | None = None) -> int:
-        """Distinct traces of this tenant (optionally one cohort)."""
-        return self._q(
-            "SELECT count() FROM {db}.traces FINAL WHERE tenant_id = {tenant:String} "
-            "AND ({cohort:String} = '' OR cohort = {cohort:String})", cohort=self._text("cohort", cohort))[0][0]
-
-    def scorecards(self, release_id: str) -> tuple[list[tuple], list[tuple]]:
-        """This tenant's current verdicts of ``release_id`` (highest revision per scorecard) and
-        their scorecards.
-
-        Returns:
-            ``(verdicts, metrics)``: verdict rows ``(verdict_id, revision, tenant_id, cohort,
-            workflow, arm, stage_pct, verdict, risk_class, guardrail_fired, reason,
-            samples_control, samples_candidate, exposure, emitted_at)`` ordered by cohort,
-            workflow, arm; metric rows ``(verdict_id, metric, role, status, unit, control,
-            candidate, delta, ci_low, ci_high, p_value, samples_control, samples_candidate)``.
-        """
-        return _scorecards(self.sink, self._text("release_id", release_id), self.tenant_id)
-
-    def golden_set(self, since_ms: int, until_ms: int, cohort: str | None = None, release_id: str | None = None,
-                   include_lost: bool = False) -> list[dict[str, Any]]:
-        """This tenant's corrections joined to their trace's release manifest (``v_golden_set``),
-        for traces with ``since_ms <= trace event time < until_ms`` (epoch ms), optionally one
-        cohort and release; corrections that lost a conflict only with ``include_lost``.
-        Deterministic order: trace event time, trace id, dedup key. Returns dicts by column name.
-
-        Raises:
-            TenantScopeError: a non-int time bound or an over-long cohort / release id.
-        """
-        sql = ("SELECT * FROM {db}.v_golden_set WHERE tenant_id = {tenant:String} "
-               "AND trace_event_time >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
-               "AND trace_event_time < fromUnixTimestamp64Milli({until:Int64}, 'UTC') "
-               "AND ({cohort:String} = '' OR cohort = {cohort:String}) "
-               "AND ({release:String} = '' OR release_id = {release:String}) "
-               "AND ({include_lost:Bool} OR usable) "
-               "ORDER BY trace_event_time, trace_id, dedup_key")
-        for name, v in (("since_ms", since_ms), ("until_ms", until_ms)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TenantScopeError(f"{name}={v!r:.40} must be an int (epoch ms)")
-        params = {"tenant": self.tenant_id, "since": since_ms, "until": until_ms,
-                  "cohort": self._text("cohort", cohort), "release": self._text("release_id", release_id),
-                  "include_lost": bool(include_lost)}
-        return self.sink.query_dicts(sql, params)
-
-    def feedback(self, limit: int = 100) -> list[tuple]:
-        """This tenant's unique corrections (FINAL), newest first: ``[(feedback_id, trace_id, category,
-        severity, source, release_id, corrected_text)]`` (text redacted at ingest)."""
-        return self._q(
-            "SELECT feedback_id, trace_id, category, severity, source, release_id, corrected_text "
-            "FROM {db}.feedback FINAL WHERE tenant_id = {tenant:String} ORDER BY event_time DESC LIMIT {limit:UInt32}",
-            limit=self._limit(limit))
-
-    def dead_letters(self, limit: int = 100) -> list[tuple]:
-        """This tenant's rejected records, newest first: ``[(dead_letter_id, source_topic, source_partition,
-        source_offset, record_index, error_class, field, value, message)]`` (value and message redacted)."""
-        return self._q(
-            "SELECT dead_letter_id, source_topic, source_partition, source_offset, record_index, error_class, field, "
-            "value, message FROM {db}.dead_letters FINAL WHERE tenant_id = {tenant:String} "
-            "ORDER BY occurred_at DESC LIMIT {limit:UInt32}", limit=self._limit(limit))
-
-    def trace_refs(self, trace_ids: Sequence[str]) -> list[tuple]:
-        """Slice of this tenant's traces among ``trace_ids`` (the feedback join of older traces):
-        one row per trace found, columns named by
-        :data:`~streams.processors.feedback.traces.TRACE_REF_COLUMNS` (read them with
-        ``TraceRef.from_row``); ``tool`` is the first failing tool (``""`` when every call was ok),
-        ``rollout_arm`` ``""`` outside a rollout. Ids of other tenants' traces return nothing."""
-        ids = list(trace_ids)
-        if len(ids) > self.MAX_IDS or not all(isinstance(t, str) for t in ids):
-            raise TenantScopeError(f"trace_ids must be at most {self.MAX_IDS} strings")
-        if not ids:
-            return []
-        return self._q(TRACE_REFS_QUERY, ids=ids)
-
-
-def _scorecards(sink: ClickHouseSink, release_id: str, tenant: str) -> tuple[list[tuple], list[tuple]]:
-    """Latest verdicts of ``release_id`` (``tenant = ''``: every tenant) and their metric rows."""
-    params = {"tenant": tenant, "release": release_id}
-    latest = ("SELECT tenant_id, verdict_id, max(revision) FROM {db}.rollout_verdicts FINAL "
-              "WHERE ({tenant:String} = '' OR tenant_id = {tenant:String}) AND release_id = {release:String} "
-              "GROUP BY tenant_id, verdict_id")
-    verdicts = sink.query(
-        "SELECT verdict_id, revision, tenant_id, cohort, workflow, arm, stage_pct, verdict, risk_class, "
-        "guardrail_fired, reason, samples_control, samples_candidate, exposure, emitted_at "
-        "FROM {db}.rollout_verdicts FINAL WHERE ({tenant:String} = '' OR tenant_id = {tenant:String}) "
-        f"AND release_id = {{release:String}} AND (tenant_id, verdict_id, revision) IN ({latest}) "
-        "ORDER BY tenant_id, cohort, workflow, arm", params)
-    metrics = sink.query(
-        "SELECT verdict_id, metric, role, status, unit, control, candidate, delta, ci_low, ci_high, p_value, "
-        "samples_control, samples_candidate FROM {db}.rollout_scorecards FINAL "
-        "WHERE ({tenant:String} = '' OR tenant_id = {tenant:String}) AND release_id = {release:String} "
-        f"AND (tenant_id, verdict_id, revision) IN ({latest})", params)
-    return verdicts, metrics
