@@ -390,6 +390,7 @@ class ChaosRun:
         return round(time.monotonic() - self.t0, 1)
 
     def say(self, text: str) -> None:
+        """Log ``text`` with the run's elapsed seconds."""
         self.log(f"[{self.now():6.1f}s] {text}")
 
     def tick(self) -> None:
@@ -403,6 +404,7 @@ class ChaosRun:
             self.rss.append(rss)
 
     def wait_until(self, fraction: float) -> None:
+        """Supervise until ``fraction`` (0..1) of the configured traces are produced, or the producer ends."""
         while self.produced < fraction * self.cfg.traces and self.producer is not None and self.producer.is_alive():
             self.tick()
             time.sleep(0.5)
@@ -514,12 +516,14 @@ class ChaosRun:
 
     # ------------------------------------------------------------------ faults
     def fault_sigkill(self, at: int) -> None:
+        """SIGKILL the worker (``at``: traces produced so far) and start a new one at once."""
         self.sup.kill()
         self.sup.start()
         self.faults.append(FaultEvent("sigkill", at, self.now()))
         self.say(f"SIGKILL worker at {at} traces produced; restarted")
 
     def fault_broker_restart(self, at: int) -> None:
+        """Stop the run's own broker and start it again (``at``: traces produced so far)."""
         t = time.monotonic()
         _kafka("stop", self.cfg.kafka_port, self.work)
         self.say(f"broker stopped at {at} traces produced")
@@ -571,6 +575,7 @@ class ChaosRun:
                  f"resumed after {resumed} s")
 
     def fault_sigterm(self, at: int) -> None:
+        """SIGTERM the worker mid-processing, record its exit code and stop time (s), restart it."""
         self.sup.wait_ready()
         rc, secs = self.sup.terminate(self.cfg.shutdown_timeout_s)
         self.sigterms.append({"exit_code": rc, "seconds": round(secs, 2), "during": "processing"})

@@ -219,6 +219,10 @@ class DriftEngine:
         self._mix_code_cache: dict[tuple[str, str | None], int] = {}
         #: the label-delayed (Poisson) detectors of the same slices
         self.delayed = DelayedMetrics(self.cfg, self.store)
+        #: replay-guard floor while a trace batch runs: last offset applied by each row that existed
+        #: at batch start, and (``_added_floor``) by each row added since, as loaded or created
+        self._batch_floor: np.ndarray | None = None
+        self._added_floor: dict[int, float] = {}
 
     # ------------------------------------------------------------------ slices
     def row_for(self, layer: str, tenant: str, cohort: str | None, workflow: str | None,
@@ -241,6 +245,8 @@ class DriftEngine:
                 self.store.f["born"][row, 0] = self.store.f["own"][p, 0]
                 if self.store.f["count"][p, 0] >= self.cfg.warmup_traces:
                     self.store.copy_baseline(p, row, self.cfg.release_prior_traces)
+        if self._batch_floor is not None:  # added during a batch: its guard is what it had applied when added
+            self._added_floor[row] = float(self.store.f["last_offset"][row, 0])
         return row
 
     def _release_cut(self, cols: TraceColumns) -> int:
@@ -310,19 +316,46 @@ class DriftEngine:
     def process_traces(self, cols: TraceColumns) -> list[Alarm]:
         """Run all detectors on a batch of traces and update baselines. Returns the alarms.
 
-        Replayed messages (offset <= the slice's last applied offset) are skipped per slice, so an
-        at-least-once redelivery after a crash does not count twice in baselines or detectors.
-        A batch in which a new release appears after its parent slice warms up is processed in
-        two parts (:meth:`_release_cut`); alarm positions still index ``cols``.
+        Replayed messages (offset <= the slice's last applied offset *before this batch*) are
+        skipped per slice, so an at-least-once redelivery after a crash does not count twice in
+        baselines or detectors. A batch in which a new release appears after its parent slice
+        warms up is processed in two parts (:meth:`_release_cut`); alarm positions still index
+        ``cols``. Both parts are guarded against the offsets applied before the batch: a cut can
+        fall inside one Kafka message, whose traces share its offset, and guarding the second
+        part against the first would drop it as a replay (measured: 89 of 6,438 traces of one
+        tenant missing from its baselines in the chaos run).
         """
         if cols.n == 0:
             return []
+        if self._batch_floor is not None:
+            return self._process_part(cols)
+        self._batch_floor = self.store.f["last_offset"][: self.store.n, 0].copy()
+        self._added_floor = {}
+        try:
+            return self._process_part(cols)
+        finally:
+            self._batch_floor, self._added_floor = None, {}
+
+    def _floor(self, rows: np.ndarray) -> np.ndarray:
+        """Replay-guard floor of ``rows``: the last source offset each had applied before the batch
+        (rows added during the batch: as loaded from the changelog, or -1 when new)."""
+        floor = self._batch_floor
+        assert floor is not None
+        if self._added_floor:
+            extra = np.full(self.store.n - floor.shape[0], -1.0)
+            for r, v in self._added_floor.items():
+                extra[r - floor.shape[0]] = v
+            floor = np.concatenate([floor, extra])
+        return floor[rows]
+
+    def _process_part(self, cols: TraceColumns) -> list[Alarm]:
+        """:meth:`process_traces` on ``cols`` (the whole batch, or one side of a release cut)."""
         cut = self._release_cut(cols)
         if cut:
             # a new release whose parent slice warms up earlier in this batch: apply the traces
             # before it first, so the release slice is seeded from a warm parent (see _release_cut)
-            head = self.process_traces(cols.slice(0, cut))
-            tail = self.process_traces(cols.slice(cut, cols.n))
+            head = self._process_part(cols.slice(0, cut))
+            tail = self._process_part(cols.slice(cut, cols.n))
             for a in tail:
                 if a.pos >= 0:
                     a.pos += cut
@@ -332,9 +365,9 @@ class DriftEngine:
         cfg, f = self.cfg, self.store.f
         rows_by_layer, _ = self._rows_per_layer(cols)
         inputs = self._batch_inputs(cols, rows_by_layer)
-        # replay guard, per layer: traces whose message offset the slice has already applied
-        last = f["last_offset"]
-        fresh = {layer: cols.offset > last[rows_by_layer[layer], 0] for layer in cfg.layers}
+        # replay guard, per layer: traces whose message offset the slice had applied before the
+        # batch (a slice created during the batch had applied nothing)
+        fresh = {layer: cols.offset > self._floor(rows_by_layer[layer]) for layer in cfg.layers}
         alarms: list[Alarm] = []
         stratified = inputs.tail_p0 is not None
         tail_hold = np.zeros(cols.n, dtype=bool)  # a coarser slice of the trace holds tail evidence
@@ -715,3 +748,4 @@ class DriftEngine:
                                         evidence=order[max(0, ends[j] - cfg.evidence + 1): ends[j] + 1].tolist()))
             f["c_win"][row] = 0.0
         return alarms
+
