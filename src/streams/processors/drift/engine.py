@@ -336,17 +336,19 @@ class DriftEngine:
         finally:
             self._batch_floor, self._added_floor = None, {}
 
-    def _floor(self, rows: np.ndarray) -> np.ndarray:
-        """Replay-guard floor of ``rows``: the last source offset each had applied before the batch
-        (rows added during the batch: as loaded from the changelog, or -1 when new)."""
+    def _floor(self) -> np.ndarray:
+        """Replay-guard floor per row, shape ``(store.n,)``: the last source offset each row had
+        applied before the batch; a row added during the batch keeps the value it was loaded with
+        from the changelog (-1 when new). Built once per batch part, indexed per layer."""
         floor = self._batch_floor
-        assert floor is not None
-        if self._added_floor:
-            extra = np.full(self.store.n - floor.shape[0], -1.0)
-            for r, v in self._added_floor.items():
-                extra[r - floor.shape[0]] = v
-            floor = np.concatenate([floor, extra])
-        return floor[rows]
+        if floor is None:
+            raise RuntimeError("replay-guard floor read outside process_traces")
+        if not self._added_floor:
+            return floor
+        extra = np.full(self.store.n - floor.shape[0], -1.0)
+        for r, v in self._added_floor.items():
+            extra[r - floor.shape[0]] = v
+        return np.concatenate([floor, extra])
 
     def _process_part(self, cols: TraceColumns) -> list[Alarm]:
         """:meth:`process_traces` on ``cols`` (the whole batch, or one side of a release cut)."""
@@ -365,9 +367,10 @@ class DriftEngine:
         cfg, f = self.cfg, self.store.f
         rows_by_layer, _ = self._rows_per_layer(cols)
         inputs = self._batch_inputs(cols, rows_by_layer)
-        # replay guard, per layer: traces whose message offset the slice had applied before the
-        # batch (a slice created during the batch had applied nothing)
-        fresh = {layer: cols.offset > self._floor(rows_by_layer[layer]) for layer in cfg.layers}
+        # replay guard, per layer: a trace counts if its message offset is past what the slice had
+        # applied before the batch (or, for a slice added during it, when it was loaded)
+        floor = self._floor()
+        fresh = {layer: cols.offset > floor[rows_by_layer[layer]] for layer in cfg.layers}
         alarms: list[Alarm] = []
         stratified = inputs.tail_p0 is not None
         tail_hold = np.zeros(cols.n, dtype=bool)  # a coarser slice of the trace holds tail evidence
