@@ -199,7 +199,10 @@ class RecordingSDK:
 def _kafka(cmd: str, port: int, state_dir: Path) -> None:
     env = {**os.environ, "SELFHEAL_KAFKA_PORT": str(port), "SELFHEAL_KAFKA_CONTROLLER_PORT": str(port + 1),
            "SELFHEAL_STATE_DIR": str(state_dir)}
-    subprocess.run([str(SCRIPTS / "kafka.sh"), cmd], env=env, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([str(SCRIPTS / "kafka.sh"), cmd], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"kafka.sh {cmd} on port {port} failed (exit {done.returncode}): {done.stderr.strip()}")
 
 
 def _port_in_use(port: int) -> bool:
