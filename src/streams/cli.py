@@ -1,6 +1,6 @@
 """``selfheal`` command line (typer). The CLI wires components; it does not compute.
 
-Product commands: ``topics``, ``migrate``, ``worker``, ``incidents``, ``scorecard``,
+Product commands: ``topics``, ``migrate``, ``worker``, ``otlp``, ``incidents``, ``scorecard``,
 ``export-evalset``, ``refresh-patterns``. The dev commands (``demo``, ``simulate``, ``bench``,
 ``bench-drift``, ``bench-canary``, ``chaos``) are defined in :mod:`streams.devtools.cli` and
 mounted here when :mod:`streams.devtools` is installed.
@@ -112,6 +112,28 @@ def worker() -> None:
     sys.argv = [sys.argv[0], "worker"]  # faust's Worker reads argv
     settings = get_settings()
     run_worker(settings, loglevel=settings.faust_loglevel)
+
+
+@app.command()
+def otlp(
+    kafka: Annotated[bool, typer.Option("--kafka", help=(
+        "also consume the OpenTelemetry Collector's Kafka exporter topic (SELFHEAL_OTLP_KAFKA_TOPIC, otlp_proto)"))
+    ] = False,
+) -> None:
+    """Run the OTLP ingress: OTLP/HTTP on SELFHEAL_OTLP_HOST:SELFHEAL_OTLP_PORT (/v1/traces, /metrics),
+    spans mapped to AgentTrace records on the trace topic (docs/otlp.md), until SIGTERM."""
+    from streams.errors import ContractViolation
+    from streams.otlp.receiver import run_receiver
+    from streams.otlp.service import OtlpService
+    from streams.topics import check_broker
+
+    settings = get_settings()
+    check_broker(settings)
+    try:
+        service = OtlpService(settings, kafka=kafka)
+    except ContractViolation as exc:  # SELFHEAL_OTLP_ATTRIBUTE_MAP
+        fail(str(exc))
+    run_receiver(service, settings.otlp_host, settings.otlp_port)
 
 
 @app.command("export-evalset")

@@ -134,6 +134,24 @@ class Settings(BaseSettings):
     feedback_patterns_refresh_s: float = Field(2.0, gt=0, description=(
         "how often the worker recomputes the feedback patterns (scope ladder) written since the last refresh, s"))
 
+    # --- OTLP ingress (selfheal otlp; docs/otlp.md) ----------------------------------------
+    otlp_host: str = Field("127.0.0.1", description="address the OTLP/HTTP receiver binds")
+    otlp_port: int = Field(4318, ge=0, le=65535, description="OTLP/HTTP receiver port (0: any free port)")
+    otlp_kafka_topic: str = Field("otlp_spans", description=(
+        "topic the OpenTelemetry Collector's Kafka exporter writes (otlp_proto encoding), after topic_prefix"))
+    otlp_group_id: str = Field("selfheal-otlp", description=(
+        "consumer group of the OTLP Kafka source, after topic_prefix"))
+    otlp_settle_s: float = Field(5.0, gt=0, description=(
+        "a run is mapped once no span of its OTel trace arrived for this long, s"))
+    otlp_root_wait_s: float = Field(60.0, gt=0, description=(
+        "spans whose agent root span has not arrived after this long are dead-lettered (otlp_no_root), s"))
+    otlp_max_pending_spans: int = Field(200_000, ge=1, description="spans held for assembly at most (memory bound)")
+    otlp_max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024, description=(
+        "largest OTLP/HTTP request body after decompression, bytes (413 beyond)"))
+    otlp_attribute_map: str = Field("", description=(
+        "field=attribute pairs (comma-separated) read when no selfheal.* attribute gives tenant_id, cohort, "
+        "workflow, intent, agent_id, session_id or release_id; replaces that field's default fallbacks"))
+
     # --- privacy -------------------------------------------------------------------------
     tenant_hmac_key: SecretStr = Field(SecretStr("selfheal-dev-key-change-me"),
                                        description="key for tenant-keyed HMAC of identifiers")

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "streams.pipeline": 6,
     "streams.sinks": 6,
     "streams.evalset": 7,
+    "streams.otlp": 7,
     "streams.worker": 8,
     "streams.cli": 9,
     "streams.devtools": 10,

@@ -41,7 +41,7 @@ import math
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,7 +254,7 @@ def decode_request(request: ExportTraceServiceRequest, source: tuple[str, int, i
                 problem = span_problem(span)
                 if problem is not None:
                     fld, shown, message = problem
-                    out.rejected.append(_dead_letter(
+                    out.rejected.append(otlp_dead_letter(
                         source, "otlp_invalid_span", message, _request_bytes([(rs.resource, ss.scope, span)]),
                         field_path=fld, value=shown, key=span.trace_id.hex() + span.span_id.hex(),
                         tenant_id=_tenant_guess(span, resource), now_ms=now_ms))
@@ -367,7 +367,7 @@ def _tenant_guess(span: Span, resource: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _dead_letter(source: tuple[str, int, int], error_class: str, message: str, payload: bytes, *,
+def otlp_dead_letter(source: tuple[str, int, int], error_class: str, message: str, payload: bytes, *,
                  field_path: str | None = None, value: Any = None, key: str = "", tenant_id: str | None = None,
                  now_ms: int | None = None) -> DeadLetter:
     topic, partition, offset = source
@@ -835,9 +835,13 @@ class SpanAssembler:
         out, self._out = self._out, AssemblyOutput()
         return out
 
-    def drain(self, now_ms: int | None = None) -> AssemblyOutput:
-        """Finish every group now (shutdown of a receiver whose spans cannot be read again)."""
-        for tid in list(self.groups):
+    def drain(self, now_ms: int | None = None, *, keep: Callable[[OtlpSpan], bool] | None = None) -> AssemblyOutput:
+        """Finish every group now (shutdown): groups with a root are mapped, the others
+        dead-lettered, except rootless groups holding a span for which ``keep`` is true (spans
+        from Kafka, read again after a restart since their offsets are not committed)."""
+        for tid, g in list(self.groups.items()):
+            if not g.has_agent and keep is not None and any(keep(s) for s in g.spans):
+                continue
             self._finish(tid, "otlp_no_root", now_ms)
         out, self._out = self._out, AssemblyOutput()
         return out
@@ -898,7 +902,7 @@ class SpanAssembler:
         if tenant is None:  # the tenant the spans claim, when they claim one (the envelope's key)
             claimed = spans[0].attr("selfheal.tenant_id")
             tenant = claimed if isinstance(claimed, str) and claimed else None
-        out.dead_letters.append(_dead_letter(
+        out.dead_letters.append(otlp_dead_letter(
             spans[0].source, reason, message, spans_payload(spans), field_path=fld, value=value,
             key=f"{spans[0].trace_id}|{key or spans[0].span_id}", tenant_id=tenant, now_ms=now_ms))
 
