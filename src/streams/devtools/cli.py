@@ -1,5 +1,5 @@
 """The dev commands of ``selfheal``: ``simulate``, ``demo``, ``bench``, ``bench-drift``,
-``bench-canary``, ``chaos``. :func:`register` adds them to the product CLI's app
+``bench-canary``, ``bench-otlp``, ``chaos``. :func:`register` adds them to the product CLI's app
 (``streams.cli`` calls it when :mod:`streams.devtools` is importable); names and options are
 those the Makefile and README use.
 """
@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
     app.command("bench")(bench)
     app.command("bench-drift")(bench_drift)
     app.command("bench-canary")(bench_canary)
+    app.command("bench-otlp")(bench_otlp)
     app.command("chaos")(chaos)
 
 
@@ -106,6 +107,37 @@ def bench(
     console.print(t)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, default=str))
+        console.print(f"written {json_out}")
+
+
+def bench_otlp(
+    runs: Annotated[int, typer.Option(help="agent runs per way in")] = 20_000,
+    spans_per_run: Annotated[int, typer.Option(help="spans per run (root, one chat span, tool calls)")] = 5,
+    runs_per_request: Annotated[int, typer.Option(help="runs per OTLP request / Kafka message")] = 50,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
+) -> None:
+    """OTLP ingress spans per CPU-second: the OTLP/HTTP receiver and the Kafka source (streams.devtools.bench_otlp)."""
+    import tempfile
+
+    from streams.devtools.bench_otlp import bench_settings, cleanup, run
+    from streams.topics import check_broker, ensure_topics
+
+    settings = bench_settings(get_settings())
+    check_broker(settings)
+    ensure_topics(settings)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-otlp-") as tmp:
+            report = run(settings, Path(tmp), runs=runs, runs_per_request=runs_per_request,
+                         spans_per_run=spans_per_run)
+    finally:
+        cleanup(settings)
+    t = Table("way in", "spans/s per core", "runs/s per core", "CPU s", "wall s", title="bench-otlp")
+    for name in ("receiver", "kafka_source"):
+        r = report[name]
+        t.add_row(name, f"{r['spans_per_cpu_s']:,}", f"{r['runs_per_cpu_s']:,}", f"{r['cpu_s']}", f"{r['wall_s']}")
+    console.print(t)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
         console.print(f"written {json_out}")
 
 
