@@ -215,3 +215,95 @@ def test_collector_kafka_topic_to_clickhouse_at_least_once(settings, worker_fact
     assert sorted(d["error_class"] for d in letters) == [
         "otlp_no_root", "otlp_no_root", "otlp_not_protobuf", "otlp_not_protobuf"]  # once per source
     assert len({d["dead_letter_id"] for d in letters}) == 2  # a re-read dead letter keeps its id
+
+
+class OtlpFleetSink:
+    """Stands in for the SDK under the fleet simulator: traces leave as OTLP spans on the
+    Collector's topic (100 runs per ExportTraceServiceRequest, as a Collector batches), feedback
+    goes through the real SDK."""
+
+    def __init__(self, settings, sdk, producer) -> None:
+        self.settings, self.sdk, self.producer = settings, sdk, producer
+        self.topic = settings.topic_prefix + settings.otlp_kafka_topic
+        self.spans: list = []
+        self.runs = 0
+
+    def send_trace(self, trace) -> None:
+        from streams.devtools.otlp_spans import trace_spans
+
+        self.spans += trace_spans(trace)
+        self.runs += 1
+        if self.runs % 100 == 0:
+            self._send()
+
+    def send_feedback(self, item) -> None:
+        self.sdk.send_feedback(item)
+
+    def _send(self) -> None:
+        if self.spans:
+            self.producer.produce(self.topic, request(self.spans, {"service.name": "sim"}).SerializeToString())
+            self.producer.poll(0)
+            self.spans = []
+
+    def flush(self) -> None:
+        self._send()
+        assert self.producer.flush(60) == 0
+        self.sdk.flush()
+
+
+def incident_kinds(settings, tenant: str) -> set[tuple[str, str, str]]:
+    with ClickHouseSink(settings) as sink:
+        rows = sink.query("SELECT kind, metric_group, release_id FROM {db}.incidents FINAL "
+                          "WHERE tenant_id = {t:String}", {"t": tenant})
+    return {tuple(r) for r in rows}
+
+
+@pytest.mark.slow
+def test_regression_through_otel_spans_raises_the_same_incident_as_through_the_sdk(
+        settings, worker_factory, tmp_path) -> None:
+    from streams.devtools.launcher import WorkerProcess
+    from streams.devtools.simulate import FleetSimulator
+    from streams.sdk import SelfhealProducer
+    from tests.conftest import _delete_topics, settings_env
+
+    sim = {"traces": 12_000, "seed": 5, "inject_at": 0.5, "latency_factor": 1.8, "correction_factor": 1.0,
+           "bad_input": False}
+    # 1. through the SDK
+    ensure_topics(settings)
+    worker = worker_factory(name="sdk")
+    with SelfhealProducer(settings) as sdk:
+        rep = FleetSimulator(**sim).run(sdk)
+    wait_caught_up(settings, ["traces", "feedback"], worker=worker)
+    assert worker.stop() == 0
+    change = rep.injected[0]
+    via_sdk = incident_kinds(settings, change.tenant_id)
+    assert ("release_regression", "latency", change.release_id) in via_sdk, via_sdk
+    # 2. the same traffic as OTel spans through the Collector's topic and selfheal otlp --kafka
+    otel = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "otel.",
+                                       "clickhouse_path": tmp_path / "clickhouse-otel"})
+    try:
+        ensure_topics(otel)
+        admin = AdminClient(otel.kafka_config())
+        topic = otel.topic_prefix + otel.otlp_kafka_topic
+        for fut in admin.create_topics([NewTopic(topic, otel.partitions, 1)]).values():
+            fut.result(30)
+        del admin
+        source = OtlpProcess(otel, tmp_path / "otlp.log", kafka=True, env={"SELFHEAL_OTLP_SETTLE_S": "0.5"})
+        worker = WorkerProcess(settings_env(otel), tmp_path / "worker-otel.log").start()
+        try:
+            source.wait_ready()
+            with SelfhealProducer(otel) as sdk, kafka_producer(otel.kafka_config()) as producer:
+                FleetSimulator(**sim).run(OtlpFleetSink(otel, sdk, producer))
+            source.wait_metric("selfheal_otlp_traces_emitted_total", 12_000, timeout_s=300)
+            assert source.metric("selfheal_otlp_dead_letters_total{reason=validation}") == 0
+            wait_caught_up(otel, ["traces", "feedback"], worker=worker)
+            assert worker.stop() == 0
+        finally:
+            source.stop()
+            if worker.alive():
+                worker.kill()
+        via_otel = incident_kinds(otel, change.tenant_id)
+    finally:
+        _delete_topics(otel.kafka_bootstrap, otel.topic_prefix)
+    assert ("release_regression", "latency", change.release_id) in via_otel, via_otel
+    assert via_otel == via_sdk

@@ -8,6 +8,7 @@ tenant, cohort and release.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -105,3 +106,50 @@ def tenant_resource(tenant: str = "acme", cohort: str = "cardiology", release: s
     release through the default fallback (``service.version``)."""
     return {"service.name": service, "service.version": release, "selfheal.tenant_id": tenant,
             "selfheal.cohort": cohort, "deployment.environment.name": "prod"}
+
+
+def trace_spans(trace: Mapping[str, Any]) -> list[Span]:
+    """The spans an OTel-instrumented agent would emit for an AgentTrace dict (the inverse of
+    :func:`streams.processors.otlp.map_run` for the fields it maps): an ``invoke_agent`` root
+    carrying the ``selfheal.*`` attributes and ``gen_ai.usage.*``, one ``execute_tool`` span per
+    tool call and one OpenInference RETRIEVER span per retrieval query. Lets the fleet simulator's
+    traffic (and its injected regressions) travel through the OTLP ingress."""
+    tid = bytes.fromhex(hashlib.sha256(trace["trace_id"].encode()).hexdigest()[:32])
+    root_id = hashlib.sha256(b"root" + tid).digest()[:8]
+    start = trace["event_time"] * 1_000_000
+    end = start + int(trace["latency_ms"] * 1e6)
+    rel = trace["release"]
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": trace["workflow"],
+        "gen_ai.agent.id": trace["agent_id"], "gen_ai.conversation.id": trace["session_id"],
+        "gen_ai.request.model": rel["model"], "gen_ai.usage.input_tokens": trace["input_tokens"],
+        "gen_ai.usage.output_tokens": trace["output_tokens"],
+        "selfheal.trace_id": trace["trace_id"], "selfheal.tenant_id": trace["tenant_id"],
+        "selfheal.cohort": trace["cohort"], "selfheal.workflow": trace["workflow"],
+        "selfheal.release.id": rel["release_id"], "selfheal.release.prompt_version": rel["prompt_version"],
+        "selfheal.release.tool_schema_version": rel["tool_schema_version"],
+        "selfheal.release.policy_version": rel["policy_version"],
+        "selfheal.release.retrieval_index_version": rel["retrieval_index_version"],
+        "selfheal.outcome": trace["outcome"], "selfheal.cost_usd": float(trace["cost_usd"]),
+        "selfheal.retries": trace["retries"], "selfheal.fallback_used": trace["fallback_used"],
+        "selfheal.policy_blocked": trace["policy_blocked"],
+    }
+    for key in ("intent", "confidence", "output_sha256"):
+        if trace.get(key) is not None:
+            attrs[f"selfheal.{key}"] = trace[key]
+    if trace.get("rollout"):
+        for key, value in trace["rollout"].items():
+            attrs[f"selfheal.rollout.{key}"] = value
+    spans = [make_span(tid, root_id, b"", f"invoke_agent {trace['workflow']}", start, end, attrs,
+                       error=trace["outcome"] == "failure")]
+    t = start
+    for i, call in enumerate(trace["tool_calls"]):
+        sid = hashlib.sha256(b"tool%d" % i + tid).digest()[:8]
+        spans.append(make_span(tid, sid, root_id, f"execute_tool {call['name']}", t, t + int(call["latency_ms"] * 1e6),
+                               {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call["name"],
+                                "selfheal.tool.status": call["status"]}, error=call["status"] != "ok"))
+    for i in range(trace["retrieval_queries"]):
+        sid = hashlib.sha256(b"retr%d" % i + tid).digest()[:8]
+        spans.append(make_span(tid, sid, root_id, "retrieve", t, t + 1_000_000, {
+            "openinference.span.kind": "RETRIEVER", "selfheal.retrieval.hits": i < trace["retrieval_hits"]}))
+    return spans

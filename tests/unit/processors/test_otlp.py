@@ -258,3 +258,22 @@ def test_offset_tracker_commits_only_below_the_first_held_message() -> None:
     assert tr.committable()[0] == 10
     tr.release(0, 10, 2)
     assert tr.committable()[0] == 12
+
+
+def test_simulated_traces_survive_the_round_trip_through_spans() -> None:
+    """devtools.otlp_spans.trace_spans is the inverse of map_run for every field the mapping
+    carries: the regression test sends the fleet simulator's traffic through OTLP with it."""
+    from streams.devtools.otlp_spans import trace_spans
+    from tests.factories import trace
+
+    for rec in (trace(1), trace(2, rollout={"arm": "canary", "stage_pct": 5.0, "candidate_release_id": "rel-2"},
+                                 outcome="failure", retrieval_queries=3, retrieval_hits=1)):
+        rec["tool_calls"].append({"name": "order_entry", "status": "timeout", "latency_ms": 40.5})
+        runs, _ = split_runs(spans_of(request(trace_spans(rec), {"service.name": "x"})))
+        (root, members), = runs
+        got = map_run(root, members, OtlpMapping()).trace
+        del got["attributes"], rec["attributes"]
+        assert got.pop("latency_ms") == pytest.approx(rec.pop("latency_ms"))
+        for call in (*got["tool_calls"], *rec["tool_calls"]):
+            call["latency_ms"] = round(call["latency_ms"], 3)
+        assert got == rec
