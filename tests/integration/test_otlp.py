@@ -122,7 +122,7 @@ def test_otel_sdk_spans_arrive_in_clickhouse_as_traces(settings, worker_factory,
 
 def test_receiver_protocol_json_gzip_partial_success_and_errors(settings, tmp_path) -> None:
     ensure_topics(settings)
-    receiver = OtlpProcess(settings, tmp_path / "otlp.log", env=FAST)
+    receiver = OtlpProcess(settings, tmp_path / "otlp.log", env={**FAST, "SELFHEAL_OTLP_MAX_REQUEST_BYTES": "200000"})
     try:
         receiver.wait_ready()
         url = f"http://127.0.0.1:{receiver.port}/v1/traces"
@@ -153,6 +153,9 @@ def test_receiver_protocol_json_gzip_partial_success_and_errors(settings, tmp_pa
         assert requests.post(url, data=b"\xff\x00garbage", headers={"Content-Type": "application/x-protobuf"},
                              timeout=10).status_code == 400
         assert requests.post(url, data=b"x", headers={"Content-Type": "text/plain"}, timeout=10).status_code == 415
+        bomb = gzip.compress(b"\0" * 300_000)  # 300 kB inflated from a few hundred bytes, limit 200 kB
+        assert requests.post(url, data=bomb, timeout=10, headers={
+            "Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"}).status_code == 413
         receiver.wait_metric("selfheal_otlp_traces_emitted_total", 2)
         assert receiver.metric("selfheal_otlp_spans_rejected_total{transport=http}") == 1
         assert receiver.metric("selfheal_otlp_requests_total{transport=http}") == 2

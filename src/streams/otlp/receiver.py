@@ -8,9 +8,11 @@ decompressed body: 413 beyond). The response is an ``ExportTraceServiceResponse`
 encoding: empty on full success, ``partial_success {rejected_spans, error_message}`` when spans
 were rejected at receipt (those are dead-lettered too). A body that does not parse is answered
 400 with a ``google.rpc.Status`` (not retryable, per the spec) and counted; another content type
-415. ``/metrics`` serves the service's counters in the Prometheus text format (prometheus_client).
-Bound to ``SELFHEAL_OTLP_HOST`` (127.0.0.1 by default), port ``SELFHEAL_OTLP_PORT`` (4318, the
-OTLP/HTTP default).
+415; 503 (retryable, ``Retry-After``) while ``SELFHEAL_OTLP_MAX_PENDING_SPANS`` spans wait to be
+assembled (the pump is behind, e.g. the broker does not acknowledge). ``/metrics`` serves the
+service's counters in the Prometheus text format (prometheus_client). Bound to
+``SELFHEAL_OTLP_HOST`` (127.0.0.1 by default), port ``SELFHEAL_OTLP_PORT`` (4318, the OTLP/HTTP
+default).
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ async def export_traces(request: web.Request) -> web.Response:
         service.counts["http:requests_bad"] += 1
         return web.Response(status=400, body=_encode(Status(code=3, message=str(exc)), ctype), content_type=ctype)
     decoded = decode_request(req, HTTP_SOURCE)
-    service.accept(decoded, "http")
+    if not service.accept(decoded, "http"):
+        return web.Response(status=503, headers={"Retry-After": "2"}, body=_encode(
+            Status(code=14, message="receiver busy: too many spans waiting for assembly"), ctype), content_type=ctype)
     resp = ExportTraceServiceResponse()
     if decoded.rejected:
         resp.partial_success.rejected_spans = decoded.rejected_spans

@@ -60,7 +60,8 @@ class OtlpService:
             ``topic_prefix + otlp_group_id``).
 
     Thread safety: :meth:`accept` may be called from the receiver's event loop while
-    :meth:`step` runs in the pump thread (one lock around the assembler).
+    :meth:`step` runs in the pump thread; one lock guards the queue between them, and only the
+    pump thread touches the assembler.
     """
 
     def __init__(self, settings: Settings, *, kafka: bool = False) -> None:
@@ -79,6 +80,8 @@ class OtlpService:
         self.tracker = OffsetTracker()
         self._committed: dict[int, int] = {}
         self._rejected: list[DeadLetter] = []  # dead letters made at receipt, sent by the next step
+        self._inbox: list[tuple[list[Any], float]] = []  # (spans, arrival s) accepted, not yet assembled
+        self._inbox_spans = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -95,17 +98,28 @@ class OtlpService:
         self.registry.register(self)
 
     # ------------------------------------------------------------------ input
-    def accept(self, decoded: DecodedRequest, transport: str = "http", now_s: float | None = None) -> None:
-        """Hold a request's valid spans for assembly; its rejected spans' dead letters go out with
-        the next :meth:`step`."""
+    def accept(self, decoded: DecodedRequest, transport: str = "http", now_s: float | None = None) -> bool:
+        """Queue a request's valid spans for assembly (the pump thread moves them into the
+        assembler, so the receiver's event loop never waits for run mapping); its rejected spans'
+        dead letters go out with the next :meth:`step`.
+
+        Returns ``False`` (nothing taken) when the queue already holds ``otlp_max_pending_spans``
+        spans, e.g. while the broker does not acknowledge: the receiver answers 503, which OTLP
+        exporters retry with backoff (memory stays bounded).
+        """
         n_ok, n_bad = len(decoded.spans), decoded.rejected_spans
-        self.counts[f"{transport}:requests"] += 1
-        self.counts[f"{transport}:spans_received"] += n_ok + n_bad
-        self.counts[f"{transport}:spans_accepted"] += n_ok
-        self.counts[f"{transport}:spans_rejected"] += n_bad
         with self.lock:
-            self.assembler.add(decoded.spans, time.monotonic() if now_s is None else now_s)
+            if transport == "http" and self._inbox_spans >= self.settings.otlp_max_pending_spans:
+                self.counts["http:requests_throttled"] += 1
+                return False
+            self._inbox.append((decoded.spans, time.monotonic() if now_s is None else now_s))
+            self._inbox_spans += n_ok
             self._rejected.extend(decoded.rejected)
+            self.counts[f"{transport}:requests"] += 1
+            self.counts[f"{transport}:spans_received"] += n_ok + n_bad
+            self.counts[f"{transport}:spans_accepted"] += n_ok
+            self.counts[f"{transport}:spans_rejected"] += n_bad
+        return True
 
     def consume(self, max_messages: int = 500, timeout_s: float = 0.2) -> int:
         """Read up to ``max_messages`` from the OTLP topic into the assembler; returns the count."""
@@ -147,11 +161,15 @@ class OtlpService:
         if not drain:
             self.consume()
         with self.lock:
-            if drain:
-                out = self.assembler.drain(keep=lambda s: s.source[0] == self.kafka_topic)
-            else:
-                out = self.assembler.poll(time.monotonic() if now_s is None else now_s)
-            out.dead_letters[:0], self._rejected = self._rejected, []
+            inbox, self._inbox, self._inbox_spans = self._inbox, [], 0
+            rejected, self._rejected = self._rejected, []
+        for spans, arrived_s in inbox:  # the assembler is used by this thread only
+            self.assembler.add(spans, arrived_s)
+        if drain:
+            out = self.assembler.drain(keep=lambda s: s.source[0] == self.kafka_topic)
+        else:
+            out = self.assembler.poll(time.monotonic() if now_s is None else now_s)
+        out.dead_letters[:0] = rejected
         self.send(out)
         for topic, partition, offset in out.released:
             if topic == self.kafka_topic:
@@ -258,7 +276,8 @@ class OtlpService:
     # ------------------------------------------------------------------ metrics
     def collect(self) -> Iterator[Any]:
         """prometheus_client custom collector: the counters at scrape time (``/metrics``)."""
-        c, s = self.counts, self.assembler.stats
+        # C-level copies (atomic under the GIL): the pump thread may add keys meanwhile
+        c, s = Counter(dict.copy(self.counts)), Counter(dict.copy(self.assembler.stats))
         for name, doc in (("requests", "OTLP export requests (HTTP) or messages (Kafka) received"),
                           ("spans_received", "spans received"),
                           ("spans_accepted", "spans taken into assembly"),
@@ -287,5 +306,8 @@ class OtlpService:
         yield CounterMetricFamily("selfheal_otlp_spans_outside_run",
                                   "spans of a trace outside every agent run (e.g. HTTP server spans above it)",
                                   value=s["spans_outside_run"])
-        yield GaugeMetricFamily("selfheal_otlp_pending_spans", "spans held for assembly",
-                                value=self.assembler.pending_spans)
+        yield GaugeMetricFamily("selfheal_otlp_pending_spans", "spans held for assembly (queued or grouped)",
+                                value=self.assembler.pending_spans + self._inbox_spans)
+        yield CounterMetricFamily("selfheal_otlp_requests_throttled",
+                                  "HTTP requests answered 503 because otlp_max_pending_spans spans were queued",
+                                  value=c["http:requests_throttled"])

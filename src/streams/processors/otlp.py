@@ -585,7 +585,8 @@ def map_run(root: OtlpSpan, members: Sequence[OtlpSpan], mapping: OtlpMapping,
                     for s in llms if "selfheal.cost_usd" in s.attributes))
 
     tools = sorted((s for s in members if _is_tool(s) and s is not root), key=lambda s: (s.start_ns, s.span_id))
-    tool_calls = [{"name": str(s.attributes.get("gen_ai.tool.name") or s.attributes.get("tool.name") or s.name),
+    tool_calls = [{"name": str(s.attributes.get("gen_ai.tool.name") or s.attributes.get("tool.name")
+                               or s.name.removeprefix("execute_tool ")),
                    "status": _tool_status(s), "latency_ms": (s.end_ns - s.start_ns) / _NS_PER_MS} for s in tools]
     retrievers = [s for s in members if s.oi_kind == "RETRIEVER"]
     hits = 0
