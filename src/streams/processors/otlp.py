@@ -53,7 +53,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from pydantic import ValidationError
 
 from schemas import AgentTrace, DeadLetter, Feedback
-from schemas.common import LABEL_PATTERN, MAX_ATTRIBUTE_LEN, MAX_ATTRIBUTES, MAX_ID_LEN
+from schemas.common import MAX_ATTRIBUTE_LEN, MAX_ATTRIBUTES, MAX_ID_LEN
 from schemas.feedback import SAFETY_CATEGORIES, FeedbackCategory
 from streams.errors import ContractViolation
 
@@ -134,7 +134,6 @@ FAIL_LABELS = frozenset({"fail", "failed", "failure", "false", "no", "incorrect"
 PASS_LABELS = frozenset({"pass", "passed", "success", "true", "yes", "correct", "factual", "safe", "good",
                          "positive", "grounded", "relevant", "complete"})
 
-_LABEL_RE = re.compile(LABEL_PATTERN)
 _NS_PER_MS = 1_000_000
 
 
@@ -706,11 +705,6 @@ def _evaluations(trace: dict[str, Any], members: Sequence[OtlpSpan],
     return feedback, counts
 
 
-def label_ok(value: str) -> bool:
-    """Whether ``value`` is a valid label (cohort, workflow, tool name: :data:`schemas.common.LABEL_PATTERN`)."""
-    return bool(_LABEL_RE.match(value))
-
-
 # ---------------------------------------------------------------------------------- assembly
 def split_runs(spans: Sequence[OtlpSpan]) -> tuple[list[tuple[OtlpSpan, list[OtlpSpan]]], list[OtlpSpan]]:
     """Split the spans of one OTel trace into runs and the spans outside every run.
@@ -857,7 +851,9 @@ class SpanAssembler:
     def _late(self, span: OtlpSpan, run_span_ids: frozenset[str]) -> None:
         out = self._out
         out.released.append(span.source)
-        if span.parent_span_id not in run_span_ids:
+        # an agent-kind span is agent data even above the emitted run (a workflow root whose
+        # nested agent settled first): dead-lettered, like a child of the run
+        if span.parent_span_id not in run_span_ids and not span.is_agent:
             self.stats["spans_outside_run"] += 1
             return
         self._dead(out, [span], "otlp_late_span", f"span {span.name!r} ({span.span_id}) of OTel trace "

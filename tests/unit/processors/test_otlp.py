@@ -224,6 +224,13 @@ def test_assembler_waits_for_the_root_and_for_late_children() -> None:
     asm.add(spans_of(request([late], tenant_resource())), now_s=20.0)
     out = asm.poll(20.0)
     assert [d.error_class for d in out.dead_letters] == ["otlp_late_span"] and len(out.released) == 1
+    # an agent span above the emitted run (its nested agent settled first) is not outside data
+    outer = make_span(bytes.fromhex(root.trace_id), os.urandom(8), b"", "invoke_workflow w", 1, 2,
+                      {"gen_ai.operation.name": "invoke_workflow"})
+    http = make_span(bytes.fromhex(root.trace_id), os.urandom(8), b"", "POST /chat", 1, 2, {})
+    asm.add(spans_of(request([outer, http], tenant_resource())), now_s=21.0)
+    out = asm.poll(21.0)
+    assert [d.error_class for d in out.dead_letters] == ["otlp_late_span"] and asm.stats["spans_outside_run"] == 1
 
 
 def test_assembler_dead_letters_no_root_missing_tenant_and_overflow() -> None:
