@@ -133,7 +133,11 @@ def otlp(
         service = OtlpService(settings, kafka=kafka)
     except ContractViolation as exc:  # SELFHEAL_OTLP_ATTRIBUTE_MAP
         fail(str(exc))
-    run_receiver(service, settings.otlp_host, settings.otlp_port)
+    try:
+        run_receiver(service, settings.otlp_host, settings.otlp_port)
+    except OSError as exc:  # the address is taken or not ours
+        fail(f"cannot serve OTLP/HTTP on {settings.otlp_host}:{settings.otlp_port}: {exc.strerror or exc}; "
+             "set SELFHEAL_OTLP_HOST / SELFHEAL_OTLP_PORT")
 
 
 @app.command("export-evalset")
