@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -93,7 +93,7 @@ class OtlpService:
             self.consumer = Consumer({**settings.kafka_config(), "group.id": settings.topic_prefix
                                       + settings.otlp_group_id, "enable.auto.commit": False,
                                       "auto.offset.reset": "earliest", "log_level": 3})
-            self.consumer.subscribe([self.kafka_topic])
+            self.consumer.subscribe([self.kafka_topic], on_revoke=self._on_revoke)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -225,9 +225,22 @@ class OtlpService:
         # only what moved (TopicPartition equality ignores the offset, so compare plain dicts)
         moved = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
         if moved:
-            self.consumer.commit(offsets=[TopicPartition(self.kafka_topic, p, o) for p, o in moved.items()],
-                                 asynchronous=False)
+            try:
+                self.consumer.commit(offsets=[TopicPartition(self.kafka_topic, p, o) for p, o in moved.items()],
+                                     asynchronous=False)
+            except KafkaException as exc:  # e.g. mid-rebalance: not a loss, the next step commits again
+                self.counts["kafka:commit_failures"] += 1
+                log.warning("commit of %s failed (%s); retried with the next step", self.kafka_topic, exc)
+                return
             self._committed.update(moved)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # runs inside consume() in the pump thread. A revoked partition's held spans stay in the
+        # assembler and are still emitted; its new owner re-reads from the last commit, and the
+        # pipeline's trace_id dedup drops the runs both emit (docs/otlp.md, re-reads)
+        for tp in partitions:
+            self.tracker.forget(tp.partition)
+            self._committed.pop(tp.partition, None)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self, interval_s: float = 0.2) -> None:
@@ -308,6 +321,8 @@ class OtlpService:
                                   value=s["spans_outside_run"])
         yield GaugeMetricFamily("selfheal_otlp_pending_spans", "spans held for assembly (queued or grouped)",
                                 value=self.assembler.pending_spans + self._inbox_spans)
+        yield CounterMetricFamily("selfheal_otlp_commit_failures", "Kafka source offset commits that failed "
+                                  "(retried with the next step)", value=c["kafka:commit_failures"])
         yield CounterMetricFamily("selfheal_otlp_requests_throttled",
                                   "HTTP requests answered 503 because otlp_max_pending_spans spans were queued",
                                   value=c["http:requests_throttled"])

@@ -925,10 +925,16 @@ class OffsetTracker:
         self.next_offset[partition] = offset + 1
 
     def release(self, partition: int, offset: int, spans: int = 1) -> None:
-        """``spans`` spans of message ``(partition, offset)`` were released."""
+        """``spans`` spans of message ``(partition, offset)`` were released (ignored for a partition
+        no longer tracked)."""
         held = self.pending.get(partition)
         if held is not None and offset in held:
             held[offset] -= spans
+
+    def forget(self, partition: int) -> None:
+        """Drop a partition (revoked from this consumer): nothing of it is committed any more."""
+        self.pending.pop(partition, None)
+        self.next_offset.pop(partition, None)
 
     def committable(self) -> dict[int, int]:
         """Partition → offset to commit (the next message to read after a restart)."""

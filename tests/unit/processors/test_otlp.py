@@ -265,6 +265,9 @@ def test_offset_tracker_commits_only_below_the_first_held_message() -> None:
     assert tr.committable()[0] == 10
     tr.release(0, 10, 2)
     assert tr.committable()[0] == 12
+    tr.forget(1)  # revoked: no commit for it any more, a late release is ignored
+    tr.release(1, 4)
+    assert tr.committable() == {0: 12}
 
 
 def test_simulated_traces_survive_the_round_trip_through_spans() -> None:
