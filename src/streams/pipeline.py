@@ -151,6 +151,16 @@ class Pipeline:
         self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0,
                       "verdicts": 0}
 
+    def counters(self) -> dict[str, int]:
+        """Cumulative counters of the pipeline and its processors, by stats key: :attr:`stats`, the
+        label-delayed detectors' late feedback and discarded buckets (``detector_*``) and the canary
+        monitor's (``canary_*``). The worker's stats line and its Prometheus metrics
+        (:data:`streams.telemetry.STATS_COUNTERS`) both read them here."""
+        delayed = self.engine.delayed
+        return {**self.stats, "detector_late_feedback": int(delayed.late_feedback),
+                "detector_discarded_buckets": int(delayed.discarded_buckets),
+                **{f"canary_{k}": int(v) for k, v in self.canary.stats.items()}}
+
     # ------------------------------------------------------------------ partitions
     def on_assigned(self, partitions: set[int]) -> None:
         """After a rebalance: drop state of partitions no longer owned, reload open incidents."""
