@@ -140,3 +140,46 @@ def test_metrics_move_with_traffic_and_the_read_api_serves_each_tenant_only_its_
     # faust's own table pages are off (they would show state without a token)
     assert fetch(f"{base}/table/incident-state/")[0] == 404
     assert worker.stop() == 0
+
+
+def test_any_worker_answers_for_a_tenant_by_routing_to_the_owner(settings, worker_factory, tmp_path):
+    """Two workers split the partitions; the tenant's state sits on one of them. Both answer the
+    same document: the other forwards the request (with the token) to the owner it finds in
+    faust's table metadata. The non-owner holds no scorecard, so without the forward it would
+    answer 404."""
+    ensure_topics(settings)
+    token = secrets.token_hex(16)
+    tokens_file = tmp_path / "api-tokens.json"
+    tokens_file.write_text(json.dumps({TENANT: [token]}))
+    ports = [free_port(), free_port()]
+    # one chDB directory per worker process (chDB admits one process), as in test_scale_out
+    workers = [worker_factory({"SELFHEAL_WEB_ENABLED": "true", "SELFHEAL_WEB_PORT": str(port),
+                               "SELFHEAL_API_TOKENS_FILE": str(tokens_file),
+                               "SELFHEAL_STATE_DIR": str(tmp_path / f"w{i}" / "state"),
+                               "SELFHEAL_CLICKHOUSE_PATH": str(tmp_path / f"w{i}" / "clickhouse")}, name=f"w{i}")
+               for i, port in enumerate(ports)]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    for base, w in zip(bases, workers, strict=True):
+        wait_for_web(base, w)
+    send(settings, crafted([CohortPlan("cardiology", 50.0, tenant=TENANT, release=RELEASE)], 1_000, seed=3))
+    wait_caught_up(settings, ["traces", "feedback"], timeout_s=600, worker=workers[0])
+    owners = []
+    for base in bases:  # both workers took partitions (3/3), and only the owner counted the tenant's traces
+        m = scrape(base)
+        assert len({lab for (n, lab) in m if n == "selfheal_consumer_lag_messages"}) == settings.partitions
+        owners.append(total(m, "selfheal_canary_rollout_traces_total") > 0)
+    assert sorted(owners) == [False, True], owners
+    docs = []
+    deadline = time.monotonic() + 60
+    for base in bases:
+        while True:  # 503 while an assignment is still settling
+            status, body, _ = fetch(f"{base}/v1/verdicts/{TENANT}/{RELEASE}", token)
+            if status != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status == 200, (base, status, body)
+        docs.append(json.loads(body))
+    assert docs[0] == docs[1] and docs[0]["scorecards"], docs
+    assert fetch(f"{bases[owners.index(False)]}/v1/incidents?tenant={TENANT}", token)[0] == 200
+    for w in workers:
+        assert w.stop() == 0
