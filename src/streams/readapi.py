@@ -5,7 +5,7 @@ The faust views that serve them, and the routing to the worker that owns a tenan
 :mod:`streams.worker.web`; docs/rollout.md shows an Argo Rollouts AnalysisTemplate and a Flagger
 webhook that call them.
 
-Tokens file (``SELFHEAL_API_TOKENS_FILE``): a JSON object, tenant id → list of bearer tokens
+Tokens file (``SELFHEAL_API_TOKENS_PATH``): a JSON object, tenant id → list of bearer tokens
 (several per tenant allow rotation)::
 
     {"northwind-health": ["3q8...long random..."], "acme": ["k1...", "k2..."]}
@@ -78,10 +78,10 @@ class TenantTokens:
             for tok in values:
                 if not isinstance(tok, str) or len(tok) < MIN_TOKEN_CHARS:
                     raise ConfigError(f"read API token of tenant {tenant!r} is not a string of at least "
-                                      f"{MIN_TOKEN_CHARS} characters (SELFHEAL_API_TOKENS_FILE)")
+                                      f"{MIN_TOKEN_CHARS} characters (SELFHEAL_API_TOKENS_PATH)")
                 if owner.setdefault(tok, tenant) != tenant:
                     raise ConfigError(f"a read API token is given to tenants {owner[tok]!r} and {tenant!r} "
-                                      "(SELFHEAL_API_TOKENS_FILE); one token, one tenant")
+                                      "(SELFHEAL_API_TOKENS_PATH); one token, one tenant")
                 self.entries.append((tok.encode(), tenant))
 
     @classmethod
@@ -94,11 +94,11 @@ class TenantTokens:
         try:
             data = json.loads(Path(path).read_text())
         except OSError as exc:
-            raise ConfigError(f"SELFHEAL_API_TOKENS_FILE={path}: {exc.strerror}") from exc
+            raise ConfigError(f"SELFHEAL_API_TOKENS_PATH={path}: {exc.strerror}") from exc
         except ValueError as exc:
-            raise ConfigError(f"SELFHEAL_API_TOKENS_FILE={path}: not JSON ({exc})") from exc
+            raise ConfigError(f"SELFHEAL_API_TOKENS_PATH={path}: not JSON ({exc})") from exc
         if not isinstance(data, dict) or not all(isinstance(v, (list, str)) for v in data.values()):
-            raise ConfigError(f"SELFHEAL_API_TOKENS_FILE={path}: expected a JSON object tenant -> list of tokens")
+            raise ConfigError(f"SELFHEAL_API_TOKENS_PATH={path}: expected a JSON object tenant -> list of tokens")
         return cls(data)
 
     def tenant_of(self, authorization: str | None) -> str:

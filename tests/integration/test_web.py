@@ -81,7 +81,7 @@ def test_metrics_move_with_traffic_and_the_read_api_serves_each_tenant_only_its_
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     worker = worker_factory({"SELFHEAL_WEB_ENABLED": "true", "SELFHEAL_WEB_PORT": str(port),
-                             "SELFHEAL_API_TOKENS_FILE": str(tokens_file)})
+                             "SELFHEAL_API_TOKENS_PATH": str(tokens_file)})
     wait_for_web(base, worker)
     before = scrape(base)
     assert total(before, "selfheal_traces_total") == 0
@@ -154,7 +154,7 @@ def test_any_worker_answers_for_a_tenant_by_routing_to_the_owner(settings, worke
     ports = [free_port(), free_port()]
     # one chDB directory per worker process (chDB admits one process), as in test_scale_out
     workers = [worker_factory({"SELFHEAL_WEB_ENABLED": "true", "SELFHEAL_WEB_PORT": str(port),
-                               "SELFHEAL_API_TOKENS_FILE": str(tokens_file),
+                               "SELFHEAL_WEB_HOST": "127.0.0.1", "SELFHEAL_API_TOKENS_PATH": str(tokens_file),
                                "SELFHEAL_STATE_DIR": str(tmp_path / f"w{i}" / "state"),
                                "SELFHEAL_CLICKHOUSE_PATH": str(tmp_path / f"w{i}" / "clickhouse")}, name=f"w{i}")
                for i, port in enumerate(ports)]

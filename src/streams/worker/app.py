@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -204,7 +205,7 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.replication,
         web_enabled=settings.web_enabled,
         web_bind=settings.web_bind,
-        web_host=settings.web_host,
+        web_host=settings.web_host or socket.gethostname(),
         web_port=settings.web_port,
         # faust's own pages off: /table shows table contents without a token (streams.worker.web)
         web_tables_enabled=False,

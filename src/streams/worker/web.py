@@ -11,7 +11,7 @@
 
 Both API views need ``Authorization: Bearer <token>`` of the tenant asked for (401 without or
 with an unknown token, 403 for another tenant's token; :class:`streams.readapi.TenantTokens`);
-without ``SELFHEAL_API_TOKENS_FILE`` they answer 503.
+without ``SELFHEAL_API_TOKENS_PATH`` they answer 503.
 
 **Routing.** A tenant's state (canary scorecards in the ``canary-state`` table, open incidents in
 ``incident-state``) lives on the worker that owns the tenant's source partition
@@ -53,12 +53,12 @@ RETRY_AFTER_S = 5
 
 
 def load_tokens(settings: Settings) -> TenantTokens | None:
-    """The read API's tokens, ``None`` without ``api_tokens_file``.
+    """The read API's tokens, ``None`` without ``api_tokens_path``.
 
     Raises:
         ConfigError: the file is unreadable or invalid (see :mod:`streams.readapi`).
     """
-    return TenantTokens.from_file(settings.api_tokens_file) if settings.api_tokens_file else None
+    return TenantTokens.from_file(settings.api_tokens_path) if settings.api_tokens_path else None
 
 
 class ReadApi:
@@ -102,7 +102,7 @@ class ReadApi:
         """Authorize, then answer here (``local()`` → ``(status, JSON body)``) or forward to
         the owner of ``tenant``'s state in ``table``."""
         if self.tokens is None:
-            return view.error(503, "read API disabled: no tokens configured (SELFHEAL_API_TOKENS_FILE)")
+            return view.error(503, "read API disabled: no tokens configured (SELFHEAL_API_TOKENS_PATH)")
         try:
             self.tokens.authorize(request.headers.get("Authorization"), tenant)
         except AccessDenied as exc:
