@@ -150,6 +150,30 @@ def verdict_document(tenant: str, release: str, scorecards: list[dict[str, Any]]
     return {"tenant": tenant, "release": release, "verdict": overall, "scorecards": scorecards}
 
 
+#: the overall verdicts of :func:`verdict_document`
+VERDICTS = ("promote", "hold", "rollback")
+
+
+def expected_status(doc: dict[str, Any], expect: str | None) -> int:
+    """HTTP status of a verdict document for a caller that states the verdicts it accepts
+    (``?expect=promote`` or ``?expect=promote,hold``): 200 when ``doc["verdict"]`` is one of them
+    (or nothing is expected), else 409, so a webhook that only looks at the status code (Flagger)
+    can gate on the verdict.
+
+    >>> expected_status({"verdict": "hold"}, "promote,hold"), expected_status({"verdict": "hold"}, "promote")
+    (200, 409)
+
+    Raises:
+        ValueError: ``expect`` names something other than promote, hold, rollback.
+    """
+    if not expect:
+        return 200
+    wanted = {v.strip() for v in expect.split(",")}
+    if not wanted <= set(VERDICTS):
+        raise ValueError(f"expect={expect!r}: expected a comma-separated subset of {', '.join(VERDICTS)}")
+    return 200 if doc["verdict"] in wanted else 409
+
+
 def incidents_document(tenant: str, incidents: list[Incident]) -> dict[str, Any]:
     """The body of ``GET /v1/incidents?tenant=...&status=open``: the tenant's open incidents as
     their latest events (the ``agent.incidents.v1`` contract in JSON), most severe first."""

@@ -124,6 +124,10 @@ def test_metrics_move_with_traffic_and_the_read_api_serves_each_tenant_only_its_
     status, body, _ = fetch(url, tokens[OTHER])
     assert status == 403 and TENANT in json.loads(body)["error"]
     assert fetch(f"{base}/v1/verdicts/{TENANT}/no-such-release", tokens[TENANT])[0] == 404
+    # the status-code gate of webhooks (Flagger): 409 unless the verdict is an expected one
+    assert fetch(f"{url}?expect=rollback", tokens[TENANT])[0] == 200
+    assert fetch(f"{url}?expect=promote,hold", tokens[TENANT])[0] == 409
+    assert fetch(f"{url}?expect=maybe", tokens[TENANT])[0] == 400
 
     # open incidents: the rollback's release-regression incident, as the open gauge counts it
     status, body, _ = fetch(f"{base}/v1/incidents?tenant={TENANT}&status=open", tokens[TENANT])

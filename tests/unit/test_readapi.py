@@ -13,7 +13,7 @@ from streams.config import Settings
 from streams.errors import ConfigError
 from streams.pipeline import Pipeline
 from streams.processors.columns import RawMessage
-from streams.readapi import AccessDenied, TenantTokens, tenant_partition, verdict_document
+from streams.readapi import AccessDenied, TenantTokens, expected_status, tenant_partition, verdict_document
 from tests.factories import now_ms, trace
 
 A, B = "a" * 32, "b" * 32
@@ -115,3 +115,22 @@ def test_scorecards_are_read_per_tenant_and_release_from_the_pipeline_state():
     assert pipe.canary.scorecards("acme", "rel-2") == cards
     assert pipe.canary.scorecards("acme", "rel-3") == []
     assert pipe.canary.scorecards("acm", "rel-2") == []
+
+
+def test_expect_gates_the_status_on_the_verdict():
+    doc = {"verdict": "rollback"}
+    assert expected_status(doc, None) == 200 and expected_status(doc, "rollback") == 200
+    assert expected_status(doc, "promote,hold") == 409
+    with pytest.raises(ValueError, match="expect='promote,maybe'"):
+        expected_status(doc, "promote,maybe")
+
+
+def test_docstring_examples():
+    import doctest
+
+    import streams.readapi
+    import streams.telemetry
+
+    for mod in (streams.readapi, streams.telemetry):
+        failed, tried = doctest.testmod(mod)
+        assert tried and not failed, mod.__name__

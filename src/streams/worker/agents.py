@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -165,13 +166,14 @@ class BatchLoop:
         processed: the commit offsets, marked after the waits.
         assignment: applied before each batch.
         shutdown: abandon (after a stop signal) or crash on a failed batch.
-        telemetry: counts each acknowledged batch and times its changelog acknowledgement wait.
+        telemetry: counts each acknowledged batch and times its changelog acknowledgement wait
+            (the worker's; ``None``: not measured).
     """
 
     def __init__(self, settings: Settings, delivery: AgentDelivery, step: Step, *, pipeline: Pipeline,
                  outputs: Outputs, acks: ChangelogAcks, processed: ProcessedOffsets, assignment: Assignment,
                  shutdown: Shutdown, telemetry: WorkerTelemetry | None = None) -> None:
-        self.telemetry = telemetry or WorkerTelemetry(counters=dict)
+        self.telemetry = telemetry
         self.settings = settings
         self.delivery = delivery
         self.step = step
@@ -196,11 +198,13 @@ class BatchLoop:
                 out = await self.step(raw_messages(events))
                 await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact)
                 self.pipeline.flush_state()
-                with self.telemetry.changelog_ack_wait(delivery.name):
+                t = self.telemetry
+                with t.changelog_ack_wait(delivery.name) if t is not None else nullcontext():
                     await self.acks.wait(s.changelog_ack_timeout_s)
                 self.processed.mark(events)
                 self.written += out.written
-                self.telemetry.on_batch(delivery.name, len(events), out.dead_letters, out.incidents, out.verdicts)
+                if t is not None:
+                    t.on_batch(delivery.name, len(events), out.dead_letters, out.incidents, out.verdicts)
             except asyncio.CancelledError:
                 raise  # shutting down: the batch stays unacknowledged and is redelivered
             except BaseException:

@@ -4,7 +4,9 @@
 - ``GET /metrics``: the worker's :class:`~streams.telemetry.WorkerTelemetry` (its own registry),
   Prometheus text format. No token (bind it to a network Prometheus alone reaches).
 - ``GET /v1/verdicts/{tenant}/{release}``: the canary scorecards of a candidate release
-  (:func:`streams.readapi.verdict_document`); 404 while the tenant has none for it.
+  (:func:`streams.readapi.verdict_document`); 404 while the tenant has none for it. With
+  ``?expect=promote`` (or ``promote,hold``, ...) the status is 409 unless the verdict is one of
+  those (:func:`streams.readapi.expected_status`): for webhooks that only read the status code.
 - ``GET /v1/incidents?tenant=...&status=open``: the tenant's open incidents
   (:func:`streams.readapi.incidents_document`). Only ``status=open`` (the default): workers hold
   open incidents only; resolved ones are in ClickHouse (``selfheal incidents``).
@@ -42,7 +44,14 @@ from yarl import URL
 
 from streams.config import Settings
 from streams.pipeline import Pipeline
-from streams.readapi import AccessDenied, TenantTokens, incidents_document, tenant_partition, verdict_document
+from streams.readapi import (
+    AccessDenied,
+    TenantTokens,
+    expected_status,
+    incidents_document,
+    tenant_partition,
+    verdict_document,
+)
 from streams.telemetry import CONTENT_TYPE, WorkerTelemetry
 
 log = logging.getLogger("selfheal.worker")
@@ -146,12 +155,20 @@ def install_views(app: faust.App, api: ReadApi, telemetry: WorkerTelemetry) -> N
     @app.page("/v1/verdicts/{tenant}/{release}")
     class Verdicts(View):
         async def get(self, request: Request, tenant: str, release: str) -> Response:
+            expect = request.query.get("expect")
+
             def local() -> tuple[int, Any]:
                 cards = pipeline.canary.scorecards(tenant, release)
                 if not cards:
                     return 404, {"error": f"no canary scorecard for release {release!r} of tenant {tenant!r} "
                                           "(no traces with this candidate_release_id yet)"}
-                return 200, verdict_document(tenant, release, cards)
+                doc = verdict_document(tenant, release, cards)
+                return expected_status(doc, expect), doc
+
+            try:
+                expected_status({"verdict": "hold"}, expect)
+            except ValueError as exc:
+                return self.error(400, str(exc))
 
             return await api.answer(self, request, "canary-state", tenant, local)
 
