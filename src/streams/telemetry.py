@@ -60,8 +60,9 @@ SOURCES = ("traces", "feedback")
 #: Content-Type of :meth:`WorkerTelemetry.render` (Prometheus text format 0.0.4)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-#: stats key (``Worker.counters()``) → (exported counter name, help). One line per counter.
-STATS_COUNTERS: dict[str, tuple[str, str]] = {
+#: stats key (``Worker.counters()``) → (exported counter name, help[, labels]). One line per
+#: counter; keys sharing a name become one family with their label values (same label names).
+STATS_COUNTERS: dict[str, tuple[str, str] | tuple[str, str, dict[str, str]]] = {
     "traces": ("selfheal_traces_total", "Valid traces processed (after replay removal); rate() = traces/s."),
     "trace_duplicates": ("selfheal_trace_replays_total",
                          "Traces skipped as replays of an already ingested trace_id with the same content."),
@@ -84,6 +85,11 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
                            "Rollout traces not compared: their event-time bucket was already folded."),
     "canary_late_feedback": ("selfheal_canary_late_feedback_total",
                              "Corrections not counted in canary scorecards: their bucket had matured."),
+    **{f"feedback_{status}": ("selfheal_feedback_submissions_total",
+                              "Feedback submissions by dedup status; only new ones count in detectors and "
+                              "scorecards (replays, resubmits, near-duplicates are stored, not counted).",
+                              {"status": status})
+       for status in ("new", "replay", "resubmit", "near_duplicate")},
 }
 
 #: stats keys exported by a labelled metric of this module instead (their totals are its sum)
@@ -188,9 +194,16 @@ class _ScrapeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         values = self.counters()
-        for key, (name, doc) in STATS_COUNTERS.items():
-            if key in values:
-                yield CounterMetricFamily(name, doc, value=float(values[key]))
+        families: dict[str, CounterMetricFamily] = {}
+        for key, (name, doc, *labels) in STATS_COUNTERS.items():
+            if key not in values:
+                continue
+            lab = labels[0] if labels else {}
+            fam = families.get(name)
+            if fam is None:
+                fam = families[name] = CounterMetricFamily(name, doc, labels=list(lab))
+            fam.add_metric(list(lab.values()), float(values[key]))
+        yield from families.values()
         lag = GaugeMetricFamily("selfheal_consumer_lag_messages",
                                 "Messages between the agent's next offset and the partition's high watermark "
                                 "(owned partitions of the source topics).", labels=["topic", "partition"])

@@ -101,6 +101,7 @@ def test_metrics_move_with_traffic_and_the_read_api_serves_each_tenant_only_its_
     traces_sent = sum(1 for kind, _ in records if kind == "trace")
     assert total(after, "selfheal_traces_total") == traces_sent
     assert total(after, "selfheal_feedback_total") > 0
+    assert total(after, "selfheal_feedback_submissions_total", status="new") > 0
     assert total(after, "selfheal_messages_processed_total", source="traces") > 0
     assert total(after, "selfheal_dead_letters_total", source="traces", reason="empty") == 2
     assert total(after, "selfheal_verdicts_total", verdict="rollback") >= 1

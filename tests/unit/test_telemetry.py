@@ -31,8 +31,9 @@ def test_every_stats_counter_is_exported_or_counted_by_a_labelled_metric():
 
 
 def test_names_follow_prometheus_conventions():
-    names = [name for name, _ in STATS_COUNTERS.values()]
-    assert len(names) == len(set(names))
+    names = [name for name, *_ in STATS_COUNTERS.values()]
+    labelled = {name for name, *rest in STATS_COUNTERS.values() if rest[1:]}
+    assert len([n for n in names if n not in labelled]) == len(set(names) - labelled), "a name used twice"
     assert all(re.fullmatch(r"selfheal_[a-z0-9_]+_total", n) for n in names), names
     t = WorkerTelemetry(counters=lambda: dict.fromkeys(STATS_COUNTERS, 0))
     for fam in text_string_to_metric_families(t.render().decode()):
@@ -41,6 +42,14 @@ def test_names_follow_prometheus_conventions():
             assert fam.name.endswith("_seconds"), fam.name
         if fam.type == "gauge" and not fam.name.endswith("_created"):
             assert fam.name in {"selfheal_consumer_lag_messages", "selfheal_open_incidents"}, fam.name
+
+
+def test_counters_sharing_a_name_form_one_labelled_family():
+    t = WorkerTelemetry(counters=lambda: {"feedback_new": 5, "feedback_replay": 2})
+    got = samples(t)
+    assert got[("selfheal_feedback_submissions_total", (("status", "new"),))] == 5
+    assert got[("selfheal_feedback_submissions_total", (("status", "replay"),))] == 2
+    assert ("selfheal_feedback_submissions_total", (("status", "resubmit"),)) not in got  # not in the stats
 
 
 def test_a_counter_added_to_the_stats_is_exported_by_one_mapping_line(monkeypatch):
