@@ -72,6 +72,8 @@ class Worker:
     telemetry: WorkerTelemetry = field(init=False)
 
     def __post_init__(self) -> None:
+        """Wire the telemetry into the agents' loops (per-batch counts, changelog ack wait) and
+        the sink calls (write durations)."""
         self.telemetry = WorkerTelemetry(counters=self.counters, lag=self.lag,
                                          open_incidents=self.pipeline.incidents.open_kinds,
                                          rebalances=lambda: self.app.rebalancing_count)
