@@ -49,8 +49,14 @@ class Settings(BaseSettings):
     take_within_s: float = Field(0.5, gt=0, description="max wait to fill a batch, s")
     commit_interval_s: float = Field(1.0, gt=0, description=(
         "how often processed offsets are committed, s (a crash redelivers at most this much)"))
-    web_port: int = Field(6066, description="faust web (metrics, health); bound to 127.0.0.1")
+    web_port: int = Field(6066, description="faust web server port (/metrics, read API /v1/...)")
     web_enabled: bool = False
+    web_bind: str = Field("127.0.0.1", description="interface the web server binds (0.0.0.0 in containers)")
+    web_host: str | None = Field(None, description=(
+        "host name other workers reach this worker's web server at (read API routing to the owning worker); "
+        "unset = the machine's host name"))
+    api_tokens_path: Path | None = Field(None, description=(
+        "JSON file tenant -> list of bearer tokens of the read API (streams.readapi); unset = API answers 503"))
     faust_loglevel: Literal["crit", "error", "warn", "info", "debug"] = Field(
         "warn", description="faust's own log level")
     broker_session_timeout_s: float = Field(10.0, description="consumer group session timeout, s")

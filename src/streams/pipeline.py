@@ -32,7 +32,7 @@ from streams.processors.baselines import LAYER_PARTS, SliceStore
 from streams.processors.canary import CanaryConfig, CanaryMonitor, Emitted
 from streams.processors.columns import RawMessage, TraceColumns, trace_columns
 from streams.processors.drift import DriftConfig, DriftEngine
-from streams.processors.feedback import FeedbackProcessor, TraceIndex, TraceRef
+from streams.processors.feedback import STATUSES, FeedbackProcessor, TraceIndex, TraceRef
 from streams.processors.incidents import IncidentManager, TraceContext
 from streams.processors.ingest import Decoded, Ingest, make_dead_letter
 from streams.processors.metrics import POISSON, is_safety_feedback
@@ -150,6 +150,20 @@ class Pipeline:
         self._snapshot_dirty: set[int] = set()
         self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0,
                       "verdicts": 0}
+        #: feedback submissions by dedup status (only ``new`` counts in detectors and scorecards)
+        self.feedback_statuses = dict.fromkeys(STATUSES, 0)
+
+    def counters(self) -> dict[str, int]:
+        """Cumulative counters of the pipeline and its processors, by stats key: :attr:`stats`, the
+        label-delayed detectors' late feedback and discarded buckets (``detector_*``), the canary
+        monitor's (``canary_*``), feedback submissions by dedup status (``feedback_<status>``).
+        The worker's stats line and its Prometheus metrics (:data:`streams.telemetry.STATS_COUNTERS`)
+        both read them here."""
+        delayed = self.engine.delayed
+        return {**self.stats, "detector_late_feedback": int(delayed.late_feedback),
+                "detector_discarded_buckets": int(delayed.discarded_buckets),
+                **{f"canary_{k}": int(v) for k, v in self.canary.stats.items()},
+                **{f"feedback_{k}": int(v) for k, v in self.feedback_statuses.items()}}
 
     # ------------------------------------------------------------------ partitions
     def on_assigned(self, partitions: set[int]) -> None:
@@ -318,6 +332,8 @@ class Pipeline:
             ((rec["trace_id"], ref, is_safety_feedback(rec)) for rec, ref in res.corrections), fb_wm)
         incidents += self._rollbacks(emitted)
         self.stats["feedback"] += len(res.rows)
+        for status, n in res.counts.items():
+            self.feedback_statuses[status] = self.feedback_statuses.get(status, 0) + n
         self.stats["dead_letters"] += len(dls)
         self.stats["incident_events"] += len(incidents)
         self.stats["verdicts"] += len(emitted)

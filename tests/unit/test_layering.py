@@ -30,6 +30,8 @@ LAYERS: dict[str, int] = {
     "streams.processors": 5,
     "streams.pipeline": 6,
     "streams.sinks": 6,
+    "streams.telemetry": 6,
+    "streams.readapi": 6,
     "streams.evalset": 7,
     "streams.otlp": 7,
     "streams.worker": 8,

@@ -199,6 +199,19 @@ class IncidentManager:
             for r in inc.rows:
                 self.store.f["i_open"][r, g] = 1.0
 
+    def open_incidents(self, tenant: str) -> list[Incident]:
+        """The open incidents of ``tenant`` held here (the owned partitions), each as its latest
+        event (status ``open`` before any update, else ``updated``), most severe first, then by
+        first-seen time (the read API of rollout controllers)."""
+        held = [inc for inc in self.open.values() if inc.tenant_id == tenant]
+        held.sort(key=lambda inc: (-inc.severity, inc.first_seen_ms, inc.incident_id))
+        return [self._build(inc, IncidentStatus.open if inc.revision == 0 else IncidentStatus.updated,
+                            inc.last_emit_ms) for inc in held]
+
+    def open_kinds(self) -> list[tuple[str, str]]:
+        """``(kind, severity)`` of every open incident held here (Prometheus gauge)."""
+        return [(inc.kind, SEVERITIES[min(inc.severity, 3)].value) for inc in self.open.values()]
+
     def _persist(self, inc: OpenIncident) -> None:
         self.backend.put(f"inc|{inc.tenant_id or PLATFORM}|{inc.incident_id}", inc.to_json(), inc.partition)
 

@@ -19,12 +19,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streams.config import Settings
 from streams.pipeline import Pipeline
 from streams.processors.columns import RawMessage
+from streams.telemetry import WorkerTelemetry
 from streams.worker.delivery import AgentDelivery, ChangelogAcks, Shutdown
 from streams.worker.faust_fixes import ProcessedOffsets
 from streams.worker.join_wait import JoinWait, Position
@@ -164,11 +166,14 @@ class BatchLoop:
         processed: the commit offsets, marked after the waits.
         assignment: applied before each batch.
         shutdown: abandon (after a stop signal) or crash on a failed batch.
+        telemetry: counts each acknowledged batch and times its changelog acknowledgement wait
+            (the worker's; ``None``: not measured).
     """
 
     def __init__(self, settings: Settings, delivery: AgentDelivery, step: Step, *, pipeline: Pipeline,
                  outputs: Outputs, acks: ChangelogAcks, processed: ProcessedOffsets, assignment: Assignment,
-                 shutdown: Shutdown) -> None:
+                 shutdown: Shutdown, telemetry: WorkerTelemetry | None = None) -> None:
+        self.telemetry = telemetry
         self.settings = settings
         self.delivery = delivery
         self.step = step
@@ -193,9 +198,13 @@ class BatchLoop:
                 out = await self.step(raw_messages(events))
                 await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact)
                 self.pipeline.flush_state()
-                await self.acks.wait(s.changelog_ack_timeout_s)
+                t = self.telemetry
+                with t.changelog_ack_wait(delivery.name) if t is not None else nullcontext():
+                    await self.acks.wait(s.changelog_ack_timeout_s)
                 self.processed.mark(events)
                 self.written += out.written
+                if t is not None:
+                    t.on_batch(delivery.name, len(events), out.dead_letters, out.incidents, out.verdicts)
             except asyncio.CancelledError:
                 raise  # shutting down: the batch stays unacknowledged and is redelivered
             except BaseException:

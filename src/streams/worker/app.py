@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -32,6 +33,7 @@ from schemas import default_codec
 from schemas.codec import AvroCodec
 from streams.config import Settings
 from streams.pipeline import Pipeline
+from streams.telemetry import WorkerTelemetry
 from streams.topics import TABLES, ensure_topics
 from streams.worker import faults, faust_fixes
 from streams.worker.agents import Assignment, BatchLoop, FeedbackStep, TraceStep
@@ -45,6 +47,7 @@ from streams.worker.delivery import (
     kafka_retrying,
 )
 from streams.worker.outputs import Outputs
+from streams.worker.web import ReadApi, install_views, load_tokens
 
 log = logging.getLogger("selfheal.worker")
 #: records per consumer fetch batch (faust broker_max_poll_records)
@@ -65,14 +68,50 @@ class Worker:
     #: source name (:data:`SOURCES`) → its agent's loop
     loops: dict[str, BatchLoop]
     watchdog: SequencerWatchdog
+    #: Prometheus metrics (``/metrics``), reading :meth:`counters`, :meth:`lag` and the open incidents
+    telemetry: WorkerTelemetry = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Wire the telemetry into the agents' loops (per-batch counts, changelog ack wait) and
+        the sink calls (write durations)."""
+        self.telemetry = WorkerTelemetry(counters=self.counters, lag=self.lag,
+                                         open_incidents=self.pipeline.incidents.open_kinds,
+                                         rebalances=lambda: self.app.rebalancing_count)
+        for loop in self.loops.values():
+            loop.telemetry = self.telemetry
+        self.outputs.observe_write = self.telemetry.observe_sink_write
+
+    def counters(self) -> dict[str, int]:
+        """Every cumulative counter of the worker, by stats key (the one source of the stats line's
+        counters and of the Prometheus counters, :data:`streams.telemetry.STATS_COUNTERS`): the
+        pipeline's (:meth:`Pipeline.counters`), traces written, messages the consumer has taken
+        from Kafka (faust's monitor; flat while a stuck batch holds consumption), failed sink
+        write attempts."""
+        return {**self.pipeline.counters(), "traces_written": self.loops["traces"].written,
+                "received": self.app.monitor.messages_received_total,
+                "sink_failed_attempts": self.outputs.failed_attempts}
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """``{(topic, partition): messages}`` between each owned source partition's high watermark
+        (of the consumer's last fetch) and the next offset its agent processes; partitions with
+        either unknown are left out."""
+        out: dict[tuple[str, int], int] = {}
+        try:
+            owned = list(self.app.consumer.assignment())
+        except Exception:  # no consumer yet, or the assignment is changing
+            return out
+        for loop in self.loops.values():
+            d = loop.delivery
+            for tp in owned:
+                if tp.topic == d.topic:
+                    nxt, high = d.position(tp.partition)
+                    if nxt is not None and high is not None:
+                        out[(tp.topic, tp.partition)] = max(high - nxt, 0)
+        return out
 
     def stats(self) -> dict[str, Any]:
-        """The stats line: pipeline counters, traces written, messages the consumer has taken from
-        Kafka (faust's monitor; flat while a stuck batch holds consumption), failed sink writes,
-        and where events sit (:meth:`SequencerWatchdog.flow`)."""
-        return {**self.pipeline.stats, "traces_written": self.loops["traces"].written,
-                "received": self.app.monitor.messages_received_total,
-                "sink_failed_attempts": self.outputs.failed_attempts, "flow": self.watchdog.flow()}
+        """The stats line: :meth:`counters` and where events sit (:meth:`SequencerWatchdog.flow`)."""
+        return {**self.counters(), "flow": self.watchdog.flow()}
 
 
 def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
@@ -120,6 +159,10 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                                  queued=lambda d: faust_fixes.channel_depth(topics[d.name]),
                                  stopping=lambda: shutdown.stopping)
     worker = Worker(app, pipeline, outputs, shutdown, loops, watchdog)
+    if settings.web_enabled:
+        api = ReadApi(app, settings, pipeline, load_tokens(settings),
+                      {name: table.changelog_topic.get_topic_name() for name, table in tables.items()})
+        install_views(app, api, worker.telemetry)
 
     @app.agent(topics["traces"], name="process-traces")
     async def process_traces(stream: faust.StreamT) -> None:
@@ -163,8 +206,15 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
         web_enabled=settings.web_enabled,
-        web_bind="127.0.0.1",
+        web_bind=settings.web_bind,
+        web_host=settings.web_host or socket.gethostname(),
         web_port=settings.web_port,
+        # faust's own pages off: /table shows table contents without a token (streams.worker.web)
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=max(settings.broker_session_timeout_s / 4, 1.0),
         broker_commit_interval=settings.commit_interval_s,

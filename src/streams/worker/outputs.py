@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,10 +34,14 @@ class Outputs:
         stopping: true once a stop signal came.
         prepare_sink: applied to the sink after its migrations (the fault hooks of
             :mod:`streams.worker.faults`; identity otherwise).
+        observe_write: ``(sink method name, seconds)`` after every sink write call, retries
+            included (``streams.telemetry.WorkerTelemetry.observe_sink_write``).
     """
 
     def __init__(self, settings: Settings, codec: AvroCodec, topics: dict[str, Any], stopping: Callable[[], bool],
-                 prepare_sink: Callable[[ClickHouseSink], ClickHouseSink] = lambda sink: sink) -> None:
+                 prepare_sink: Callable[[ClickHouseSink], ClickHouseSink] = lambda sink: sink,
+                 observe_write: Callable[[str, float], None] = lambda name, seconds: None) -> None:
+        self.observe_write = observe_write
         self.settings = settings
         self.codec = codec
         self.topics = topics
@@ -115,7 +120,9 @@ class Outputs:
         """Run the sink calls ``(method, *args)`` in order, in a thread, holding the lock."""
         async with self.lock:
             for method, *args in calls:
+                t0 = time.perf_counter()
                 await asyncio.to_thread(method, *args)
+                self.observe_write(method.__name__, time.perf_counter() - t0)
 
     def trace_refs(self, tenant: str, trace_ids: list[str]) -> dict[str, TraceRef]:
         """Trace references of ``tenant``'s ``trace_ids`` found in ClickHouse (the feedback join's

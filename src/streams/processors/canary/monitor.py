@@ -170,6 +170,30 @@ class CanaryMonitor:
             self.trace_wm.pop(p, None)
             self.feedback_wm.pop(p, None)
 
+    def scorecards(self, tenant: str, release: str) -> list[dict[str, Any]]:
+        """The scorecards this monitor holds for candidate ``release`` of ``tenant`` (the read API
+        of rollout controllers): the groups of the owned partitions, from memory or the backend,
+        one dict per compared arm, sorted by cohort, workflow, arm::
+
+            {"cohort": str, "workflow": str | None (a high-risk workflow's own scorecard),
+             "arm": "canary" | "shadow", "stage_pct": float, "verdict": "promote" | "hold" |
+             "rollback" | None (no verdict event yet), "revision": int (of the last verdict event),
+             "candidate_traces": int (seen in all stages), "last_event_ms": int (event time, ms)}
+        """
+        prefix = f"cg|{tenant}|{release}|"
+        keys = {k[3:] for k, _ in self.backend.items() if k.startswith(prefix)}
+        keys |= {k for k in self.groups if k.startswith(prefix[3:])}
+        out = []
+        for key in sorted(keys):
+            g = self.groups.get(key) or self._load(key)
+            if g is None or g.tenant != tenant or g.release != release:  # a "|" inside a name
+                continue
+            for sc in g.scorecards.values():
+                out.append({"cohort": g.cohort, "workflow": None if g.scope == "*" else g.scope, "arm": sc.sid,
+                            "stage_pct": float(sc.stage), "verdict": sc.verdict, "revision": int(sc.revision),
+                            "candidate_traces": int(sc.seen), "last_event_ms": int(g.last_event_ms)})
+        return sorted(out, key=lambda d: (d["cohort"], d["workflow"] or "", d["arm"]))
+
     def group_key(self, tenant: str, release: str, cohort: str, workflow: str) -> tuple[str, str]:
         """``(group key, workflow scope)`` of a rollout trace."""
         scope = workflow if self.cfg.is_high_risk(workflow) else "*"
