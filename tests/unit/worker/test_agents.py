@@ -163,7 +163,7 @@ def test_the_trace_step_checks_unindexed_ids_in_the_store_then_writes_valid_trac
         outputs = Outputs()
         seen = {}
 
-        def on_traces(msgs, *, decoded, stored, out=out):
+        def on_traces(msgs, *, decoded, stored, out=out, seen=seen):
             seen.update(decoded=decoded, stored=stored)
             return out
 
