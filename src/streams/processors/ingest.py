@@ -19,7 +19,8 @@ Dead-letter reasons (``error_class``; ``field`` and ``value`` name what is at fa
   ``invalid_key`` (no key, not UTF-8, or not a tenant id), ``validation`` of an empty batch;
 - per record: ``validation`` (the contract models: ranges, NaN, patterns, event-time window,
   sizes, ...), ``key_mismatch`` (record tenant differs from the message key); later stages add
-  ``duplicate_conflict`` (:mod:`streams.pipeline`) and ``unknown_trace`` (feedback).
+  ``duplicate_conflict`` (:mod:`streams.pipeline`) and ``unknown_trace`` (feedback), and the worker
+  ``processing_error`` (a poison message quarantined: :mod:`streams.worker.quarantine`).
 
 Validation: the pydantic contract models (``model_validate`` with the event-time window in the
 validation context) are the definition. For traces, the hot path first runs
