@@ -29,7 +29,7 @@ from streams.worker.delivery import AgentDelivery, ChangelogAcks, Shutdown
 from streams.worker.faust_fixes import ProcessedOffsets
 from streams.worker.join_wait import JoinWait, Position
 from streams.worker.outputs import Outputs
-from streams.worker.quarantine import Quarantine, is_processing_error
+from streams.worker.quarantine import Quarantine, is_processing_error, processing
 
 log = logging.getLogger("selfheal.worker")
 
@@ -76,9 +76,12 @@ class TraceStep:
         write the valid traces. ``written``: traces written."""
         pipe = self.pipeline
         await self.outputs.ready()
-        decoded = pipe.decode_traces(messages)
-        stored = await self.outputs.stored_traces(pipe.unindexed_trace_ids(decoded))
-        out = pipe.on_traces(messages, decoded=decoded, stored=stored)
+        with processing():
+            decoded = pipe.decode_traces(messages)
+            unindexed = pipe.unindexed_trace_ids(decoded)
+        stored = await self.outputs.stored_traces(unindexed)
+        with processing():
+            out = pipe.on_traces(messages, decoded=decoded, stored=stored)
         if out.cols is not None:
             await self.outputs.write_traces(out.cols, out.attributes)
         return StepOutput(out.incidents, out.dead_letters, out.verdicts, out.cols.n if out.cols is not None else 0)
@@ -117,10 +120,12 @@ class FeedbackStep:
         """
         pipe = self.pipeline
         await self.outputs.ready()
-        decoded = pipe.decode_feedback(messages)
+        with processing():
+            decoded = pipe.decode_feedback(messages)
         wait = JoinWait(self.grace_s, self.trace_position, clock=self.clock)
         refs = await wait.run(pipe.feedback.resolve, decoded.records, decoded.partitions, self.stopping)
-        out = pipe.on_feedback(messages, decoded, refs)
+        with processing():
+            out = pipe.on_feedback(messages, decoded, refs)
         if out.rows or out.submissions:
             await self.outputs.write_feedback(out.rows, out.submissions)
         self.outputs.add_patterns(out.patterns)  # refreshed on a timer (Outputs.refresh_patterns)
@@ -254,6 +259,6 @@ class BatchLoop:
         try:
             self.quarantine.failed(raw_messages(events), exc)
             await self.acks.wait(min(30.0, self.settings.changelog_ack_timeout_s))
-            log.warning("processing error recorded for %d message(s) (%s: %s)", len(events), type(exc).__name__, exc)
+            log.warning("processing error recorded for %d message(s) (%s)", len(events), exc)
         except Exception:
             log.warning("could not record the processing error for quarantine", exc_info=True)

@@ -9,8 +9,10 @@ this with its deserialization, production and processing exception handlers (KIP
 KIP-1033: log, skip, continue); selfheal skips only after the failure has been seen again with
 the suspect message alone, so one transient error never dead-letters a good record:
 
-1. A batch fails with a processing error (anything but the infrastructure errors of
-   :data:`INFRASTRUCTURE`: sink, changelog, broker, shutdown). For every partition in it the
+1. A batch fails with a processing error: an exception raised while the pipeline computes
+   (decode, validation, dedup, detectors, incidents, feedback aggregation; the steps wrap those
+   calls in :func:`processing`), not one of the sink, the broker, the changelog or a shutdown,
+   and not an :data:`INFRASTRUCTURE` error raised inside the computation. For every partition in it the
    worker records the failed offset range and the error in the ``quarantine`` changelog table
    (the record follows the partition to whichever worker owns it next), waits for the broker's
    acknowledgement, and exits (code 70).
@@ -31,13 +33,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError
 
 from schemas import DeadLetter
-from streams.errors import ChangelogError, DeliveryError, SinkError
+from streams.errors import ChangelogError, DeliveryError, ProcessingError, SinkError
 from streams.processors.columns import RawMessage
 from streams.processors.ingest import make_dead_letter
 from streams.state import StateBackend
@@ -50,10 +53,29 @@ INFRASTRUCTURE: tuple[type[BaseException], ...] = (SinkError, ChangelogError, De
                                                    TimeoutError, asyncio.TimeoutError, KafkaError)
 
 
+@contextmanager
+def processing() -> Iterator[None]:
+    """Wrap a pipeline computation: an exception it raises becomes :class:`ProcessingError`
+    (its cause kept), the only kind of failure that counts towards quarantine.
+
+    Raises:
+        ProcessingError: the computation raised an ``Exception``.
+    """
+    try:
+        yield
+    except Exception as exc:
+        raise ProcessingError(f"{type(exc).__name__}: {exc}") from exc
+
+
 def is_processing_error(exc: BaseException) -> bool:
-    """``exc`` was raised by processing a record (counts towards quarantine), not by the sink, the
-    broker, the changelog or a shutdown."""
-    return isinstance(exc, Exception) and not isinstance(exc, INFRASTRUCTURE)
+    """``exc`` was raised by computing a record's results (:func:`processing`; counts towards
+    quarantine), not by the sink, the broker, the changelog or a shutdown."""
+    return isinstance(exc, ProcessingError) and not isinstance(exc.__cause__, INFRASTRUCTURE)
+
+
+def cause(exc: BaseException) -> BaseException:
+    """The exception a :class:`ProcessingError` wraps (``exc`` itself otherwise)."""
+    return exc.__cause__ if isinstance(exc, ProcessingError) and exc.__cause__ is not None else exc
 
 
 @dataclass
@@ -137,8 +159,9 @@ class Quarantine:
             if alone:
                 rec.attempts = rec.attempts + 1 if rec.offset == offsets[0] else 1
                 rec.offset = offsets[0]
-            rec.error_class = type(exc).__name__
-            rec.error = f"{rec.error_class}: {exc}"[:1000]
+            err = cause(exc)
+            rec.error_class = type(err).__name__
+            rec.error = f"{rec.error_class}: {err}"[:1000]
             self.state.put(self._key(topic, partition), rec.to_bytes(), partition)
 
     def passed(self, messages: Sequence[RawMessage]) -> None:

@@ -8,12 +8,12 @@ import asyncio
 import contextlib
 from types import SimpleNamespace
 
-from streams.errors import SinkError
+from streams.errors import ProcessingError, SinkError
 from streams.processors.columns import RawMessage
 from streams.state import DictBackend
 from streams.worker.agents import BatchLoop, StepOutput
 from streams.worker.faust_fixes import ProcessedOffsets
-from streams.worker.quarantine import Quarantine, is_processing_error
+from streams.worker.quarantine import Quarantine, is_processing_error, processing
 
 TOPIC = "t.traces"
 
@@ -22,16 +22,25 @@ def raw(o, p=0):
     return RawMessage(TOPIC, p, o, b"acme", b"v%d" % o)
 
 
+def failure(exc):
+    """``exc`` as the steps raise it from a pipeline computation."""
+    try:
+        with processing():
+            raise exc
+    except ProcessingError as wrapped:
+        return wrapped
+
+
 def test_a_message_failing_alone_max_attempts_times_is_condemned():
     q = Quarantine(DictBackend(), max_attempts=2)
     batch = [raw(10), raw(11), raw(12), raw(5, p=1)]
     assert not q.careful(batch)
-    q.failed(batch, ValueError("boom"))
+    q.failed(batch, failure(ValueError("boom")))
     assert q.careful([raw(12)]) and q.careful([raw(5, p=1)]) and not q.careful([raw(13)])
     assert q.verdict(raw(10)) is None  # a batch failure blames no message yet
-    q.failed([raw(11)], ValueError("boom"))
+    q.failed([raw(11)], failure(ValueError("boom")))
     assert q.verdict(raw(11)) is None  # once alone: maybe transient
-    q.failed([raw(11)], ValueError("boom 2"))
+    q.failed([raw(11)], failure(ValueError("boom 2")))
     rec = q.verdict(raw(11))
     assert rec is not None and (rec.offset, rec.attempts, rec.error_class, rec.to) == (11, 2, "ValueError", 12)
     d = q.dead_letter(raw(11), rec)
@@ -42,9 +51,10 @@ def test_a_message_failing_alone_max_attempts_times_is_condemned():
     assert q.get(TOPIC, 0) is None and q.get(TOPIC, 1) is not None
 
 
-def test_infrastructure_errors_do_not_count():
-    assert is_processing_error(KeyError("x")) and is_processing_error(ZeroDivisionError())
-    for exc in (SinkError("down"), ConnectionError("refused"), TimeoutError(), asyncio.CancelledError()):
+def test_only_errors_of_the_computation_count():
+    assert is_processing_error(failure(KeyError("x"))) and is_processing_error(failure(ZeroDivisionError()))
+    assert not is_processing_error(failure(ConnectionError("refused")))  # infrastructure, even inside
+    for exc in (KeyError("x"), SinkError("down"), TimeoutError(), asyncio.CancelledError()):  # not wrapped
         assert not is_processing_error(exc)
 
 
@@ -87,7 +97,10 @@ def run_loop(state, poison_offset, batch, max_attempts=1, error=ValueError):
     async def step(messages):
         steps.append([m.offset for m in messages])
         if any(m.offset == poison_offset for m in messages):
-            raise error("poison")
+            if error is SinkError:  # the sink's own failure, outside the computation
+                raise error("poison")
+            with processing():
+                raise error("poison")
         return StepOutput([], [], [], written=len(messages))
 
     step.what = "trace batch"
