@@ -16,9 +16,10 @@ dead-letter topic. Two things must hold for both, whatever the input was:
 - **It is redacted, and keeps its diagnosis.** ``value`` and ``message`` quote the input, so they
   go through the redactor; but a number read from a numeric field is not free text: the value
   ``2147483647`` of an out-of-range ``input_tokens`` was stored as ``[PHONE]`` (a US number to
-  libphonenumber). A ``value_numeric`` dead letter keeps its value, and every occurrence of it
-  standing alone in the message (not inside a longer token); the rest of the message is
-  redacted piece by piece (:func:`redact_around`).
+  libphonenumber). A ``value_numeric`` dead letter keeps its value, and every number standing
+  alone in its message (the value, the bound it broke; not a number inside a longer token such
+  as a phone number or a date); the rest of the message is redacted piece by piece
+  (:func:`redact_around`).
 
 Sealing happens once per dead letter; the sink and the topic get the same sealed copy (they were
 redacted separately before).
@@ -37,19 +38,28 @@ OVER_BOUND = "over_bound"
 BY_SETTING = "setting"
 
 
-def redact_around(text: str, keep: str, redact: Callable[[str], str | None]) -> str:
-    """``text`` redacted except where ``keep`` stands alone (not preceded or followed by a
-    letter, digit, ``.``, ``-``, ``+`` or ``/``: the number is not part of a longer token such as a
-    phone number or a date); the pieces between are redacted separately.
+#: a number standing alone: not preceded or followed by a letter, digit, ``.``, ``-``, ``+``, ``/``
+#: or ``=`` glued to a word (so not part of a phone number, a date, an id or a version)
+_ALONE = r"(?<![\w.+\-/]){}(?![\w.\-/])"
+#: numbers a numeric dead letter's message states besides the value (bounds: ``<= 1000000``,
+#: ``max_message_bytes=1048576``), standing alone as in :data:`_ALONE`
+NUMBER = re.compile(r"(?<![\w.+\-/])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w.\-/])")
 
-    Example: ``redact_around("input_tokens: <= 1000000 (got 2147483647)", "2147483647", r)``
+
+def redact_around(text: str, keep: Sequence[str], redact: Callable[[str], str | None]) -> str:
+    """``text`` redacted except where one of ``keep`` stands alone (see :data:`_ALONE`: the
+    number is not part of a longer token such as a phone number or a date); the pieces between
+    are redacted separately.
+
+    Example: ``redact_around("input_tokens: <= 1000000 (got 2147483647)", ["2147483647"], r)``
     keeps ``2147483647`` whatever ``r`` does with digits.
     """
+    keep = sorted({k for k in keep if k}, key=len, reverse=True)  # longest first in the alternation
     if not keep:
         return redact(text) or ""
-    pattern = re.compile(r"(?<![\w.+\-/])" + re.escape(keep) + r"(?![\w.\-/])")
-    pieces = pattern.split(text)
-    return keep.join((redact(p) or "") if p else p for p in pieces)
+    pattern = re.compile(_ALONE.format("(" + "|".join(map(re.escape, keep)) + ")"))
+    pieces = pattern.split(text)  # text, kept, text, kept, ..., text
+    return "".join(p if i % 2 else ((redact(p) or "") if p else p) for i, p in enumerate(pieces))
 
 
 def seal(letters: Sequence[DeadLetter], *, redact: Callable[[str], str | None], include_payload: bool = True,
@@ -77,7 +87,9 @@ def seal(letters: Sequence[DeadLetter], *, redact: Callable[[str], str | None], 
             update["payload"] = b""
             update["payload_left_out"] = BY_SETTING if not include_payload else OVER_BOUND
         if d.value_numeric and d.value:
-            update["message"] = redact_around(d.message, d.value, redact)
+            # a numeric field's message is the contract's wording, the field path and numbers
+            # (the value, the bound it broke): every standalone number in it is kept
+            update["message"] = redact_around(d.message, [d.value, *NUMBER.findall(d.message)], redact)
         else:
             update["value"] = redact(d.value) if d.value else d.value
             update["message"] = redact(d.message) or ""

@@ -10,7 +10,9 @@ traces to ClickHouse) and :class:`FeedbackStep` (decode, wait for the traces the
 to (:mod:`streams.worker.join_wait`), ``Pipeline.on_feedback``, feedback rows to ClickHouse).
 An exception inside a batch exits the process without acknowledging it, or, after a stop signal,
 leaves it uncommitted and exits 0 (:class:`~streams.worker.delivery.Shutdown`); either way the
-batch is redelivered.
+batch is redelivered. An error of the pipeline's computation is first recorded for its
+partitions, so that a message failing again and again is quarantined instead of stopping them
+(:mod:`streams.worker.quarantine`).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError
+from faust.exceptions import FaustError
 
 from schemas import DeadLetter
 from streams.errors import ChangelogError, DeliveryError, ProcessingError, SinkError
@@ -50,7 +51,7 @@ log = logging.getLogger("selfheal.worker")
 
 #: errors of the infrastructure, not of a record: the batch is retried by a restart, never quarantined
 INFRASTRUCTURE: tuple[type[BaseException], ...] = (SinkError, ChangelogError, DeliveryError, Abandoned, OSError,
-                                                   TimeoutError, asyncio.TimeoutError, KafkaError)
+                                                   TimeoutError, asyncio.TimeoutError, KafkaError, FaustError)
 
 
 @contextmanager

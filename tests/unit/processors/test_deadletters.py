@@ -13,6 +13,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from schemas import DeadLetter
 from schemas.codec import AvroCodec
+from schemas.common import MAX_TOKENS
 from streams.privacy import Redactor
 from streams.processors.columns import RawMessage
 from streams.processors.deadletters import OVER_BOUND, redact_around, seal
@@ -34,6 +35,15 @@ def test_an_out_of_range_token_count_keeps_its_value_through_redaction():
     assert "[PHONE]" in REDACT(d.message)  # what the redactor alone makes of it (issue 18)
     (s,) = seal([d], redact=REDACT)
     assert s.value == "2147483647" and "got 2147483647" in s.message and "[PHONE]" not in s.message
+    assert f"equal to {MAX_TOKENS} (got" in s.message  # and the bound it broke
+
+
+def test_a_numeric_dead_letter_keeps_every_standalone_number_and_redacts_the_rest():
+    d = make_dead_letter(msg(b"x"), index=-1, error_class="validation", field_path="latency_ms", value=2147483647.5,
+                         message="latency_ms: at most 3600000.0 (got 2147483647.5) from Dr. Alice Wong 617-555-0134")
+    (s,) = seal([d], redact=REDACT)
+    assert s.value == "2147483647.5" and s.message.startswith("latency_ms: at most 3600000.0 (got 2147483647.5)")
+    assert "Alice" not in s.message and "0134" not in s.message
 
 
 def test_free_text_values_and_messages_are_still_redacted_once():
@@ -52,7 +62,7 @@ def test_free_text_values_and_messages_are_still_redacted_once():
 
 def test_a_number_inside_a_longer_token_is_not_kept():
     text = "got 555 near 415-555-0199 and 555"
-    assert redact_around(text, "555", REDACT) == "got 555 near [PHONE] and 555"
+    assert redact_around(text, ["555"], REDACT) == "got 555 near [PHONE] and 555"
 
 
 def test_payload_over_the_bound_or_switched_off_is_left_out_with_its_hash_and_size():
