@@ -51,3 +51,11 @@ def test_a_redelivered_message_is_processed_again_and_without_a_store_nothing_ch
     again = Pipeline(Settings(state_dir="/nonexistent"), CODEC).on_traces(msgs)
     assert again.cols.trace_id == ["tr-y"]
     assert pipe.unindexed_trace_ids(pipe.decode_traces(msgs)) == {}  # now in the index
+
+
+def test_an_evicted_trace_is_looked_up_in_the_store_again():
+    pipe = Pipeline(Settings(state_dir="/nonexistent", trace_index_size=1000), CODEC)
+    pipe.on_traces([message(1, trace(1, trace_id="tr-a", event_time=T0))])
+    pipe.on_traces([message(2, *(trace(i, trace_id=f"tr-b{i}", event_time=T0) for i in range(1000)))])  # evicts tr-a
+    again = [message(3, trace(1, trace_id="tr-a", event_time=T0, latency_ms=9.0))]
+    assert pipe.unindexed_trace_ids(pipe.decode_traces(again)) == {"acme": ["tr-a"]}
