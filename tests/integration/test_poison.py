@@ -125,6 +125,9 @@ def test_oversized_and_poison_messages_do_not_stop_the_pipeline(settings, tmp_pa
         assert all(code == 70 for code in sup.exit_codes), sup.exit_codes
         assert 1 <= len(sup.exit_codes) <= 1 + max_attempts
         assert sup.worker.alive()
+        deadline = time.monotonic() + 30  # the stats line (every second) counts the quarantined message
+        while '"quarantined": 1' not in sup.log.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         sup.stop()
 
