@@ -12,8 +12,8 @@ the suspect message alone, so one transient error never dead-letters a good reco
 1. A batch fails with a processing error: an exception raised while the pipeline computes
    (decode, validation, dedup, detectors, incidents, feedback aggregation; the steps wrap those
    calls in :func:`processing`), not one of the sink, the broker, the changelog or a shutdown,
-   and not an :data:`INFRASTRUCTURE` error raised inside the computation. For every partition in it the
-   worker records the failed offset range and the error in the ``quarantine`` changelog table
+   and not an :data:`INFRASTRUCTURE` error raised inside the computation. For every partition
+   in it the worker records the failed offset range and the error in the ``quarantine`` changelog table
    (the record follows the partition to whichever worker owns it next), waits for the broker's
    acknowledgement, and exits (code 70).
 2. The restarted worker processes batches that touch a recorded range one message at a time
@@ -108,8 +108,9 @@ class FailureRecord:
 
 
 class Quarantine:
-    """The failure records of one source topic, in a state backend (the ``quarantine`` changelog
-    table in the worker; an empty value is a cleared record).
+    """The failure records of the source topics' partitions, in a state backend (the
+    ``quarantine`` changelog table in the worker, shared by both agents; an empty value is a
+    cleared record).
 
     Args:
         state: the backend (keys ``<topic>|<partition>``, written to the partition's changelog).
