@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
@@ -183,3 +184,24 @@ def test_a_forged_copy_after_a_restart_does_not_replace_the_stored_trace(setting
     assert {"tr-a1", "tr-b1", "tr-b2"} <= stored
     dls = query(settings, "SELECT error_class, value, record_index FROM {db}.dead_letters FINAL")
     assert dls == [("duplicate_conflict", "tr-orig", 0)]  # the identical copy is a replay, not a conflict
+
+
+def test_the_stored_trace_lookup_finds_ids_of_any_content_and_only_the_tenants(settings):
+    ids = ["tr-plain", "tr,with,commas", "tr\x1funit-separator", "tr'quote\\back\nline", "ü-ñ"]
+    sink = ClickHouseSink(settings)
+    try:
+        sink.migrate()
+        rows = [[tenant, tid, 1_700_000_000_000 + i, 1.5, 3, "success", "r1", 2, 40 + i]
+                for tenant in ("acme", "globex") for i, tid in enumerate(ids)]
+        sink.client.insert(f"{settings.clickhouse_database}.trace_ids", [
+            [r[0], r[1], datetime.fromtimestamp(r[2] / 1000, tz=UTC), *r[3:]] for r in rows],
+            column_names=["tenant_id", "trace_id", "event_time", "latency_ms", "output_tokens", "outcome",
+                          "release_id", "source_partition", "source_offset"])
+        q = sink.for_tenant("acme")
+        plain = [i for i in ids if "\x1f" not in i]
+        for asked in (plain, ids):  # the joined form, and the general one (an id with the separator)
+            found = q.stored_traces([*asked, "tr-unknown"])
+            assert sorted(r[0] for r in found) == sorted(asked)
+            assert {(r[1], r[4], r[6]) for r in found} <= {(1_700_000_000_000 + i, "success", 2) for i in range(5)}
+    finally:
+        sink.close()
