@@ -20,6 +20,9 @@ from streams.errors import ConfigError
 #: Repository root in an editable install (state dir default lives under it).
 ROOT = Path(__file__).resolve().parents[2]
 
+#: the worker's producer ``max_request_size`` and the dead-letter topic's ``max.message.bytes``, bytes
+KAFKA_MAX_REQUEST_BYTES = 2 * 1024 * 1024
+
 LAYERS = ("tenant", "tenant_cohort", "tenant_workflow", "tenant_cohort_workflow", "release")
 
 
@@ -63,6 +66,19 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_048_576, description="larger messages are dead-lettered, bytes")
     max_event_age_s: int = Field(30 * 86400, description="older event_time is dead-lettered, s")
     max_clock_skew_s: int = Field(300, description="event_time further in the future is dead-lettered, s")
+
+    # --- dead letters and poison records (issue 18) --------------------------------------
+    dead_letter_payload: bool = Field(True, description=(
+        "keep the original payload in dead-letter envelopes on the topic (false: left out; the envelope keeps "
+        "its SHA-256 and size)"))
+    dead_letter_max_payload_bytes: int = Field(1_048_576, ge=0, le=KAFKA_MAX_REQUEST_BYTES - 65_536, description=(
+        "larger payloads are left out of the dead-letter envelope (SHA-256 and size kept), bytes; below the "
+        "producer's max request size so an envelope always fits"))
+    dead_letter_retention_s: int = Field(30 * 86400, gt=0, description=(
+        "retention of the dead-letter topic, s (set when ensure_topics creates it)"))
+    poison_max_attempts: int = Field(2, ge=1, description=(
+        "times a record may fail processing on its own at the same offset before it is quarantined to the "
+        "dead-letter topic (processing_error) and its partition moves on"))
 
     # --- ClickHouse ----------------------------------------------------------------------
     clickhouse_url: str | None = Field(None, description="http(s)://host:8123 of a real server; unset = embedded chDB")

@@ -71,3 +71,8 @@ class SinkError(SelfhealError):
 
 class TenantScopeError(SelfhealError, PermissionError):
     """A query helper was called without a valid tenant, or would cross tenants."""
+
+
+class ProcessingError(SelfhealError):
+    """Computing a batch's results raised (the cause is ``__cause__``): a candidate poison record,
+    unlike sink, broker or changelog failures (:mod:`streams.worker.quarantine`)."""

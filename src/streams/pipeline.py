@@ -38,6 +38,18 @@ from streams.processors.ingest import Decoded, Ingest, make_dead_letter
 from streams.processors.metrics import POISSON, is_safety_feedback
 from streams.state import DictBackend, StateBackend
 
+#: what the store holds of trace ids outside the in-memory index: ``{(tenant_id, trace_id):
+#: [(fingerprint, source partition, source offset)]}`` (:meth:`Pipeline.unindexed_trace_ids`)
+StoredTraces = dict[tuple[str, str], list[tuple[int, int, int]]]
+
+
+def trace_fingerprint(event_time_ms: int, latency_ms: float, output_tokens: int, outcome: str, release_id: str,
+                      tenant_id: str) -> int:
+    """Content fingerprint of a trace for duplicate detection: a hash of the fields a replay
+    cannot change (valid within one process: Python's string hash is salted per process, so the
+    store's values are fingerprinted again after a restart, never stored)."""
+    return hash((int(event_time_ms), float(latency_ms), int(output_tokens), outcome, release_id, tenant_id))
+
 
 @dataclass
 class TraceOutput:
@@ -197,11 +209,35 @@ class Pipeline:
         return n
 
     # ------------------------------------------------------------------ traces
-    def on_traces(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> TraceOutput:
+    def decode_traces(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> Decoded:
+        """Decode + validate trace messages (step 1 of :meth:`on_traces`)."""
+        return self.trace_ingest.decode(messages, now_ms)
+
+    def unindexed_trace_ids(self, decoded: Decoded) -> dict[str, list[str]]:
+        """``{tenant: [trace_id]}`` of the valid traces of ``decoded`` that the in-memory index
+        does not hold: the ids to look up in the store (:class:`StoredTraces`) before
+        :meth:`on_traces`, so a trace_id ingested before a restart, a rebalance or an eviction
+        is still recognised."""
+        index = self.index.refs
+        out: dict[str, set[str]] = {}
+        for r in decoded.records:
+            tid = r["trace_id"]
+            if tid not in index:
+                out.setdefault(r["tenant_id"], set()).add(tid)
+        return {t: sorted(ids) for t, ids in out.items()}
+
+    def on_traces(self, messages: Sequence[RawMessage], now_ms: int | None = None, *,
+                  decoded: Decoded | None = None, stored: StoredTraces | None = None) -> TraceOutput:
         """Process one batch of trace messages (see module docstring): decode and validate,
         drop replayed trace ids, detectors and incidents, canary scorecards, index the traces for
-        the feedback join, redact their attributes."""
-        traces = self._dedup_traces(self.trace_ingest.decode(messages, now_ms), messages)
+        the feedback join, redact their attributes.
+
+        ``decoded`` comes from :meth:`decode_traces`; ``stored`` holds what the store knows of the
+        ids :meth:`unindexed_trace_ids` named (without it only the in-memory index and the batch
+        are checked for duplicates)."""
+        if decoded is None:
+            decoded = self.decode_traces(messages, now_ms)
+        traces = self._dedup_traces(decoded, messages, stored or {})
         if not traces.records:
             return TraceOutput(None, [], [], traces.dead_letters, traces.duplicates)
         cols = trace_columns(traces.records, traces.partitions, traces.offsets)
@@ -217,23 +253,32 @@ class Pipeline:
         return TraceOutput(cols, attrs, incidents, traces.dead_letters, traces.duplicates,
                            [e.verdict for e in emitted])
 
-    def _dedup_traces(self, decoded: Decoded, messages: Sequence[RawMessage]) -> DedupedTraces:
-        """Drop traces whose id was seen before (in the trace index or earlier in this batch):
-        same content is a replay (skipped, counted), different content a ``duplicate_conflict``
-        dead letter. The fingerprint of a trace is a hash of the fields a replay cannot change."""
+    def _dedup_traces(self, decoded: Decoded, messages: Sequence[RawMessage], stored: StoredTraces) -> DedupedTraces:
+        """Drop traces whose id was seen before (in the trace index, earlier in this batch, or in
+        the store: ``stored``): same content is a replay (skipped, counted), different content a
+        ``duplicate_conflict`` dead letter, so a stored trace is never replaced by another record
+        with its id (the traces table's ReplacingMergeTree key would let a copy with the same
+        slice and event time replace it). A stored trace from the same Kafka message (partition,
+        offset) is that message redelivered after a crash: processed again, as before (the
+        baselines' replay guard counts it once; the row collapses in ClickHouse). The fingerprint
+        of a trace (:func:`trace_fingerprint`) is a hash of the fields a replay cannot change."""
         dls = decoded.dead_letters
         records, parts, offs, idxs = decoded.records, decoded.partitions, decoded.offsets, decoded.indexes
         keep: list[int] = []
         seen_now: dict[str, int] = {}
         index = self.index
-        fps = [hash((r["event_time"], r["latency_ms"], r["output_tokens"], r["outcome"], r["release"]["release_id"],
-                     r["tenant_id"])) for r in records]
+        fps = [trace_fingerprint(r["event_time"], r["latency_ms"], r["output_tokens"], r["outcome"],
+                                 r["release"]["release_id"], r["tenant_id"]) for r in records]
         dup = 0
         msg_by_off = {(m.partition, m.offset): m for m in messages}
         for i, r in enumerate(records):
             tid = r["trace_id"]
             prev = index.get(tid)
             prev_fp = prev.fingerprint if prev is not None else (fps[seen_now[tid]] if tid in seen_now else None)
+            if prev_fp is None and stored:
+                rows = stored.get((r["tenant_id"], tid))
+                if rows and not any(p == parts[i] and o == offs[i] for _, p, o in rows):
+                    prev_fp = fps[i] if any(fp == fps[i] for fp, _, _ in rows) else rows[0][0]
             if prev_fp is None:
                 seen_now[tid] = i
                 keep.append(i)

@@ -72,6 +72,12 @@ STATS_COUNTERS: dict[str, tuple[str, str] | tuple[str, str, dict[str, str]]] = {
                  "Kafka messages the consumer took from the broker (flat while a stuck batch holds consumption)."),
     "sink_failed_attempts": ("selfheal_sink_write_retries_total",
                              "ClickHouse write attempts that failed and were retried (exponential backoff)."),
+    "quarantined": ("selfheal_quarantined_messages_total",
+                    "Messages quarantined to the dead-letter topic as processing_error after failing "
+                    "POISON_MAX_ATTEMPTS times alone (the partition moved on)."),
+    "dead_letter_payloads_left_out": ("selfheal_dead_letter_payloads_left_out_total",
+                                      "Dead letters sent without their payload (over the bound or by "
+                                      "DEAD_LETTER_PAYLOAD=false; SHA-256 and size kept)."),
     "detector_late_feedback": ("selfheal_detector_late_feedback_total",
                                "Correction events not counted by the correction-rate detectors: their trace's "
                                "event-time bucket had matured and retired (a safe undercount)."),

@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from streams.config import Settings
+from streams.config import KAFKA_MAX_REQUEST_BYTES, Settings
 from streams.errors import BrokerUnavailableError, ConfigError, TopicNotReadyError
 
 #: per-topic configuration (Kafka topic config names); retention in ms
@@ -39,12 +39,14 @@ TOPIC_CONFIGS = {
     "traces": {"retention.ms": str(7 * 86400_000), "compression.type": "producer"},
     "feedback": {"retention.ms": str(30 * 86400_000), "compression.type": "producer"},
     "incidents": {"retention.ms": str(90 * 86400_000)},
-    "deadletter": {"retention.ms": str(30 * 86400_000)},
+    # retention: Settings.dead_letter_retention_s (ensure_topics); max.message.bytes: what the
+    # worker's producer may send (streams.processors.deadletters keeps every envelope below it)
+    "deadletter": {"retention.ms": str(30 * 86400_000), "max.message.bytes": str(KAFKA_MAX_REQUEST_BYTES)},
     "verdicts": {"retention.ms": str(90 * 86400_000)},
 }
 
 #: the worker's faust tables (streams.worker.app); each has a compacted changelog topic
-TABLES = ("baselines", "incident-state", "feedback-seen", "canary-state")
+TABLES = ("baselines", "incident-state", "feedback-seen", "canary-state", "quarantine")
 CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
 
 
@@ -85,6 +87,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
     result: dict[str, str] = {}
     new = []
     wanted = {settings.topic(name): config for name, config in TOPIC_CONFIGS.items()}
+    wanted[settings.topic("deadletter")] = {**TOPIC_CONFIGS["deadletter"],
+                                            "retention.ms": str(settings.dead_letter_retention_s * 1000)}
     wanted.update({changelog_topic(settings, t): CHANGELOG_CONFIG for t in TABLES})
     for topic, config in wanted.items():
         if topic in meta.topics:

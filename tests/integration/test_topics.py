@@ -9,6 +9,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec
 
+from streams.config import KAFKA_MAX_REQUEST_BYTES
 from streams.errors import TopicNotReadyError
 from streams.topics import (
     TABLES,
@@ -28,7 +29,7 @@ def test_ensure_topics_creates_compacted_changelogs_before_any_worker(settings):
     first = ensure_topics(settings)
     changelogs = [changelog_topic(settings, t) for t in TABLES]
     assert changelogs == [f"{settings.full_app_id}-{t}-changelog" for t in
-                          ("baselines", "incident-state", "feedback-seen", "canary-state")]
+                          ("baselines", "incident-state", "feedback-seen", "canary-state", "quarantine")]
     assert {first[t] for t in changelogs} == {"created"}
     admin = AdminClient(settings.kafka_config())
     meta = admin.list_topics(timeout=10).topics
@@ -37,6 +38,18 @@ def test_ensure_topics_creates_compacted_changelogs_before_any_worker(settings):
     for res, fut in admin.describe_configs([ConfigResource("topic", t) for t in changelogs]).items():
         assert fut.result()["cleanup.policy"].value == "compact", res
     assert set(ensure_topics(settings).values()) == {"exists"}  # idempotent: the worker calls it at every start
+
+
+def test_dead_letter_topic_has_its_retention_and_takes_every_envelope(settings):
+    # retention from SELFHEAL_DEAD_LETTER_RETENTION_S; max.message.bytes = the worker's producer
+    # max_request_size, above every sealed envelope (streams.processors.deadletters)
+    settings = settings.model_copy(update={"dead_letter_retention_s": 7 * 86400})
+    ensure_topics(settings)
+    admin = AdminClient(settings.kafka_config())
+    res = ConfigResource("topic", settings.topic("deadletter"))
+    config = admin.describe_configs([res])[res].result()
+    assert config["retention.ms"].value == str(7 * 86400_000)
+    assert config["max.message.bytes"].value == str(KAFKA_MAX_REQUEST_BYTES)
 
 
 def test_ensure_topics_returns_when_every_partition_is_served(settings):

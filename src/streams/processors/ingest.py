@@ -19,7 +19,8 @@ Dead-letter reasons (``error_class``; ``field`` and ``value`` name what is at fa
   ``invalid_key`` (no key, not UTF-8, or not a tenant id), ``validation`` of an empty batch;
 - per record: ``validation`` (the contract models: ranges, NaN, patterns, event-time window,
   sizes, ...), ``key_mismatch`` (record tenant differs from the message key); later stages add
-  ``duplicate_conflict`` (:mod:`streams.pipeline`) and ``unknown_trace`` (feedback).
+  ``duplicate_conflict`` (:mod:`streams.pipeline`) and ``unknown_trace`` (feedback), and the worker
+  ``processing_error`` (a poison message quarantined: :mod:`streams.worker.quarantine`).
 
 Validation: the pydantic contract models (``model_validate`` with the event-time window in the
 validation context) are the definition. For traces, the hot path first runs
@@ -75,6 +76,12 @@ class Decoded:
     indexes: list[int] = field(default_factory=list)  # index inside the batch message (-1: single record)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     messages: int = 0
+
+
+#: a dead letter's ``key`` keeps at most this many bytes of the message key (a tenant id is far shorter)
+MAX_DEAD_LETTER_KEY_BYTES = 1024
+#: a dead letter's ``message`` keeps at most this many characters
+MAX_DEAD_LETTER_MESSAGE_CHARS = 4000
 
 
 def dead_letter_id(topic: str, partition: int, offset: int, index: int) -> str:
@@ -134,23 +141,33 @@ def make_dead_letter(
 ) -> DeadLetter:
     """Build the dead-letter envelope for a message (``index=-1``) or a record inside it.
 
-    ``payload`` defaults to the message's original bytes.
+    ``payload`` defaults to the message's original bytes; its SHA-256 and size are recorded
+    (they stay when a size bound or a setting later leaves the payload out:
+    :func:`streams.processors.deadletters.seal`). ``value`` is shown as text (at most 200
+    characters); an ``int`` or ``float`` value (not ``bool``) comes from a numeric field and is
+    marked ``value_numeric`` (kept through redaction). The key is kept up to
+    :data:`MAX_DEAD_LETTER_KEY_BYTES`, the message up to :data:`MAX_DEAD_LETTER_MESSAGE_CHARS`.
     """
+    body = payload if payload is not None else (msg.value or b"")
+    key = msg.key[:MAX_DEAD_LETTER_KEY_BYTES] if msg.key is not None else None
     return DeadLetter(
         dead_letter_id=dead_letter_id(msg.topic, msg.partition, msg.offset, index),
         source_topic=msg.topic,
         source_partition=msg.partition,
         source_offset=msg.offset,
         record_index=index,
-        key=msg.key,
-        payload=payload if payload is not None else (msg.value or b""),
+        key=key,
+        payload=body,
         schema_fingerprint=fingerprint_hex,
         error_class=error_class,
         field=field_path,
         value=_short(value),
-        message=message,
+        message=_short(message, MAX_DEAD_LETTER_MESSAGE_CHARS) or "",
         tenant_id=tenant_id or _tenant_of(msg.key),
         occurred_at=now_ms if now_ms is not None else int(time.time() * 1000),
+        payload_sha256=hashlib.sha256(body).hexdigest(),
+        payload_bytes=len(body),
+        value_numeric=isinstance(value, int | float) and not isinstance(value, bool),
     )
 
 

@@ -365,14 +365,20 @@ class ClickHouseSink:
         return self._insert("incidents", pa.table(cols))
 
     def write_dead_letters(self, letters: Iterable[DeadLetter], redact=None) -> int:
-        """Insert dead-letter metadata (payload hash and size, not the payload; ``value`` redacted)."""
+        """Insert dead-letter metadata (the original payload's hash and size, not the payload).
+
+        ``letters`` are stored as given: the worker passes them sealed (redacted once, numeric
+        values kept: :func:`streams.processors.deadletters.seal`); ``redact``, if given, is applied
+        to ``field``, ``value`` and ``message`` here (callers without that step).
+        """
         rows = [
             {"tenant_id": d.tenant_id or "", "dead_letter_id": d.dead_letter_id, "source_topic": d.source_topic,
              "source_partition": d.source_partition, "source_offset": d.source_offset, "record_index": d.record_index,
              "error_class": d.error_class, "field": (redact(d.field) if redact and d.field else d.field) or "",
              "value": (redact(d.value) if redact and d.value else d.value) or "",
              "message": redact(d.message) if redact else d.message, "schema_fingerprint": d.schema_fingerprint or "",
-             "payload_sha256": hashlib.sha256(d.payload).hexdigest(), "payload_bytes": len(d.payload),
+             "payload_sha256": d.payload_sha256 or hashlib.sha256(d.payload).hexdigest(),
+             "payload_bytes": d.payload_bytes if d.payload_bytes is not None else len(d.payload),
              "occurred_at": int(d.occurred_at.timestamp() * 1000)}
             for d in letters
         ]

@@ -10,7 +10,9 @@ traces to ClickHouse) and :class:`FeedbackStep` (decode, wait for the traces the
 to (:mod:`streams.worker.join_wait`), ``Pipeline.on_feedback``, feedback rows to ClickHouse).
 An exception inside a batch exits the process without acknowledging it, or, after a stop signal,
 leaves it uncommitted and exits 0 (:class:`~streams.worker.delivery.Shutdown`); either way the
-batch is redelivered.
+batch is redelivered. An error of the pipeline's computation is first recorded for its
+partitions, so that a message failing again and again is quarantined instead of stopping them
+(:mod:`streams.worker.quarantine`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from streams.worker.delivery import AgentDelivery, ChangelogAcks, Shutdown
 from streams.worker.faust_fixes import ProcessedOffsets
 from streams.worker.join_wait import JoinWait, Position
 from streams.worker.outputs import Outputs
+from streams.worker.quarantine import Quarantine, is_processing_error, processing
 
 log = logging.getLogger("selfheal.worker")
 
@@ -72,9 +75,17 @@ class TraceStep:
         self.outputs = outputs
 
     async def __call__(self, messages: list[RawMessage]) -> StepOutput:
-        """Run ``Pipeline.on_traces``; write the valid traces. ``written``: traces written."""
-        out = self.pipeline.on_traces(messages)
+        """Decode, look up in ClickHouse the trace ids the in-memory index does not hold (the
+        duplicate check survives restarts, rebalances and evictions), run ``Pipeline.on_traces``;
+        write the valid traces. ``written``: traces written."""
+        pipe = self.pipeline
         await self.outputs.ready()
+        with processing():
+            decoded = pipe.decode_traces(messages)
+            unindexed = pipe.unindexed_trace_ids(decoded)
+        stored = await self.outputs.stored_traces(unindexed)
+        with processing():
+            out = pipe.on_traces(messages, decoded=decoded, stored=stored)
         if out.cols is not None:
             await self.outputs.write_traces(out.cols, out.attributes)
         return StepOutput(out.incidents, out.dead_letters, out.verdicts, out.cols.n if out.cols is not None else 0)
@@ -113,10 +124,12 @@ class FeedbackStep:
         """
         pipe = self.pipeline
         await self.outputs.ready()
-        decoded = pipe.decode_feedback(messages)
+        with processing():
+            decoded = pipe.decode_feedback(messages)
         wait = JoinWait(self.grace_s, self.trace_position, clock=self.clock)
         refs = await wait.run(pipe.feedback.resolve, decoded.records, decoded.partitions, self.stopping)
-        out = pipe.on_feedback(messages, decoded, refs)
+        with processing():
+            out = pipe.on_feedback(messages, decoded, refs)
         if out.rows or out.submissions:
             await self.outputs.write_feedback(out.rows, out.submissions)
         self.outputs.add_patterns(out.patterns)  # refreshed on a timer (Outputs.refresh_patterns)
@@ -168,11 +181,14 @@ class BatchLoop:
         shutdown: abandon (after a stop signal) or crash on a failed batch.
         telemetry: counts each acknowledged batch and times its changelog acknowledgement wait
             (the worker's; ``None``: not measured).
+        quarantine: failure records of poison messages (:mod:`streams.worker.quarantine`); with
+            ``None`` every failed batch just crashes (tests of the skeleton).
     """
 
     def __init__(self, settings: Settings, delivery: AgentDelivery, step: Step, *, pipeline: Pipeline,
                  outputs: Outputs, acks: ChangelogAcks, processed: ProcessedOffsets, assignment: Assignment,
-                 shutdown: Shutdown, telemetry: WorkerTelemetry | None = None) -> None:
+                 shutdown: Shutdown, telemetry: WorkerTelemetry | None = None,
+                 quarantine: Quarantine | None = None) -> None:
         self.telemetry = telemetry
         self.settings = settings
         self.delivery = delivery
@@ -183,34 +199,78 @@ class BatchLoop:
         self.processed = processed
         self.assignment = assignment
         self.shutdown = shutdown
+        self.quarantine = quarantine
         #: records written by batches marked processed (their offsets are committed after)
         self.written = 0
+        #: messages quarantined as poison (``processing_error`` dead letters)
+        self.quarantined = 0
 
     async def run(self, stream: Any) -> None:
-        """Process ``stream`` (a faust stream of the agent's topic) until the agent stops."""
+        """Process ``stream`` (a faust stream of the agent's topic) until the agent stops.
+
+        A batch touching a partition's recorded failure is processed one message at a time, and a
+        condemned message is quarantined (:mod:`streams.worker.quarantine`); a processing error
+        is recorded there before the worker exits."""
         s = self.settings
         delivery = self.delivery
         async for batch in stream.noack_take(s.take_max_messages, within=s.take_within_s):
             delivery.busy = True
+            events: list[Any] = []
+            ack_after: list[Any] = []
+            current: list[Any] = []
             try:
                 self.assignment.check()
                 events, ack_after = await delivery.order(batch)
-                out = await self.step(raw_messages(events))
-                await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact)
-                self.pipeline.flush_state()
-                t = self.telemetry
-                with t.changelog_ack_wait(delivery.name) if t is not None else nullcontext():
-                    await self.acks.wait(s.changelog_ack_timeout_s)
-                self.processed.mark(events)
-                self.written += out.written
-                if t is not None:
-                    t.on_batch(delivery.name, len(events), out.dead_letters, out.incidents, out.verdicts)
+                raws = raw_messages(events)
+                if self.quarantine is not None and self.quarantine.careful(raws):
+                    for e, raw in zip(events, raws, strict=True):
+                        current = [e]
+                        await self.process(current, [raw])
+                else:
+                    current = events
+                    await self.process(events, raws)
             except asyncio.CancelledError:
                 raise  # shutting down: the batch stays unacknowledged and is redelivered
-            except BaseException:
+            except BaseException as exc:
                 if self.shutdown.stopping:
                     await self.shutdown.abandon(self.step.what)
+                await self.record_failure(current, exc)
                 self.shutdown.crash(self.step.what)
             for e in events + ack_after:  # duplicates only after the originals are done
                 await stream.ack(e)
             delivery.busy = False
+
+    async def process(self, events: list[Any], raws: list[RawMessage]) -> None:
+        """One unit of work: step (or the quarantine of a condemned message), emit, flush state,
+        wait for the changelog acknowledgements, mark processed."""
+        s = self.settings
+        condemned = self.quarantine.verdict(raws[0]) if self.quarantine is not None and len(raws) == 1 else None
+        if condemned is not None:
+            out = StepOutput([], [self.quarantine.dead_letter(raws[0], condemned)], [])
+            self.quarantined += 1
+        else:
+            out = await self.step(raws)
+        await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact)
+        self.pipeline.flush_state()
+        if self.quarantine is not None:
+            self.quarantine.passed(raws)
+        t = self.telemetry
+        with t.changelog_ack_wait(self.delivery.name) if t is not None else nullcontext():
+            await self.acks.wait(s.changelog_ack_timeout_s)
+        self.processed.mark(events)
+        self.written += out.written
+        if t is not None:
+            t.on_batch(self.delivery.name, len(events), out.dead_letters, out.incidents, out.verdicts)
+
+    async def record_failure(self, events: list[Any], exc: BaseException) -> None:
+        """Before a crash: record a processing error of ``events`` in the quarantine table and
+        wait (at most 30 s) for the broker to acknowledge it; infrastructure errors are not
+        recorded (see :func:`~streams.worker.quarantine.is_processing_error`)."""
+        if self.quarantine is None or not events or not is_processing_error(exc):
+            return
+        try:
+            self.quarantine.failed(raw_messages(events), exc)
+            await self.acks.wait(min(30.0, self.settings.changelog_ack_timeout_s))
+            log.warning("processing error recorded for %d message(s) (%s)", len(events), exc)
+        except Exception:
+            log.warning("could not record the processing error for quarantine", exc_info=True)

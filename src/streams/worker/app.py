@@ -9,7 +9,8 @@ Topology (all topics keyed by tenant_id, ``Settings.partitions`` partitions)::
     agent.feedback.v1 ──► process-feedback ─► ClickHouse feedback (+ incidents, dead_letters, verdicts)
 
     changelog tables: baselines (slice rows), incident-state (open incidents, episodes),
-                      feedback-seen (replay/resubmit ids), canary-state (rollout scorecards)
+                      feedback-seen (replay/resubmit ids), canary-state (rollout scorecards),
+                      quarantine (poison-message failure records, streams.worker.quarantine)
 
 Delivery (at-least-once, in offset order, state acknowledged before commit; bounded shutdown):
 :mod:`streams.worker.delivery`. The batch skeleton both agents share: :mod:`streams.worker.agents`.
@@ -31,7 +32,7 @@ import faust
 
 from schemas import default_codec
 from schemas.codec import AvroCodec
-from streams.config import Settings
+from streams.config import KAFKA_MAX_REQUEST_BYTES, Settings
 from streams.pipeline import Pipeline
 from streams.telemetry import WorkerTelemetry
 from streams.topics import TABLES, ensure_topics
@@ -47,6 +48,7 @@ from streams.worker.delivery import (
     kafka_retrying,
 )
 from streams.worker.outputs import Outputs
+from streams.worker.quarantine import Quarantine
 from streams.worker.web import ReadApi, install_views, load_tokens
 
 log = logging.getLogger("selfheal.worker")
@@ -89,7 +91,9 @@ class Worker:
         write attempts."""
         return {**self.pipeline.counters(), "traces_written": self.loops["traces"].written,
                 "received": self.app.monitor.messages_received_total,
-                "sink_failed_attempts": self.outputs.failed_attempts}
+                "sink_failed_attempts": self.outputs.failed_attempts,
+                "dead_letter_payloads_left_out": self.outputs.dead_letter_payloads_left_out,
+                "quarantined": sum(loop.quarantined for loop in self.loops.values())}
 
     def lag(self) -> dict[tuple[str, int], int]:
         """``{(topic, partition): messages}`` between each owned source partition's high watermark
@@ -131,7 +135,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     topics["feedback"] = faust_fixes.topic_with_maxsize(app.topic(settings.topic("feedback"), **raw), FEEDBACK_BUFFER)
     processed = faust_fixes.ProcessedOffsets(settings.topic(name) for name in SOURCES)
     faust_fixes.install(processed)
-    prepare_sink = faults.install(faults.FaultSettings())
+    fault_settings = faults.FaultSettings()
+    prepare_sink = faults.install(fault_settings)
     # key_type/value_type bytes make faust use the raw serializer for the changelog, also in
     # recovery (the schema argument alone does not)
     tables = {name: app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes)
@@ -145,12 +150,14 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
                         incidents=TableBackend(tables["incident-state"], acks),
                         feedback_state=TableBackend(tables["feedback-seen"], acks), trace_lookup=outputs.trace_refs,
                         canary_state=TableBackend(tables["canary-state"], acks))
+    faults.poison(pipeline, fault_settings)
     assignment = Assignment(app, settings.topic("traces"), pipeline)
     committed = partial(committed_offsets_retrying, settings)
     delivery = {name: AgentDelivery(name, settings.topic(name), settings.partitions, app, processed, committed)
                 for name in SOURCES}
     common = {"pipeline": pipeline, "outputs": outputs, "acks": acks, "processed": processed,
-              "assignment": assignment, "shutdown": shutdown}
+              "assignment": assignment, "shutdown": shutdown,
+              "quarantine": Quarantine(TableBackend(tables["quarantine"], acks), settings.poison_max_attempts)}
     loops = {"traces": BatchLoop(settings, delivery["traces"], TraceStep(pipeline, outputs), **common),
              "feedback": BatchLoop(settings, delivery["feedback"],
                                    FeedbackStep(pipeline, outputs, settings.feedback_grace_s,
@@ -232,7 +239,7 @@ def _faust_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         producer_acks=-1,
         producer_compression_type="lz4",
-        producer_max_request_size=2 * 1024 * 1024,
+        producer_max_request_size=KAFKA_MAX_REQUEST_BYTES,
         table_standby_replicas=0,
         broker_credentials=credentials,
     )

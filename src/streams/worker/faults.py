@@ -9,7 +9,10 @@ is set (:func:`install`):
   file exists (a ClickHouse outage);
 - ``SELFHEAL_FAULT_CHANGELOG_HOLD_FILE=path``: while the file exists, the worker's changelog
   messages wait in faust's producer buffer before reaching the Kafka client, as they do when the
-  client waits for a partition leader after a broker restart (a stalled changelog producer).
+  client waits for a partition leader after a broker restart (a stalled changelog producer);
+- ``SELFHEAL_FAULT_POISON_TRACE_ID=id``: a trace batch holding a trace with this id raises
+  ``RuntimeError`` in the detection chain (``Pipeline.process_columns``), every time: a poison
+  record (:mod:`streams.worker.quarantine`).
 
 A sink write fails with ``ConnectionError`` before reaching ClickHouse, exactly like a refused
 connection, inside the sink's own retry loop (the injected client replaces the sink's client
@@ -26,6 +29,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.pipeline import Pipeline
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.worker import faust_fixes
 
@@ -41,6 +45,9 @@ class FaultSettings(BaseSettings):
     changelog_hold_file: Path | None = Field(None, description=(
         "TEST HOOK: while this file exists, the worker's changelog messages wait in faust's producer "
         "buffer (a stalled changelog producer, as after a broker restart)"))
+
+    poison_trace_id: str | None = Field(None, description=(
+        "TEST HOOK: a trace batch holding a trace with this id raises inside the detection chain"))
 
     @property
     def sink_faults(self) -> bool:
@@ -105,3 +112,23 @@ def install(faults: FaultSettings) -> Callable[[ClickHouseSink], ClickHouseSink]
         return sink
 
     return prepare
+
+
+class PoisonError(RuntimeError):
+    """Raised by the poison hook (``SELFHEAL_FAULT_POISON_TRACE_ID``)."""
+
+
+def poison(pipeline: Pipeline, faults: FaultSettings) -> None:
+    """Make ``pipeline``'s detection chain raise :class:`PoisonError` on every batch that holds the
+    trace ``faults.poison_trace_id`` (no-op when unset)."""
+    trace_id = faults.poison_trace_id
+    if trace_id is None:
+        return
+    inner = pipeline.process_columns
+
+    def process_columns(cols: Any) -> Any:
+        if trace_id in cols.trace_id:
+            raise PoisonError(f"injected processing failure on trace {trace_id} (SELFHEAL_FAULT_POISON_TRACE_ID)")
+        return inner(cols)
+
+    pipeline.process_columns = process_columns

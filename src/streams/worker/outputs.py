@@ -17,6 +17,8 @@ from typing import Any
 
 from schemas.codec import AvroCodec
 from streams.config import Settings
+from streams.pipeline import StoredTraces, trace_fingerprint
+from streams.processors.deadletters import seal
 from streams.processors.feedback import TraceRef
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.worker.delivery import Abandoned
@@ -55,6 +57,8 @@ class Outputs:
         self.lock = asyncio.Lock()
         #: tenant → pattern ids written since the last pattern refresh (see :meth:`refresh_patterns`)
         self.pending_patterns: dict[str, set[str]] = {}
+        #: dead letters published without their payload (over the bound, or by setting; stats line)
+        self.dead_letter_payloads_left_out = 0
 
     async def open(self) -> None:
         """Open the sink, apply migrations, refresh every feedback pattern; then agents may write.
@@ -131,6 +135,24 @@ class Outputs:
             return {}
         return TraceRef.by_trace_id(tenant, self.sink.for_tenant(tenant).trace_refs(trace_ids))
 
+    async def stored_traces(self, ids: dict[str, list[str]]) -> StoredTraces:
+        """What the store holds of ``{tenant: [trace_id]}`` (the duplicate check beyond the
+        in-memory index, :meth:`Pipeline.unindexed_trace_ids`), fingerprinted in this process."""
+        if not ids:
+            return {}
+        sink = await self.ready()
+        found: StoredTraces = {}
+
+        def look() -> None:
+            for tenant, tids in ids.items():
+                for tid, t_ms, lat, out_tok, outcome, rel, part, off in sink.for_tenant(tenant).stored_traces(tids):
+                    found.setdefault((tenant, tid), []).append(
+                        (trace_fingerprint(t_ms, lat, out_tok, outcome, rel, tenant), int(part), int(off)))
+
+        async with self.lock:
+            await asyncio.to_thread(look)
+        return found
+
     async def write_traces(self, cols: Any, attributes: Sequence[dict[str, str]]) -> None:
         """Insert a trace batch's columns and redacted attribute maps."""
         sink = await self.ready()
@@ -148,26 +170,28 @@ class Outputs:
 
     async def emit(self, incidents: Sequence[Any], dead_letters: Sequence[Any], verdicts: Sequence[Any],
                    redact: Callable[[str], str]) -> None:
-        """Write incidents, dead letters (``redact`` applied to their quoted text) and rollout
-        verdicts to ClickHouse, then publish them to their topics and wait for the broker's
-        acknowledgements.
+        """Write incidents, dead letters and rollout verdicts to ClickHouse, then publish them to
+        their topics and wait for the broker's acknowledgements. Dead letters are sealed once
+        (:func:`~streams.processors.deadletters.seal`: ``redact`` applied to their quoted text,
+        numeric values kept, payload left out above ``dead_letter_max_payload_bytes`` or when
+        ``dead_letter_payload`` is off), and that copy goes to both.
 
         Raises:
             SinkError: a write kept failing; an exception of faust's producer: a send failed.
         """
         sink = await self.ready()
-        if incidents or dead_letters or verdicts:
-            await self._call((sink.write_incidents, incidents), (sink.write_dead_letters, dead_letters, redact),
+        s = self.settings
+        sealed = seal(dead_letters, redact=redact, include_payload=s.dead_letter_payload,
+                      max_payload_bytes=s.dead_letter_max_payload_bytes)
+        self.dead_letter_payloads_left_out += sum(1 for d in sealed if d.payload_left_out)
+        if incidents or sealed or verdicts:
+            await self._call((sink.write_incidents, incidents), (sink.write_dead_letters, sealed),
                              (sink.write_verdicts, verdicts))
         codec = self.codec
         await self.publish("incidents", [(i.slice.tenant_id, codec.encode_model(i)) for i in incidents])
-        # the envelope keeps the original payload (restricted topic, for replay); the value and message
-        # it quotes are redacted like everything else that is stored
         await self.publish("verdicts", [(v.tenant_id, codec.encode_model(v)) for v in verdicts])
-        await self.publish("deadletter", [
-            (d.tenant_id,
-             codec.encode_model(d.model_copy(update={"value": redact(d.value), "message": redact(d.message)})))
-            for d in dead_letters])
+        # the envelope keeps the original payload up to the bound (restricted topic, for replay)
+        await self.publish("deadletter", [(d.tenant_id, codec.encode_model(d)) for d in sealed])
 
     async def publish(self, name: str, items: Iterable[tuple[str | None, bytes]]) -> None:
         """Send ``(key, value)`` pairs to topic ``name`` and wait until the broker acknowledged them."""

@@ -143,6 +143,10 @@ class Outputs:
     async def ready(self):
         self.calls.append("ready")
 
+    async def stored_traces(self, ids):
+        self.calls.append(("stored", ids))
+        return {("acme", "t0"): [(1, 0, 0)]}
+
     async def write_traces(self, cols, attributes):
         self.calls.append(("traces", cols.n))
 
@@ -153,14 +157,23 @@ class Outputs:
         self.calls.append(("patterns", patterns))
 
 
-def test_the_trace_step_writes_valid_traces_and_counts_them():
+def test_the_trace_step_checks_unindexed_ids_in_the_store_then_writes_valid_traces_and_counts_them():
     for cols in (SimpleNamespace(n=3), None):
         out = SimpleNamespace(cols=cols, attributes=[], incidents=["i"], dead_letters=["d"], verdicts=[])
         outputs = Outputs()
-        step = TraceStep(SimpleNamespace(on_traces=lambda msgs, out=out: out), outputs)
-        res = asyncio.run(step([]))
+        seen = {}
+
+        def on_traces(msgs, *, decoded, stored, out=out, seen=seen):
+            seen.update(decoded=decoded, stored=stored)
+            return out
+
+        pipeline = SimpleNamespace(decode_traces=lambda msgs: "decoded", on_traces=on_traces,
+                                   unindexed_trace_ids=lambda dec: {"acme": ["t0"]} if dec == "decoded" else {})
+        res = asyncio.run(TraceStep(pipeline, outputs)([]))
         assert (res.incidents, res.dead_letters, res.written) == (["i"], ["d"], 3 if cols else 0)
-        assert outputs.calls == (["ready", ("traces", 3)] if cols else ["ready"])
+        assert seen == {"decoded": "decoded", "stored": {("acme", "t0"): [(1, 0, 0)]}}
+        stored = ("stored", {"acme": ["t0"]})
+        assert outputs.calls == (["ready", stored, ("traces", 3)] if cols else ["ready", stored])
 
 
 def test_the_feedback_step_waits_for_its_traces_then_writes_and_queues_patterns():
