@@ -170,8 +170,14 @@ def test_any_worker_answers_for_a_tenant_by_routing_to_the_owner(settings, worke
     wait_caught_up(settings, ["traces", "feedback"], timeout_s=600, worker=workers[0])
     owners = []
     for base in bases:  # both workers took partitions (3/3), and only the owner counted the tenant's traces
-        m = scrape(base)
-        assert len({lab for (n, lab) in m if n == "selfheal_consumer_lag_messages"}) == settings.partitions
+        deadline = time.monotonic() + 60  # a partition's lag is known from the consumer's first fetch of it
+        while True:
+            m = scrape(base)
+            lags = {lab for (n, lab) in m if n == "selfheal_consumer_lag_messages"}
+            if len(lags) == settings.partitions or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(lags) == settings.partitions, lags
         owners.append(total(m, "selfheal_canary_rollout_traces_total") > 0)
     assert sorted(owners) == [False, True], owners
     docs = []

@@ -97,8 +97,8 @@ class Worker:
 
     def lag(self) -> dict[tuple[str, int], int]:
         """``{(topic, partition): messages}`` between each owned source partition's high watermark
-        (of the consumer's last fetch) and the next offset its agent processes; partitions with
-        either unknown are left out."""
+        (of the consumer's last fetch) and the next offset its agent processes; an empty partition (high
+        watermark 0) is 0; other partitions with either unknown are left out."""
         out: dict[tuple[str, int], int] = {}
         try:
             owned = list(self.app.consumer.assignment())
@@ -109,7 +109,9 @@ class Worker:
             for tp in owned:
                 if tp.topic == d.topic:
                     nxt, high = d.position(tp.partition)
-                    if nxt is not None and high is not None:
+                    if high == 0:  # an empty partition: nothing to consume, even before a first message
+                        out[(tp.topic, tp.partition)] = 0
+                    elif nxt is not None and high is not None:
                         out[(tp.topic, tp.partition)] = max(high - nxt, 0)
         return out
 
