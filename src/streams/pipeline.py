@@ -49,6 +49,8 @@ class TraceOutput:
     dead_letters: list[DeadLetter]
     duplicates: int = 0
     verdicts: list[RolloutVerdict] = field(default_factory=list)
+    #: processing sequence number of the batch (:meth:`Pipeline.next_batch_seq`), stored with the traces
+    batch_seq: int = 0
 
 
 @dataclass
@@ -148,6 +150,7 @@ class Pipeline:
             max_submissions_per_trace=settings.feedback_max_submissions_per_trace)
         self.canary = CanaryMonitor(canary_config(settings), canary_state or DictBackend())
         self._snapshot_dirty: set[int] = set()
+        self._batch_seq = 0
         self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0,
                       "verdicts": 0}
 
@@ -182,11 +185,21 @@ class Pipeline:
         self.canary.flush()
         return n
 
+    def next_batch_seq(self) -> int:
+        """The processing sequence number of the next batch: wall-clock microseconds since the
+        epoch, strictly increasing in this pipeline (so also across a restart on a sane clock).
+        Stored with every trace and feedback submission (``batch_seq``, ``batch_pos``) so that
+        :mod:`streams.replay` rebuilds the worker's batches and their order; it never enters
+        processing."""
+        self._batch_seq = max(self._batch_seq + 1, time.time_ns() // 1000)
+        return self._batch_seq
+
     # ------------------------------------------------------------------ traces
     def on_traces(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> TraceOutput:
         """Process one batch of trace messages (see module docstring): decode and validate,
         drop replayed trace ids, detectors and incidents, canary scorecards, index the traces for
         the feedback join, redact their attributes."""
+        seq = self.next_batch_seq()
         traces = self._dedup_traces(self.trace_ingest.decode(messages, now_ms), messages)
         if not traces.records:
             return TraceOutput(None, [], [], traces.dead_letters, traces.duplicates)
@@ -201,7 +214,7 @@ class Pipeline:
         self.stats["incident_events"] += len(incidents)
         self.stats["verdicts"] += len(emitted)
         return TraceOutput(cols, attrs, incidents, traces.dead_letters, traces.duplicates,
-                           [e.verdict for e in emitted])
+                           [e.verdict for e in emitted], seq)
 
     def _dedup_traces(self, decoded: Decoded, messages: Sequence[RawMessage]) -> DedupedTraces:
         """Drop traces whose id was seen before (in the trace index or earlier in this batch):
@@ -305,12 +318,15 @@ class Pipeline:
         :meth:`FeedbackProcessor.resolve` when the caller waited for the trace watermark;
         unresolved refs are dead-lettered as ``unknown_trace``.
         """
+        seq = self.next_batch_seq()
         if decoded is None:
             decoded = self.decode_feedback(messages)
         if refs is None:
             refs, _ = self.feedback.resolve(decoded.records, decoded.partitions)
         res = self.feedback.process(decoded.records, decoded.partitions, decoded.offsets, refs,
                                     _source_messages(decoded, messages), decoded.indexes)
+        for pos, sub in enumerate(res.submissions):  # where it was processed (streams.replay)
+            sub["batch_seq"], sub["batch_pos"] = seq, pos
         dls = decoded.dead_letters + res.dead_letters
         fb_wm = _feedback_watermarks(decoded)
         incidents = self.apply_corrections(res.corrections, fb_wm)

@@ -31,6 +31,8 @@ LAYERS: dict[str, int] = {
     "streams.pipeline": 6,
     "streams.sinks": 6,
     "streams.evalset": 7,
+    "streams.replay": 7,
+    "streams.report": 7,
     "streams.worker": 8,
     "streams.cli": 9,
     "streams.devtools": 10,

@@ -207,9 +207,13 @@ class ClickHouseSink:
         after one attempt. Called when the worker shuts down (its batch stays unacknowledged)."""
         self._abort.set()
 
-    def write_traces(self, cols: TraceColumns, attributes: Sequence[dict[str, str]] | None = None) -> int:
+    def write_traces(self, cols: TraceColumns, attributes: Sequence[dict[str, str]] | None = None,
+                     batch_seq: int = 0) -> int:
         """Insert a batch of validated traces. ``attributes`` overrides the records' maps
-        (the redacted copies); returns rows written.
+        (the redacted copies); ``batch_seq`` is the pipeline's processing sequence number of the
+        batch (:attr:`TraceOutput.batch_seq`), stored with each trace's position in the batch so
+        a replay (:mod:`streams.replay`) processes them in the same batches and order; returns
+        rows written.
 
         Raises:
             SinkError: after ``retry_s`` of failures.
@@ -243,13 +247,13 @@ class ClickHouseSink:
             "policy_version": col(rel, "policy_version"),
             "retrieval_index_version": col(rel, "retrieval_index_version"),
             "rollout_arm": ["" if x is None else x["arm"] for x in ro],
-            "rollout_stage_pct": pa.array([0.0 if x is None else x["stage_pct"] for x in ro], type=pa.float32()),
+            "rollout_stage_pct": pa.array([0.0 if x is None else x["stage_pct"] for x in ro], type=pa.float64()),
             "candidate_release_id": ["" if x is None else x["candidate_release_id"] for x in ro],
             "latency_ms": cols.latency_ms,
             "input_tokens": pa.array(cols.input_tokens.astype("uint32")),
             "output_tokens": pa.array(cols.output_tokens.astype("uint32")),
             "cost_usd": cols.cost_usd,
-            "confidence": pa.array(cols.confidence, type=pa.float32(), from_pandas=True),
+            "confidence": pa.array(cols.confidence, type=pa.float64(), from_pandas=True),
             "outcome": col(recs, "outcome"),
             "tool_names": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("name"), flat)),
                                                                       type=pa.string())),
@@ -266,6 +270,8 @@ class ClickHouseSink:
             "attributes": pa.array([list(a.items()) for a in attrs], type=STR_MAP),
             "source_partition": pa.array(cols.partition.astype("uint16")),
             "source_offset": pa.array(cols.offset.astype("uint64")),
+            "batch_seq": pa.array(np.full(cols.n, batch_seq, dtype=np.uint64)),
+            "batch_pos": pa.array(np.arange(cols.n, dtype=np.uint32)),
         })
         return self._insert("traces", data)
 
@@ -322,6 +328,9 @@ class ClickHouseSink:
         cols["source_partition"] = pa.array(cols["source_partition"], type=pa.uint16())
         cols["source_offset"] = pa.array(cols["source_offset"], type=pa.uint64())
         cols["record_index"] = pa.array(cols["record_index"], type=pa.int32())
+        for k, typ in (("batch_seq", pa.uint64()), ("batch_pos", pa.uint32())):
+            if k in cols:
+                cols[k] = pa.array(cols[k], type=typ)
         return self._insert("feedback_submissions", pa.table(cols))
 
     def write_baseline_snapshots(self, rows: Sequence[dict[str, Any]]) -> int:

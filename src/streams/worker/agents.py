@@ -74,7 +74,7 @@ class TraceStep:
         out = self.pipeline.on_traces(messages)
         await self.outputs.ready()
         if out.cols is not None:
-            await self.outputs.write_traces(out.cols, out.attributes)
+            await self.outputs.write_traces(out.cols, out.attributes, out.batch_seq)
         return StepOutput(out.incidents, out.dead_letters, out.verdicts, out.cols.n if out.cols is not None else 0)
 
 

@@ -143,8 +143,8 @@ class Outputs:
     async def ready(self):
         self.calls.append("ready")
 
-    async def write_traces(self, cols, attributes):
-        self.calls.append(("traces", cols.n))
+    async def write_traces(self, cols, attributes, batch_seq=0):
+        self.calls.append(("traces", cols.n, batch_seq))
 
     async def write_feedback(self, rows, submissions):
         self.calls.append(("feedback", len(rows), len(submissions)))
@@ -155,12 +155,13 @@ class Outputs:
 
 def test_the_trace_step_writes_valid_traces_and_counts_them():
     for cols in (SimpleNamespace(n=3), None):
-        out = SimpleNamespace(cols=cols, attributes=[], incidents=["i"], dead_letters=["d"], verdicts=[])
+        out = SimpleNamespace(cols=cols, attributes=[], incidents=["i"], dead_letters=["d"], verdicts=[], batch_seq=7)
         outputs = Outputs()
         step = TraceStep(SimpleNamespace(on_traces=lambda msgs, out=out: out), outputs)
         res = asyncio.run(step([]))
         assert (res.incidents, res.dead_letters, res.written) == (["i"], ["d"], 3 if cols else 0)
-        assert outputs.calls == (["ready", ("traces", 3)] if cols else ["ready"])
+        # the batch's processing sequence number is stored with its traces (streams.replay)
+        assert outputs.calls == (["ready", ("traces", 3, 7)] if cols else ["ready"])
 
 
 def test_the_feedback_step_waits_for_its_traces_then_writes_and_queues_patterns():
