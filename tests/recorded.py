@@ -2,7 +2,7 @@
 (:class:`~streams.devtools.simulate.FleetSimulator`, one injected release regression, staged
 rollouts) batched per tenant as the SDK does, processed by the in-process :class:`Pipeline` in
 worker-sized batches (the "production" worker) and written to chDB exactly as the worker writes
-(traces, feedback rows and submissions, incident events).
+(traces, feedback rows and submissions, incident events, rollout verdicts).
 
 Batching differs on purpose from the replay's: production messages hold up to ``trace_msg``
 traces, batches ``worker_batch`` messages, and feedback is processed as soon as its message is
@@ -93,6 +93,7 @@ def record_run(settings: Settings, traces: int = 12_000, seed: int = 7, trace_ms
                     sink.write_traces(out.cols, out.attributes, out.batch_seq)
                     run.traces += out.cols.n
                 emit(out.incidents)
+                sink.write_verdicts(out.verdicts)
                 pipe.flush_state()
 
         tbuf: dict[str, list[dict[str, Any]]] = {}
@@ -126,4 +127,5 @@ def _feedback(pipe: Pipeline, sink: ClickHouseSink, run: ProductionRun, emit: An
     sink.write_submissions(out.submissions)
     run.feedback += len(out.rows)
     emit(out.incidents)
+    sink.write_verdicts(out.verdicts)
     pipe.flush_state()

@@ -1,7 +1,7 @@
 """``selfheal`` command line (typer). The CLI wires components; it does not compute.
 
 Product commands: ``topics``, ``migrate``, ``worker``, ``incidents``, ``scorecard``,
-``export-evalset``, ``refresh-patterns``, ``replay``. The dev commands (``demo``, ``simulate``, ``bench``,
+``export-evalset``, ``refresh-patterns``, ``replay``, ``report``. The dev commands (``demo``, ``simulate``, ``bench``,
 ``bench-drift``, ``bench-canary``, ``chaos``) are defined in :mod:`streams.devtools.cli` and
 mounted here when :mod:`streams.devtools` is installed.
 Settings come from ``SELFHEAL_*`` environment variables (README "Settings").
@@ -341,6 +341,35 @@ def print_replay(r: dict[str, Any]) -> None:
     else:
         console.print(f"false-positive-labelled incidents: {len(fp['labelled'])}, avoided {len(fp['avoided'])}, "
                       f"kept {len(fp['kept'])}")
+
+
+@app.command()
+def report(
+    tenant: Annotated[str, typer.Option(help="tenant id, e.g. northwind-health")],
+    incident: Annotated[str, typer.Option(help="incident id to detail (default: the 3 most recent)")] = "",
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: report-<tenant>[-<incident>].html)")] = None,
+) -> None:
+    """Write one self-contained HTML page (plotly inline, no server) of a tenant and its incidents:
+    baseline band vs observed values, change point, detector statistic vs threshold, releases,
+    evidence traces, verdicts and actions, correction rate by cohort and release (streams.report)."""
+    from streams.errors import TenantScopeError
+    from streams.report import build_report
+    from streams.sinks.queries import TENANT_RE
+
+    settings = get_settings()
+    sink = open_store(settings)
+    try:
+        page = build_report(sink, settings, tenant, incident or None)
+    except TenantScopeError as exc:
+        fail(str(exc), code=1 if TENANT_RE.fullmatch(tenant) else 2)
+    except LookupError as exc:
+        fail(str(exc.args[0]), code=1)
+    finally:
+        sink.close()
+    path = out or Path(f"report-{tenant}{'-' + incident if incident else ''}.html")
+    path.write_text(page.html, encoding="utf-8")
+    console.print(f"wrote {path} ({len(page.html.encode()) / 1e6:.1f} MB, {page.figures} figures, incidents: "
+                  f"{', '.join(page.incident_ids) or 'none'})", highlight=False)
 
 
 #: entry-point group of command plugins: ``register(app)`` adds commands to this typer app. The dev

@@ -408,15 +408,17 @@ class RunResult:
 
 def run(recorded: Recorded, settings: Settings, sink: ClickHouseSink | None = None, codec: AvroCodec | None = None,
         progress: Callable[[int], None] | None = None,
-        observe: Callable[[str, Pipeline, list[RawMessage], list[Incident]], None] | None = None) -> RunResult:
+        observe: Callable[[str, Pipeline, list[RawMessage], Any], None] | None = None) -> RunResult:
     """Replay ``recorded`` through a fresh :class:`Pipeline` with ``settings``.
 
     Args:
         sink: the store the feedback join looks older traces up in (as the worker does); ``None``:
             only traces of the replay join.
         progress: called with the number of messages of each step once it is processed.
-        observe: called after each step with its kind, the pipeline, its messages and the
-            incident events it emitted (the report samples detector state this way).
+        observe: called after each step with its kind (``traces``, ``feedback``), the pipeline,
+            its messages and the pipeline's output (:class:`~streams.pipeline.TraceOutput` or
+            :class:`~streams.pipeline.FeedbackOutput`); :mod:`streams.report` samples detector
+            state this way.
     """
     backends = {k: DictBackend() for k in ("baselines", "incidents", "feedback", "canary")}
     lookup = None
@@ -430,18 +432,20 @@ def run(recorded: Recorded, settings: Settings, sink: ClickHouseSink | None = No
     events = traces = feedback = dls = 0
     for kind, msgs in recorded.steps:
         now = max(m.timestamp_ms for m in msgs)
+        out: Any
         if kind == "traces":
             out = pipe.on_traces(msgs, now_ms=now)
-            emitted, dls, traces = out.incidents, dls + len(out.dead_letters), traces + (out.cols.n if out.cols else 0)
+            traces += out.cols.n if out.cols is not None else 0
         else:
-            fout = pipe.on_feedback(msgs, decoded=pipe.decode_feedback(msgs, now_ms=now))
-            emitted, dls, feedback = fout.incidents, dls + len(fout.dead_letters), feedback + len(fout.rows)
+            out = pipe.on_feedback(msgs, decoded=pipe.decode_feedback(msgs, now_ms=now))
+            feedback += len(out.rows)
+        emitted, dls = out.incidents, dls + len(out.dead_letters)
         for inc in emitted:
             latest[inc.incident_id] = inc
         events += len(emitted)
         pipe.flush_state()
         if observe is not None:
-            observe(kind, pipe, msgs, emitted)
+            observe(kind, pipe, msgs, out)
         if progress is not None:
             progress(len(msgs))
     state = {"slices": pipe.engine.store.n,
