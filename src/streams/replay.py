@@ -31,8 +31,8 @@ of the recording reproduces them (tests/integration/test_replay.py); a replay th
 starts from empty baselines and will differ until they warm up.
 
 Matching (:func:`compare`): the same ``incident_id`` (slice at opening, metric group, episode) is
-the same incident; it *moved* when its kind, slice, release or the trace it was detected at
-changed (delay in traces of its tenant, positive = later). Unmatched incidents of the same
+the same incident; it *moved* when its kind, slice, release, metric or the trace it was
+detected at changed (delay in traces of its tenant, positive = later). Unmatched incidents of the same
 tenant and metric group whose slices overlap (cohort, workflow and release equal or unspecified
 on one side) are paired by nearest first-seen time as moved; the rest *appeared* or *disappeared*.
 
@@ -474,7 +474,7 @@ class Diff:
         return not (self.moved or self.appeared or self.disappeared)
 
 
-_COMPARED = ("kind", "layer", "cohort", "workflow", "slice_release_id", "release_id", "detected_at_trace_id")
+_COMPARED = ("kind", "layer", "cohort", "workflow", "slice_release_id", "release_id", "metric", "detected_at_trace_id")
 
 
 def _overlap(a: IncidentView, b: IncidentView) -> bool:

@@ -1,7 +1,8 @@
-"""``selfheal replay`` on a recorded demo-like run (tests/recorded.py: the fleet simulator's
-traffic through the in-process pipeline in worker-sized batches, stored in real chDB): unchanged
-settings give exactly the production incidents, a lower threshold shows extra ones, the output
-is deterministic across processes, and false-positive labels are scored when the store has them."""
+"""``selfheal replay`` on recorded runs: a `selfheal demo` run of the real worker (real broker,
+chDB) and a demo-like run of the in-process pipeline in worker-sized batches (tests/recorded.py).
+Unchanged settings give exactly the production incidents, a lower threshold shows extra ones,
+the output is deterministic across processes, and false-positive labels are scored when the
+store has them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from streams.config import Settings
 from streams.replay import candidate_settings, recorded_range, replay
 from streams.sinks.clickhouse import ClickHouseSink
-from tests.conftest import ROOT
+from tests.conftest import ROOT, settings_env
 from tests.recorded import ProductionRun, record_run
 
 pytestmark = pytest.mark.integration
@@ -104,3 +105,23 @@ def test_false_positive_labels_are_scored_as_avoided_or_kept(recorded):
             sink.query("DROP TABLE {db}.incident_actions")
     assert stricter.false_positives() == {"labelled": [fp], "avoided": [fp], "kept": []}
     assert same.false_positives() == {"labelled": [fp], "avoided": [], "kept": [fp]}
+
+
+def test_replay_of_a_real_worker_demo_run_reproduces_its_incidents(settings):
+    # the production worker: `selfheal demo` (worker subprocess, simulator through the broker)
+    env = settings_env(settings)
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--traces", "20000", "--out",
+                           str(settings.state_dir / "summary.json")], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    demo = settings.model_copy(update={"clickhouse_path": settings.state_dir / "demo" / "clickhouse"})
+    with ClickHouseSink(demo) as sink:
+        n_batches = sink.query("SELECT uniqExact(batch_seq), countIf(batch_seq = 0) FROM {db}.traces")[0]
+        lo, hi = recorded_range(sink, [])
+        res = replay(sink, demo, candidate_settings(demo, None, ["CUSUM_THRESHOLD=10"]), [], lo, hi)
+    assert n_batches[0] > 1 and n_batches[1] == 0  # the worker numbered every batch it wrote
+    assert res.reference, "the demo's injected regression must be among the production incidents"
+    assert res.vs_reference["current"].identical, res.to_json()["runs"]["current"]["vs_reference"]
+    assert len(res.vs_reference["current"].same) == len(res.reference)
+    cand = res.vs_reference["candidate"]
+    assert cand.appeared and not cand.disappeared
