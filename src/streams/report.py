@@ -78,11 +78,18 @@ class Probe:
     obs_value: list[np.ndarray] = field(default_factory=list)
 
 
-def _probe_step(probes: list[Probe], kind: str, pipe: Any, msgs: list[Any], out: Any) -> None:
-    """Sample every probe's slice after a replay step (:func:`streams.replay.run` ``observe``)."""
+def _probe_step(probes: list[Probe], clock: list[int], kind: str, pipe: Any, msgs: list[Any], out: Any) -> None:
+    """Sample every probe's slice after a replay step (:func:`streams.replay.run` ``observe``).
+    The time of a sample is the latest trace event time processed so far (``clock[0]``): the
+    worker's feedback agent may run behind its trace agent, so a feedback batch's own times are
+    not the detectors' clock."""
     store = pipe.engine.store
-    t = max(m.timestamp_ms for m in msgs)
     cols = out.cols if kind == "traces" else None
+    if cols is not None and cols.n:
+        clock[0] = max(clock[0], int(cols.event_time_ms.max()))
+    t = clock[0]
+    if t < 0:
+        return
     for pr in probes:
         row = store.index.get(pr.key)
         if row is None:
@@ -229,7 +236,7 @@ def _bucket_series(pr: Probe, inc: dict[str, Any], sink: ClickHouseSink, tenant:
             n, events = _corrections_by_bucket(sink, tenant, inc, edges.astype(np.int64), m.name)
             obs = events / n
             se = np.sqrt(np.maximum(base, 0) / n)
-            lo, hi, title = base - 2 * se, base + 2 * se, f"{m.name} (events per trace)"
+            lo, hi, title = np.maximum(base - 2 * se, 0), base + 2 * se, f"{m.name} (events per trace)"
         elif m.tail_mass is not None:
             q = m.tail_quantile
             obs = np.array([np.quantile(v_obs[idx == b], q) if (idx == b).any() else np.nan for b in range(N_BUCKETS)])
@@ -393,7 +400,9 @@ def build_report(sink: ClickHouseSink, settings: Settings, tenant: str, incident
                               i["slice_release_id"] or None), i["metric"]) for i in chosen]
     if probes and span is not None:
         rec = load_recorded(sink, settings, [tenant], span[0], span[1])
-        run(rec, settings, sink, observe=lambda kind, pipe, msgs, out: _probe_step(probes, kind, pipe, msgs, out))
+        clock = [-1]
+        run(rec, settings, sink,
+            observe=lambda kind, pipe, msgs, out: _probe_step(probes, clock, kind, pipe, msgs, out))
     figs: list[tuple[str, go.Figure]] = []
     parts: list[str] = []
     open_inc = [i for i in incidents if i["status"] != "resolved"]
