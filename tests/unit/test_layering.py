@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     "streams.sinks": 6,
     "streams.evalset": 7,
     "streams.replay": 7,
-    "streams.report": 7,
+    "streams.report": 8,
     "streams.worker": 8,
     "streams.cli": 9,
     "streams.devtools": 10,
