@@ -124,12 +124,13 @@ def export_evalset(
     release: Annotated[str, typer.Option(help="only this release_id")] = "",
     include_lost: Annotated[bool, typer.Option(help="also corrections that lost a conflict")] = False,
 ) -> None:
-    """Write a reproducible regression/golden set (JSONL) of a tenant's corrections (streams.evalset)."""
+    """Write a reproducible, versioned regression/golden set (JSONL) of a tenant's corrections with
+    input and original-output references, and record the export in ClickHouse (streams.evalset)."""
     import hashlib
     from datetime import datetime
 
     from streams.errors import TenantScopeError
-    from streams.evalset import build_evalset
+    from streams.evalset import export_evalset
 
     try:
         t0, t1 = datetime.fromisoformat(since), datetime.fromisoformat(until)
@@ -137,14 +138,16 @@ def export_evalset(
         raise typer.BadParameter(f"--since/--until must be ISO 8601 ({since!r}, {until!r}): {exc}") from None
     sink = open_store(get_settings())
     try:
-        data, n = build_evalset(sink, tenant, t0, t1, cohort=cohort or None, release_id=release or None,
-                                include_lost=include_lost)
+        sink.migrate()  # the export table (0042) on a store written before it
+        exp = export_evalset(sink, tenant, t0, t1, cohort=cohort or None, release_id=release or None,
+                             include_lost=include_lost)
     except (TenantScopeError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
     finally:
         sink.close()
-    out.write_bytes(data)
-    console.print(f"wrote {n} records to {out} (sha256 {hashlib.sha256(data).hexdigest()})")
+    out.write_bytes(exp.data)
+    console.print(f"wrote {exp.records} records to {out}: {tenant} set version {exp.version}, records sha256 "
+                  f"{exp.records_sha256} (file sha256 {hashlib.sha256(exp.data).hexdigest()})")
 
 
 @app.command("refresh-patterns")

@@ -210,6 +210,7 @@ class Pipeline:
         incidents += self._rollbacks(emitted)
         self._index_traces(cols, traces.fingerprints)
         attrs = self.redactor.redact_maps([r["attributes"] for r in traces.records])
+        self._redact_content_refs(traces.records)
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
         self.stats["verdicts"] += len(emitted)
@@ -252,6 +253,15 @@ class Pipeline:
         self.stats["trace_duplicates"] += dup
         self.stats["dead_letters"] += len(dls)
         return DedupedTraces(records, parts, offs, fps, dup, dls)
+
+    def _redact_content_refs(self, records: list[dict[str, Any]]) -> None:
+        """Redact the inline texts of the traces' ``input_ref`` / ``output_ref`` in place (after
+        detection, which does not read them; before the sink stores them)."""
+        for r in records:
+            for k in ("input_ref", "output_ref"):
+                ref = r.get(k)
+                if ref and ref.get("text"):
+                    ref["text"] = self.redactor.redact(ref["text"])
 
     def _remember_releases(self, records: list[dict[str, Any]]) -> None:
         """Keep the manifest of every release seen (incidents name the manifest they implicate)."""

@@ -79,7 +79,7 @@ _TRACE_COLUMNS = (
     "rollout_arm, rollout_stage_pct, candidate_release_id, latency_ms, input_tokens, output_tokens, cost_usd, "
     "confidence, outcome, tool_names, tool_statuses, tool_latency_ms, retrieval_queries, retrieval_hits, "
     "policy_blocked, retries, fallback_used, output_sha256, attributes, source_partition, source_offset, batch_seq, "
-    "batch_pos")
+    "batch_pos, input_ref_uri, input_ref_text, input_ref_sha256, output_ref_uri, output_ref_text, output_ref_sha256")
 _RANGE = ("({all_tenants:Bool} OR tenant_id IN {tenants:Array(String)}) "
           "AND event_time >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
           "AND event_time < fromUnixTimestamp64Milli({until:Int64}, 'UTC')")
@@ -233,6 +233,9 @@ def _trace_record(r: dict[str, Any]) -> dict[str, Any]:
         "policy_blocked": bool(r["policy_blocked"]), "retries": int(r["retries"]),
         "fallback_used": bool(r["fallback_used"]), "output_sha256": r["output_sha256"] or None,
         "attributes": dict(r["attributes"]),
+        **{k: ({p: r[f"{k}_{p}"] or None for p in ("uri", "text", "sha256")}
+               if any(r[f"{k}_{p}"] for p in ("uri", "text", "sha256")) else None)
+           for k in ("input_ref", "output_ref")},
     }
 
 

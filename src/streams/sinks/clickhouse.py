@@ -270,6 +270,7 @@ class ClickHouseSink:
             "attributes": pa.array([list(a.items()) for a in attrs], type=STR_MAP),
             "source_partition": pa.array(cols.partition.astype("uint16")),
             "source_offset": pa.array(cols.offset.astype("uint64")),
+            **_content_ref_columns(recs),
             "batch_seq": pa.array(np.full(cols.n, batch_seq, dtype=np.uint64)),
             "batch_pos": pa.array(np.arange(cols.n, dtype=np.uint32)),
         })
@@ -341,6 +342,24 @@ class ClickHouseSink:
         cols["snapshot_at"] = pa.array(cols["snapshot_at"], type=pa.int64()).cast(TS)
         cols["traces"] = pa.array(cols["traces"], type=pa.uint64())
         return self._insert("baseline_snapshots", pa.table(cols))
+
+    def record_evalset_export(self, row: dict[str, Any]) -> int:
+        """Insert one ``evalset_exports`` row (tenant_id, version, records_sha256, format_version,
+        filter, records; ``exported_at`` is now).
+
+        Raises:
+            SinkError: after ``retry_s`` of failures.
+        """
+        import time
+
+        data = pa.table({
+            "tenant_id": [row["tenant_id"]], "version": pa.array([row["version"]], type=pa.uint32()),
+            "records_sha256": [row["records_sha256"]],
+            "format_version": pa.array([row["format_version"]], type=pa.uint16()), "filter": [row["filter"]],
+            "records": pa.array([row["records"]], type=pa.uint64()),
+            "exported_at": pa.array([int(time.time() * 1000)], type=pa.int64()).cast(TS),
+        })
+        return self._insert("evalset_exports", data)
 
     def write_incidents(self, incidents: Iterable[Incident]) -> int:
         """Insert incident events (every revision; FINAL keeps the latest)."""
@@ -513,6 +532,17 @@ class ClickHouseSink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _content_ref_columns(recs: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """``input_ref_*`` / ``output_ref_*`` columns (migration 0041) of trace records, ``""`` where
+    absent (the pipeline has redacted the texts)."""
+    out: dict[str, list[str]] = {}
+    for k in ("input_ref", "output_ref"):
+        refs = [r.get(k) or {} for r in recs]
+        for part in ("uri", "text", "sha256"):
+            out[f"{k}_{part}"] = [ref.get(part) or "" for ref in refs]
+    return out
 
 
 #: arrow types of ``feedback`` columns that inference would get wrong
