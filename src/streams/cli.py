@@ -284,6 +284,7 @@ def replay(
     tenants = sorted(set(tenant or ()))
     sink = open_store(current)
     try:
+        sink.migrate()  # the columns replay reads (0040, 0041) on a store written before them
         full = recorded_range(sink, tenants)
         if full is None:
             fail(f"no recorded traces{' of ' + ', '.join(tenants) if tenants else ''} in {sink.location}", code=1)
@@ -362,6 +363,7 @@ def report(
     settings = get_settings()
     sink = open_store(settings)
     try:
+        sink.migrate()  # the columns its replay reads (0040, 0041) on a store written before them
         page = build_report(sink, settings, tenant, incident or None)
     except TenantScopeError as exc:
         fail(str(exc), code=1 if TENANT_RE.fullmatch(tenant) else 2)

@@ -609,11 +609,11 @@ def recorded_range(sink: ClickHouseSink, tenants: Sequence[str]) -> tuple[int, i
     when empty) in epoch ms, or ``None`` when the store holds no trace of them (the default
     replay range: the whole recording)."""
     where = "WHERE ({all_tenants:Bool} OR tenant_id IN {tenants:Array(String)})"
-    row = sink.query(
-        "SELECT count(), toUnixTimestamp64Milli(min(t0)), toUnixTimestamp64Milli(max(t1)) FROM ("
-        f"SELECT min(event_time) AS t0, max(event_time) AS t1 FROM {{db}}.traces {where} UNION ALL "
-        f"SELECT min(event_time), max(event_time) FROM {{db}}.feedback_submissions {where}) WHERE t1 > t0 OR t0 = t1",
-        {"all_tenants": not tenants, "tenants": list(tenants)})[0]
-    n = sink.query(f"SELECT count() FROM {{db}}.traces {where}", {"all_tenants": not tenants,
-                                                                  "tenants": list(tenants)})[0][0]
-    return None if not n else (int(row[1]), int(row[2]) + 1)
+    params = {"all_tenants": not tenants, "tenants": list(tenants)}
+    rows = {table: sink.query(
+        "SELECT count(), toUnixTimestamp64Milli(min(event_time)), toUnixTimestamp64Milli(max(event_time)) "
+        f"FROM {{db}}.{table} {where}", params)[0] for table in ("traces", "feedback_submissions")}
+    if not rows["traces"][0]:
+        return None
+    spans = [r for r in rows.values() if r[0]]  # min/max of no rows would read 1970
+    return min(int(r[1]) for r in spans), max(int(r[2]) for r in spans) + 1

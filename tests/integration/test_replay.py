@@ -72,6 +72,17 @@ def test_a_lower_threshold_shows_the_extra_incidents(recorded):
     assert res.vs_reference["current"].identical
 
 
+def test_a_tenant_replays_alone_with_its_own_incidents(recorded):
+    settings, prod = recorded
+    tenant = "northwind-health"
+    with ClickHouseSink(settings) as sink:
+        lo, hi = recorded_range(sink, [tenant])
+        res = replay(sink, settings, settings, [tenant], lo, hi)
+    assert sorted(i.incident_id for i in res.reference) == sorted(
+        k for k, i in prod.incidents.items() if i.slice.tenant_id == tenant)
+    assert res.vs_reference["current"].identical and res.reference
+    assert res.runs["current"].traces < 12_000
+
 def test_the_cli_scorecard_is_deterministic_across_processes(recorded):
     settings, _ = recorded
     runs = [_cli(settings, "--set", "CUSUM_THRESHOLD=10", "--json", seed=seed) for seed in ("1", "2")]
@@ -106,6 +117,27 @@ def test_false_positive_labels_are_scored_as_avoided_or_kept(recorded):
     assert stricter.false_positives() == {"labelled": [fp], "avoided": [fp], "kept": []}
     assert same.false_positives() == {"labelled": [fp], "avoided": [], "kept": [fp]}
 
+
+def test_rows_stored_before_batch_numbers_replay_in_event_time_order(recorded):
+    # a store written before migration 0040 has batch_seq = 0 everywhere (this test runs last on
+    # the module's store: it rewrites it)
+    settings, prod = recorded
+    with ClickHouseSink(settings) as sink:
+        for table in ("traces", "feedback_submissions"):
+            sink.query(f"ALTER TABLE {{db}}.{table} UPDATE batch_seq = 0, batch_pos = 0 WHERE 1 "
+                       "SETTINGS mutations_sync = 1")
+        assert sink.query("SELECT countIf(batch_seq != 0) FROM {db}.traces")[0][0] == 0
+        lo, hi = recorded_range(sink, [])
+        res = replay(sink, settings, settings, [], lo, hi)
+    run = res.runs["current"]
+    assert run.traces == 12_000 and run.dead_letters == 0 and res.input["feedback_skipped"] == 0
+    # approximate: other batches, so detection may shift or a label-delayed incident go missing (seen
+    # here: the correction-rate incident), which is why the worker numbers its batches; the
+    # trace-based regression is still found
+    d = res.vs_reference["current"]
+    assert d.same or d.moved, res.to_json()["runs"]["current"]["vs_reference"]
+    found = {m["before"].incident_id for m in d.moved} | {x.incident_id for x in d.same}
+    assert any(prod.incidents[i].metric_group == "latency" for i in found)
 
 def test_replay_of_a_real_worker_demo_run_reproduces_its_incidents(settings):
     # the production worker: `selfheal demo` (worker subprocess, simulator through the broker)
