@@ -445,6 +445,9 @@ def build_report(sink: ClickHouseSink, settings: Settings, tenant: str, incident
             f"{html.escape(inc['action'])} · {html.escape(inc['status'])}</p>"
             f"<p class='summary'>{html.escape(inc['summary'])}</p>"
             + _plot(*figs[-1]) +
+            "<p class='meta'>Baseline, band and statistic as the detector held them after each processed batch "
+            "(a replay of the recording with the current settings); a crossing inside a batch fires and restarts "
+            "the CUSUM before the next sample, so × marks the statistic each incident event reported.</p>"
             "<h3>Evidence traces</h3>" + _table(_evidence(sink, tenant, list(inc["evidence_trace_ids"])))
             + "<h3>Revisions</h3>" + _table(revisions))
     page = _page(tenant, parts, figs)
