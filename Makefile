@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv kafka kafka-stop demo test unit lint bench bench-drift bench-canary bench-otlp chaos clean
+.PHONY: venv kafka kafka-stop browser demo test unit lint bench bench-drift bench-canary bench-otlp chaos clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,10 +22,17 @@ kafka: venv
 kafka-stop:
 	scripts/kafka.sh stop
 
+# headless Chromium from Debian's packages, for the report tests (tests/integration/test_report.py);
+# apt-get runs only when no chromium is on PATH (sudo when not root)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
 demo: venv kafka
 	$(BIN)/selfheal demo $(DEMO_ARGS)
 
-test: venv kafka
+test: venv kafka browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: venv

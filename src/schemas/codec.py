@@ -138,7 +138,8 @@ class SchemaEntry:
 
 
 class AvroCodec:
-    """Registry of the ``selfheal.v1`` schemas plus any older writer versions.
+    """Registry of the ``selfheal.v1`` schemas plus any older writer versions (those shipped in
+    ``avro/history/`` and ``extra_writer_schemas``).
 
     Args:
         avro_dir: directory with the ``.avsc`` files listed in :data:`SCHEMA_FILES`.
@@ -168,6 +169,10 @@ class AvroCodec:
             entry = self._entry(expanded)
             self.current[entry.name] = entry
             self.by_fingerprint[entry.fingerprint] = entry
+        # earlier versions of the contracts (avro/history/<contract>.<n>.avsc, fully expanded): messages
+        # their producers sent stay decodable, resolved to the current schema
+        history = sorted((self.avro_dir / "history").glob("*.avsc")) if (self.avro_dir / "history").is_dir() else []
+        extra_writer_schemas = [*(json.loads(p.read_text()) for p in history), *extra_writer_schemas]
         for raw in extra_writer_schemas:
             # resolve references against the current named types, then register
             expanded = parse_schema(copy.deepcopy(dict(raw)), named_schemas=dict(named), expand=True, _write_hint=False)

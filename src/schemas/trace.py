@@ -94,6 +94,30 @@ class ToolCall(Contract):
     latency_ms: LatencyMs
 
 
+#: longest inline text of a :class:`ContentRef`, chars (larger content goes by ``uri``)
+MAX_REF_TEXT = 8_192
+MAX_REF_URI = 2_048
+
+
+class ContentRef(Contract):
+    """Where a run's input or original output can be found again (replayable evaluation sets,
+    ``streams.evalset``): an external ``uri``, a redacted inline ``text`` of at most
+    :data:`MAX_REF_TEXT` chars, and the hex SHA-256 of the full content; every part optional."""
+
+    AVRO_NAME: ClassVar[str] = "selfheal.v1.ContentRef"
+
+    uri: str | None = Field(default=None, min_length=1, max_length=MAX_REF_URI)
+    text: str | None = Field(default=None, max_length=MAX_REF_TEXT)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class OutputRef(ContentRef):
+    """A :class:`ContentRef` of the run's original output (Avro record ``OutputRef``: one record
+    cannot use a named type twice under fastavro's schema expansion)."""
+
+    AVRO_NAME: ClassVar[str] = "selfheal.v1.OutputRef"
+
+
 class AgentTrace(Contract):
     """One agent run, as emitted to ``agent.traces.v1`` (key: ``tenant_id``).
 
@@ -135,6 +159,8 @@ class AgentTrace(Contract):
         Annotated[str, Field(min_length=1, max_length=128)],
         Annotated[str, Field(max_length=MAX_ATTRIBUTE_LEN)],
     ] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
+    input_ref: ContentRef | None = None
+    output_ref: OutputRef | None = None
 
     # field validators (not a model validator), so the error names the field and its value
     @field_validator("event_time")

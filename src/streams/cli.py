@@ -1,7 +1,7 @@
 """``selfheal`` command line (typer). The CLI wires components; it does not compute.
 
 Product commands: ``topics``, ``migrate``, ``worker``, ``otlp``, ``incidents``, ``scorecard``,
-``export-evalset``, ``refresh-patterns``. The dev commands (``demo``, ``simulate``, ``bench``,
+``export-evalset``, ``refresh-patterns``, ``replay``, ``report``. The dev commands (``demo``, ``simulate``, ``bench``,
 ``bench-drift``, ``bench-canary``, ``chaos``) are defined in :mod:`streams.devtools.cli` and
 mounted here when :mod:`streams.devtools` is installed.
 Settings come from ``SELFHEAL_*`` environment variables (README "Settings").
@@ -150,12 +150,13 @@ def export_evalset(
     release: Annotated[str, typer.Option(help="only this release_id")] = "",
     include_lost: Annotated[bool, typer.Option(help="also corrections that lost a conflict")] = False,
 ) -> None:
-    """Write a reproducible regression/golden set (JSONL) of a tenant's corrections (streams.evalset)."""
+    """Write a reproducible, versioned regression/golden set (JSONL) of a tenant's corrections with
+    input and original-output references, and record the export in ClickHouse (streams.evalset)."""
     import hashlib
     from datetime import datetime
 
     from streams.errors import TenantScopeError
-    from streams.evalset import build_evalset
+    from streams.evalset import export_evalset
 
     try:
         t0, t1 = datetime.fromisoformat(since), datetime.fromisoformat(until)
@@ -163,14 +164,16 @@ def export_evalset(
         raise typer.BadParameter(f"--since/--until must be ISO 8601 ({since!r}, {until!r}): {exc}") from None
     sink = open_store(get_settings())
     try:
-        data, n = build_evalset(sink, tenant, t0, t1, cohort=cohort or None, release_id=release or None,
-                                include_lost=include_lost)
+        sink.migrate()  # the export table (0042) on a store written before it
+        exp = export_evalset(sink, tenant, t0, t1, cohort=cohort or None, release_id=release or None,
+                             include_lost=include_lost)
     except (TenantScopeError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
     finally:
         sink.close()
-    out.write_bytes(data)
-    console.print(f"wrote {n} records to {out} (sha256 {hashlib.sha256(data).hexdigest()})")
+    out.write_bytes(exp.data)
+    console.print(f"wrote {exp.records} records to {out}: {tenant} set version {exp.version}, records sha256 "
+                  f"{exp.records_sha256} (file sha256 {hashlib.sha256(exp.data).hexdigest()})")
 
 
 @app.command("refresh-patterns")
@@ -269,6 +272,135 @@ def scorecard(
                       f"{delta:+.0%}\n{lo:+.0%}..{hi:+.0%}\np={p:.2g}", f"{s_c:,}\n{s_t:,}",
                       f"[{style}]{status}[/]" if style else status)
         console.print(t)
+
+
+def _epoch_ms(value: str, option: str) -> int:
+    """ISO 8601 (UTC if no offset) as epoch ms; a bad value is a one-line usage error."""
+    from datetime import UTC, datetime
+
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option} must be ISO 8601 ({value!r}): {exc}") from None
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+@app.command()
+def replay(
+    tenant: Annotated[list[str] | None, typer.Option(help="tenant to replay (repeat; default: every tenant)")] = None,
+    since: Annotated[str, typer.Option(help="start of event time, ISO 8601 (default: the recording's start)")] = "",
+    until: Annotated[str, typer.Option(help="end of event time (exclusive), ISO 8601 (default: its end)")] = "",
+    env_file: Annotated[Path | None, typer.Option(help="candidate settings: SELFHEAL_* lines over the current")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="candidate setting NAME=VALUE (repeat)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the scorecard as JSON")] = False,
+) -> None:
+    """Replay recorded traces and feedback from ClickHouse through the pipeline with the current
+    and with candidate settings, and print what changes against the production incidents
+    (streams.replay): incidents that appear, disappear or move, false positives avoided, state size."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from streams.errors import TenantScopeError
+    from streams.replay import candidate_settings, recorded_range
+    from streams.replay import replay as run_replay
+
+    current = get_settings()
+    candidate = candidate_settings(current, str(env_file) if env_file else None, set_ or ())
+    tenants = sorted(set(tenant or ()))
+    sink = open_store(current)
+    try:
+        sink.migrate()  # the columns replay reads (0040, 0041) on a store written before them
+        full = recorded_range(sink, tenants)
+        if full is None:
+            fail(f"no recorded traces{' of ' + ', '.join(tenants) if tenants else ''} in {sink.location}", code=1)
+        t0 = _epoch_ms(since, "--since") if since else full[0]
+        t1 = _epoch_ms(until, "--until") if until else full[1]
+        with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("messages"),
+                      TimeElapsedColumn(), console=err_console, transient=True, disable=as_json) as bar:
+            task = bar.add_task("replay", total=None)
+            result = run_replay(sink, current, candidate, tenants, t0, t1,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except (TenantScopeError, ValueError) as exc:
+        fail(str(exc))
+    finally:
+        sink.close()
+    if as_json:
+        print(json.dumps(result.to_json(), sort_keys=True, indent=1))
+        return
+    print_replay(result.to_json())
+
+
+def print_replay(r: dict[str, Any]) -> None:
+    """The replay scorecard (:meth:`streams.replay.ReplayResult.to_json`) as tables for an 80-column terminal."""
+    inp = r["input"]
+    console.print(f"replayed {inp['traces']:,} traces ({inp['trace_messages']:,} messages) and {inp['feedback']:,} "
+                  f"feedback submissions; reference: {len(r['reference']['incidents'])} production incidents")
+    changed = r["changed_settings"]
+    console.print("candidate settings: " + (", ".join(f"{k.upper()} {a} → {b}" for k, (a, b) in changed.items())
+                                              or "unchanged"), highlight=False)
+    t = narrow_table("run", "incidents", "vs production", "state", title="runs")
+    for name, run in r["runs"].items():
+        v = run["vs_reference"]
+        st = run["state"]
+        t.add_row(name, f"{run['incidents']}\n{run['incident_events']} events",
+                  ("identical" if v["identical"] else "differs") + f"\n{v['same']} same · {len(v['moved'])} moved\n"
+                  f"+{len(v['appeared'])} / -{len(v['disappeared'])}",
+                  f"{st['slices']} slices\n{sum(b for k, b in st.items() if k.endswith('_bytes')) / 1024:,.0f} KiB")
+    console.print(t)
+    d = r["runs"]["candidate"]["vs_reference"]
+    rows = [("appears", x, None) for x in d["appeared"]] + [("disappears", x, None) for x in d["disappeared"]] + \
+        [("moves", m["after"], m) for m in d["moved"]]
+    if rows:
+        t = narrow_table("change", "incident", "slice", title="candidate vs production incidents")
+        for change, x, m in rows:
+            where = "\n".join(p for p in (x["layer"], x["tenant_id"], x["cohort"], x["workflow"],
+                                           x["slice_release_id"]) if p)
+            note = ""
+            if m is not None:
+                note = "\n" + ", ".join(m["changed"]) + (f"\n{m['delay_traces']:+d} traces" if m["delay_traces"]
+                                                          is not None else "")
+            t.add_row(change + note, f"{x['incident_id']}\n{x['kind']}\n{x['metric']}"
+                      + (f"\nrelease {x['release_id']}" if x["release_id"] else ""), where)
+        console.print(t)
+    else:
+        console.print("candidate: the same incidents as production")
+    fp = r["false_positives"]
+    if fp is None:
+        console.print("false positives: no incident_actions table in the store (no labels to score)")
+    else:
+        console.print(f"false-positive-labelled incidents: {len(fp['labelled'])}, avoided {len(fp['avoided'])}, "
+                      f"kept {len(fp['kept'])}")
+
+
+@app.command()
+def report(
+    tenant: Annotated[str, typer.Option(help="tenant id, e.g. northwind-health")],
+    incident: Annotated[str, typer.Option(help="incident id to detail (default: the 3 most recent)")] = "",
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: report-<tenant>[-<incident>].html)")] = None,
+) -> None:
+    """Write one self-contained HTML page (plotly inline, no server) of a tenant and its incidents:
+    baseline band vs observed values, change point, detector statistic vs threshold, releases,
+    evidence traces, verdicts and actions, correction rate by cohort and release (streams.report)."""
+    from streams.errors import TenantScopeError
+    from streams.report import build_report
+    from streams.sinks.queries import TENANT_RE
+
+    settings = get_settings()
+    sink = open_store(settings)
+    try:
+        sink.migrate()  # the columns its replay reads (0040, 0041) on a store written before them
+        page = build_report(sink, settings, tenant, incident or None)
+    except TenantScopeError as exc:
+        fail(str(exc), code=1 if TENANT_RE.fullmatch(tenant) else 2)
+    except LookupError as exc:
+        fail(str(exc.args[0]), code=1)
+    finally:
+        sink.close()
+    path = out or Path(f"report-{tenant}{'-' + incident if incident else ''}.html")
+    path.write_text(page.html, encoding="utf-8")
+    console.print(f"wrote {path} ({len(page.html.encode()) / 1e6:.1f} MB, {page.figures} figures, incidents: "
+                  f"{', '.join(page.incident_ids) or 'none'})", highlight=False)
 
 
 #: entry-point group of command plugins: ``register(app)`` adds commands to this typer app. The dev

@@ -61,6 +61,8 @@ class TraceOutput:
     dead_letters: list[DeadLetter]
     duplicates: int = 0
     verdicts: list[RolloutVerdict] = field(default_factory=list)
+    #: processing sequence number of the batch (:meth:`Pipeline.next_batch_seq`), stored with the traces
+    batch_seq: int = 0
 
 
 @dataclass
@@ -160,6 +162,7 @@ class Pipeline:
             max_submissions_per_trace=settings.feedback_max_submissions_per_trace)
         self.canary = CanaryMonitor(canary_config(settings), canary_state or DictBackend())
         self._snapshot_dirty: set[int] = set()
+        self._batch_seq = 0
         self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0,
                       "verdicts": 0}
         #: feedback submissions by dedup status (only ``new`` counts in detectors and scorecards)
@@ -208,6 +211,15 @@ class Pipeline:
         self.canary.flush()
         return n
 
+    def next_batch_seq(self) -> int:
+        """The processing sequence number of the next batch: wall-clock microseconds since the
+        epoch, strictly increasing in this pipeline (so also across a restart on a sane clock).
+        Stored with every trace and feedback submission (``batch_seq``, ``batch_pos``) so that
+        :mod:`streams.replay` rebuilds the worker's batches and their order; it never enters
+        processing."""
+        self._batch_seq = max(self._batch_seq + 1, time.time_ns() // 1000)
+        return self._batch_seq
+
     # ------------------------------------------------------------------ traces
     def decode_traces(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> Decoded:
         """Decode + validate trace messages (step 1 of :meth:`on_traces`)."""
@@ -235,6 +247,7 @@ class Pipeline:
         ``decoded`` comes from :meth:`decode_traces`; ``stored`` holds what the store knows of the
         ids :meth:`unindexed_trace_ids` named (without it only the in-memory index and the batch
         are checked for duplicates)."""
+        seq = self.next_batch_seq()
         if decoded is None:
             decoded = self.decode_traces(messages, now_ms)
         traces = self._dedup_traces(decoded, messages, stored or {})
@@ -247,11 +260,12 @@ class Pipeline:
         incidents += self._rollbacks(emitted)
         self._index_traces(cols, traces.fingerprints)
         attrs = self.redactor.redact_maps([r["attributes"] for r in traces.records])
+        self._redact_content_refs(traces.records)
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
         self.stats["verdicts"] += len(emitted)
         return TraceOutput(cols, attrs, incidents, traces.dead_letters, traces.duplicates,
-                           [e.verdict for e in emitted])
+                           [e.verdict for e in emitted], seq)
 
     def _dedup_traces(self, decoded: Decoded, messages: Sequence[RawMessage], stored: StoredTraces) -> DedupedTraces:
         """Drop traces whose id was seen before (in the trace index, earlier in this batch, or in
@@ -298,6 +312,15 @@ class Pipeline:
         self.stats["trace_duplicates"] += dup
         self.stats["dead_letters"] += len(dls)
         return DedupedTraces(records, parts, offs, fps, dup, dls)
+
+    def _redact_content_refs(self, records: list[dict[str, Any]]) -> None:
+        """Redact the inline texts of the traces' ``input_ref`` / ``output_ref`` in place (after
+        detection, which does not read them; before the sink stores them)."""
+        for r in records:
+            for k in ("input_ref", "output_ref"):
+                ref = r.get(k)
+                if ref and ref.get("text"):
+                    ref["text"] = self.redactor.redact(ref["text"])
 
     def _remember_releases(self, records: list[dict[str, Any]]) -> None:
         """Keep the manifest of every release seen (incidents name the manifest they implicate)."""
@@ -364,12 +387,15 @@ class Pipeline:
         :meth:`FeedbackProcessor.resolve` when the caller waited for the trace watermark;
         unresolved refs are dead-lettered as ``unknown_trace``.
         """
+        seq = self.next_batch_seq()
         if decoded is None:
             decoded = self.decode_feedback(messages)
         if refs is None:
             refs, _ = self.feedback.resolve(decoded.records, decoded.partitions)
         res = self.feedback.process(decoded.records, decoded.partitions, decoded.offsets, refs,
                                     _source_messages(decoded, messages), decoded.indexes)
+        for pos, sub in enumerate(res.submissions):  # where it was processed (streams.replay)
+            sub["batch_seq"], sub["batch_pos"] = seq, pos
         dls = decoded.dead_letters + res.dead_letters
         fb_wm = _feedback_watermarks(decoded)
         incidents = self.apply_corrections(res.corrections, fb_wm)

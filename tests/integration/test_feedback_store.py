@@ -127,7 +127,7 @@ def test_export_evalset_is_reproducible_and_tenant_scoped(settings, tmp_path):
         assert a == b and hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest()
         lines = [json.loads(x) for x in a.decode().splitlines()]
         header, records = lines[0], lines[1:]
-        assert header["format_version"] == 1 and header["records"] == n == len(records) == 9
+        assert header["format_version"] == 2 and header["records"] == n == len(records) == 9
         assert header["records_sha256"] == hashlib.sha256(a.split(b"\n", 1)[1]).hexdigest()
         assert {r["tenant_id"] for r in records} == {"t-a"}
         assert [r["trace_event_time"] for r in records] == sorted(r["trace_event_time"] for r in records)

@@ -16,7 +16,7 @@ from schemas.codec import (
     UnknownSchemaError,
     default_avro_dir,
 )
-from tests.factories import trace
+from tests.factories import now_ms, trace
 
 
 def test_header_is_marker_plus_crc64_fingerprint():
@@ -68,8 +68,7 @@ def test_schema_evolution_new_producer_old_consumer():
     v2 = _schemas_v2()
     new_writer = AvroCodec(extra_writer_schemas=[v2])
     # a producer on v2 encodes with the v2 schema under its own fingerprint
-    v2_entry = next(e for fp, e in new_writer.by_fingerprint.items() if fp not in
-                    {x.fingerprint for x in new_writer.current.values()})
+    v2_entry = next(e for fp, e in new_writer.by_fingerprint.items() if fp not in AvroCodec().by_fingerprint)
     import io
 
     from fastavro import schemaless_writer
@@ -101,3 +100,27 @@ def test_schema_evolution_old_producer_new_consumer():
 def _strip(schema):
     from schemas.codec import _strip_logical_types
     return _strip_logical_types(schema)
+
+
+def test_messages_of_an_earlier_contract_version_stay_decodable():
+    # AgentTrace gained input_ref / output_ref (ContentRef) after v1.0; producers on v1.0 still
+    # send the old fingerprint, which avro/history/ keeps known and resolves to the current schema
+    import io
+
+    from fastavro import parse_schema, schemaless_writer
+    old = json.loads((default_avro_dir() / "history" / "agent_trace_batch.1.avsc").read_text())
+    codec = AvroCodec()
+    entry = next(e for e in codec.by_fingerprint.values() if e.expanded == old)
+    assert entry.fingerprint != codec.current["selfheal.v1.AgentTraceBatch"].fingerprint
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + entry.fingerprint)
+    schemaless_writer(buf, parse_schema(_strip(old)), {"batch_id": "b1", "producer_id": "p", "sent_at": now_ms(),
+                                                       "traces": [trace()]})
+    name, record = codec.decode(buf.getvalue())
+    assert name == "selfheal.v1.AgentTraceBatch"
+    assert record["traces"][0]["input_ref"] is None and record["traces"][0]["output_ref"] is None
+    # and a current producer's references round-trip
+    ref = {"uri": "s3://bucket/in/1.json", "text": "note text", "sha256": "a" * 64}
+    _, back = codec.decode(codec.encode("selfheal.v1.AgentTrace", {**trace(), "input_ref": ref,
+                                                                  "output_ref": {**ref, "uri": None}}))
+    assert back["input_ref"] == ref and back["output_ref"] == {**ref, "uri": None}

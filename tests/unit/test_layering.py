@@ -34,6 +34,8 @@ LAYERS: dict[str, int] = {
     "streams.readapi": 6,
     "streams.evalset": 7,
     "streams.otlp": 7,
+    "streams.replay": 7,
+    "streams.report": 8,
     "streams.worker": 8,
     "streams.cli": 9,
     "streams.devtools": 10,

@@ -58,6 +58,7 @@ from schemas.common import (
     MIN_EVENT_TIME_MS,
     TENANT_ID_PATTERN,
 )
+from schemas.trace import MAX_REF_TEXT, MAX_REF_URI
 from streams.processors.columns import ARM_CODES, OUTCOME_CODES, RawMessage
 
 TRACE_SCHEMAS = {"selfheal.v1.AgentTrace": None, "selfheal.v1.AgentTraceBatch": "traces"}
@@ -299,7 +300,18 @@ class TraceFastCheck:
             klen = np.fromiter((len(k) for a in attrs for k in a), dtype=np.int64, count=len(owner))
             vlen = np.fromiter((len(v) for a in attrs for v in a.values()), dtype=np.int64, count=len(owner))
             ok[owner[~((klen > 0) & (klen <= 128) & (vlen <= MAX_ATTRIBUTE_LEN))]] = False
+        for k in ("input_ref", "output_ref"):  # optional content references (ContentRef)
+            refs = [r.get(k) for r in recs]
+            if any(ref is not None for ref in refs):
+                ok &= num((ref is None or _content_ref_ok(ref) for ref in refs), bool)
         return ok
+
+
+def _content_ref_ok(ref: dict[str, Any]) -> bool:
+    """A ``ContentRef`` within its bounds (:class:`schemas.trace.ContentRef`)."""
+    uri, text, sha = ref.get("uri"), ref.get("text"), ref.get("sha256")
+    return ((uri is None or 0 < len(uri) <= MAX_REF_URI) and (text is None or len(text) <= MAX_REF_TEXT)
+            and (sha is None or _SHA256.fullmatch(sha) is not None))
 
 
 def not_in_flat(values: list[Any], bad: set[Any]) -> np.ndarray | bool:

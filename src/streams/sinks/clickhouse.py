@@ -207,9 +207,13 @@ class ClickHouseSink:
         after one attempt. Called when the worker shuts down (its batch stays unacknowledged)."""
         self._abort.set()
 
-    def write_traces(self, cols: TraceColumns, attributes: Sequence[dict[str, str]] | None = None) -> int:
+    def write_traces(self, cols: TraceColumns, attributes: Sequence[dict[str, str]] | None = None,
+                     batch_seq: int = 0) -> int:
         """Insert a batch of validated traces. ``attributes`` overrides the records' maps
-        (the redacted copies); returns rows written.
+        (the redacted copies); ``batch_seq`` is the pipeline's processing sequence number of the
+        batch (:attr:`TraceOutput.batch_seq`), stored with each trace's position in the batch so
+        a replay (:mod:`streams.replay`) processes them in the same batches and order; returns
+        rows written.
 
         Raises:
             SinkError: after ``retry_s`` of failures.
@@ -243,13 +247,13 @@ class ClickHouseSink:
             "policy_version": col(rel, "policy_version"),
             "retrieval_index_version": col(rel, "retrieval_index_version"),
             "rollout_arm": ["" if x is None else x["arm"] for x in ro],
-            "rollout_stage_pct": pa.array([0.0 if x is None else x["stage_pct"] for x in ro], type=pa.float32()),
+            "rollout_stage_pct": pa.array([0.0 if x is None else x["stage_pct"] for x in ro], type=pa.float64()),
             "candidate_release_id": ["" if x is None else x["candidate_release_id"] for x in ro],
             "latency_ms": cols.latency_ms,
             "input_tokens": pa.array(cols.input_tokens.astype("uint32")),
             "output_tokens": pa.array(cols.output_tokens.astype("uint32")),
             "cost_usd": cols.cost_usd,
-            "confidence": pa.array(cols.confidence, type=pa.float32(), from_pandas=True),
+            "confidence": pa.array(cols.confidence, type=pa.float64(), from_pandas=True),
             "outcome": col(recs, "outcome"),
             "tool_names": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("name"), flat)),
                                                                       type=pa.string())),
@@ -266,6 +270,9 @@ class ClickHouseSink:
             "attributes": pa.array([list(a.items()) for a in attrs], type=STR_MAP),
             "source_partition": pa.array(cols.partition.astype("uint16")),
             "source_offset": pa.array(cols.offset.astype("uint64")),
+            **_content_ref_columns(recs),
+            "batch_seq": pa.array(np.full(cols.n, batch_seq, dtype=np.uint64)),
+            "batch_pos": pa.array(np.arange(cols.n, dtype=np.uint32)),
         })
         return self._insert("traces", data)
 
@@ -322,6 +329,9 @@ class ClickHouseSink:
         cols["source_partition"] = pa.array(cols["source_partition"], type=pa.uint16())
         cols["source_offset"] = pa.array(cols["source_offset"], type=pa.uint64())
         cols["record_index"] = pa.array(cols["record_index"], type=pa.int32())
+        for k, typ in (("batch_seq", pa.uint64()), ("batch_pos", pa.uint32())):
+            if k in cols:
+                cols[k] = pa.array(cols[k], type=typ)
         return self._insert("feedback_submissions", pa.table(cols))
 
     def write_baseline_snapshots(self, rows: Sequence[dict[str, Any]]) -> int:
@@ -332,6 +342,24 @@ class ClickHouseSink:
         cols["snapshot_at"] = pa.array(cols["snapshot_at"], type=pa.int64()).cast(TS)
         cols["traces"] = pa.array(cols["traces"], type=pa.uint64())
         return self._insert("baseline_snapshots", pa.table(cols))
+
+    def record_evalset_export(self, row: dict[str, Any]) -> int:
+        """Insert one ``evalset_exports`` row (tenant_id, version, records_sha256, format_version,
+        filter, records; ``exported_at`` is now).
+
+        Raises:
+            SinkError: after ``retry_s`` of failures.
+        """
+        import time
+
+        data = pa.table({
+            "tenant_id": [row["tenant_id"]], "version": pa.array([row["version"]], type=pa.uint32()),
+            "records_sha256": [row["records_sha256"]],
+            "format_version": pa.array([row["format_version"]], type=pa.uint16()), "filter": [row["filter"]],
+            "records": pa.array([row["records"]], type=pa.uint64()),
+            "exported_at": pa.array([int(time.time() * 1000)], type=pa.int64()).cast(TS),
+        })
+        return self._insert("evalset_exports", data)
 
     def write_incidents(self, incidents: Iterable[Incident]) -> int:
         """Insert incident events (every revision; FINAL keeps the latest)."""
@@ -510,6 +538,17 @@ class ClickHouseSink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _content_ref_columns(recs: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """``input_ref_*`` / ``output_ref_*`` columns (migration 0041) of trace records, ``""`` where
+    absent (the pipeline has redacted the texts)."""
+    out: dict[str, list[str]] = {}
+    for k in ("input_ref", "output_ref"):
+        refs = [r.get(k) or {} for r in recs]
+        for part in ("uri", "text", "sha256"):
+            out[f"{k}_{part}"] = [ref.get(part) or "" for ref in refs]
+    return out
 
 
 #: arrow types of ``feedback`` columns that inference would get wrong

@@ -126,6 +126,24 @@ class TenantQueries:
                   "include_lost": bool(include_lost)}
         return self.sink.query_dicts(sql, params)
 
+    def content_refs(self, trace_ids: Sequence[str]) -> dict[str, dict[str, dict[str, str | None] | None]]:
+        """Input and original-output references of this tenant's traces among ``trace_ids``
+        (migration 0041): ``{trace_id: {"input_ref": {uri, text, sha256} | None, "output_ref": ...}}``,
+        parts ``None`` where empty, a reference ``None`` when it has no part."""
+        ids = list(trace_ids)
+        if len(ids) > self.MAX_IDS or not all(isinstance(t, str) for t in ids):
+            raise TenantScopeError(f"trace_ids must be at most {self.MAX_IDS} strings")
+        if not ids:
+            return {}
+        rows = self._q("SELECT trace_id, input_ref_uri, input_ref_text, input_ref_sha256, output_ref_uri, "
+                       "output_ref_text, output_ref_sha256 FROM {db}.traces FINAL WHERE tenant_id = {tenant:String} "
+                       "AND trace_id IN {ids:Array(String)}", ids=ids)
+
+        def ref(uri: str, text: str, sha: str) -> dict[str, str | None] | None:
+            return {"uri": uri or None, "text": text or None, "sha256": sha or None} if uri or text or sha else None
+
+        return {r[0]: {"input_ref": ref(*r[1:4]), "output_ref": ref(*r[4:7])} for r in rows}
+
     def feedback(self, limit: int = 100) -> list[tuple]:
         """This tenant's unique corrections (FINAL), newest first: ``[(feedback_id, trace_id, category,
         severity, source, release_id, corrected_text)]`` (text redacted at ingest)."""

@@ -87,7 +87,7 @@ class TraceStep:
         with processing():
             out = pipe.on_traces(messages, decoded=decoded, stored=stored)
         if out.cols is not None:
-            await self.outputs.write_traces(out.cols, out.attributes)
+            await self.outputs.write_traces(out.cols, out.attributes, out.batch_seq)
         return StepOutput(out.incidents, out.dead_letters, out.verdicts, out.cols.n if out.cols is not None else 0)
 
 

@@ -153,10 +153,11 @@ class Outputs:
             await asyncio.to_thread(look)
         return found
 
-    async def write_traces(self, cols: Any, attributes: Sequence[dict[str, str]]) -> None:
-        """Insert a trace batch's columns and redacted attribute maps."""
+    async def write_traces(self, cols: Any, attributes: Sequence[dict[str, str]], batch_seq: int = 0) -> None:
+        """Insert a trace batch's columns and redacted attribute maps (``batch_seq``: the
+        pipeline's processing sequence number of the batch, kept for replays)."""
         sink = await self.ready()
-        await self._call((sink.write_traces, cols, attributes))
+        await self._call((sink.write_traces, cols, attributes, batch_seq))
 
     async def write_feedback(self, rows: list[dict[str, Any]], submissions: list[dict[str, Any]]) -> None:
         """Insert feedback rows and submissions (one lock hold), and queue their patterns' refresh."""

@@ -147,8 +147,8 @@ class Outputs:
         self.calls.append(("stored", ids))
         return {("acme", "t0"): [(1, 0, 0)]}
 
-    async def write_traces(self, cols, attributes):
-        self.calls.append(("traces", cols.n))
+    async def write_traces(self, cols, attributes, batch_seq=0):
+        self.calls.append(("traces", cols.n, batch_seq))
 
     async def write_feedback(self, rows, submissions):
         self.calls.append(("feedback", len(rows), len(submissions)))
@@ -159,7 +159,7 @@ class Outputs:
 
 def test_the_trace_step_checks_unindexed_ids_in_the_store_then_writes_valid_traces_and_counts_them():
     for cols in (SimpleNamespace(n=3), None):
-        out = SimpleNamespace(cols=cols, attributes=[], incidents=["i"], dead_letters=["d"], verdicts=[])
+        out = SimpleNamespace(cols=cols, attributes=[], incidents=["i"], dead_letters=["d"], verdicts=[], batch_seq=7)
         outputs = Outputs()
         seen = {}
 
@@ -173,7 +173,8 @@ def test_the_trace_step_checks_unindexed_ids_in_the_store_then_writes_valid_trac
         assert (res.incidents, res.dead_letters, res.written) == (["i"], ["d"], 3 if cols else 0)
         assert seen == {"decoded": "decoded", "stored": {("acme", "t0"): [(1, 0, 0)]}}
         stored = ("stored", {"acme": ["t0"]})
-        assert outputs.calls == (["ready", stored, ("traces", 3)] if cols else ["ready", stored])
+        # the batch's processing sequence number is stored with its traces (streams.replay)
+        assert outputs.calls == (["ready", stored, ("traces", 3, 7)] if cols else ["ready", stored])
 
 
 def test_the_feedback_step_waits_for_its_traces_then_writes_and_queues_patterns():
