@@ -5,6 +5,7 @@ here validate and document the same records, and ``tests/unit/test_contracts.py`
 field by field.
 """
 
+from schemas.action import ActionKind, IncidentAction
 from schemas.codec import AvroCodec, CodecError, default_codec
 from schemas.common import Severity
 from schemas.deadletter import DeadLetter
@@ -16,7 +17,15 @@ from schemas.feedback import (
     RegulatoryTag,
     ReviewerRole,
 )
-from schemas.incident import Incident, IncidentKind, IncidentStatus, RecommendedAction, Slice
+from schemas.incident import (
+    ActionTaken,
+    DriftMatrixEntry,
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    RecommendedAction,
+    Slice,
+)
 from schemas.trace import (
     AgentTrace,
     AgentTraceBatch,
@@ -47,25 +56,32 @@ CONTRACTS = (
     Feedback,
     FeedbackBatch,
     Slice,
+    ActionTaken,
+    DriftMatrixEntry,
     Incident,
     DeadLetter,
     ScorecardEntry,
     RolloutVerdict,
+    IncidentAction,
 )
 
 __all__ = [
     "CONTRACTS",
+    "ActionKind",
+    "ActionTaken",
     "AgentTrace",
     "AgentTraceBatch",
     "AvroCodec",
     "CandidateArm",
     "CodecError",
     "DeadLetter",
+    "DriftMatrixEntry",
     "Feedback",
     "FeedbackBatch",
     "FeedbackCategory",
     "FeedbackSource",
     "Incident",
+    "IncidentAction",
     "IncidentKind",
     "IncidentStatus",
     "MetricRole",

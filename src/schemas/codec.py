@@ -45,6 +45,7 @@ SCHEMA_FILES = (
     "incident.avsc",
     "dead_letter.avsc",
     "rollout_verdict.avsc",
+    "incident_action.avsc",
 )
 
 
@@ -226,6 +227,34 @@ def default_avro_dir() -> Path:
     raise FileNotFoundError(f"no avro/ directory with {SCHEMA_FILES[0]} in {candidates}")
 
 
+def _single_definitions(schema: Any, seen: set[str] | None = None) -> Any:
+    """Copy of an expanded schema where a named type defined again (``Incident.release`` and
+    ``Incident.restore_release`` are both a ``ReleaseManifest``) is a reference to its first
+    definition, as the Avro specification requires (a name is defined once per schema; also the
+    Parsing Canonical Form writes later occurrences as the name)."""
+    seen = set() if seen is None else seen
+    if isinstance(schema, list):
+        return [_single_definitions(s, seen) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    t = schema.get("type")
+    if t in ("record", "enum", "fixed"):
+        name = schema["name"] if "." in schema["name"] or "namespace" not in schema \
+            else f"{schema['namespace']}.{schema['name']}"
+        if name in seen:
+            return name
+        seen.add(name)
+        if t == "record":
+            return {**schema, "fields": [{**f, "type": _single_definitions(f["type"], seen)}
+                                         for f in schema["fields"]]}
+        return schema
+    if t == "array":
+        return {**schema, "items": _single_definitions(schema["items"], seen)}
+    if t == "map":
+        return {**schema, "values": _single_definitions(schema["values"], seen)}
+    return schema
+
+
 def _strip_logical_types(schema: Any) -> Any:
     """Copy of a schema with ``timestamp-millis`` turned into plain ``long`` (same binary form)."""
     if isinstance(schema, dict):
@@ -279,14 +308,16 @@ class AvroCodec:
             raw = json.loads((self.avro_dir / fname).read_text())
             # fastavro expands one level of references; registering the expanded form makes the
             # next file's expansion complete (AgentTraceBatch -> AgentTrace -> ReleaseManifest).
-            expanded = parse_schema(raw, named_schemas=dict(named), expand=True, _write_hint=False)
+            expanded = _single_definitions(
+                parse_schema(raw, named_schemas=dict(named), expand=True, _write_hint=False))
             parse_schema(expanded, named_schemas=named)
             entry = self._entry(expanded)
             self.current[entry.name] = entry
             self.by_fingerprint[entry.fingerprint] = entry
         for raw in extra_writer_schemas:
             # resolve references against the current named types, then register
-            expanded = parse_schema(copy.deepcopy(dict(raw)), named_schemas=dict(named), expand=True, _write_hint=False)
+            expanded = _single_definitions(
+                parse_schema(copy.deepcopy(dict(raw)), named_schemas=dict(named), expand=True, _write_hint=False))
             entry = self._entry(expanded)
             if entry.fingerprint in self.by_fingerprint:
                 continue

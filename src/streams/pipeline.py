@@ -52,6 +52,16 @@ class TraceOutput:
 
 
 @dataclass
+class ActionOutput:
+    """Result of one batch of incident actions."""
+
+    incidents: list[Incident]  # the revisions the actions caused
+    dead_letters: list[DeadLetter]
+    rows: list[dict[str, Any]]  # ``incident_actions`` ledger rows (one per applied action)
+    replays: int = 0  # actions already applied (redelivered or resent)
+
+
+@dataclass
 class DedupedTraces:
     """Valid traces of a batch without replays, with their provenance (parallel lists)."""
 
@@ -130,6 +140,7 @@ class Pipeline:
                   max_clock_skew_s=settings.max_clock_skew_s)
         self.trace_ingest = Ingest(codec, "traces", **kw)
         self.feedback_ingest = Ingest(codec, "feedback", **kw)
+        self.action_ingest = Ingest(codec, "actions", **kw)
         self.engine = DriftEngine(drift_config(settings), SliceStore(), loader=self.baselines.get)
         #: release manifests seen, by release_id (incidents name the manifest they implicate)
         self.releases: dict[str, dict[str, Any]] = {}
@@ -149,7 +160,7 @@ class Pipeline:
         self.canary = CanaryMonitor(canary_config(settings), canary_state or DictBackend())
         self._snapshot_dirty: set[int] = set()
         self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0,
-                      "verdicts": 0}
+                      "verdicts": 0, "actions": 0, "action_replays": 0}
 
     # ------------------------------------------------------------------ partitions
     def on_assigned(self, partitions: set[int]) -> None:
@@ -324,6 +335,35 @@ class Pipeline:
         return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts,
                               verdicts=[e.verdict for e in emitted], patterns=res.patterns)
 
+    # ------------------------------------------------------------------ incident actions
+    def on_actions(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> ActionOutput:
+        """Process one batch of ``agent.incident-actions.v1`` messages: decode and validate
+        (dead letters as for every input), apply each action to its incident
+        (:meth:`IncidentManager.on_action`: refusals become dead letters with the reason, replays
+        count once), and return the incident revisions and the ledger rows (reason redacted)."""
+        decoded = self.action_ingest.decode(messages, now_ms)
+        dls = list(decoded.dead_letters)
+        events: list[Incident] = []
+        rows: list[dict[str, Any]] = []
+        replays = 0
+        msg_by_off = {(m.partition, m.offset): m for m in messages}
+        for rec, p, o in zip(decoded.records, decoded.partitions, decoded.offsets, strict=True):
+            out = self.incidents.on_action(rec, p)
+            if out.replay:
+                replays += 1
+            elif out.error_class is not None:
+                dls.append(make_dead_letter(msg_by_off[(p, o)], index=-1, error_class=out.error_class,
+                                            field_path=out.field, value=out.value, message=out.message,
+                                            tenant_id=rec["tenant_id"], now_ms=now_ms))
+            elif out.event is not None:
+                events.append(out.event)
+                rows.append(_action_row(rec, out.event, self.redactor.redact))
+        self.stats["actions"] += len(rows)
+        self.stats["action_replays"] += replays
+        self.stats["dead_letters"] += len(dls)
+        self.stats["incident_events"] += len(events)
+        return ActionOutput(events, dls, rows, replays)
+
     def _rollbacks(self, emitted: list[Emitted]) -> list[Incident]:
         """Release-regression incident events opened or updated by rollback verdicts."""
         out = []
@@ -333,6 +373,19 @@ class Pipeline:
                 if event is not None:
                     out.append(event)
         return out
+
+
+def _action_row(rec: dict[str, Any], event: Incident, redact: Callable[[str], str]) -> dict[str, Any]:
+    """The ``incident_actions`` ledger row of an applied action (times in epoch ms): the action
+    and what it was applied to (the incident's release, restore release, kind, group and the
+    revision it caused), as the ledger views need them without joining."""
+    taken = next(a for a in reversed(event.actions) if a.action_id == rec["action_id"])
+    return {"tenant_id": rec["tenant_id"], "incident_id": rec["incident_id"], "action_id": rec["action_id"],
+            "action": rec["action"], "actor": rec["actor"], "reason": redact(rec["reason"]), "at": rec["at"],
+            "until": rec.get("until"), "release_id": taken.release_id or "",
+            "restored_release_id": taken.restored_release_id or "", "incident_release_id": event.release_id or "",
+            "incident_kind": event.kind.value, "metric_group": event.metric_group, "revision": event.revision,
+            "status": event.status.value}
 
 
 _NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0)

@@ -54,10 +54,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import Incident, IncidentKind, IncidentStatus, RecommendedAction, RolloutVerdict, Severity, Slice
+from schemas import (
+    ActionKind,
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    RecommendedAction,
+    RolloutVerdict,
+    Severity,
+    Slice,
+)
 from schemas.common import from_ms, to_ms
 from streams.processors.baselines import SliceInfo, SliceStore, parse_slice_key, slice_key
 from streams.processors.drift import Alarm
+from streams.processors.matrix import changed_components, matrix_row
 from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, GROUP_INDEX
 from streams.state import StateBackend
 
@@ -74,6 +84,27 @@ class TraceContext:
 
     trace_id: Callable[[int], str]
     event_time_ms: Callable[[int], int]
+
+
+@dataclass(slots=True)
+class ActionOutcome:
+    """What applying one incident action gave: the incident's next revision (``event``), or the
+    refusal (``error_class``, ``field``, ``value``, ``message``: a dead letter), or neither for a
+    redelivered action already applied (``replay``)."""
+
+    event: Incident | None = None
+    error_class: str | None = None
+    field: str | None = None
+    value: str | None = None
+    message: str = ""
+    replay: bool = False
+
+
+ACTION_KINDS = frozenset(a.value for a in ActionKind)
+#: actions that mitigate (their first sets ``mitigated_at``)
+MITIGATIONS = frozenset(("rollback_executed", "accept_new_baseline", "mark_false_positive"))
+#: actions applied to the incident's state kept (latest first out); the ids of all are kept
+ACTIONS_SHOWN = 32
 
 
 @dataclass
@@ -102,6 +133,13 @@ class OpenIncident:
     last_emit_ms: int
     marks: dict[str, float] = field(default_factory=dict)  # slice key -> its traces at its last alarm
     tenant_mark: float = 0.0  # the tenant's traces at the incident's last alarm
+    resolution: str | None = None  # once resolved: recovered, accepted_new_baseline, false_positive, superseded
+    acknowledged_by: str | None = None
+    suppressed_until_ms: int | None = None
+    mitigated_ms: int | None = None
+    actions: list[dict[str, Any]] = field(default_factory=list)  # applied actions (ActionTaken fields, ms)
+    restore_release_id: str | None = None
+    restore_release: dict[str, Any] | None = None
     rows: list[int] = field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -275,7 +313,7 @@ class IncidentManager:
             for other in list(self.open.values()):
                 if other.tenant_id and other.group == inc.group and other.release_id is None \
                         and now - other.first_seen_ms <= self.platform_window_ms:
-                    event = self._resolve(other, now, f"superseded by platform-wide incident {iid}")
+                    event = self._resolve(other, now, f"superseded by platform-wide incident {iid}", "superseded")
                     out[other.incident_id] = event
                     inc.also_seen.append(f"{other.primary}:{other.metric}")
             out[iid] = self._event(inc, IncidentStatus.open, ctx)
@@ -368,9 +406,13 @@ class IncidentManager:
         if note != f"{inc.primary}:{inc.metric}" and note not in inc.also_seen:
             inc.also_seen.append(note)
         stronger = alarm.statistic - alarm.threshold > inc.best["statistic"] - inc.best["threshold"]
-        if (stronger or changed) and info.key == inc.primary:
+        # an open incident does not blind its slice: the detectors keep running against the
+        # frozen baseline, and a level beyond the reported interval is a worsening, reported now
+        worse = alarm.metric.name == inc.metric and _worse(alarm, inc.best)
+        if worse or ((stronger or changed) and info.key == inc.primary):
             inc.metric = alarm.metric.name
             inc.best = _figures(alarm)
+        changed = changed or worse
         for tid in _evidence(alarm, ctx):
             if tid not in inc.evidence:
                 inc.evidence.append(tid)
@@ -382,6 +424,8 @@ class IncidentManager:
         # routine updates back off exponentially (interval x 2^(revision-1), capped at 1 h)
         interval = min(self.update_interval_ms * 2 ** max(inc.revision - 1, 0), 3_600_000)
         due = now_ms - inc.last_emit_ms >= interval
+        if inc.suppressed_until_ms is not None and now_ms < inc.suppressed_until_ms and not worse:
+            changed = due = False  # suppressed: routine updates withheld (a worsening still goes out)
         if changed or due:
             inc.revision += 1
             inc.last_emit_ms = now_ms
@@ -449,6 +493,7 @@ class IncidentManager:
                     detected_ms=now_ms,
                     first_seen_ms=min(to_ms(verdict.first_seen), now_ms), last_seen_ms=now_ms, last_emit_ms=now_ms)
                 inc.tenant_mark = self._tenant_traffic(tenant)
+                self._set_restore(inc, tenant, verdict.cohort, verdict.workflow)
                 self.open[inc.incident_id] = inc
                 self._persist(inc)
                 return self._build(inc, IncidentStatus.open, now_ms)
@@ -457,6 +502,7 @@ class IncidentManager:
             inc.also_seen.append(note)
         if inc.release_id is None:
             inc.release_id, inc.release = verdict.release_id, inc.release or release
+            self._set_restore(inc, tenant, verdict.cohort, verdict.workflow)
             changed = True
         if inc.kind != IncidentKind.safety.value and inc.kind != IncidentKind.release_regression.value:
             inc.kind = IncidentKind.release_regression.value
@@ -481,11 +527,29 @@ class IncidentManager:
             if blamed is not None:
                 inc.release_id = blamed
                 inc.release = self.releases.get(blamed)
+                self._set_restore(inc, info.tenant_id, info.cohort, info.workflow)
         if inc.release_id is not None and inc.group != "safety":
             inc.kind = IncidentKind.release_regression.value
         else:
             inc.kind = _group_kind(inc.group)
         inc.severity = max(inc.severity, _severity(alarm, inc.group))
+
+    def _set_restore(self, inc: OpenIncident, tenant: str, cohort: str | None, workflow: str | None) -> None:
+        """The release to restore for ``inc.release_id``: the busiest other release of the same
+        tenant (× cohort × workflow when given) that has its own traffic, i.e. the control arm of
+        a canary or the incumbent the new release replaced (``None`` when there is none)."""
+        f = self.store.f
+        best, traffic = None, 0.0
+        for r, si in enumerate(self.store.info):
+            if si.layer != "release" or si.tenant_id != tenant or si.release_id in (None, inc.release_id):
+                continue
+            if (cohort is not None and si.cohort != cohort) or (workflow is not None and si.workflow != workflow):
+                continue
+            own = float(f["own"][r, 0])
+            if own > traffic:
+                best, traffic = si.release_id, own
+        inc.restore_release_id = best
+        inc.restore_release = self.releases.get(best) if best else None
 
     def _blame(self, alarm: Alarm, info: SliceInfo, group: str) -> str | None:
         """The new release this change started with, if any (see module docstring).
@@ -563,21 +627,127 @@ class IncidentManager:
             out.append(self._resolve(inc, ctx_time_ms, None))
         return out
 
-    def _resolve(self, inc: OpenIncident, now_ms: int, note: str | None) -> Incident:
-        """Close an incident: unfreeze its slices' baselines, forget it, return the event."""
+    def _resolve(self, inc: OpenIncident, now_ms: int, note: str | None, resolution: str = "recovered") -> Incident:
+        """Close an incident: unfreeze its slices' baselines, forget it as open, return the event.
+
+        Its final state stays in the backend under ``done|<tenant>|<id>``, so actions that come
+        after the resolution (a rollback executed later, a false-positive mark) still apply to it
+        and emit its next revision."""
         f = self.store.f
         g = GROUP_INDEX[inc.group]
         for r in inc.rows:
             f["i_open"][r, g] = 0.0
             self.store.dirty.add(r)
         inc.revision += 1
+        inc.resolution = resolution
         inc.last_seen_ms = max(inc.last_seen_ms, now_ms)
         event = self._build(inc, IncidentStatus.resolved, now_ms, note)
         self.open.pop(inc.incident_id, None)
         if self.platform_open.get(inc.group) == inc.incident_id:
             del self.platform_open[inc.group]
-        self.backend.put(f"inc|{inc.tenant_id or PLATFORM}|{inc.incident_id}", b"", inc.partition)
+        owner = inc.tenant_id or PLATFORM
+        self.backend.put(f"inc|{owner}|{inc.incident_id}", b"", inc.partition)
+        self.backend.put(f"done|{owner}|{inc.incident_id}", inc.to_json(), inc.partition)
         return event
+
+    # ------------------------------------------------------------------ actions
+    def on_action(self, action: dict[str, Any], partition: int) -> ActionOutcome:
+        """Apply one incident action (a decoded, validated ``IncidentAction`` dict, times in ms).
+
+        Refused (a dead letter, nothing changes) when the action is unknown (``unknown_action``),
+        the incident is not one of the tenant's (``unknown_incident``; ``foreign_incident`` when
+        this worker holds it for another tenant or it is platform-wide), or a field the action
+        needs is missing (``validation``: ``until`` after ``at`` for suppress, ``release_id`` for
+        promotion_executed). An ``action_id`` already applied to the incident is a replay (no
+        event: redelivery and resends apply once). Otherwise the effect (:class:`schemas.ActionKind`)
+        is applied and the incident's next revision returned, stamped with the action's time:
+        ``resolved`` for accept_new_baseline and mark_false_positive (and for any action on an
+        incident already resolved), ``updated`` otherwise.
+
+        Args:
+            action: ``IncidentAction`` fields; ``at`` and ``until`` in epoch ms.
+            partition: the tenant's source partition (where the incident's state is persisted).
+        """
+        kind, tenant, iid = action["action"], action["tenant_id"], action["incident_id"]
+        if kind not in ACTION_KINDS:
+            return ActionOutcome(error_class="unknown_action", field="action", value=kind,
+                                 message=f"unknown incident action {kind!r}; known: {', '.join(sorted(ACTION_KINDS))}")
+        inc = self.open.get(iid)
+        closed = False
+        if inc is None:
+            raw = self.backend.get(f"done|{tenant}|{iid}")
+            if raw:
+                inc, closed = OpenIncident.from_json(raw), True
+        if inc is None or inc.tenant_id != tenant:
+            holder = inc.tenant_id if inc is not None else self._closed_owner(iid)
+            if holder is not None:
+                whose = "a platform-wide incident" if holder == "" else "another tenant's incident"
+                return ActionOutcome(error_class="foreign_incident", field="incident_id", value=iid,
+                                     message=f"incident {iid} is {whose}, not one of tenant {tenant!r}'s")
+            return ActionOutcome(error_class="unknown_incident", field="incident_id", value=iid,
+                                 message=f"tenant {tenant!r} has no incident {iid} (never opened, or on a "
+                                         "partition this worker does not own)")
+        at, until = int(action["at"]), action.get("until")
+        if kind == ActionKind.suppress and (until is None or int(until) <= at):
+            return ActionOutcome(error_class="validation", field="until", value=str(until),
+                                 message=f"suppress needs until after at={at} ms, got {until}")
+        if kind == ActionKind.promotion_executed and not action.get("release_id"):
+            return ActionOutcome(error_class="validation", field="release_id", value=None,
+                                 message="promotion_executed needs the release_id that was promoted")
+        if any(a["action_id"] == action["action_id"] for a in inc.actions):
+            return ActionOutcome(replay=True)
+        taken = {k: action.get(k) for k in ("action_id", "action", "actor", "reason", "at", "until", "release_id",
+                                            "restored_release_id")}
+        if kind == ActionKind.rollback_executed:
+            taken["release_id"] = taken["release_id"] or inc.release_id
+            taken["restored_release_id"] = taken["restored_release_id"] or inc.restore_release_id
+        inc.actions.append(taken)
+        if kind == ActionKind.acknowledge:
+            inc.acknowledged_by = inc.acknowledged_by or action["actor"]
+        elif kind == ActionKind.suppress:
+            inc.suppressed_until_ms = int(until)
+        if kind in MITIGATIONS and inc.mitigated_ms is None:
+            inc.mitigated_ms = at
+        resolves = kind in (ActionKind.accept_new_baseline, ActionKind.mark_false_positive)
+        resolution = "accepted_new_baseline" if kind == ActionKind.accept_new_baseline else "false_positive"
+        note = f"{kind} by {action['actor']}"
+        if closed:
+            if resolves:
+                inc.resolution = resolution
+                if kind == ActionKind.accept_new_baseline:
+                    self._rebaseline(inc)
+            inc.revision += 1
+            self.backend.put(f"done|{inc.tenant_id}|{iid}", inc.to_json(), inc.partition)
+            return ActionOutcome(event=self._build(inc, IncidentStatus.resolved, at, note))
+        if resolves:
+            if kind == ActionKind.accept_new_baseline:
+                self._rebaseline(inc)
+            else:
+                for r in inc.rows:
+                    self.store.restart_detectors(r, GROUP_INDEX[inc.group])
+            return ActionOutcome(event=self._resolve(inc, at, note, resolution))
+        inc.revision += 1
+        inc.last_emit_ms = max(inc.last_emit_ms, at)
+        self._persist(inc)
+        return ActionOutcome(event=self._build(inc, IncidentStatus.updated, at, note))
+
+    def _rebaseline(self, inc: OpenIncident) -> None:
+        """accept_new_baseline: every slice of the incident that this worker holds adopts the
+        post-change level of the incident's group (:meth:`SliceStore.rebaseline`)."""
+        g = GROUP_INDEX[inc.group]
+        rows = inc.rows or [r for r in (self.store.index.get(k) for k in inc.slices) if r is not None]
+        for r in rows:
+            self.store.rebaseline(r, g, retain_traces=max(self.warmup / 10.0, 1.0))
+
+    def _closed_owner(self, incident_id: str) -> str | None:
+        """The tenant ("" = platform) holding a resolved incident ``incident_id`` on this worker,
+        or ``None`` (a scan: only on the refusal path)."""
+        suffix = f"|{incident_id}"
+        for key, value in self.backend.items():
+            if key.startswith("done|") and key.endswith(suffix) and value:
+                owner = key[len("done|"):-len(suffix)]
+                return "" if owner == PLATFORM else owner
+        return None
 
     def _tenant_traffic(self, tenant: str) -> float:
         """Traces of ``tenant`` seen so far (its tenant-layer slice, else its busiest slice)."""
@@ -595,6 +765,7 @@ class IncidentManager:
     def _build(self, inc: OpenIncident, status: IncidentStatus, emitted_ms: int, note: str | None = None) -> Incident:
         layer, tenant, cohort, workflow, release = parse_slice_key(inc.primary)
         tenant = None if tenant == "*" else tenant
+        components = changed_components(inc.release, inc.restore_release)
         b = inc.best
         sev = SEVERITIES[min(inc.severity, 3)]
         action = self._action(inc)
@@ -614,7 +785,27 @@ class IncidentManager:
             threshold=_finite(b["threshold"]), severity=sev, action=action, release_id=inc.release_id,
             release=inc.release, also_seen=list(inc.also_seen[:32]), summary=summary,
             evidence_trace_ids=list(inc.evidence[-64:]), detected_at_trace_id=inc.detected_at_trace_id,
-            first_seen=from_ms(inc.first_seen_ms), last_seen=from_ms(inc.last_seen_ms), emitted_at=from_ms(emitted_ms))
+            first_seen=from_ms(inc.first_seen_ms), last_seen=from_ms(inc.last_seen_ms), emitted_at=from_ms(emitted_ms),
+            resolution=inc.resolution if status == IncidentStatus.resolved else None,
+            acknowledged_by=inc.acknowledged_by,
+            suppressed_until=from_ms(inc.suppressed_until_ms) if inc.suppressed_until_ms is not None else None,
+            mitigated_at=from_ms(inc.mitigated_ms) if inc.mitigated_ms is not None else None,
+            actions=[{**a, "at": from_ms(a["at"]), "until": from_ms(a["until"]) if a.get("until") is not None
+                      else None} for a in inc.actions[-ACTIONS_SHOWN:]],
+            restore_release_id=inc.restore_release_id, restore_release=inc.restore_release,
+            changed_components=components, drift_matrix=matrix_row(inc.kind, inc.release_id, components))
+
+
+def _worse(alarm: Alarm, best: dict[str, Any]) -> bool:
+    """The alarm's level, relative to its own slice's baseline, lies beyond the incident's
+    reported interval relative to its baseline, in the incident's direction (a rise: the alarm's
+    ``ci_low / baseline`` above the incident's ``ci_high / baseline``; a fall: mirrored). Ratios
+    make slices of one metric comparable (a workflow's latency differs from its tenant's)."""
+    if best.get("detector") == "canary_msprt" or alarm.baseline <= 0 or best["baseline"] <= 0:
+        return False
+    if best["observed"] >= best["baseline"]:
+        return alarm.ci_low / alarm.baseline > best["ci_high"] / best["baseline"]
+    return alarm.ci_high / alarm.baseline < best["ci_low"] / best["baseline"]
 
 
 def _figures(alarm: Alarm) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from schemas import AgentTrace, DeadLetter, Feedback
+from schemas import AgentTrace, DeadLetter, Feedback, IncidentAction
 from schemas.codec import AvroCodec, CodecError, canonical_json
 from schemas.common import (
     LABEL_PATTERN,
@@ -61,6 +61,9 @@ from streams.processors.columns import ARM_CODES, OUTCOME_CODES, RawMessage
 
 TRACE_SCHEMAS = {"selfheal.v1.AgentTrace": None, "selfheal.v1.AgentTraceBatch": "traces"}
 FEEDBACK_SCHEMAS = {"selfheal.v1.Feedback": None, "selfheal.v1.FeedbackBatch": "items"}
+ACTION_SCHEMAS = {"selfheal.v1.IncidentAction": None}
+_KINDS = {"traces": (TRACE_SCHEMAS, AgentTrace), "feedback": (FEEDBACK_SCHEMAS, Feedback),
+          "actions": (ACTION_SCHEMAS, IncidentAction)}
 
 TENANT_KEY_RE = re.compile(TENANT_ID_PATTERN.removeprefix("^").removesuffix("$"))
 
@@ -294,11 +297,12 @@ _TRACE_FIELDS = len(AgentTrace.model_fields)
 
 
 class Ingest:
-    """Decoder + validator for one source topic kind (``"traces"`` or ``"feedback"``).
+    """Decoder + validator for one source topic kind (``"traces"``, ``"feedback"`` or ``"actions"``).
 
     Args:
         codec: the Avro codec (knows current and older writer schemas).
-        kind: ``"traces"`` or ``"feedback"``; decides which schemas the topic accepts.
+        kind: ``"traces"``, ``"feedback"`` or ``"actions"`` (incident actions); decides which
+            schemas the topic accepts.
         max_message_bytes: larger messages are dead-lettered as ``oversized`` before decoding.
         max_event_age_s, max_clock_skew_s: event-time window, seconds relative to wall clock.
     """
@@ -312,12 +316,11 @@ class Ingest:
         max_event_age_s: int = 30 * 86400,
         max_clock_skew_s: int = 300,
     ) -> None:
-        if kind not in ("traces", "feedback"):
-            raise ValueError(f"kind must be 'traces' or 'feedback', got {kind!r}")
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
         self.codec = codec
         self.kind = kind
-        self.accepted = TRACE_SCHEMAS if kind == "traces" else FEEDBACK_SCHEMAS
-        self.model = AgentTrace if kind == "traces" else Feedback
+        self.accepted, self.model = _KINDS[kind]
         self.max_message_bytes = max_message_bytes
         self.max_event_age_s = max_event_age_s
         self.max_clock_skew_s = max_clock_skew_s
