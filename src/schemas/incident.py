@@ -126,6 +126,7 @@ class Incident(Contract):
     first_seen: EventTime
     last_seen: EventTime
     emitted_at: EventTime
+    detected_at: EventTime | None = None
     resolution: str | None = None
     acknowledged_by: str | None = None
     suppressed_until: EventTime | None = None

@@ -786,6 +786,7 @@ class IncidentManager:
             release=inc.release, also_seen=list(inc.also_seen[:32]), summary=summary,
             evidence_trace_ids=list(inc.evidence[-64:]), detected_at_trace_id=inc.detected_at_trace_id,
             first_seen=from_ms(inc.first_seen_ms), last_seen=from_ms(inc.last_seen_ms), emitted_at=from_ms(emitted_ms),
+            detected_at=from_ms(inc.detected_ms),
             resolution=inc.resolution if status == IncidentStatus.resolved else None,
             acknowledged_by=inc.acknowledged_by,
             suppressed_until=from_ms(inc.suppressed_until_ms) if inc.suppressed_until_ms is not None else None,
