@@ -262,7 +262,7 @@ class IncidentManager:
                 if inc is None:
                     continue
                 out[inc.incident_id] = self._event(inc, IncidentStatus.open, ctx)
-            elif self._update(inc, alarm, info, ctx) or inc.incident_id in out:
+            elif self._update(inc, alarm, info, ctx, pending=inc.incident_id in out) or inc.incident_id in out:
                 # opened earlier in this batch: one event, still "open", with the latest state
                 first = out.get(inc.incident_id)
                 status = first.status if first is not None and first.status == IncidentStatus.open \
@@ -380,7 +380,11 @@ class IncidentManager:
         self._persist(inc)
         return inc
 
-    def _update(self, inc: OpenIncident, alarm: Alarm, info: SliceInfo, ctx: TraceContext) -> bool:
+    def _update(self, inc: OpenIncident, alarm: Alarm, info: SliceInfo, ctx: TraceContext,
+                pending: bool = False) -> bool:
+        """Fold an alarm into an open incident; True when an event is due. ``pending``: the batch
+        already emits an event of this incident, which this one replaces (same revision: revisions
+        go up by one per event published, with no gaps)."""
         now_ms = _time(alarm, ctx)
         changed = False
         if inc.revision == 0 and now_ms < inc.detected_ms:
@@ -427,7 +431,8 @@ class IncidentManager:
         if inc.suppressed_until_ms is not None and now_ms < inc.suppressed_until_ms and not worse:
             changed = due = False  # suppressed: routine updates withheld (a worsening still goes out)
         if changed or due:
-            inc.revision += 1
+            if not pending:
+                inc.revision += 1
             inc.last_emit_ms = now_ms
             self._persist(inc)
             return True
@@ -689,7 +694,7 @@ class IncidentManager:
                                          "partition this worker does not own)")
         at, until = int(action["at"]), action.get("until")
         if kind == ActionKind.suppress and (until is None or int(until) <= at):
-            return ActionOutcome(error_class="validation", field="until", value=str(until),
+            return ActionOutcome(error_class="validation", field="until", value="null" if until is None else str(until),
                                  message=f"suppress needs until after at={at} ms, got {until}")
         if kind == ActionKind.promotion_executed and not action.get("release_id"):
             return ActionOutcome(error_class="validation", field="release_id", value=None,
@@ -730,6 +735,13 @@ class IncidentManager:
         inc.last_emit_ms = max(inc.last_emit_ms, at)
         self._persist(inc)
         return ActionOutcome(event=self._build(inc, IncidentStatus.updated, at, note))
+
+    def knows(self, tenant_id: str, incident_id: str) -> bool:
+        """Whether ``incident_id`` is one of ``tenant_id``'s incidents here, open or resolved."""
+        inc = self.open.get(incident_id)
+        if inc is not None:
+            return inc.tenant_id == tenant_id
+        return bool(self.backend.get(f"done|{tenant_id}|{incident_id}"))
 
     def _rebaseline(self, inc: OpenIncident) -> None:
         """accept_new_baseline: every slice of the incident that this worker holds adopts the

@@ -6,8 +6,10 @@ Every batch, for traces and feedback alike::
     verdicts) ─► flush state ─► changelog ack wait ─► mark processed ─► ack
 
 The steps differ only in what they compute and write: :class:`TraceStep` (``Pipeline.on_traces``,
-traces to ClickHouse) and :class:`FeedbackStep` (decode, wait for the traces the feedback refers
-to (:mod:`streams.worker.join_wait`), ``Pipeline.on_feedback``, feedback rows to ClickHouse).
+traces to ClickHouse), :class:`FeedbackStep` (decode, wait for the traces the feedback refers
+to (:mod:`streams.worker.join_wait`), ``Pipeline.on_feedback``, feedback rows to ClickHouse) and
+:class:`ActionStep` (incident actions: wait likewise for the incidents they name,
+``Pipeline.on_actions``, ledger rows to ClickHouse).
 An exception inside a batch exits the process without acknowledging it, or, after a stop signal,
 leaves it uncommitted and exits 0 (:class:`~streams.worker.delivery.Shutdown`); either way the
 batch is redelivered.
@@ -119,6 +121,57 @@ class FeedbackStep:
             await self.outputs.write_feedback(out.rows, out.submissions)
         self.outputs.add_patterns(out.patterns)  # refreshed on a timer (Outputs.refresh_patterns)
         return StepOutput(out.incidents, out.dead_letters, out.verdicts, len(out.rows))
+
+
+class ActionStep:
+    """Incident actions: wait until the incidents they name can be known, apply them, write the
+    ledger rows.
+
+    An action names an incident a trace (or feedback) batch opened; after a restart the action
+    agent may be ahead of the trace agent that re-creates that incident from its changelog and
+    replay. So an action whose incident is not known yet waits, as feedback waits for its trace
+    (:class:`~streams.worker.join_wait.JoinWait`), until the trace agent has read the tenant's
+    partition up to where the consumer stood when the wait began; only then is the incident
+    unknown (a dead letter ``unknown_incident``).
+
+    Args:
+        pipeline: the worker's pipeline (``on_actions``, ``incidents.knows``).
+        outputs: the sink (``incident_actions`` rows).
+        trace_position: trace partition → (next offset of the trace agent, high watermark).
+        stopping: true once a stop signal came (a waiting batch is then given up and redelivered).
+    """
+
+    what = "action batch"
+
+    def __init__(self, pipeline: Pipeline, outputs: Outputs, trace_position: Callable[[int], Position],
+                 stopping: Callable[[], bool], clock: Callable[[], float] = time.monotonic) -> None:
+        self.pipeline = pipeline
+        self.outputs = outputs
+        self.trace_position = trace_position
+        self.stopping = stopping
+        self.clock = clock
+
+    async def __call__(self, messages: list[RawMessage]) -> StepOutput:
+        """Wait for the named incidents (bounded by the trace agent's progress), run
+        ``Pipeline.on_actions``, write its ledger rows. ``written``: actions applied.
+
+        Raises:
+            Abandoned: stopped while waiting.
+        """
+        pipe = self.pipeline
+        await self.outputs.ready()
+        decoded = pipe.action_ingest.decode(messages)
+
+        def resolve(records: list[dict[str, Any]], _partitions: list[int]) -> tuple[list[Any], list[int]]:
+            known = pipe.incidents.knows
+            return [True if known(r["tenant_id"], r["incident_id"]) else None for r in records], []
+
+        await JoinWait(0.0, self.trace_position, clock=self.clock).run(
+            resolve, decoded.records, decoded.partitions, self.stopping)
+        out = pipe.on_actions(messages)
+        if out.rows:
+            await self.outputs.write_actions(out.rows)
+        return StepOutput(out.incidents, out.dead_letters, [], len(out.rows))
 
 
 class Assignment:

@@ -23,6 +23,12 @@ from streams.worker.delivery import Abandoned
 log = logging.getLogger("selfheal.worker")
 
 
+def incident_key(incident: Any) -> str:
+    """The Kafka key of an incident event: its tenant_id, ``"platform"`` for a platform-wide one
+    (``avro/incident.avsc``)."""
+    return incident.slice.tenant_id or "platform"
+
+
 class Outputs:
     """The sink's life cycle and writes, the output topics, and the coalesced pattern refresh.
 
@@ -134,6 +140,11 @@ class Outputs:
         sink = await self.ready()
         await self._call((sink.write_feedback, rows), (sink.write_submissions, submissions))
 
+    async def write_actions(self, rows: list[dict[str, Any]]) -> None:
+        """Insert incident-action ledger rows (``incident_actions``)."""
+        sink = await self.ready()
+        await self._call((sink.write_actions, rows))
+
     def add_patterns(self, patterns: dict[str, set[str]]) -> None:
         """Queue tenant → pattern ids for the next :meth:`refresh_patterns`."""
         for tenant, ids in patterns.items():
@@ -153,7 +164,9 @@ class Outputs:
             await self._call((sink.write_incidents, incidents), (sink.write_dead_letters, dead_letters, redact),
                              (sink.write_verdicts, verdicts))
         codec = self.codec
-        await self.publish("incidents", [(i.slice.tenant_id, codec.encode_model(i)) for i in incidents])
+        # key = tenant_id (incident.avsc): an incident's events, and a tenant's, stay in order on the
+        # tenant's partition; platform-wide incidents (no tenant) are keyed "platform"
+        await self.publish("incidents", [(incident_key(i), codec.encode_model(i)) for i in incidents])
         # the envelope keeps the original payload (restricted topic, for replay); the value and message
         # it quotes are redacted like everything else that is stored
         await self.publish("verdicts", [(v.tenant_id, codec.encode_model(v)) for v in verdicts])
