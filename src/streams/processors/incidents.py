@@ -391,6 +391,7 @@ class IncidentManager:
             # alarms of the opening batch are folded most-specific first; the detection point is
             # the earliest of them
             inc.detected_ms, inc.detected_at_trace_id = now_ms, _trace(alarm, ctx)
+            inc.first_seen_ms = min(inc.first_seen_ms, now_ms)  # a change is never detected before it starts
         if info.key not in inc.slices:
             inc.slices.append(info.key)
             inc.rows.append(alarm.row)
