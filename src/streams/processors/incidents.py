@@ -365,8 +365,7 @@ class IncidentManager:
         iid = hashlib.sha1(f"{info.key}|{group}|{episode}".encode()).hexdigest()[:20]
         ev_ids = _evidence(alarm, ctx)[-self.evidence_max :]
         now_ms = _time(alarm, ctx)
-        first_ms = now_ms if alarm.pos < 0 else ctx.event_time_ms(
-            alarm.cp_pos if alarm.cp_pos is not None else alarm.evidence[0])
+        first_ms = _first_ms(alarm, ctx)
         inc = OpenIncident(
             incident_id=iid, tenant_id=info.tenant_id, group=group, partition=info.partition, primary=info.key,
             slices=[info.key], revision=0, kind="", metric=alarm.metric.name, best=_figures(alarm),
@@ -391,7 +390,8 @@ class IncidentManager:
             # alarms of the opening batch are folded most-specific first; the detection point is
             # the earliest of them
             inc.detected_ms, inc.detected_at_trace_id = now_ms, _trace(alarm, ctx)
-            inc.first_seen_ms = min(inc.first_seen_ms, now_ms)  # a change is never detected before it starts
+        if inc.revision == 0:  # the change started at the earliest change point of the opening alarms
+            inc.first_seen_ms = min(inc.first_seen_ms, _first_ms(alarm, ctx))
         if info.key not in inc.slices:
             inc.slices.append(info.key)
             inc.rows.append(alarm.row)
@@ -848,6 +848,14 @@ def _group_kind(group: str) -> str:
 
 def _evidence(alarm: Alarm, ctx: TraceContext) -> list[str]:
     return list(alarm.evidence_ids) if alarm.pos < 0 else [ctx.trace_id(p) for p in alarm.evidence]
+
+
+def _first_ms(alarm: Alarm, ctx: TraceContext) -> int:
+    """Event time of the alarm's estimated change point (its own time for feedback alarms), ms."""
+    now_ms = _time(alarm, ctx)
+    if alarm.pos < 0:
+        return now_ms
+    return min(now_ms, ctx.event_time_ms(alarm.cp_pos if alarm.cp_pos is not None else alarm.evidence[0]))
 
 
 def _time(alarm: Alarm, ctx: TraceContext) -> int:

@@ -6,7 +6,8 @@ The rows follow the issue's "seed 000" reading of a release manifest (model, pro
 policy, retrieval index; ``avro/release_manifest.avsc``): a regression that starts with a release
 is always rolled back first (the restore release is known and was healthy), a drift without a
 release is investigated in place (there is nothing to roll back to). The matrix is data, declared
-once here; the docs table is generated from :data:`MATRIX` by its test.
+once here; ``docs/drift-matrix.md`` shows :func:`markdown_table` and
+``tests/unit/processors/test_incident_actions.py`` keeps the two equal.
 """
 
 from __future__ import annotations
@@ -96,3 +97,12 @@ def matrix_row(kind: str, release_id: str | None, components: list[str]) -> dict
     if len(components) > 1:
         cause += f" (also changed: {', '.join(components[1:])})"
     return {"likely_cause": cause, "safe_fix": fix, "validation_gate": gate, "rollback_required": rollback}
+
+
+def markdown_table() -> str:
+    """:data:`MATRIX` as a Markdown table (the one in ``docs/drift-matrix.md``)."""
+    lines = ["| kind | component | likely cause | safe fix | validation gate | rollback always required |",
+             "|---|---|---|---|---|---|"]
+    for (kind, comp), (cause, fix, gate, rollback) in MATRIX.items():
+        lines.append(f"| {kind} | {comp} | {cause} | {fix} | {gate} | {'yes' if rollback else 'no'} |")
+    return "\n".join(lines) + "\n"

@@ -100,3 +100,12 @@ def test_drift_matrix_rows_and_changed_components():
     assert row["rollback_required"] and "model" in row["likely_cause"] and "prompt" in row["likely_cause"]
     assert not matrix_row("input_drift", None, [])["rollback_required"]
     assert all(k[0] != "release_regression" or v[3] for k, v in MATRIX.items())
+
+
+def test_the_documented_drift_matrix_is_the_one_in_the_code():
+    from pathlib import Path
+
+    from streams.processors.matrix import markdown_table
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "drift-matrix.md").read_text()
+    assert markdown_table() in doc
