@@ -499,7 +499,7 @@ class IncidentManager:
                     detected_ms=now_ms,
                     first_seen_ms=min(to_ms(verdict.first_seen), now_ms), last_seen_ms=now_ms, last_emit_ms=now_ms)
                 inc.tenant_mark = self._tenant_traffic(tenant)
-                self._set_restore(inc, tenant, verdict.cohort, verdict.workflow)
+                self._set_restore(inc, tenant, verdict.cohort, verdict.workflow, verdict)
                 self.open[inc.incident_id] = inc
                 self._persist(inc)
                 return self._build(inc, IncidentStatus.open, now_ms)
@@ -508,7 +508,7 @@ class IncidentManager:
             inc.also_seen.append(note)
         if inc.release_id is None:
             inc.release_id, inc.release = verdict.release_id, inc.release or release
-            self._set_restore(inc, tenant, verdict.cohort, verdict.workflow)
+            self._set_restore(inc, tenant, verdict.cohort, verdict.workflow, verdict)
             changed = True
         if inc.kind != IncidentKind.safety.value and inc.kind != IncidentKind.release_regression.value:
             inc.kind = IncidentKind.release_regression.value
@@ -540,10 +540,16 @@ class IncidentManager:
             inc.kind = _group_kind(inc.group)
         inc.severity = max(inc.severity, _severity(alarm, inc.group))
 
-    def _set_restore(self, inc: OpenIncident, tenant: str, cohort: str | None, workflow: str | None) -> None:
-        """The release to restore for ``inc.release_id``: the busiest other release of the same
-        tenant (× cohort × workflow when given) that has its own traffic, i.e. the control arm of
-        a canary or the incumbent the new release replaced (``None`` when there is none)."""
+    def _set_restore(self, inc: OpenIncident, tenant: str, cohort: str | None, workflow: str | None,
+                     verdict: RolloutVerdict | None = None) -> None:
+        """The release to restore for ``inc.release_id``: a rollback verdict's control release
+        (``verdict.restore_release_id``), else the busiest other release of the same tenant
+        (× cohort × workflow when given) that has its own traffic, i.e. the incumbent the new
+        release replaced (``None`` when there is none)."""
+        if verdict is not None and verdict.restore_release_id:
+            inc.restore_release_id = verdict.restore_release_id
+            inc.restore_release = verdict.restore_release.model_dump() if verdict.restore_release else None
+            return
         f = self.store.f
         best, traffic = None, 0.0
         for r, si in enumerate(self.store.info):

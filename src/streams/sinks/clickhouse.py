@@ -450,6 +450,8 @@ class ClickHouseSink:
                                           for v in verdicts], type=STR_MAP),
             "first_seen": pa.array([int(v.first_seen.timestamp() * 1000) for v in verdicts], type=pa.int64()).cast(TS),
             "emitted_at": pa.array(ms, type=pa.int64()).cast(TS),
+            "restore_release_id": [v.restore_release_id or "" for v in verdicts],
+            "changed_components": [v.changed_components for v in verdicts],
         })
         rows = [(v, e, t) for v, t in zip(verdicts, ms, strict=True) for e in v.scorecard]
         cards = pa.table({

@@ -16,6 +16,12 @@ ALTER TABLE {db}.incidents
     ADD COLUMN IF NOT EXISTS validation_gate    String DEFAULT '',
     ADD COLUMN IF NOT EXISTS rollback_required  Bool DEFAULT false;
 
+-- What a rollout verdict says to restore (RolloutVerdict fields restore_release_id,
+-- changed_components; the drift matrix row of a rollback is on its incident).
+ALTER TABLE {db}.rollout_verdicts
+    ADD COLUMN IF NOT EXISTS restore_release_id LowCardinality(String) DEFAULT '',
+    ADD COLUMN IF NOT EXISTS changed_components Array(LowCardinality(String));
+
 -- One row per applied incident action (agent.incident-actions.v1), keyed by tenant, incident and
 -- the producer's action_id: an action redelivered or resent collapses (ReplacingMergeTree; the
 -- worker also applies it once). Refused actions are in dead_letters, not here. release_id: the
