@@ -26,6 +26,7 @@ from schemas.incident import (
     RecommendedAction,
     Slice,
 )
+from schemas.platform import PlatformSignal
 from schemas.trace import (
     AgentTrace,
     AgentTraceBatch,
@@ -63,6 +64,7 @@ CONTRACTS = (
     ScorecardEntry,
     RolloutVerdict,
     IncidentAction,
+    PlatformSignal,
 )
 
 __all__ = [
@@ -87,6 +89,7 @@ __all__ = [
     "MetricRole",
     "MetricStatus",
     "Outcome",
+    "PlatformSignal",
     "RecommendedAction",
     "RegulatoryTag",
     "ReleaseManifest",

@@ -46,6 +46,7 @@ SCHEMA_FILES = (
     "dead_letter.avsc",
     "rollout_verdict.avsc",
     "incident_action.avsc",
+    "platform_signal.avsc",
 )
 
 

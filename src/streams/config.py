@@ -210,6 +210,7 @@ TOPICS = {
     "deadletter": "agent.deadletter.v1",
     "verdicts": "agent.rollout-verdicts.v1",
     "actions": "agent.incident-actions.v1",
+    "signals": "agent.platform-signals.v1",
 }
 
 

@@ -127,12 +127,15 @@ class Pipeline:
         trace_lookup: ``(tenant, [trace_id]) -> {trace_id: TraceRef}`` for traces older than the
             in-memory index (ClickHouse in the worker).
         canary_state: persistence of the canary scorecards (rollout groups and scorecards).
+        platform_signals: platform-wide incidents are decided from signals (:meth:`on_signals`)
+            that every worker sends (:meth:`take_signals`), as the worker does; off, the pipeline
+            decides from the tenants it sees (one process sees all: tests, benchmarks).
     """
 
     def __init__(self, settings: Settings, codec: AvroCodec, *, baselines: StateBackend | None = None,
                  incidents: StateBackend | None = None, feedback_state: StateBackend | None = None,
                  trace_lookup: Callable[[str, list[str]], dict[str, TraceRef]] | None = None,
-                 canary_state: StateBackend | None = None) -> None:
+                 canary_state: StateBackend | None = None, platform_signals: bool = False) -> None:
         self.settings = settings
         self.codec = codec
         self.baselines = baselines or DictBackend()
@@ -148,7 +151,12 @@ class Pipeline:
             self.engine.store, incidents or DictBackend(), releases=self.releases,
             resolve_after_traces=settings.resolve_after_traces,
             update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
-            drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces)
+            drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces,
+            platform_signals=platform_signals)
+        self.signal_ingest = Ingest(codec, "signals", **kw)
+        #: source partition -> tenants seen there, and the event time of its last census (ms)
+        self._tenants_seen: dict[int, set[str]] = {}
+        self._census_ms: dict[int, int] = {}
         self.redactor = Redactor(enabled=settings.redact)
         self.index = TraceIndex(settings.trace_index_size)
         self.feedback = FeedbackProcessor(
@@ -207,6 +215,8 @@ class Pipeline:
         emitted = self.canary.on_traces(cols)
         incidents += self._rollbacks(emitted)
         self._index_traces(cols, traces.fingerprints)
+        if self.incidents.platform_signals:
+            self._census(cols)
         attrs = self.redactor.redact_maps([r["attributes"] for r in traces.records])
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
@@ -334,6 +344,50 @@ class Pipeline:
         self.stats["verdicts"] += len(emitted)
         return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts,
                               verdicts=[e.verdict for e in emitted], patterns=res.patterns)
+
+    # ------------------------------------------------------------------ platform signals
+    def _census(self, cols: TraceColumns) -> None:
+        """Queue a census signal for each partition of the batch whose tenant count grew or whose
+        last census is ``platform_window_s / 10`` of event time old (the platform detector's
+        clock and denominator)."""
+        heartbeat_ms = self.incidents.platform_window_ms // 10
+        parts = cols.partition.tolist()
+        times = cols.event_time_ms.tolist()
+        latest: dict[int, int] = {}
+        for p, t, tenant in zip(parts, times, cols.tenant_id, strict=True):
+            seen = self._tenants_seen.setdefault(p, set())
+            if tenant not in seen:
+                seen.add(tenant)
+                self._census_ms[p] = -1  # grew: send now
+            latest[p] = max(latest.get(p, 0), t)
+        for p, t in latest.items():
+            if t - self._census_ms.get(p, -1) >= heartbeat_ms or self._census_ms.get(p, -1) < 0:
+                self._census_ms[p] = t
+                self.incidents.signals_out.append({
+                    "kind": "census", "source_partition": p, "tenants": len(self._tenants_seen[p]),
+                    "event_time": t, "first_seen": t, "evidence_trace_ids": []})
+
+    def take_signals(self) -> list[dict[str, Any]]:
+        """The platform signals queued by the batches processed since the last call (for
+        ``agent.platform-signals.v1``, key ``"platform"``); empty unless ``platform_signals``."""
+        out, self.incidents.signals_out = self.incidents.signals_out, []
+        return out
+
+    def on_signals(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> ActionOutput:
+        """Process a batch of platform signals (the worker owning the signals partition): decode
+        and validate (dead letters as for every input), then
+        :meth:`IncidentManager.on_signals` per partition; returns the platform incident events
+        (``rows`` is empty)."""
+        decoded = self.signal_ingest.decode(messages, now_ms)
+        events: list[Incident] = []
+        by_part: dict[int, list[dict[str, Any]]] = {}
+        for rec, p in zip(decoded.records, decoded.partitions, strict=True):
+            by_part.setdefault(p, []).append(rec)
+        for p, recs in sorted(by_part.items()):
+            events += self.incidents.on_signals(recs, p)
+        self.stats["dead_letters"] += len(decoded.dead_letters)
+        self.stats["incident_events"] += len(events)
+        return ActionOutput(events, list(decoded.dead_letters), [])
 
     # ------------------------------------------------------------------ incident actions
     def on_actions(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> ActionOutput:

@@ -42,6 +42,7 @@ TOPIC_CONFIGS = {
     "deadletter": {"retention.ms": str(30 * 86400_000)},
     "verdicts": {"retention.ms": str(90 * 86400_000)},
     "actions": {"retention.ms": str(90 * 86400_000)},
+    "signals": {"retention.ms": str(7 * 86400_000)},
 }
 
 #: the worker's faust tables (streams.worker.app); each has a compacted changelog topic

@@ -68,7 +68,7 @@ from schemas.common import from_ms, to_ms
 from streams.processors.baselines import SliceInfo, SliceStore, parse_slice_key, slice_key
 from streams.processors.drift import Alarm
 from streams.processors.matrix import changed_components, matrix_row
-from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, GROUP_INDEX
+from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, DETECTORS, GROUP_INDEX
 from streams.state import StateBackend
 
 SEVERITIES = (Severity.low, Severity.medium, Severity.high, Severity.critical)
@@ -190,6 +190,9 @@ class IncidentManager:
         drained_nats: a detector below this statistic counts as recovered (default h/2: on null
             data P(S > x) <= exp(-x) per detector, so 70 detectors stay under 9 nats 99% of the
             time, while a persisting regression keeps its detectors above h/2 half of the time).
+        platform_signals: with several workers no one sees every tenant, so each worker sends the
+            alarms no release explains as :class:`schemas.PlatformSignal` (``signals_out``) and
+            the one worker owning the signals partition decides (:meth:`on_signals`).
         release_onset_fraction, release_onset_traces: the release is blamed when the change
             point lies within its first ``release_onset_traces`` traces or its first
             ``1 - release_onset_fraction`` share of traces.
@@ -199,7 +202,8 @@ class IncidentManager:
                  update_interval_s: float = 60.0, evidence: int = 20, max_open_per_tenant: int = 8,
                  release_onset_fraction: float = 0.8, release_onset_traces: int = 100,
                  drained_nats: float = 9.0, releases: dict[str, dict[str, Any]] | None = None,
-                 platform_window_s: float = 1800.0, warmup_traces: int = 300) -> None:
+                 platform_window_s: float = 1800.0, warmup_traces: int = 300,
+                 platform_signals: bool = False) -> None:
         self.store = store
         self.backend = backend
         self.resolve_after = resolve_after_traces
@@ -219,6 +223,12 @@ class IncidentManager:
         #: release_id -> manifest (filled by the pipeline from the traces it sees)
         self.releases = releases if releases is not None else {}
         self.loaded_partitions: set[int] = set()
+        #: decide platform-wide incidents from signals (:meth:`on_signals`) instead of locally
+        self.platform_signals = platform_signals
+        #: PlatformSignal dicts to publish (alarms no release explains), taken by the pipeline
+        self.signals_out: list[dict[str, Any]] = []
+        #: the platform detector's state (signals mode; on the worker owning the signals partition)
+        self.plat_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ persistence
     def load(self, partitions: set[int]) -> None:
@@ -230,6 +240,7 @@ class IncidentManager:
                 if inc.partition in partitions and inc.incident_id not in self.open:
                     self.open[inc.incident_id] = inc
         self.loaded_partitions = set(partitions)
+        self.plat_state = None  # reloaded from the backend by the owner of the signals partition
         self.platform_open = {inc.group: iid for iid, inc in self.open.items() if not inc.tenant_id}
         for inc in self.open.values():
             inc.rows = [r for r in (self.store.index.get(k) for k in inc.slices) if r is not None]
@@ -282,6 +293,10 @@ class IncidentManager:
         release explains (release slice, change from the release's start) are never folded.
         Returns True when the alarm was folded.
         """
+        if self.platform_signals:  # decided by the owner of the signals partition (on_signals)
+            if self._blame(alarm, info, alarm.metric.group) is None:
+                self.signals_out.append(_alarm_signal(alarm, info, ctx, self.evidence_max))
+            return False
         now = _time(alarm, ctx)
         metric = alarm.metric.name
         group = alarm.metric.group  # one platform episode per metric group
@@ -325,6 +340,94 @@ class IncidentManager:
             inc.best = _figures(alarm)
         self._persist(inc)
         return True
+
+    def on_signals(self, signals: list[dict[str, Any]], partition: int) -> list[Incident]:
+        """The platform-wide detector of a scaled-out worker group (``platform_signals`` mode).
+
+        Every worker sends the alarms no new release explains, and a census of its partitions'
+        tenants, as :class:`schemas.PlatformSignal` records keyed ``"platform"``: all land on one
+        partition of ``agent.platform-signals.v1``, so the one worker that owns it sees every
+        tenant and applies the rule of :meth:`_platform` to all of them: a metric group moving in
+        >= max(3, half of the tenants of the census) distinct tenants within
+        ``platform_window_s`` is one platform incident. Its episode counter and state are kept in
+        the backend on ``partition`` (the signals partition, owned by this worker alone), so with
+        N workers there is one counter, one id per episode and one writer of its revisions. The
+        census's event times are the clock: an incident no tenant reported for a window resolves.
+        Tenant incidents stay with their workers (not superseded as in the single-process mode;
+        the platform incident lists their slices in ``also_seen``).
+
+        Args:
+            signals: decoded ``PlatformSignal`` dicts in offset order (times in epoch ms).
+            partition: the signals partition they came from.
+
+        Returns:
+            Platform incident events (open / updated / resolved), one per incident.
+        """
+        st = self._plat(partition)
+        out: dict[str, Incident] = {}
+        for rec in signals:
+            t = int(rec["event_time"])
+            st["clock"] = max(st["clock"], t)
+            if rec["kind"] == "census":
+                st["census"][str(rec["source_partition"])] = int(rec["tenants"])
+                continue
+            group, tenant = rec["metric_group"], rec["tenant_id"]
+            note = f"{rec['slice_key']}:{rec['metric']}"
+            seen = st["alarms"].setdefault(group, {})  # tenant -> [ms of its latest alarm, its note]
+            if t >= seen.get(tenant, [0, ""])[0]:
+                seen[tenant] = [t, note]
+            for k in [k for k, (ts, _) in seen.items() if t - ts > self.platform_window_ms]:
+                del seen[k]
+            figures = {k: rec[k] for k in ("baseline", "observed", "ci_low", "ci_high", "effect", "samples",
+                                           "statistic", "threshold", "detector")}
+            inc = self.open.get(self.platform_open.get(group, ""))
+            if inc is None:
+                tenants = max(sum(st["census"].values()), len(seen))
+                if len(seen) < max(3, math.ceil(0.5 * tenants)):
+                    continue
+                episode = self._next_episode(PLATFORM_KEY, group, partition)
+                iid = hashlib.sha1(f"{PLATFORM_KEY}|{group}|{episode}".encode()).hexdigest()[:20]
+                inc = OpenIncident(
+                    incident_id=iid, tenant_id="", group=group, partition=partition, primary=PLATFORM_KEY,
+                    slices=[PLATFORM_KEY], revision=0, kind=_group_kind(group), metric=rec["metric"], best=figures,
+                    severity=_severity_of(rec["detector"], rec["effect"], rec["samples"], group), release_id=None,
+                    release=None, also_seen=sorted({n for _, n in seen.values()}),
+                    evidence=list(rec["evidence_trace_ids"])[-self.evidence_max:],
+                    detected_at_trace_id=rec["trace_id"] or "", detected_ms=t,
+                    first_seen_ms=min(min(ts for ts, _ in seen.values()), int(rec["first_seen"])), last_seen_ms=t,
+                    last_emit_ms=t)
+                self.open[iid] = inc
+                self.platform_open[group] = iid
+                out[iid] = self._build(inc, IncidentStatus.open, t)
+            else:
+                new_slice = note not in inc.also_seen and len(inc.also_seen) < 64
+                if new_slice:
+                    inc.also_seen.append(note)
+                inc.last_seen_ms = max(inc.last_seen_ms, t)
+                if figures["statistic"] - figures["threshold"] > inc.best["statistic"] - inc.best["threshold"]:
+                    inc.best, inc.metric = figures, rec["metric"]
+                interval = min(self.update_interval_ms * 2 ** max(inc.revision - 1, 0), 3_600_000)
+                if new_slice or t - inc.last_emit_ms >= interval:
+                    if inc.incident_id not in out:
+                        inc.revision += 1
+                    inc.last_emit_ms = t
+                    status = out[inc.incident_id].status if inc.incident_id in out else IncidentStatus.updated
+                    out[inc.incident_id] = self._build(inc, status, t)
+            self._persist(inc)
+        for inc in list(self.open.values()):
+            if not inc.tenant_id and inc.partition == partition and inc.incident_id not in out \
+                    and st["clock"] - inc.last_seen_ms >= self.platform_window_ms:
+                out[inc.incident_id] = self._resolve(inc, st["clock"], None)
+        self.backend.put("plat|state", json.dumps(st, sort_keys=True).encode(), partition)
+        return list(out.values())
+
+    def _plat(self, partition: int) -> dict[str, Any]:
+        """The platform detector's state (``{"alarms": {group: {tenant: [ms, note]}}, "census":
+        {partition: tenants}, "clock": ms}``), loaded once from the backend."""
+        if self.plat_state is None:
+            raw = self.backend.get("plat|state")
+            self.plat_state = json.loads(raw) if raw else {"alarms": {}, "census": {}, "clock": 0}
+        return self.plat_state
 
     def _release_onset(self, alarm: Alarm, info: SliceInfo) -> bool:
         """The alarm is on a release slice and the change started with that release."""
@@ -625,7 +728,7 @@ class IncidentManager:
         f = self.store.f
         for inc in list(self.open.values()):
             if not inc.tenant_id:  # platform-wide: resolved once no tenant reports it for a window
-                if ctx_time_ms - inc.last_seen_ms >= self.platform_window_ms:
+                if not self.platform_signals and ctx_time_ms - inc.last_seen_ms >= self.platform_window_ms:
                     out.append(self._resolve(inc, ctx_time_ms, None))
                 continue
             g = GROUP_INDEX[inc.group]
@@ -878,15 +981,35 @@ def _finite(x: float) -> float:
 
 def _severity(alarm: Alarm, group: str) -> int:
     """0..3 = low..critical from effect size, exposure and group."""
-    fam = alarm.metric.family
-    e = abs(alarm.effect)
+    return _severity_family(alarm.metric.family, alarm.effect, alarm.samples, group)
+
+
+def _severity_of(detector: str, effect: float, samples: int, group: str) -> int:
+    """:func:`_severity` from a signal's figures (the family from the detector's name)."""
+    family = next((f for f, d in DETECTORS.items() if d == detector), "categorical")
+    return _severity_family(family, effect, samples, group)
+
+
+def _alarm_signal(alarm: Alarm, info: SliceInfo, ctx: TraceContext, evidence: int) -> dict[str, Any]:
+    """The ``PlatformSignal`` (kind alarm) of a tenant slice's alarm, times in ms."""
+    return {"kind": "alarm", "source_partition": info.partition, "tenants": 0, "tenant_id": info.tenant_id,
+            "slice_key": info.key, "metric_group": alarm.metric.group, "metric": alarm.metric.name,
+            "detector": alarm.metric.detector, "trace_id": _trace(alarm, ctx), "event_time": _time(alarm, ctx),
+            "first_seen": _first_ms(alarm, ctx), **{k: _finite(v) for k, v in _figures(alarm).items()
+                                                  if k not in ("samples", "detector")},
+            "samples": int(alarm.samples), "evidence_trace_ids": _evidence(alarm, ctx)[-evidence:]}
+
+
+def _severity_family(family: str, effect: float, samples: int, group: str) -> int:
+    fam = family
+    e = abs(effect)
     if fam in ("bernoulli", "poisson"):
         level = 2 if e >= 3 else 1 if e >= 1.8 else 0
     elif fam == "gaussian":
         level = 2 if e >= 2 else 1 if e >= 0.8 else 0
     else:
         level = 1 if e >= 0.05 else 0
-    if alarm.samples >= 1000:
+    if samples >= 1000:
         level += 1
     if group == "safety":
         level += 1

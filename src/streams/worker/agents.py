@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.config import Settings
@@ -49,6 +49,8 @@ class StepOutput:
     dead_letters: list[Any]
     verdicts: list[Any]
     written: int = 0
+    #: platform signals to publish (``Pipeline.take_signals``, taken right after the batch's pipeline call)
+    signals: list[Any] = field(default_factory=list)
 
 
 class Step(Protocol):
@@ -74,10 +76,12 @@ class TraceStep:
     async def __call__(self, messages: list[RawMessage]) -> StepOutput:
         """Run ``Pipeline.on_traces``; write the valid traces. ``written``: traces written."""
         out = self.pipeline.on_traces(messages)
+        signals = self.pipeline.take_signals()
         await self.outputs.ready()
         if out.cols is not None:
             await self.outputs.write_traces(out.cols, out.attributes)
-        return StepOutput(out.incidents, out.dead_letters, out.verdicts, out.cols.n if out.cols is not None else 0)
+        return StepOutput(out.incidents, out.dead_letters, out.verdicts, out.cols.n if out.cols is not None else 0,
+                          signals)
 
 
 class FeedbackStep:
@@ -117,10 +121,28 @@ class FeedbackStep:
         wait = JoinWait(self.grace_s, self.trace_position, clock=self.clock)
         refs = await wait.run(pipe.feedback.resolve, decoded.records, decoded.partitions, self.stopping)
         out = pipe.on_feedback(messages, decoded, refs)
+        signals = pipe.take_signals()
         if out.rows or out.submissions:
             await self.outputs.write_feedback(out.rows, out.submissions)
         self.outputs.add_patterns(out.patterns)  # refreshed on a timer (Outputs.refresh_patterns)
-        return StepOutput(out.incidents, out.dead_letters, out.verdicts, len(out.rows))
+        return StepOutput(out.incidents, out.dead_letters, out.verdicts, len(out.rows), signals)
+
+
+class SignalStep:
+    """Platform signals (only the worker owning the signals partition gets any): the platform-wide
+    detector (``Pipeline.on_signals``); its incidents are emitted like every other."""
+
+    what = "platform signal batch"
+
+    def __init__(self, pipeline: Pipeline, outputs: Outputs) -> None:
+        self.pipeline = pipeline
+        self.outputs = outputs
+
+    async def __call__(self, messages: list[RawMessage]) -> StepOutput:
+        """Run ``Pipeline.on_signals``. ``written``: 0 (nothing goes to ClickHouse but incidents)."""
+        await self.outputs.ready()
+        out = self.pipeline.on_signals(messages)
+        return StepOutput(out.incidents, out.dead_letters, [])
 
 
 class ActionStep:
@@ -244,7 +266,8 @@ class BatchLoop:
                 self.assignment.check()
                 events, ack_after = await delivery.order(batch)
                 out = await self.step(raw_messages(events))
-                await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact)
+                await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact,
+                                        out.signals)
                 self.pipeline.flush_state()
                 await self.acks.wait(s.changelog_ack_timeout_s)
                 self.processed.mark(events)

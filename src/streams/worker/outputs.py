@@ -151,10 +151,11 @@ class Outputs:
             self.pending_patterns.setdefault(tenant, set()).update(ids)
 
     async def emit(self, incidents: Sequence[Any], dead_letters: Sequence[Any], verdicts: Sequence[Any],
-                   redact: Callable[[str], str]) -> None:
+                   redact: Callable[[str], str], signals: Sequence[dict[str, Any]] = ()) -> None:
         """Write incidents, dead letters (``redact`` applied to their quoted text) and rollout
-        verdicts to ClickHouse, then publish them to their topics and wait for the broker's
-        acknowledgements.
+        verdicts to ClickHouse, then publish them, and the platform ``signals``
+        (``agent.platform-signals.v1``, key ``"platform"``), to their topics and wait for the
+        broker's acknowledgements.
 
         Raises:
             SinkError: a write kept failing; an exception of faust's producer: a send failed.
@@ -170,6 +171,8 @@ class Outputs:
         # the envelope keeps the original payload (restricted topic, for replay); the value and message
         # it quotes are redacted like everything else that is stored
         await self.publish("verdicts", [(v.tenant_id, codec.encode_model(v)) for v in verdicts])
+        await self.publish("signals", [("platform", codec.encode("selfheal.v1.PlatformSignal", sig))
+                                       for sig in signals])
         await self.publish("deadletter", [
             (d.tenant_id,
              codec.encode_model(d.model_copy(update={"value": redact(d.value), "message": redact(d.message)})))
