@@ -26,7 +26,14 @@ Rules (this docstring is their reference; README "Detection in one paragraph" su
   within ``platform_window_s`` (seasonal traffic, a provider-side change), the alarms become one
   incident on the ``platform`` layer (tenant empty, action observe / sample outputs), the tenant
   incidents it explains are resolved as superseded, and none of it is blamed on a release. A
-  worker sees the tenants of its partitions, so in scale-out this is per worker.
+  worker sees only the tenants of its partitions, so the worker decides from signals
+  (``platform_signals``, :meth:`IncidentManager.on_signals`): every worker sends its alarms and a
+  tenant census to one partition, whose owner applies the rule to all tenants (tenant incidents
+  are then not superseded, they are listed in the platform incident's ``also_seen``).
+- **Actions** (:meth:`IncidentManager.on_action`, topic ``agent.incident-actions.v1``): what the
+  rollout system did, applied once per ``action_id`` and shown in the incident's next revision;
+  ``accept_new_baseline`` re-baselines the incident's slices (:meth:`SliceStore.rebaseline`).
+  While open, a further worsening (a level beyond the reported interval) is an update at once.
 
 Classification (the drift matrix):
 
