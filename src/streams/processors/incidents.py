@@ -110,8 +110,11 @@ class ActionOutcome:
 ACTION_KINDS = frozenset(a.value for a in ActionKind)
 #: actions that mitigate (their first sets ``mitigated_at``)
 MITIGATIONS = frozenset(("rollback_executed", "accept_new_baseline", "mark_false_positive"))
-#: actions applied to the incident's state kept (latest first out); the ids of all are kept
+#: actions shown in an incident event (the latest); the incident's state keeps all of them
 ACTIONS_SHOWN = 32
+#: resolved incidents kept per tenant (state ``done|``) so that later actions still apply to them;
+#: an action on an older one is refused as ``unknown_incident``
+CLOSED_KEPT = 256
 
 
 @dataclass
@@ -770,6 +773,14 @@ class IncidentManager:
         owner = inc.tenant_id or PLATFORM
         self.backend.put(f"inc|{owner}|{inc.incident_id}", b"", inc.partition)
         self.backend.put(f"done|{owner}|{inc.incident_id}", inc.to_json(), inc.partition)
+        # bounded: the latest CLOSED_KEPT resolved incidents of a tenant still take actions
+        index_key = f"done-index|{owner}"
+        ids = json.loads(self.backend.get(index_key) or b"[]")
+        if inc.incident_id not in ids:
+            ids.append(inc.incident_id)
+        while len(ids) > CLOSED_KEPT:
+            self.backend.put(f"done|{owner}|{ids.pop(0)}", b"", inc.partition)
+        self.backend.put(index_key, json.dumps(ids).encode(), inc.partition)
         return event
 
     # ------------------------------------------------------------------ actions

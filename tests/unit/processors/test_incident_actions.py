@@ -109,3 +109,22 @@ def test_the_documented_drift_matrix_is_the_one_in_the_code():
 
     doc = (Path(__file__).resolve().parents[3] / "docs" / "drift-matrix.md").read_text()
     assert markdown_table() in doc
+
+
+def test_resolved_incidents_kept_for_actions_are_bounded_per_tenant():
+    from streams.processors import incidents as mod
+
+    r = Run()
+    r.feed(base(), 30_000)
+    r.feed(drifted(1.6), 10_000)
+    inc = opened_latency(r)
+    r.mgr.on_action(act(inc, "mark_false_positive", 1), 0)
+    assert r.mgr.knows("acme", inc.incident_id)
+    state = r.mgr.open  # resolve more incidents of the tenant than are kept: the oldest is forgotten
+    for n in range(mod.CLOSED_KEPT):
+        fake = mod.OpenIncident.from_json(r.backend.get(f"done|acme|{inc.incident_id}"))
+        fake.incident_id = f"f{n:04d}"
+        state[fake.incident_id] = fake
+        r.mgr._resolve(fake, T0, None)
+    assert not r.mgr.knows("acme", inc.incident_id) and r.mgr.knows("acme", f"f{mod.CLOSED_KEPT - 1:04d}")
+    assert r.mgr.on_action(act(inc, "acknowledge", 2), 0).error_class == "unknown_incident"
