@@ -65,6 +65,8 @@ def test_two_workers_open_one_platform_incident_for_a_change_in_every_tenant(set
         for t in interleave(*(tr.traces(t, "cardiology", 3000) for t in tenants)):
             sdk.send_trace(t)
         sdk.flush()
+        for w in workers:  # baselines first (a slice is armed per batch, see test_incident_actions)
+            wait_caught_up(settings, ["traces"], timeout_s=300, worker=w)
         for t in interleave(*(tr.traces(t, "cardiology", 1500, factor=1.8) for t in tenants)):
             sdk.send_trace(t)
     for w in workers:
