@@ -4,6 +4,7 @@ as Markdown.
 Usage (after `selfheal demo` has finished; it owns its chDB directory while it runs):
 
     SELFHEAL_CLICKHOUSE_PATH=.local/fbdemo/demo/clickhouse .venv/bin/python scripts/analyst_queries.py
+    SELFHEAL_CLICKHOUSE_PATH=.local/fbdemo/demo/clickhouse .venv/bin/python scripts/analyst_queries.py --ledger
 
 Every query is parameterised; the tenant is bound as ``{tenant:String}``.
 """
@@ -76,9 +77,43 @@ QUERIES: list[tuple[str, str, str]] = [
 ]
 
 
+#: the release ledger (migration 0031_incident_actions.sql): incidents, verdicts and incident actions
+LEDGER: list[tuple[str, str, str]] = [
+    ("Release ledger per tenant and release",
+     "Incidents implicating the release, its canary scorecards by current verdict, the actions taken on its "
+     "incidents, rollbacks and promotions executed, mean time to detect and to mitigate (view `v_release_ledger`).",
+     "SELECT tenant_id, release_id, incidents, verdict_scorecards, rollback_verdicts, promote_verdicts, actions, "
+     "rollbacks_executed, promotions_executed, mean_time_to_detect_s, mean_time_to_mitigate_s "
+     "FROM {db}.v_release_ledger ORDER BY tenant_id, release_id"),
+    ("Incident lifecycle: time to detect and to mitigate",
+     "Per incident: change start (first_seen) to detection, detection to first mitigation (rollback executed, "
+     "new baseline accepted, false positive), in seconds of event time (view `v_incident_lifecycle`).",
+     "SELECT tenant_id, kind, release_id, restore_release_id, status, resolution, time_to_detect_s, "
+     "time_to_mitigate_s, actions, actors FROM {db}.v_incident_lifecycle ORDER BY detected_at"),
+    ("What to restore and what changed",
+     "The restore release, the manifest components that differ from it and the drift matrix row "
+     "(docs/drift-matrix.md) each incident carries (table `incidents`).",
+     "SELECT tenant_id, kind, release_id, restore_release_id, changed_components, rollback_required, "
+     "likely_cause FROM {db}.incidents FINAL ORDER BY detected_at"),
+    ("Actions taken and by whom",
+     "Per tenant, actor and action (view `v_actions_by_actor`; refused actions are dead letters, not here).",
+     "SELECT tenant_id, actor, action, actions, incidents, first_at FROM {db}.v_actions_by_actor "
+     "ORDER BY tenant_id, first_at, action"),
+    ("Rollbacks per month",
+     "Rollbacks executed per tenant and calendar month, with the releases rolled back (view `v_rollbacks_per_month`).",
+     "SELECT tenant_id, month, rollbacks, releases_rolled_back FROM {db}.v_rollbacks_per_month "
+     "ORDER BY tenant_id, month"),
+    ("Candidates blocked",
+     "Releases with a rollback verdict or a rollback executed and no promotion executed (view "
+     "`v_blocked_candidates`).",
+     "SELECT tenant_id, release_id, rollback_verdicts, rollbacks_executed, incidents FROM {db}.v_blocked_candidates "
+     "ORDER BY tenant_id, release_id"),
+]
+
+
 def _cell(v: object) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
     if isinstance(v, datetime | date):
         return v.isoformat()
     return str(v).replace("|", "\\|")
@@ -87,10 +122,11 @@ def _cell(v: object) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tenant", default="northwind-health")
+    ap.add_argument("--ledger", action="store_true", help="the release-ledger queries instead of the feedback ones")
     args = ap.parse_args()
     sink = ClickHouseSink(Settings())
     try:
-        for title, note, sql in QUERIES:
+        for title, note, sql in LEDGER if args.ledger else QUERIES:
             # no parameters without placeholders: clickhouse-connect would bind client-side (%-format)
             rows = sink.query_dicts(sql, {"tenant": args.tenant} if "{tenant:" in sql else None)
             print(f"### {title}\n")

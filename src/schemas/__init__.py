@@ -5,6 +5,7 @@ here validate and document the same records, and ``tests/unit/test_contracts.py`
 field by field.
 """
 
+from schemas.action import ActionKind, IncidentAction
 from schemas.codec import AvroCodec, CodecError, default_codec
 from schemas.common import Severity
 from schemas.deadletter import DeadLetter
@@ -16,7 +17,16 @@ from schemas.feedback import (
     RegulatoryTag,
     ReviewerRole,
 )
-from schemas.incident import Incident, IncidentKind, IncidentStatus, RecommendedAction, Slice
+from schemas.incident import (
+    ActionTaken,
+    DriftMatrixEntry,
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    RecommendedAction,
+    Slice,
+)
+from schemas.platform import PlatformSignal
 from schemas.trace import (
     AgentTrace,
     AgentTraceBatch,
@@ -51,14 +61,20 @@ CONTRACTS = (
     Feedback,
     FeedbackBatch,
     Slice,
+    ActionTaken,
+    DriftMatrixEntry,
     Incident,
     DeadLetter,
     ScorecardEntry,
     RolloutVerdict,
+    IncidentAction,
+    PlatformSignal,
 )
 
 __all__ = [
     "CONTRACTS",
+    "ActionKind",
+    "ActionTaken",
     "AgentTrace",
     "AgentTraceBatch",
     "AvroCodec",
@@ -66,17 +82,20 @@ __all__ = [
     "CodecError",
     "ContentRef",
     "DeadLetter",
+    "DriftMatrixEntry",
     "Feedback",
     "FeedbackBatch",
     "FeedbackCategory",
     "FeedbackSource",
     "Incident",
+    "IncidentAction",
     "IncidentKind",
     "IncidentStatus",
     "MetricRole",
     "MetricStatus",
     "Outcome",
     "OutputRef",
+    "PlatformSignal",
     "RecommendedAction",
     "RegulatoryTag",
     "ReleaseManifest",

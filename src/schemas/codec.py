@@ -18,7 +18,7 @@ import io
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +45,8 @@ SCHEMA_FILES = (
     "incident.avsc",
     "dead_letter.avsc",
     "rollout_verdict.avsc",
+    "incident_action.avsc",
+    "platform_signal.avsc",
 )
 
 
@@ -94,6 +96,118 @@ class TrailingBytesError(CodecError):
     error_class = "trailing_bytes"
 
 
+class BadBooleanError(CodecError):
+    """A boolean byte other than 0 or 1 (Avro 1.11 specification, "Binary Encoding": "a boolean is
+    written as a single byte whose value is either 0 (false) or 1 (true)")."""
+
+    error_class = "bad_boolean"
+
+
+class _BadBoolean(Exception):
+    """Raised by a boolean fixer; ``path`` collects the field names innermost first."""
+
+    def __init__(self, byte: int) -> None:
+        super().__init__(byte)
+        self.byte = byte
+        self.path: list[str] = []
+
+
+_BOOLEAN_BYTES = {b"\x00": False, b"\x01": True}
+
+
+def _booleans_as_bytes(schema: Any, path: str = "") -> Any:
+    """Copy of an expanded schema where every ``boolean`` is a 1-byte ``fixed`` (same binary width).
+
+    fastavro's compiled reader turns any non-zero boolean byte into ``True`` (so a corrupt 0x05
+    became ``policy_blocked=True``); reading the byte as ``fixed`` keeps it for
+    :func:`_boolean_fixer` to check. The fixed type is named after its field path, so a writer and a
+    reader version of one contract resolve it (Avro schema resolution matches fixed by name and
+    size); a boolean default becomes the fixed default ``"\\u0000"`` / ``"\\u0001"``.
+    """
+    if schema == "boolean" or (isinstance(schema, dict) and schema.get("type") == "boolean"):
+        return {"type": "fixed", "name": "selfheal_boolean_" + (path or "value"), "size": 1}
+    if isinstance(schema, list):
+        return [_booleans_as_bytes(s, path) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    t = schema.get("type")
+    if t == "record":
+        out = dict(schema)
+        fields = []
+        for f in schema["fields"]:
+            g = dict(f)
+            g["type"] = _booleans_as_bytes(f["type"], f"{path}__{f['name']}" if path else f["name"])
+            if isinstance(f.get("default"), bool):
+                g["default"] = "\u0001" if f["default"] else "\u0000"
+            fields.append(g)
+        out["fields"] = fields
+        return out
+    if t == "array":
+        return {**schema, "items": _booleans_as_bytes(schema["items"], f"{path}__items")}
+    if t == "map":
+        return {**schema, "values": _booleans_as_bytes(schema["values"], f"{path}__values")}
+    return schema
+
+
+def _boolean_fixer(schema: Any) -> Callable[[Any], Any] | None:
+    """For the decoded value of an expanded ``schema`` read with :func:`_booleans_as_bytes`: a
+    function that turns each 1-byte value back into ``bool`` in place (raising
+    :class:`_BadBoolean` for any other byte), or ``None`` when the schema holds no boolean.
+
+    Raises:
+        ValueError: a boolean under a union of several non-null branches (the decoded value would
+            not say which branch it took); no ``selfheal.v1`` contract has one.
+    """
+    if schema == "boolean" or (isinstance(schema, dict) and schema.get("type") == "boolean"):
+        def fix_bool(v: bytes) -> bool:
+            b = _BOOLEAN_BYTES.get(v)
+            if b is None:
+                raise _BadBoolean(v[0])
+            return b
+        return fix_bool
+    if isinstance(schema, list):
+        subs = [(s, _boolean_fixer(s)) for s in schema]
+        with_bool = [f for _, f in subs if f is not None]
+        if not with_bool:
+            return None
+        if len(schema) != 2 or "null" not in schema:
+            raise ValueError(f"a boolean inside the union {schema!r} is not supported (only [null, T])")
+        inner = with_bool[0]
+        return lambda v: None if v is None else inner(v)
+    if not isinstance(schema, dict):
+        return None
+    t = schema.get("type")
+    if t == "record":
+        parts = [(f["name"], fx) for f in schema["fields"] if (fx := _boolean_fixer(f["type"])) is not None]
+        if not parts:
+            return None
+
+        def fix_record(rec: dict[str, Any]) -> dict[str, Any]:
+            for name, fx in parts:
+                try:
+                    rec[name] = fx(rec[name])
+                except _BadBoolean as exc:
+                    exc.path.append(name)
+                    raise
+            return rec
+        return fix_record
+    if t in ("array", "map"):
+        fx = _boolean_fixer(schema["items" if t == "array" else "values"])
+        if fx is None:
+            return None
+
+        def fix_items(items: Any) -> Any:
+            for k in range(len(items)) if t == "array" else list(items):
+                try:
+                    items[k] = fx(items[k])
+                except _BadBoolean as exc:
+                    exc.path.append(str(k))
+                    raise
+            return items
+        return fix_items
+    return None
+
+
 def default_avro_dir() -> Path:
     """Directory holding the ``.avsc`` contracts.
 
@@ -112,6 +226,34 @@ def default_avro_dir() -> Path:
         if c and (Path(c) / SCHEMA_FILES[0]).exists():
             return Path(c)
     raise FileNotFoundError(f"no avro/ directory with {SCHEMA_FILES[0]} in {candidates}")
+
+
+def _single_definitions(schema: Any, seen: set[str] | None = None) -> Any:
+    """Copy of an expanded schema where a named type defined again (``Incident.release`` and
+    ``Incident.restore_release`` are both a ``ReleaseManifest``) is a reference to its first
+    definition, as the Avro specification requires (a name is defined once per schema; also the
+    Parsing Canonical Form writes later occurrences as the name)."""
+    seen = set() if seen is None else seen
+    if isinstance(schema, list):
+        return [_single_definitions(s, seen) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    t = schema.get("type")
+    if t in ("record", "enum", "fixed"):
+        name = schema["name"] if "." in schema["name"] or "namespace" not in schema \
+            else f"{schema['namespace']}.{schema['name']}"
+        if name in seen:
+            return name
+        seen.add(name)
+        if t == "record":
+            return {**schema, "fields": [{**f, "type": _single_definitions(f["type"], seen)}
+                                         for f in schema["fields"]]}
+        return schema
+    if t == "array":
+        return {**schema, "items": _single_definitions(schema["items"], seen)}
+    if t == "map":
+        return {**schema, "values": _single_definitions(schema["values"], seen)}
+    return schema
 
 
 def _strip_logical_types(schema: Any) -> Any:
@@ -135,6 +277,10 @@ class SchemaEntry:
     parsed: Any
     #: the expanded JSON form (for tests and schema resolution)
     expanded: Any
+    #: like ``parsed`` with each boolean read as its raw byte (:func:`_booleans_as_bytes`)
+    decode_parsed: Any = None
+    #: turns those bytes back into ``bool`` or raises (:func:`_boolean_fixer`); ``None``: no boolean
+    fix_booleans: Callable[[Any], Any] | None = None
 
 
 class AvroCodec:
@@ -164,7 +310,8 @@ class AvroCodec:
             raw = json.loads((self.avro_dir / fname).read_text())
             # fastavro expands one level of references; registering the expanded form makes the
             # next file's expansion complete (AgentTraceBatch -> AgentTrace -> ReleaseManifest).
-            expanded = parse_schema(raw, named_schemas=dict(named), expand=True, _write_hint=False)
+            expanded = _single_definitions(
+                parse_schema(raw, named_schemas=dict(named), expand=True, _write_hint=False))
             parse_schema(expanded, named_schemas=named)
             entry = self._entry(expanded)
             self.current[entry.name] = entry
@@ -175,7 +322,8 @@ class AvroCodec:
         extra_writer_schemas = [*(json.loads(p.read_text()) for p in history), *extra_writer_schemas]
         for raw in extra_writer_schemas:
             # resolve references against the current named types, then register
-            expanded = parse_schema(copy.deepcopy(dict(raw)), named_schemas=dict(named), expand=True, _write_hint=False)
+            expanded = _single_definitions(
+                parse_schema(copy.deepcopy(dict(raw)), named_schemas=dict(named), expand=True, _write_hint=False))
             entry = self._entry(expanded)
             if entry.fingerprint in self.by_fingerprint:
                 continue
@@ -189,8 +337,12 @@ class AvroCodec:
         name = expanded["name"] if "." in expanded["name"] else f"{expanded['namespace']}.{expanded['name']}"
         canonical = to_parsing_canonical_form(expanded)
         fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-        stripped = parse_schema(_strip_logical_types(expanded), _write_hint=False)
-        return SchemaEntry(name=name, fingerprint=fp, parsed=stripped, expanded=expanded)
+        plain = _strip_logical_types(expanded)
+        stripped = parse_schema(plain, _write_hint=False)
+        fixer = _boolean_fixer(plain)
+        decode_parsed = stripped if fixer is None else parse_schema(_booleans_as_bytes(plain), _write_hint=False)
+        return SchemaEntry(name=name, fingerprint=fp, parsed=stripped, expanded=expanded,
+                           decode_parsed=decode_parsed, fix_booleans=fixer)
 
     # ------------------------------------------------------------------ encode
     def header(self, name: str) -> bytes:
@@ -252,7 +404,8 @@ class AvroCodec:
                 (``not_avro``, ``unknown_schema``, ``truncated``, ``invalid_utf8``,
                 ``trailing_bytes``, ``unknown_enum``, ``bad_union_branch``, ``negative_length``,
                 ``bad_boolean``, ``schema_resolution``, ``malformed_avro``) with ``field`` and
-                ``value`` naming where decoding failed.
+                ``value`` naming where decoding failed. A boolean byte other than 0 or 1 is
+                :class:`BadBooleanError` (fastavro alone would read it as ``True``).
         """
         entry = self.peek(payload)
         target = self._resolve_to.get(entry.fingerprint)
@@ -261,9 +414,9 @@ class AvroCodec:
         fp_hex = entry.fingerprint.hex()
         try:
             if target is None:
-                record = schemaless_reader(fo, entry.parsed, None)
+                record = schemaless_reader(fo, entry.decode_parsed, None)
             else:
-                record = schemaless_reader(fo, entry.parsed, target.parsed)
+                record = schemaless_reader(fo, entry.decode_parsed, target.decode_parsed)
         except SchemaResolutionError as exc:
             raise CodecError(f"{entry.name} cannot be resolved to the current schema: {exc}",
                              fingerprint_hex=fp_hex, error_class="schema_resolution") from exc
@@ -276,6 +429,15 @@ class AvroCodec:
                 f"{entry.name} decoded in {fo.tell()} of {len(payload)} bytes; {n} trailing bytes",
                 fingerprint_hex=fp_hex, field="(end of record)", value=str(n),
             )
+        fix = (target or entry).fix_booleans
+        if fix is not None:
+            try:
+                fix(record)
+            except _BadBoolean as exc:
+                where = ".".join(reversed(exc.path))
+                raise BadBooleanError(
+                    f"{entry.name}.{where}: boolean byte is {exc.byte} (0x{exc.byte:02x}), not 0 or 1",
+                    fingerprint_hex=fp_hex, field=where, value=str(exc.byte)) from None
         return (target or entry).name, record
 
     @staticmethod
@@ -333,6 +495,7 @@ __all__ = [
     "HEADER_LEN",
     "MAGIC",
     "AvroCodec",
+    "BadBooleanError",
     "CodecError",
     "InvalidUtf8Error",
     "NotAvroError",

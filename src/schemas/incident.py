@@ -58,8 +58,38 @@ class Slice(Contract):
     release_id: str | None = None
 
 
+class ActionTaken(Contract):
+    """One incident action applied by the worker (an :class:`~schemas.action.IncidentAction`, as
+    the incident records it)."""
+
+    AVRO_NAME: ClassVar[str] = "selfheal.v1.ActionTaken"
+
+    action_id: str
+    action: str
+    actor: str
+    reason: str
+    at: EventTime
+    until: EventTime | None = None
+    release_id: str | None = None
+    restored_release_id: str | None = None
+
+
+class DriftMatrixEntry(Contract):
+    """This incident's row of the drift matrix (``docs/drift-matrix.md``): the likely cause, the
+    safe fix, the gate a fix must pass before it ships, and whether rollback is always required."""
+
+    AVRO_NAME: ClassVar[str] = "selfheal.v1.DriftMatrixEntry"
+
+    likely_cause: str
+    safe_fix: str
+    validation_gate: str
+    rollback_required: bool
+
+
 class Incident(Contract):
-    """An incident event on ``agent.incidents.v1`` (key: ``incident_id``).
+    """An incident event on ``agent.incidents.v1`` (key: ``tenant_id``, ``"platform"`` for a
+    platform-wide incident: every event of an incident and of a tenant stays in order on the
+    tenant's partition, next to its traces and actions).
 
     ``baseline``/``observed`` are in the metric's unit (a rate in [0, 1], ms, tokens or USD);
     ``effect`` is ``observed / baseline`` for rates and quantiles, a standardized shift for means.
@@ -96,3 +126,13 @@ class Incident(Contract):
     first_seen: EventTime
     last_seen: EventTime
     emitted_at: EventTime
+    detected_at: EventTime | None = None
+    resolution: str | None = None
+    acknowledged_by: str | None = None
+    suppressed_until: EventTime | None = None
+    mitigated_at: EventTime | None = None
+    actions: list[ActionTaken] = Field(default_factory=list, max_length=32)
+    restore_release_id: str | None = None
+    restore_release: ReleaseManifest | None = None
+    changed_components: list[str] = Field(default_factory=list)
+    drift_matrix: DriftMatrixEntry | None = None

@@ -13,6 +13,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from schemas.common import Contract, EventTime, Label, TenantId
+from schemas.incident import DriftMatrixEntry
 from schemas.trace import ReleaseManifest
 
 
@@ -125,3 +126,7 @@ class RolloutVerdict(Contract):
     release: ReleaseManifest | None = None
     first_seen: EventTime
     emitted_at: EventTime
+    restore_release_id: str | None = None
+    restore_release: ReleaseManifest | None = None
+    changed_components: list[str] = Field(default_factory=list)
+    drift_matrix: DriftMatrixEntry | None = None

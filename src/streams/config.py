@@ -249,6 +249,8 @@ TOPICS = {
     "incidents": "agent.incidents.v1",
     "deadletter": "agent.deadletter.v1",
     "verdicts": "agent.rollout-verdicts.v1",
+    "actions": "agent.incident-actions.v1",
+    "signals": "agent.platform-signals.v1",
 }
 
 

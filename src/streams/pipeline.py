@@ -66,6 +66,16 @@ class TraceOutput:
 
 
 @dataclass
+class ActionOutput:
+    """Result of one batch of incident actions."""
+
+    incidents: list[Incident]  # the revisions the actions caused
+    dead_letters: list[DeadLetter]
+    rows: list[dict[str, Any]]  # ``incident_actions`` ledger rows (one per applied action)
+    replays: int = 0  # actions already applied (redelivered or resent)
+
+
+@dataclass
 class DedupedTraces:
     """Valid traces of a batch without replays, with their provenance (parallel lists)."""
 
@@ -131,12 +141,15 @@ class Pipeline:
         trace_lookup: ``(tenant, [trace_id]) -> {trace_id: TraceRef}`` for traces older than the
             in-memory index (ClickHouse in the worker).
         canary_state: persistence of the canary scorecards (rollout groups and scorecards).
+        platform_signals: platform-wide incidents are decided from signals (:meth:`on_signals`)
+            that every worker sends (:meth:`take_signals`), as the worker does; off, the pipeline
+            decides from the tenants it sees (one process sees all: tests, benchmarks).
     """
 
     def __init__(self, settings: Settings, codec: AvroCodec, *, baselines: StateBackend | None = None,
                  incidents: StateBackend | None = None, feedback_state: StateBackend | None = None,
                  trace_lookup: Callable[[str, list[str]], dict[str, TraceRef]] | None = None,
-                 canary_state: StateBackend | None = None) -> None:
+                 canary_state: StateBackend | None = None, platform_signals: bool = False) -> None:
         self.settings = settings
         self.codec = codec
         self.baselines = baselines or DictBackend()
@@ -144,6 +157,7 @@ class Pipeline:
                   max_clock_skew_s=settings.max_clock_skew_s)
         self.trace_ingest = Ingest(codec, "traces", **kw)
         self.feedback_ingest = Ingest(codec, "feedback", **kw)
+        self.action_ingest = Ingest(codec, "actions", **kw)
         self.engine = DriftEngine(drift_config(settings), SliceStore(), loader=self.baselines.get)
         #: release manifests seen, by release_id (incidents name the manifest they implicate)
         self.releases: dict[str, dict[str, Any]] = {}
@@ -151,7 +165,12 @@ class Pipeline:
             self.engine.store, incidents or DictBackend(), releases=self.releases,
             resolve_after_traces=settings.resolve_after_traces,
             update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
-            drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces)
+            drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces,
+            platform_signals=platform_signals)
+        self.signal_ingest = Ingest(codec, "signals", **kw)
+        #: source partition -> tenants seen there, and the event time of its last census (ms)
+        self._tenants_seen: dict[int, set[str]] = {}
+        self._census_ms: dict[int, int] = {}
         self.redactor = Redactor(enabled=settings.redact)
         self.index = TraceIndex(settings.trace_index_size)
         self.feedback = FeedbackProcessor(
@@ -164,7 +183,7 @@ class Pipeline:
         self._snapshot_dirty: set[int] = set()
         self._batch_seq = 0
         self.stats = {"traces": 0, "trace_duplicates": 0, "feedback": 0, "dead_letters": 0, "incident_events": 0,
-                      "verdicts": 0}
+                      "verdicts": 0, "actions": 0, "action_replays": 0}
         #: feedback submissions by dedup status (only ``new`` counts in detectors and scorecards)
         self.feedback_statuses = dict.fromkeys(STATUSES, 0)
 
@@ -259,6 +278,8 @@ class Pipeline:
         emitted = self.canary.on_traces(cols)
         incidents += self._rollbacks(emitted)
         self._index_traces(cols, traces.fingerprints)
+        if self.incidents.platform_signals:
+            self._census(cols)
         attrs = self.redactor.redact_maps([r["attributes"] for r in traces.records])
         self._redact_content_refs(traces.records)
         self.stats["traces"] += cols.n
@@ -411,6 +432,79 @@ class Pipeline:
         return FeedbackOutput(res.rows, res.submissions, incidents, dls, res.counts,
                               verdicts=[e.verdict for e in emitted], patterns=res.patterns)
 
+    # ------------------------------------------------------------------ platform signals
+    def _census(self, cols: TraceColumns) -> None:
+        """Queue a census signal for each partition of the batch whose tenant count grew or whose
+        last census is ``platform_window_s / 10`` of event time old (the platform detector's
+        clock and denominator)."""
+        heartbeat_ms = self.incidents.platform_window_ms // 10
+        parts = cols.partition.tolist()
+        times = cols.event_time_ms.tolist()
+        latest: dict[int, int] = {}
+        for p, t, tenant in zip(parts, times, cols.tenant_id, strict=True):
+            seen = self._tenants_seen.setdefault(p, set())
+            if tenant not in seen:
+                seen.add(tenant)
+                self._census_ms[p] = -1  # grew: send now
+            latest[p] = max(latest.get(p, 0), t)
+        for p, t in latest.items():
+            if t - self._census_ms.get(p, -1) >= heartbeat_ms or self._census_ms.get(p, -1) < 0:
+                self._census_ms[p] = t
+                self.incidents.signals_out.append({
+                    "kind": "census", "source_partition": p, "tenants": len(self._tenants_seen[p]),
+                    "event_time": t, "first_seen": t, "evidence_trace_ids": []})
+
+    def take_signals(self) -> list[dict[str, Any]]:
+        """The platform signals queued by the batches processed since the last call (for
+        ``agent.platform-signals.v1``, key ``"platform"``); empty unless ``platform_signals``."""
+        out, self.incidents.signals_out = self.incidents.signals_out, []
+        return out
+
+    def on_signals(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> ActionOutput:
+        """Process a batch of platform signals (the worker owning the signals partition): decode
+        and validate (dead letters as for every input), then
+        :meth:`IncidentManager.on_signals` per partition; returns the platform incident events
+        (``rows`` is empty)."""
+        decoded = self.signal_ingest.decode(messages, now_ms)
+        events: list[Incident] = []
+        by_part: dict[int, list[dict[str, Any]]] = {}
+        for rec, p in zip(decoded.records, decoded.partitions, strict=True):
+            by_part.setdefault(p, []).append(rec)
+        for p, recs in sorted(by_part.items()):
+            events += self.incidents.on_signals(recs, p)
+        self.stats["dead_letters"] += len(decoded.dead_letters)
+        self.stats["incident_events"] += len(events)
+        return ActionOutput(events, list(decoded.dead_letters), [])
+
+    # ------------------------------------------------------------------ incident actions
+    def on_actions(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> ActionOutput:
+        """Process one batch of ``agent.incident-actions.v1`` messages: decode and validate
+        (dead letters as for every input), apply each action to its incident
+        (:meth:`IncidentManager.on_action`: refusals become dead letters with the reason, replays
+        count once), and return the incident revisions and the ledger rows (reason redacted)."""
+        decoded = self.action_ingest.decode(messages, now_ms)
+        dls = list(decoded.dead_letters)
+        events: list[Incident] = []
+        rows: list[dict[str, Any]] = []
+        replays = 0
+        msg_by_off = {(m.partition, m.offset): m for m in messages}
+        for rec, p, o in zip(decoded.records, decoded.partitions, decoded.offsets, strict=True):
+            out = self.incidents.on_action(rec, p)
+            if out.replay:
+                replays += 1
+            elif out.error_class is not None:
+                dls.append(make_dead_letter(msg_by_off[(p, o)], index=-1, error_class=out.error_class,
+                                            field_path=out.field, value=out.value, message=out.message,
+                                            tenant_id=rec["tenant_id"], now_ms=now_ms))
+            elif out.event is not None:
+                events.append(out.event)
+                rows.append(_action_row(rec, out.event, self.redactor.redact))
+        self.stats["actions"] += len(rows)
+        self.stats["action_replays"] += replays
+        self.stats["dead_letters"] += len(dls)
+        self.stats["incident_events"] += len(events)
+        return ActionOutput(events, dls, rows, replays)
+
     def _rollbacks(self, emitted: list[Emitted]) -> list[Incident]:
         """Release-regression incident events opened or updated by rollback verdicts."""
         out = []
@@ -420,6 +514,19 @@ class Pipeline:
                 if event is not None:
                     out.append(event)
         return out
+
+
+def _action_row(rec: dict[str, Any], event: Incident, redact: Callable[[str], str]) -> dict[str, Any]:
+    """The ``incident_actions`` ledger row of an applied action (times in epoch ms): the action
+    and what it was applied to (the incident's release, restore release, kind, group and the
+    revision it caused), as the ledger views need them without joining."""
+    taken = next(a for a in reversed(event.actions) if a.action_id == rec["action_id"])
+    return {"tenant_id": rec["tenant_id"], "incident_id": rec["incident_id"], "action_id": rec["action_id"],
+            "action": rec["action"], "actor": rec["actor"], "reason": redact(rec["reason"]), "at": rec["at"],
+            "until": rec.get("until"), "release_id": taken.release_id or "",
+            "restored_release_id": taken.restored_release_id or "", "incident_release_id": event.release_id or "",
+            "incident_kind": event.kind.value, "metric_group": event.metric_group, "revision": event.revision,
+            "status": event.status.value}
 
 
 _NO_CONTEXT = TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0)

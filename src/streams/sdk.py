@@ -4,6 +4,7 @@
     with SelfhealProducer() as sh:                 # settings from SELFHEAL_* env
         sh.send_trace(trace)                       # AgentTrace model or dict; validated here
         sh.send_feedback(feedback)
+        sh.send_action(action)                     # an incident action (acknowledge, rollback_executed, ...)
     # leaving the block flushes: every record is acknowledged by Kafka or an error is raised
 
 Records are validated with the contract models before they leave the process
@@ -33,7 +34,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import ValidationError
 
-from schemas import AgentTrace, Feedback
+from schemas import AgentTrace, Feedback, IncidentAction
 from schemas.codec import AvroCodec, default_codec, to_avro_dict
 from streams.config import Settings, get_settings
 from streams.errors import ContractViolation, DeliveryError
@@ -94,13 +95,14 @@ class SelfhealProducer:
         }
         conf.update(kafka_config or {})
         self._producer = Producer(conf)
-        self._topics = {"traces": self.settings.topic("traces"), "feedback": self.settings.topic("feedback")}
+        self._topics = {"traces": self.settings.topic("traces"), "feedback": self.settings.topic("feedback"),
+                        "actions": self.settings.topic("actions")}
         self._buffers: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._born: dict[tuple[str, str], float] = {}
         self._lock = threading.RLock()
         self._errors: list[str] = []
         self._unconfirmed: list[tuple[str, bytes, bytes]] = []
-        self.sent_records = {"traces": 0, "feedback": 0}
+        self.sent_records = {"traces": 0, "feedback": 0, "actions": 0}
         self.sent_messages = 0
         self.delivered_messages = 0
         self._closed = False
@@ -125,6 +127,32 @@ class SelfhealProducer:
             ContractViolation: the record breaks the contract (field and value named).
         """
         self._enqueue("feedback", Feedback, feedback)
+
+    def send_action(self, action: IncidentAction | Mapping[str, Any]) -> None:
+        """Validate and send one incident action to ``agent.incident-actions.v1`` (key: its
+        tenant_id, one message per action, not batched: actions are rare and each one matters).
+        Delivery is confirmed by :meth:`flush`. Give every action its own ``action_id``: the
+        worker applies an id once, so resending after a failed flush is safe.
+
+        Example::
+
+            producer.send_action({"action_id": "rb-42", "incident_id": inc.incident_id,
+                                  "tenant_id": "acme", "action": "rollback_executed",
+                                  "actor": "rollout-controller", "reason": "canary rollback",
+                                  "at": datetime.now(UTC), "release_id": "rel-2",
+                                  "restored_release_id": "rel-1"})
+
+        Raises:
+            ContractViolation: the action breaks the contract (field and value named). Whether the
+                action and incident are known is decided by the worker (dead letter).
+        """
+        try:
+            model = action if isinstance(action, IncidentAction) else IncidentAction.model_validate(action)
+            data = to_avro_dict(IncidentAction.model_validate(model.model_dump()))
+        except ValidationError as exc:
+            raise _violation("IncidentAction", exc) from None
+        self._produce("actions", data["tenant_id"], self.codec.encode("selfheal.v1.IncidentAction", data), 1)
+        self._producer.poll(0)
 
     def flush(self, timeout_s: float = 60.0) -> None:
         """Send every buffered batch and wait for all delivery reports.

@@ -72,6 +72,10 @@ STATS_COUNTERS: dict[str, tuple[str, str] | tuple[str, str, dict[str, str]]] = {
                  "Kafka messages the consumer took from the broker (flat while a stuck batch holds consumption)."),
     "sink_failed_attempts": ("selfheal_sink_write_retries_total",
                              "ClickHouse write attempts that failed and were retried (exponential backoff)."),
+    "actions": ("selfheal_incident_actions_total",
+                "Incident actions applied (acknowledge, accept_new_baseline, suppress, ...), first delivery."),
+    "action_replays": ("selfheal_incident_action_replays_total",
+                       "Incident actions skipped as redeliveries of an action_id already applied."),
     "quarantined": ("selfheal_quarantined_messages_total",
                     "Messages quarantined to the dead-letter topic as processing_error after failing "
                     "POISON_MAX_ATTEMPTS times alone (the partition moved on)."),

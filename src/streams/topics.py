@@ -43,6 +43,8 @@ TOPIC_CONFIGS = {
     # worker's producer may send (streams.processors.deadletters keeps every envelope below it)
     "deadletter": {"retention.ms": str(30 * 86400_000), "max.message.bytes": str(KAFKA_MAX_REQUEST_BYTES)},
     "verdicts": {"retention.ms": str(90 * 86400_000)},
+    "actions": {"retention.ms": str(90 * 86400_000)},
+    "signals": {"retention.ms": str(7 * 86400_000)},
 }
 
 #: the worker's faust tables (streams.worker.app); each has a compacted changelog topic

@@ -98,6 +98,9 @@ def trace_cases(ids: Ids, max_bytes: int) -> list[Case]:
     rec = dict(trace(9002), event_time=et)
     union_bad = bytearray(single(dict(rec, intent=None)))
     union_bad[first_diff(bytes(union_bad), single(dict(rec, intent="x")))] = 0x08  # zig-zag 4: 2 branches
+    bool_bad = bytearray(single(dict(trace(9006), event_time=et)))
+    bool_bad[first_diff(bytes(bool_bad), single(dict(trace(9006), event_time=et, policy_blocked=True)))] = 0x05
+    # ^ the Avro specification writes a boolean as one byte, 0 or 1 (fastavro reads 0x05 as True)
     e_acute = "amb\u00e9ent"
     utf8_batch = tbatch(trace(9003), dict(trace(9004), attributes={"channel": e_acute}))
     utf8_batch = utf8_batch.replace(e_acute.encode(), b"amb\xff\xfeent")  # same length, not UTF-8
@@ -123,6 +126,8 @@ def trace_cases(ids: Ids, max_bytes: int) -> list[Case]:
              [Expect(-1, "unknown_enum", "outcome", "9", "acme")]),
         Case("bad union branch (intent index 4)", "traces", b"acme", bytes(union_bad),
              [Expect(-1, "bad_union_branch", "intent", "4", "acme")]),
+        Case("boolean byte 0x05 (policy_blocked)", "traces", b"acme", bytes(bool_bad),
+             [Expect(-1, "bad_boolean", "policy_blocked", "5", "acme")]),
         Case("oversized message", "traces", b"acme", tbatch(*big),
              [Expect(-1, "oversized", "(message)", lambda v: int(v) > max_bytes, "acme")]),
         Case("feedback on the traces topic", "traces", b"acme", CODEC.encode("selfheal.v1.Feedback", feedback()),

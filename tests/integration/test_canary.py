@@ -102,6 +102,10 @@ def test_harmless_release_is_promoted_and_a_cohort_with_more_corrections_rolled_
     assert all(v.verdict != Verdict.promote for v in onc)
     assert "correction_rate" in onc[-1].regressed_metrics and onc[-1].guardrail_fired is None
     assert card[-1].stage_pct == onc[-1].stage_pct == 50.0 and card[-1].release_id == RELEASE
+    # what to restore (the control's release) and what changed (bench_canary's candidate: model, prompt)
+    assert onc[-1].restore_release_id == card[-1].restore_release_id == "rel-base"
+    assert onc[-1].changed_components == ["model", "prompt"] and onc[-1].drift_matrix.rollback_required
+    assert card[-1].drift_matrix is None
     sink = ClickHouseSink(settings)
     try:
         rows, metrics = sink.for_tenant("acme").scorecards(RELEASE)
@@ -113,6 +117,8 @@ def test_harmless_release_is_promoted_and_a_cohort_with_more_corrections_rolled_
             "SELECT kind, cohort, action, metric FROM {db}.incidents FINAL WHERE tenant_id = {t:String} "
             "AND release_id = {r:String}", {"t": "acme", "r": RELEASE})
         assert ("release_regression", "oncology", "roll_back", "correction_rate") in incidents
+        assert sink.query("SELECT DISTINCT restore_release_id FROM {db}.incidents FINAL WHERE release_id = "
+                          "{r:String}", {"r": RELEASE}) == [("rel-base",)]
         assert all(i[1] != "cardiology" for i in incidents)
         assert sink.query("SELECT count() FROM {db}.dead_letters FINAL")[0][0] == 0
     finally:

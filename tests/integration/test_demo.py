@@ -28,7 +28,20 @@ def test_demo_detects_the_injected_regression_and_dedups_feedback(settings, tmp_
     change = s["injected_changes"][0]
     on_slice = [i for i in s["incidents"] if i["tenant_id"] == change["tenant_id"]]
     assert any(i["kind"] == "release_regression" and i["release_id"] == change["release_id"] for i in on_slice)
-    assert all(i["tenant_id"] == change["tenant_id"] for i in s["incidents"]), "no incident elsewhere"
+    shift = s["benign_shift"]
+    elsewhere = [i for i in s["incidents"] if i["tenant_id"] != change["tenant_id"]]
+    assert all((i["tenant_id"], i["kind"], i["release_id"]) == (shift["tenant_id"], "output_drift", None)
+               for i in elsewhere), "no incident elsewhere but the benign shift"
+    # the lifecycle: the rollout system rolled the injected release back to the incumbent and
+    # accepted the benign shift, and the ledger shows who did what
+    life = {(c["tenant_id"], c["release_id"]): c for c in s["lifecycle"]}
+    rolled = life[(change["tenant_id"], change["release_id"])]
+    assert [a["action"] for a in rolled["actions"]] == ["acknowledge", "rollback_executed"]
+    assert rolled["restore_release_id"] and rolled["rollback_required"] and rolled["time_to_mitigate_s"] > 0
+    assert rolled["time_to_detect_s"] >= 0 and "model" in rolled["changed_components"]
+    accepted = life[(shift["tenant_id"], "")]
+    assert accepted["status"] == "resolved" and accepted["resolution"] == "accepted_new_baseline"
+    assert accepted["actions"][-1]["action"] == "accept_new_baseline"
     # the staged rollout gets verdicts for each of its cohorts (decisions: tests/integration/test_canary.py)
     v = s["verdicts"]
     assert v["events"] > 0 and v["rollouts"]

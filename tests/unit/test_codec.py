@@ -9,6 +9,7 @@ import pytest
 
 from schemas.codec import (
     AvroCodec,
+    BadBooleanError,
     InvalidUtf8Error,
     NotAvroError,
     TrailingBytesError,
@@ -124,3 +125,39 @@ def test_messages_of_an_earlier_contract_version_stay_decodable():
     _, back = codec.decode(codec.encode("selfheal.v1.AgentTrace", {**trace(), "input_ref": ref,
                                                                   "output_ref": {**ref, "uri": None}}))
     assert back["input_ref"] == ref and back["output_ref"] == {**ref, "uri": None}
+
+
+def _flip_boolean_byte(codec: AvroCodec, name: str, record: dict, set_true) -> bytes:
+    """The encoded ``record`` with the one byte that differs when ``set_true(record)`` sets a
+    boolean replaced by 0x05 (the position of the boolean in the Avro body)."""
+    off = codec.encode(name, record)
+    on_rec = copy.deepcopy(record)
+    set_true(on_rec)
+    on = codec.encode(name, on_rec)
+    diff = [i for i in range(len(off)) if off[i] != on[i]]
+    assert len(off) == len(on) and len(diff) == 1 and off[diff[0]] == 0 and on[diff[0]] == 1
+    return off[: diff[0]] + b"\x05" + off[diff[0] + 1:]
+
+
+def test_a_boolean_byte_other_than_0_or_1_is_bad_boolean_naming_the_field():
+    codec = AvroCodec()
+    bad = _flip_boolean_byte(codec, "selfheal.v1.AgentTrace", trace(), lambda r: r.update(policy_blocked=True))
+    with pytest.raises(BadBooleanError) as err:
+        codec.decode(bad)
+    assert err.value.error_class == "bad_boolean"
+    assert (err.value.field, err.value.value) == ("policy_blocked", "5")
+    # inside a batch the path names the trace
+    batch = {"batch_id": "b-1", "producer_id": "p-1", "sent_at": 0, "traces": [trace(0), trace(1), trace(2)]}
+    bad = _flip_boolean_byte(codec, "selfheal.v1.AgentTraceBatch", batch,
+                             lambda r: r["traces"][2].update(fallback_used=True))
+    with pytest.raises(BadBooleanError) as err:
+        codec.decode(bad)
+    assert err.value.field == "traces.2.fallback_used"
+
+
+def test_booleans_still_decode_as_bool_after_the_byte_check():
+    codec = AvroCodec()
+    for flag in (False, True):
+        rec = trace(policy_blocked=flag, fallback_used=not flag)
+        _, rec = codec.decode(codec.encode("selfheal.v1.AgentTrace", rec))
+        assert rec["policy_blocked"] is flag and rec["fallback_used"] is (not flag)

@@ -57,7 +57,7 @@ def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int =
 
     from schemas import default_codec
     from streams.devtools.launcher import WorkerProcess
-    from streams.devtools.simulate import DEMO_ROLLOUTS, FleetSimulator
+    from streams.devtools.simulate import DEMO_BENIGN_SHIFT, DEMO_ROLLOUTS, FleetSimulator
     from streams.sdk import SelfhealProducer
     from streams.sinks.clickhouse import ClickHouseSink
     from streams.topics import check_broker, delete_topics, ensure_topics, group_lag
@@ -83,7 +83,7 @@ def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int =
     snapshots = {} if "SELFHEAL_SNAPSHOT_INTERVAL_S" in os.environ else {"SELFHEAL_SNAPSHOT_INTERVAL_S": "5"}
     worker = WorkerProcess.for_settings(settings, demo_dir / "worker.log", snapshots, truncate_log=True).start()
     console.print(f"worker started (pid {worker.pid}, log {worker.log})")
-    sim = FleetSimulator(traces=traces, seed=seed, rollouts=DEMO_ROLLOUTS)
+    sim = FleetSimulator(traces=traces, seed=seed, rollouts=DEMO_ROLLOUTS, benign_shift=DEMO_BENIGN_SHIFT)
     codec = default_codec()
     t0 = time.perf_counter()
     try:
@@ -108,7 +108,19 @@ def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int =
                     console.print(f"[red]worker exited with {worker.proc.returncode}; see {worker.log}")
                     return 2
                 time.sleep(1.0)
-        caught_up = done >= end
+            caught_up = done >= end
+            # the rollout system's turn: it reads the incidents and sends back what it did
+            sent = send_actions(settings, rollout_actions(read_incidents(settings, codec), rep.benign_shift,
+                                                          int(time.time() * 1000)))
+            task = progress.add_task("worker applying incident actions", total=max(sent, 1))
+            actions_topic = [settings.topic("actions")]
+            while sent and time.monotonic() < deadline and worker.alive():
+                done_a, end_a = group_lag(settings, group, actions_topic)
+                progress.update(task, completed=min(done_a, sent))
+                if end_a and done_a >= end_a:
+                    break
+                time.sleep(0.5)
+            progress.update(task, completed=max(sent, 1))
     finally:
         worker.stop(timeout=60)
     elapsed = time.perf_counter() - t0
@@ -127,6 +139,109 @@ def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int =
         console.print("[bold red]The staged rollout got NO verdict.")
         return 1
     return 0
+
+
+def read_incidents(settings: Settings, codec: Any, timeout_s: float = 60.0) -> list[Any]:
+    """The latest revision of every incident on the incidents topic (what a rollout system
+    subscribed to ``agent.incidents.v1`` knows now), in order of detection."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from schemas import Incident
+
+    topic = settings.topic("incidents")
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.full_app_id}-demo-rollout",
+                         "enable.auto.commit": False})
+    latest: dict[str, Any] = {}
+    try:
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)]
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        seen = dict.fromkeys(ends, 0)
+        consumer.assign(parts)
+        deadline = time.monotonic() + timeout_s
+        while any(seen[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            seen[msg.partition()] = msg.offset() + 1
+            inc = Incident.model_validate(codec.decode(msg.value())[1])
+            if inc.incident_id not in latest or inc.revision > latest[inc.incident_id].revision:
+                latest[inc.incident_id] = inc
+    finally:
+        consumer.close()
+    return sorted(latest.values(), key=lambda i: (i.detected_at or i.first_seen, i.incident_id))
+
+
+def rollout_actions(incidents: list[Any], benign_shift: Any, now_ms: int) -> list[dict[str, Any]]:
+    """What a rollout system and its on-call do about ``incidents`` (latest revisions), as
+    ``IncidentAction`` dicts (times in epoch ms, on the simulated timeline, never after ``now_ms``):
+
+    - every tenant incident is acknowledged by the tenant's on-call 2 minutes after detection;
+    - a release regression is rolled back by the rollout controller 10 minutes after detection,
+      to the restore release the incident names;
+    - a latency incident on the benign shift's tenant × cohort (``benign_shift``, no release) is
+      accepted as the new baseline by the tenant's SRE 30 minutes after detection.
+
+    Action ids are deterministic (``<action>-<incident_id>``): a rerun resends the same actions,
+    which the worker applies once.
+    """
+    from schemas.common import to_ms
+
+    out = []
+    for inc in incidents:
+        tenant = inc.slice.tenant_id
+        if not tenant or inc.status.value == "resolved":
+            continue
+        t0 = to_ms(inc.detected_at or inc.last_seen)
+
+        def act(kind: str, after_min: float, actor: str, reason: str, _inc: Any = inc, _t0: int = t0,
+                **extra: Any) -> dict[str, Any]:
+            return {"action_id": f"{kind}-{_inc.incident_id}", "incident_id": _inc.incident_id,
+                    "tenant_id": _inc.slice.tenant_id, "action": kind, "actor": actor, "reason": reason,
+                    "at": min(_t0 + int(after_min * 60_000), now_ms), **extra}
+
+        out.append(act("acknowledge", 2, f"oncall@{tenant}", "paged; looking"))
+        if inc.kind.value == "release_regression" and inc.release_id:
+            out.append(act("rollback_executed", 10, "rollout-controller",
+                           f"{inc.metric} regression on {inc.release_id}; restored {inc.restore_release_id}",
+                           release_id=inc.release_id, restored_release_id=inc.restore_release_id))
+        elif (benign_shift is not None and tenant == benign_shift.tenant_id
+              and inc.slice.cohort in (benign_shift.cohort, None) and inc.metric_group == "latency"
+              and inc.release_id is None):
+            out.append(act("accept_new_baseline", 30, f"sre@{tenant}",
+                           "EHR gateway move: the new latency level is expected"))
+    return out
+
+
+def send_actions(settings: Settings, actions: list[dict[str, Any]]) -> int:
+    """Send ``actions`` with the SDK (``send_action``) and wait for their delivery; returns how many."""
+    from streams.sdk import SelfhealProducer
+
+    with SelfhealProducer(settings) as sdk:
+        for a in actions:
+            sdk.send_action(a)
+    return len(actions)
+
+
+def lifecycle(sink: Any) -> list[dict[str, Any]]:
+    """Each incident's lifecycle from the ledger (``v_incident_lifecycle``, ``incident_actions``):
+    detection, what to restore, the actions in order with who took them, mitigation, resolution."""
+    actions: dict[str, list[dict[str, Any]]] = {}
+    for iid, at, action, actor, rev in sink.query(
+            "SELECT incident_id, at, action, actor, revision FROM {db}.incident_actions FINAL ORDER BY at, revision"):
+        actions.setdefault(iid, []).append({"at": at.isoformat(), "action": action, "actor": actor, "revision": rev})
+    out = []
+    for r in sink.query_dicts(
+            "SELECT l.incident_id AS incident_id, l.tenant_id AS tenant_id, l.kind AS kind, "
+            "l.release_id AS release_id, l.restore_release_id AS restore_release_id, l.status AS status, "
+            "l.resolution AS resolution, l.time_to_detect_s AS time_to_detect_s, "
+            "l.time_to_mitigate_s AS time_to_mitigate_s, i.changed_components AS changed_components, "
+            "i.rollback_required AS rollback_required, i.revision AS revision "
+            "FROM {db}.v_incident_lifecycle AS l "
+            "INNER JOIN (SELECT * FROM {db}.incidents FINAL) AS i "
+            "ON i.tenant_id = l.tenant_id AND i.incident_id = l.incident_id ORDER BY l.detected_at"):
+        out.append({**r, "changed_components": list(r["changed_components"]),
+                    "actions": actions.get(r["incident_id"], [])})
+    return out
 
 
 def summary(sink: Any, rep: Any, elapsed_s: float, caught_up: bool) -> dict[str, Any]:
@@ -181,6 +296,10 @@ def summary(sink: Any, rep: Any, elapsed_s: float, caught_up: bool) -> dict[str,
         "worker_caught_up": caught_up,
         "elapsed_s": round(elapsed_s, 1),
         "verdicts": verdict_summary(sink, rep),
+        "benign_shift": None if getattr(rep, "benign_shift", None) is None else {
+            "tenant_id": rep.benign_shift.tenant_id, "cohort": rep.benign_shift.cohort,
+            "at_fraction": rep.benign_shift.at, "latency_factor": rep.benign_shift.latency_factor},
+        "lifecycle": lifecycle(sink),
     }
 
 
@@ -258,6 +377,17 @@ def print_summary(s: dict[str, Any], out: Path, console: Console) -> None:
                    _lines(f"{f['verdict']} at {f['stage_pct']:g}%", f"({f['samples_candidate']} cand.)") if f else "-",
                    "\n".join(c["regressed_metrics"]) or "-")
     console.print(vt)
+    lt = narrow_table("incident · restore to", "actions · by", "outcome",
+                      title="incident lifecycle (ledger: docs/queries.md)")
+    for c in s.get("lifecycle", []):
+        lt.add_row(_lines(c["tenant_id"], c["kind"], c["release_id"] or None,
+                          f"→ {c['restore_release_id']}" if c["restore_release_id"] else None,
+                          ", ".join(c["changed_components"]) or None,
+                          "rollback required" if c["rollback_required"] else None),
+                   "\n".join(f"{a['action']}\n  {a['actor']}" for a in c["actions"]) or "-",
+                   _lines(c["status"], c["resolution"] or None, f"detect {c['time_to_detect_s']:g} s",
+                          f"mitigate {c['time_to_mitigate_s']:g} s" if c["time_to_mitigate_s"] is not None else None))
+    console.print(lt)
     console.print(f"written {out}")
 
 

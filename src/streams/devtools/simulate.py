@@ -121,6 +121,23 @@ class InjectedChange:
 
 
 @dataclass
+class BenignShift:
+    """A change with no release behind it that operators accept (the demo's "accepted benign
+    shift"): from fraction ``at`` of the run on, latency in one tenant × cohort is
+    ``latency_factor`` x (an infrastructure move, say). It only scales values already drawn, so
+    every other trace is the same as without it."""
+
+    tenant_id: str
+    cohort: str
+    at: float
+    latency_factor: float
+
+
+#: the demo's benign shift: lakeside-ortho's orthopedics moves to a slower EHR gateway
+DEMO_BENIGN_SHIFT = BenignShift("lakeside-ortho", "orthopedics", 0.55, 1.5)
+
+
+@dataclass
 class RolloutPlan:
     """A staged rollout of a candidate release in one tenant × cohort.
 
@@ -174,6 +191,7 @@ class SimulationReport:
     slice_ordinal_at_injection: int = 0
     elapsed_s: float = 0.0
     rollouts: list[RolloutPlan] = field(default_factory=list)
+    benign_shift: BenignShift | None = None
     #: traces per rollout "tenant/cohort" and arm
     rollout_traces: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -204,6 +222,8 @@ class FleetSimulator:
         span_s: event-time span of the run, seconds, ending now.
         bad_input: send malformed messages and invalid records too.
         rollouts: staged rollouts to run (none by default; the demo runs ``DEMO_ROLLOUTS``).
+        benign_shift: a release-free latency change (none by default; the demo runs
+            ``DEMO_BENIGN_SHIFT``).
     """
 
     def __init__(self, traces: int = 50_000, seed: int = 7, inject_at: float = 0.45,
@@ -211,7 +231,9 @@ class FleetSimulator:
                  correction_factor: float = 2.5, latency_factor: float = 1.5, span_s: float = 6 * 3600,
                  bad_input: bool = True, replay_rate: float = 0.12, resubmit_rate: float = 0.07,
                  feedback_lag: tuple[int, int] = (50, 600), near_dup_rate: float = 0.04,
-                 conflict_rate: float = 0.02, rollouts: Sequence[RolloutPlan] = ()) -> None:
+                 conflict_rate: float = 0.02, rollouts: Sequence[RolloutPlan] = (),
+                 benign_shift: BenignShift | None = None) -> None:
+        self.benign_shift = benign_shift
         self.n = traces
         self.rng = random.Random(seed)
         self.seed = seed
@@ -240,6 +262,9 @@ class FleetSimulator:
         release = NEW_RELEASE if injected else BASE_RELEASE
         lat = _lognormal(rng, wf["latency_ms"] * COHORT_LATENCY[cohort], 0.35) * (
             self.change.latency_factor if injected else 1.0)
+        shift = self.benign_shift
+        if shift is not None and (tenant, cohort) == (shift.tenant_id, shift.cohort) and i >= shift.at * self.n:
+            lat *= shift.latency_factor
         out_tok = max(1, int(_lognormal(rng, wf["out"], 0.30)))
         in_tok = max(1, int(_lognormal(rng, wf["inp"], 0.25)))
         r = rng.random()
@@ -309,7 +334,8 @@ class FleetSimulator:
         is called every 1,000 traces."""
         rng = self.rng
         self._topic: dict[str, tuple[str, bool]] = {}  # trace_id → (correction topic, PHI tail)
-        rep = SimulationReport(injected=[self.change], rollouts=list(self.rollouts.values()))
+        rep = SimulationReport(injected=[self.change], rollouts=list(self.rollouts.values()),
+                               benign_shift=self.benign_shift)
         rep.rollout_traces = self.rollout_traces
         start_ms = int(time.time() * 1000) - self.span_ms - 60_000
         step = self.span_ms / max(self.n, 1)

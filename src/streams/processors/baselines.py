@@ -66,10 +66,12 @@ import numpy as np
 from streams.processors.metrics import (
     BERNOULLI,
     BERNOULLI_GROUP,
+    BERNOULLI_INDEX,
     GAUSSIAN,
     GAUSSIAN_DIRECTION,
     GAUSSIAN_GROUP,
     GROUPS,
+    INPUT_MIX_GROUP,
     N_BERNOULLI,
     N_GAUSSIAN,
     N_POISSON,
@@ -286,6 +288,51 @@ class SliceStore:
         self.n = len(keep)
         self.dirty = {i for i in range(self.n) if False}
         return dropped
+
+    def restart_detectors(self, row: int, group: int) -> None:
+        """Set every CUSUM of metric group ``group`` on ``row`` back to zero (statistic and
+        change-point counts): an incident marked false positive starts no evidence over."""
+        f = self.f
+        b = np.concatenate([group == BERNOULLI_GROUP] * 2)
+        g = group == GAUSSIAN_GROUP
+        p = group == POISSON_GROUP
+        for name in ("b_s", "b_n", "b_k"):
+            f[name][row, b] = 0.0
+        for name in ("g_su", "g_sd", "g_nu", "g_xu", "g_nd", "g_xd"):
+            f[name][row, g] = 0.0
+        for name in ("p_s", "p_n", "p_k"):
+            f[name][row, p] = 0.0
+        self.dirty.add(row)
+
+    def rebaseline(self, row: int, group: int, retain_traces: float) -> None:
+        """The slice adopts the level of the traffic that follows: the baselines of metric group
+        ``group`` on ``row`` keep at most ``retain_traces`` traces of weight (rates and means are
+        kept, their weight shrinks; the latency histogram and input mix are scaled down likewise),
+        the group's CUSUMs restart, and the slice warms up again (``count = 0``: its detectors
+        are disarmed until ``warmup_traces`` new traces have been learnt, so the new level is
+        learnt before anything is compared with it). Used by ``accept_new_baseline``.
+
+        With ``retain_traces = warmup/10`` the baseline after a warm-up of new traffic is about
+        91 % the new level (exponential weighting, ``weight_old / (weight_old + warmup)``).
+        """
+        f = self.f
+        bm = group == BERNOULLI_GROUP
+        f["b_w"][row, bm] = np.minimum(f["b_w"][row, bm], retain_traces)
+        gm = group == GAUSSIAN_GROUP
+        f["g_w"][row, gm] = np.minimum(f["g_w"][row, gm], retain_traces)
+        pm = group == POISSON_GROUP
+        den = f["p_den"][row, pm]
+        scale = np.minimum(1.0, retain_traces / np.maximum(den, 1e-12))
+        f["p_den"][row, pm] = den * scale
+        f["p_num"][row, pm] = f["p_num"][row, pm] * scale
+        scaled = (["hist"] if bm[BERNOULLI_INDEX["latency_p95"]] else []) + (["c_base"] if group == INPUT_MIX_GROUP
+                                                                             else [])
+        for name in scaled:
+            tot = float(f[name][row].sum())
+            if tot > retain_traces:
+                f[name][row] *= retain_traces / tot
+        self.restart_detectors(row, group)
+        f["count"][row, 0] = 0.0
 
     def group_statistic(self, row: int, group: int) -> float:
         """Largest CUSUM statistic (nats) among the detectors of metric group ``group`` on ``row``."""

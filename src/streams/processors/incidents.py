@@ -26,7 +26,14 @@ Rules (this docstring is their reference; README "Detection in one paragraph" su
   within ``platform_window_s`` (seasonal traffic, a provider-side change), the alarms become one
   incident on the ``platform`` layer (tenant empty, action observe / sample outputs), the tenant
   incidents it explains are resolved as superseded, and none of it is blamed on a release. A
-  worker sees the tenants of its partitions, so in scale-out this is per worker.
+  worker sees only the tenants of its partitions, so the worker decides from signals
+  (``platform_signals``, :meth:`IncidentManager.on_signals`): every worker sends its alarms and a
+  tenant census to one partition, whose owner applies the rule to all tenants (tenant incidents
+  are then not superseded, they are listed in the platform incident's ``also_seen``).
+- **Actions** (:meth:`IncidentManager.on_action`, topic ``agent.incident-actions.v1``): what the
+  rollout system did, applied once per ``action_id`` and shown in the incident's next revision;
+  ``accept_new_baseline`` re-baselines the incident's slices (:meth:`SliceStore.rebaseline`).
+  While open, a further worsening (a level beyond the reported interval) is an update at once.
 
 Classification (the drift matrix):
 
@@ -54,11 +61,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import Incident, IncidentKind, IncidentStatus, RecommendedAction, RolloutVerdict, Severity, Slice
+from schemas import (
+    ActionKind,
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    RecommendedAction,
+    RolloutVerdict,
+    Severity,
+    Slice,
+)
 from schemas.common import from_ms, to_ms
 from streams.processors.baselines import SliceInfo, SliceStore, parse_slice_key, slice_key
 from streams.processors.drift import Alarm
-from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, GROUP_INDEX
+from streams.processors.matrix import changed_components, matrix_row
+from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, DETECTORS, GROUP_INDEX
 from streams.state import StateBackend
 
 SEVERITIES = (Severity.low, Severity.medium, Severity.high, Severity.critical)
@@ -74,6 +91,30 @@ class TraceContext:
 
     trace_id: Callable[[int], str]
     event_time_ms: Callable[[int], int]
+
+
+@dataclass(slots=True)
+class ActionOutcome:
+    """What applying one incident action gave: the incident's next revision (``event``), or the
+    refusal (``error_class``, ``field``, ``value``, ``message``: a dead letter), or neither for a
+    redelivered action already applied (``replay``)."""
+
+    event: Incident | None = None
+    error_class: str | None = None
+    field: str | None = None
+    value: str | None = None
+    message: str = ""
+    replay: bool = False
+
+
+ACTION_KINDS = frozenset(a.value for a in ActionKind)
+#: actions that mitigate (their first sets ``mitigated_at``)
+MITIGATIONS = frozenset(("rollback_executed", "accept_new_baseline", "mark_false_positive"))
+#: actions shown in an incident event (the latest); the incident's state keeps all of them
+ACTIONS_SHOWN = 32
+#: resolved incidents kept per tenant (state ``done|``) so that later actions still apply to them;
+#: an action on an older one is refused as ``unknown_incident``
+CLOSED_KEPT = 256
 
 
 @dataclass
@@ -102,6 +143,13 @@ class OpenIncident:
     last_emit_ms: int
     marks: dict[str, float] = field(default_factory=dict)  # slice key -> its traces at its last alarm
     tenant_mark: float = 0.0  # the tenant's traces at the incident's last alarm
+    resolution: str | None = None  # once resolved: recovered, accepted_new_baseline, false_positive, superseded
+    acknowledged_by: str | None = None
+    suppressed_until_ms: int | None = None
+    mitigated_ms: int | None = None
+    actions: list[dict[str, Any]] = field(default_factory=list)  # applied actions (ActionTaken fields, ms)
+    restore_release_id: str | None = None
+    restore_release: dict[str, Any] | None = None
     rows: list[int] = field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -152,6 +200,9 @@ class IncidentManager:
         drained_nats: a detector below this statistic counts as recovered (default h/2: on null
             data P(S > x) <= exp(-x) per detector, so 70 detectors stay under 9 nats 99% of the
             time, while a persisting regression keeps its detectors above h/2 half of the time).
+        platform_signals: with several workers no one sees every tenant, so each worker sends the
+            alarms no release explains as :class:`schemas.PlatformSignal` (``signals_out``) and
+            the one worker owning the signals partition decides (:meth:`on_signals`).
         release_onset_fraction, release_onset_traces: the release is blamed when the change
             point lies within its first ``release_onset_traces`` traces or its first
             ``1 - release_onset_fraction`` share of traces.
@@ -161,7 +212,8 @@ class IncidentManager:
                  update_interval_s: float = 60.0, evidence: int = 20, max_open_per_tenant: int = 8,
                  release_onset_fraction: float = 0.8, release_onset_traces: int = 100,
                  drained_nats: float = 9.0, releases: dict[str, dict[str, Any]] | None = None,
-                 platform_window_s: float = 1800.0, warmup_traces: int = 300) -> None:
+                 platform_window_s: float = 1800.0, warmup_traces: int = 300,
+                 platform_signals: bool = False) -> None:
         self.store = store
         self.backend = backend
         self.resolve_after = resolve_after_traces
@@ -181,6 +233,12 @@ class IncidentManager:
         #: release_id -> manifest (filled by the pipeline from the traces it sees)
         self.releases = releases if releases is not None else {}
         self.loaded_partitions: set[int] = set()
+        #: decide platform-wide incidents from signals (:meth:`on_signals`) instead of locally
+        self.platform_signals = platform_signals
+        #: PlatformSignal dicts to publish (alarms no release explains), taken by the pipeline
+        self.signals_out: list[dict[str, Any]] = []
+        #: the platform detector's state (signals mode; on the worker owning the signals partition)
+        self.plat_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ persistence
     def load(self, partitions: set[int]) -> None:
@@ -192,6 +250,7 @@ class IncidentManager:
                 if inc.partition in partitions and inc.incident_id not in self.open:
                     self.open[inc.incident_id] = inc
         self.loaded_partitions = set(partitions)
+        self.plat_state = None  # reloaded from the backend by the owner of the signals partition
         self.platform_open = {inc.group: iid for iid, inc in self.open.items() if not inc.tenant_id}
         for inc in self.open.values():
             inc.rows = [r for r in (self.store.index.get(k) for k in inc.slices) if r is not None]
@@ -237,7 +296,7 @@ class IncidentManager:
                 if inc is None:
                     continue
                 out[inc.incident_id] = self._event(inc, IncidentStatus.open, ctx)
-            elif self._update(inc, alarm, info, ctx) or inc.incident_id in out:
+            elif self._update(inc, alarm, info, ctx, pending=inc.incident_id in out) or inc.incident_id in out:
                 # opened earlier in this batch: one event, still "open", with the latest state
                 first = out.get(inc.incident_id)
                 status = first.status if first is not None and first.status == IncidentStatus.open \
@@ -257,6 +316,10 @@ class IncidentManager:
         release explains (release slice, change from the release's start) are never folded.
         Returns True when the alarm was folded.
         """
+        if self.platform_signals:  # decided by the owner of the signals partition (on_signals)
+            if self._blame(alarm, info, alarm.metric.group) is None:
+                self.signals_out.append(_alarm_signal(alarm, info, ctx, self.evidence_max))
+            return False
         now = _time(alarm, ctx)
         metric = alarm.metric.name
         group = alarm.metric.group  # one platform episode per metric group
@@ -288,7 +351,7 @@ class IncidentManager:
             for other in list(self.open.values()):
                 if other.tenant_id and other.group == inc.group and other.release_id is None \
                         and now - other.first_seen_ms <= self.platform_window_ms:
-                    event = self._resolve(other, now, f"superseded by platform-wide incident {iid}")
+                    event = self._resolve(other, now, f"superseded by platform-wide incident {iid}", "superseded")
                     out[other.incident_id] = event
                     inc.also_seen.append(f"{other.primary}:{other.metric}")
             out[iid] = self._event(inc, IncidentStatus.open, ctx)
@@ -300,6 +363,94 @@ class IncidentManager:
             inc.best = _figures(alarm)
         self._persist(inc)
         return True
+
+    def on_signals(self, signals: list[dict[str, Any]], partition: int) -> list[Incident]:
+        """The platform-wide detector of a scaled-out worker group (``platform_signals`` mode).
+
+        Every worker sends the alarms no new release explains, and a census of its partitions'
+        tenants, as :class:`schemas.PlatformSignal` records keyed ``"platform"``: all land on one
+        partition of ``agent.platform-signals.v1``, so the one worker that owns it sees every
+        tenant and applies the rule of :meth:`_platform` to all of them: a metric group moving in
+        >= max(3, half of the tenants of the census) distinct tenants within
+        ``platform_window_s`` is one platform incident. Its episode counter and state are kept in
+        the backend on ``partition`` (the signals partition, owned by this worker alone), so with
+        N workers there is one counter, one id per episode and one writer of its revisions. The
+        census's event times are the clock: an incident no tenant reported for a window resolves.
+        Tenant incidents stay with their workers (not superseded as in the single-process mode;
+        the platform incident lists their slices in ``also_seen``).
+
+        Args:
+            signals: decoded ``PlatformSignal`` dicts in offset order (times in epoch ms).
+            partition: the signals partition they came from.
+
+        Returns:
+            Platform incident events (open / updated / resolved), one per incident.
+        """
+        st = self._plat(partition)
+        out: dict[str, Incident] = {}
+        for rec in signals:
+            t = int(rec["event_time"])
+            st["clock"] = max(st["clock"], t)
+            if rec["kind"] == "census":
+                st["census"][str(rec["source_partition"])] = int(rec["tenants"])
+                continue
+            group, tenant = rec["metric_group"], rec["tenant_id"]
+            note = f"{rec['slice_key']}:{rec['metric']}"
+            seen = st["alarms"].setdefault(group, {})  # tenant -> [ms of its latest alarm, its note]
+            if t >= seen.get(tenant, [0, ""])[0]:
+                seen[tenant] = [t, note]
+            for k in [k for k, (ts, _) in seen.items() if t - ts > self.platform_window_ms]:
+                del seen[k]
+            figures = {k: rec[k] for k in ("baseline", "observed", "ci_low", "ci_high", "effect", "samples",
+                                           "statistic", "threshold", "detector")}
+            inc = self.open.get(self.platform_open.get(group, ""))
+            if inc is None:
+                tenants = max(sum(st["census"].values()), len(seen))
+                if len(seen) < max(3, math.ceil(0.5 * tenants)):
+                    continue
+                episode = self._next_episode(PLATFORM_KEY, group, partition)
+                iid = hashlib.sha1(f"{PLATFORM_KEY}|{group}|{episode}".encode()).hexdigest()[:20]
+                inc = OpenIncident(
+                    incident_id=iid, tenant_id="", group=group, partition=partition, primary=PLATFORM_KEY,
+                    slices=[PLATFORM_KEY], revision=0, kind=_group_kind(group), metric=rec["metric"], best=figures,
+                    severity=_severity_of(rec["detector"], rec["effect"], rec["samples"], group), release_id=None,
+                    release=None, also_seen=sorted({n for _, n in seen.values()}),
+                    evidence=list(rec["evidence_trace_ids"])[-self.evidence_max:],
+                    detected_at_trace_id=rec["trace_id"] or "", detected_ms=t,
+                    first_seen_ms=min(min(ts for ts, _ in seen.values()), int(rec["first_seen"])), last_seen_ms=t,
+                    last_emit_ms=t)
+                self.open[iid] = inc
+                self.platform_open[group] = iid
+                out[iid] = self._build(inc, IncidentStatus.open, t)
+            else:
+                new_slice = note not in inc.also_seen and len(inc.also_seen) < 64
+                if new_slice:
+                    inc.also_seen.append(note)
+                inc.last_seen_ms = max(inc.last_seen_ms, t)
+                if figures["statistic"] - figures["threshold"] > inc.best["statistic"] - inc.best["threshold"]:
+                    inc.best, inc.metric = figures, rec["metric"]
+                interval = min(self.update_interval_ms * 2 ** max(inc.revision - 1, 0), 3_600_000)
+                if new_slice or t - inc.last_emit_ms >= interval:
+                    if inc.incident_id not in out:
+                        inc.revision += 1
+                    inc.last_emit_ms = t
+                    status = out[inc.incident_id].status if inc.incident_id in out else IncidentStatus.updated
+                    out[inc.incident_id] = self._build(inc, status, t)
+            self._persist(inc)
+        for inc in list(self.open.values()):
+            if not inc.tenant_id and inc.partition == partition and inc.incident_id not in out \
+                    and st["clock"] - inc.last_seen_ms >= self.platform_window_ms:
+                out[inc.incident_id] = self._resolve(inc, st["clock"], None)
+        self.backend.put("plat|state", json.dumps(st, sort_keys=True).encode(), partition)
+        return list(out.values())
+
+    def _plat(self, partition: int) -> dict[str, Any]:
+        """The platform detector's state (``{"alarms": {group: {tenant: [ms, note]}}, "census":
+        {partition: tenants}, "clock": ms}``), loaded once from the backend."""
+        if self.plat_state is None:
+            raw = self.backend.get("plat|state")
+            self.plat_state = json.loads(raw) if raw else {"alarms": {}, "census": {}, "clock": 0}
+        return self.plat_state
 
     def _release_onset(self, alarm: Alarm, info: SliceInfo) -> bool:
         """The alarm is on a release slice and the change started with that release."""
@@ -340,8 +491,7 @@ class IncidentManager:
         iid = hashlib.sha1(f"{info.key}|{group}|{episode}".encode()).hexdigest()[:20]
         ev_ids = _evidence(alarm, ctx)[-self.evidence_max :]
         now_ms = _time(alarm, ctx)
-        first_ms = now_ms if alarm.pos < 0 else ctx.event_time_ms(
-            alarm.cp_pos if alarm.cp_pos is not None else alarm.evidence[0])
+        first_ms = _first_ms(alarm, ctx)
         inc = OpenIncident(
             incident_id=iid, tenant_id=info.tenant_id, group=group, partition=info.partition, primary=info.key,
             slices=[info.key], revision=0, kind="", metric=alarm.metric.name, best=_figures(alarm),
@@ -355,13 +505,19 @@ class IncidentManager:
         self._persist(inc)
         return inc
 
-    def _update(self, inc: OpenIncident, alarm: Alarm, info: SliceInfo, ctx: TraceContext) -> bool:
+    def _update(self, inc: OpenIncident, alarm: Alarm, info: SliceInfo, ctx: TraceContext,
+                pending: bool = False) -> bool:
+        """Fold an alarm into an open incident; True when an event is due. ``pending``: the batch
+        already emits an event of this incident, which this one replaces (same revision: revisions
+        go up by one per event published, with no gaps)."""
         now_ms = _time(alarm, ctx)
         changed = False
         if inc.revision == 0 and now_ms < inc.detected_ms:
             # alarms of the opening batch are folded most-specific first; the detection point is
             # the earliest of them
             inc.detected_ms, inc.detected_at_trace_id = now_ms, _trace(alarm, ctx)
+        if inc.revision == 0:  # the change started at the earliest change point of the opening alarms
+            inc.first_seen_ms = min(inc.first_seen_ms, _first_ms(alarm, ctx))
         if info.key not in inc.slices:
             inc.slices.append(info.key)
             inc.rows.append(alarm.row)
@@ -381,9 +537,13 @@ class IncidentManager:
         if note != f"{inc.primary}:{inc.metric}" and note not in inc.also_seen:
             inc.also_seen.append(note)
         stronger = alarm.statistic - alarm.threshold > inc.best["statistic"] - inc.best["threshold"]
-        if (stronger or changed) and info.key == inc.primary:
+        # an open incident does not blind its slice: the detectors keep running against the
+        # frozen baseline, and a level beyond the reported interval is a worsening, reported now
+        worse = alarm.metric.name == inc.metric and _worse(alarm, inc.best)
+        if worse or ((stronger or changed) and info.key == inc.primary):
             inc.metric = alarm.metric.name
             inc.best = _figures(alarm)
+        changed = changed or worse
         for tid in _evidence(alarm, ctx):
             if tid not in inc.evidence:
                 inc.evidence.append(tid)
@@ -395,8 +555,11 @@ class IncidentManager:
         # routine updates back off exponentially (interval x 2^(revision-1), capped at 1 h)
         interval = min(self.update_interval_ms * 2 ** max(inc.revision - 1, 0), 3_600_000)
         due = now_ms - inc.last_emit_ms >= interval
+        if inc.suppressed_until_ms is not None and now_ms < inc.suppressed_until_ms and not worse:
+            changed = due = False  # suppressed: routine updates withheld (a worsening still goes out)
         if changed or due:
-            inc.revision += 1
+            if not pending:
+                inc.revision += 1
             inc.last_emit_ms = now_ms
             self._persist(inc)
             return True
@@ -462,6 +625,7 @@ class IncidentManager:
                     detected_ms=now_ms,
                     first_seen_ms=min(to_ms(verdict.first_seen), now_ms), last_seen_ms=now_ms, last_emit_ms=now_ms)
                 inc.tenant_mark = self._tenant_traffic(tenant)
+                self._set_restore(inc, tenant, verdict.cohort, verdict.workflow, verdict)
                 self.open[inc.incident_id] = inc
                 self._persist(inc)
                 return self._build(inc, IncidentStatus.open, now_ms)
@@ -470,6 +634,7 @@ class IncidentManager:
             inc.also_seen.append(note)
         if inc.release_id is None:
             inc.release_id, inc.release = verdict.release_id, inc.release or release
+            self._set_restore(inc, tenant, verdict.cohort, verdict.workflow, verdict)
             changed = True
         if inc.kind != IncidentKind.safety.value and inc.kind != IncidentKind.release_regression.value:
             inc.kind = IncidentKind.release_regression.value
@@ -494,11 +659,35 @@ class IncidentManager:
             if blamed is not None:
                 inc.release_id = blamed
                 inc.release = self.releases.get(blamed)
+                self._set_restore(inc, info.tenant_id, info.cohort, info.workflow)
         if inc.release_id is not None and inc.group != "safety":
             inc.kind = IncidentKind.release_regression.value
         else:
             inc.kind = _group_kind(inc.group)
         inc.severity = max(inc.severity, _severity(alarm, inc.group))
+
+    def _set_restore(self, inc: OpenIncident, tenant: str, cohort: str | None, workflow: str | None,
+                     verdict: RolloutVerdict | None = None) -> None:
+        """The release to restore for ``inc.release_id``: a rollback verdict's control release
+        (``verdict.restore_release_id``), else the busiest other release of the same tenant
+        (× cohort × workflow when given) that has its own traffic, i.e. the incumbent the new
+        release replaced (``None`` when there is none)."""
+        if verdict is not None and verdict.restore_release_id:
+            inc.restore_release_id = verdict.restore_release_id
+            inc.restore_release = verdict.restore_release.model_dump() if verdict.restore_release else None
+            return
+        f = self.store.f
+        best, traffic = None, 0.0
+        for r, si in enumerate(self.store.info):
+            if si.layer != "release" or si.tenant_id != tenant or si.release_id in (None, inc.release_id):
+                continue
+            if (cohort is not None and si.cohort != cohort) or (workflow is not None and si.workflow != workflow):
+                continue
+            own = float(f["own"][r, 0])
+            if own > traffic:
+                best, traffic = si.release_id, own
+        inc.restore_release_id = best
+        inc.restore_release = self.releases.get(best) if best else None
 
     def _blame(self, alarm: Alarm, info: SliceInfo, group: str) -> str | None:
         """The new release this change started with, if any (see module docstring).
@@ -562,7 +751,7 @@ class IncidentManager:
         f = self.store.f
         for inc in list(self.open.values()):
             if not inc.tenant_id:  # platform-wide: resolved once no tenant reports it for a window
-                if ctx_time_ms - inc.last_seen_ms >= self.platform_window_ms:
+                if not self.platform_signals and ctx_time_ms - inc.last_seen_ms >= self.platform_window_ms:
                     out.append(self._resolve(inc, ctx_time_ms, None))
                 continue
             g = GROUP_INDEX[inc.group]
@@ -576,21 +765,142 @@ class IncidentManager:
             out.append(self._resolve(inc, ctx_time_ms, None))
         return out
 
-    def _resolve(self, inc: OpenIncident, now_ms: int, note: str | None) -> Incident:
-        """Close an incident: unfreeze its slices' baselines, forget it, return the event."""
+    def _resolve(self, inc: OpenIncident, now_ms: int, note: str | None, resolution: str = "recovered") -> Incident:
+        """Close an incident: unfreeze its slices' baselines, forget it as open, return the event.
+
+        Its final state stays in the backend under ``done|<tenant>|<id>``, so actions that come
+        after the resolution (a rollback executed later, a false-positive mark) still apply to it
+        and emit its next revision."""
         f = self.store.f
         g = GROUP_INDEX[inc.group]
         for r in inc.rows:
             f["i_open"][r, g] = 0.0
             self.store.dirty.add(r)
         inc.revision += 1
+        inc.resolution = resolution
         inc.last_seen_ms = max(inc.last_seen_ms, now_ms)
         event = self._build(inc, IncidentStatus.resolved, now_ms, note)
         self.open.pop(inc.incident_id, None)
         if self.platform_open.get(inc.group) == inc.incident_id:
             del self.platform_open[inc.group]
-        self.backend.put(f"inc|{inc.tenant_id or PLATFORM}|{inc.incident_id}", b"", inc.partition)
+        owner = inc.tenant_id or PLATFORM
+        self.backend.put(f"inc|{owner}|{inc.incident_id}", b"", inc.partition)
+        self.backend.put(f"done|{owner}|{inc.incident_id}", inc.to_json(), inc.partition)
+        # bounded: the latest CLOSED_KEPT resolved incidents of a tenant still take actions
+        index_key = f"done-index|{owner}"
+        ids = json.loads(self.backend.get(index_key) or b"[]")
+        if inc.incident_id not in ids:
+            ids.append(inc.incident_id)
+        while len(ids) > CLOSED_KEPT:
+            self.backend.put(f"done|{owner}|{ids.pop(0)}", b"", inc.partition)
+        self.backend.put(index_key, json.dumps(ids).encode(), inc.partition)
         return event
+
+    # ------------------------------------------------------------------ actions
+    def on_action(self, action: dict[str, Any], partition: int) -> ActionOutcome:
+        """Apply one incident action (a decoded, validated ``IncidentAction`` dict, times in ms).
+
+        Refused (a dead letter, nothing changes) when the action is unknown (``unknown_action``),
+        the incident is not one of the tenant's (``unknown_incident``; ``foreign_incident`` when
+        this worker holds it for another tenant or it is platform-wide), or a field the action
+        needs is missing (``validation``: ``until`` after ``at`` for suppress, ``release_id`` for
+        promotion_executed). An ``action_id`` already applied to the incident is a replay (no
+        event: redelivery and resends apply once). Otherwise the effect (:class:`schemas.ActionKind`)
+        is applied and the incident's next revision returned, stamped with the action's time:
+        ``resolved`` for accept_new_baseline and mark_false_positive (and for any action on an
+        incident already resolved), ``updated`` otherwise.
+
+        Args:
+            action: ``IncidentAction`` fields; ``at`` and ``until`` in epoch ms.
+            partition: the tenant's source partition (where the incident's state is persisted).
+        """
+        kind, tenant, iid = action["action"], action["tenant_id"], action["incident_id"]
+        if kind not in ACTION_KINDS:
+            return ActionOutcome(error_class="unknown_action", field="action", value=kind,
+                                 message=f"unknown incident action {kind!r}; known: {', '.join(sorted(ACTION_KINDS))}")
+        inc = self.open.get(iid)
+        closed = False
+        if inc is None:
+            raw = self.backend.get(f"done|{tenant}|{iid}")
+            if raw:
+                inc, closed = OpenIncident.from_json(raw), True
+        if inc is None or inc.tenant_id != tenant:
+            holder = inc.tenant_id if inc is not None else self._closed_owner(iid)
+            if holder is not None:
+                whose = "a platform-wide incident" if holder == "" else "another tenant's incident"
+                return ActionOutcome(error_class="foreign_incident", field="incident_id", value=iid,
+                                     message=f"incident {iid} is {whose}, not one of tenant {tenant!r}'s")
+            return ActionOutcome(error_class="unknown_incident", field="incident_id", value=iid,
+                                 message=f"tenant {tenant!r} has no incident {iid} (never opened, or on a "
+                                         "partition this worker does not own)")
+        at, until = int(action["at"]), action.get("until")
+        if kind == ActionKind.suppress and (until is None or int(until) <= at):
+            return ActionOutcome(error_class="validation", field="until", value="null" if until is None else str(until),
+                                 message=f"suppress needs until after at={at} ms, got {until}")
+        if kind == ActionKind.promotion_executed and not action.get("release_id"):
+            return ActionOutcome(error_class="validation", field="release_id", value=None,
+                                 message="promotion_executed needs the release_id that was promoted")
+        if any(a["action_id"] == action["action_id"] for a in inc.actions):
+            return ActionOutcome(replay=True)
+        taken = {k: action.get(k) for k in ("action_id", "action", "actor", "reason", "at", "until", "release_id",
+                                            "restored_release_id")}
+        if kind == ActionKind.rollback_executed:
+            taken["release_id"] = taken["release_id"] or inc.release_id
+            taken["restored_release_id"] = taken["restored_release_id"] or inc.restore_release_id
+        inc.actions.append(taken)
+        if kind == ActionKind.acknowledge:
+            inc.acknowledged_by = inc.acknowledged_by or action["actor"]
+        elif kind == ActionKind.suppress:
+            inc.suppressed_until_ms = int(until)
+        if kind in MITIGATIONS and inc.mitigated_ms is None:
+            inc.mitigated_ms = at
+        resolves = kind in (ActionKind.accept_new_baseline, ActionKind.mark_false_positive)
+        resolution = "accepted_new_baseline" if kind == ActionKind.accept_new_baseline else "false_positive"
+        note = f"{kind} by {action['actor']}"
+        if closed:
+            if resolves:
+                inc.resolution = resolution
+                if kind == ActionKind.accept_new_baseline:
+                    self._rebaseline(inc)
+            inc.revision += 1
+            self.backend.put(f"done|{inc.tenant_id}|{iid}", inc.to_json(), inc.partition)
+            return ActionOutcome(event=self._build(inc, IncidentStatus.resolved, at, note))
+        if resolves:
+            if kind == ActionKind.accept_new_baseline:
+                self._rebaseline(inc)
+            else:
+                for r in inc.rows:
+                    self.store.restart_detectors(r, GROUP_INDEX[inc.group])
+            return ActionOutcome(event=self._resolve(inc, at, note, resolution))
+        inc.revision += 1
+        inc.last_emit_ms = max(inc.last_emit_ms, at)
+        self._persist(inc)
+        return ActionOutcome(event=self._build(inc, IncidentStatus.updated, at, note))
+
+    def knows(self, tenant_id: str, incident_id: str) -> bool:
+        """Whether ``incident_id`` is one of ``tenant_id``'s incidents here, open or resolved."""
+        inc = self.open.get(incident_id)
+        if inc is not None:
+            return inc.tenant_id == tenant_id
+        return bool(self.backend.get(f"done|{tenant_id}|{incident_id}"))
+
+    def _rebaseline(self, inc: OpenIncident) -> None:
+        """accept_new_baseline: every slice of the incident that this worker holds adopts the
+        post-change level of the incident's group (:meth:`SliceStore.rebaseline`)."""
+        g = GROUP_INDEX[inc.group]
+        rows = inc.rows or [r for r in (self.store.index.get(k) for k in inc.slices) if r is not None]
+        for r in rows:
+            self.store.rebaseline(r, g, retain_traces=max(self.warmup / 10.0, 1.0))
+
+    def _closed_owner(self, incident_id: str) -> str | None:
+        """The tenant ("" = platform) holding a resolved incident ``incident_id`` on this worker,
+        or ``None`` (a scan: only on the refusal path)."""
+        suffix = f"|{incident_id}"
+        for key, value in self.backend.items():
+            if key.startswith("done|") and key.endswith(suffix) and value:
+                owner = key[len("done|"):-len(suffix)]
+                return "" if owner == PLATFORM else owner
+        return None
 
     def _tenant_traffic(self, tenant: str) -> float:
         """Traces of ``tenant`` seen so far (its tenant-layer slice, else its busiest slice)."""
@@ -608,6 +918,7 @@ class IncidentManager:
     def _build(self, inc: OpenIncident, status: IncidentStatus, emitted_ms: int, note: str | None = None) -> Incident:
         layer, tenant, cohort, workflow, release = parse_slice_key(inc.primary)
         tenant = None if tenant == "*" else tenant
+        components = changed_components(inc.release, inc.restore_release)
         b = inc.best
         sev = SEVERITIES[min(inc.severity, 3)]
         action = self._action(inc)
@@ -627,7 +938,28 @@ class IncidentManager:
             threshold=_finite(b["threshold"]), severity=sev, action=action, release_id=inc.release_id,
             release=inc.release, also_seen=list(inc.also_seen[:32]), summary=summary,
             evidence_trace_ids=list(inc.evidence[-64:]), detected_at_trace_id=inc.detected_at_trace_id,
-            first_seen=from_ms(inc.first_seen_ms), last_seen=from_ms(inc.last_seen_ms), emitted_at=from_ms(emitted_ms))
+            first_seen=from_ms(inc.first_seen_ms), last_seen=from_ms(inc.last_seen_ms), emitted_at=from_ms(emitted_ms),
+            detected_at=from_ms(inc.detected_ms),
+            resolution=inc.resolution if status == IncidentStatus.resolved else None,
+            acknowledged_by=inc.acknowledged_by,
+            suppressed_until=from_ms(inc.suppressed_until_ms) if inc.suppressed_until_ms is not None else None,
+            mitigated_at=from_ms(inc.mitigated_ms) if inc.mitigated_ms is not None else None,
+            actions=[{**a, "at": from_ms(a["at"]), "until": from_ms(a["until"]) if a.get("until") is not None
+                      else None} for a in inc.actions[-ACTIONS_SHOWN:]],
+            restore_release_id=inc.restore_release_id, restore_release=inc.restore_release,
+            changed_components=components, drift_matrix=matrix_row(inc.kind, inc.release_id, components))
+
+
+def _worse(alarm: Alarm, best: dict[str, Any]) -> bool:
+    """The alarm's level, relative to its own slice's baseline, lies beyond the incident's
+    reported interval relative to its baseline, in the incident's direction (a rise: the alarm's
+    ``ci_low / baseline`` above the incident's ``ci_high / baseline``; a fall: mirrored). Ratios
+    make slices of one metric comparable (a workflow's latency differs from its tenant's)."""
+    if best.get("detector") == "canary_msprt" or alarm.baseline <= 0 or best["baseline"] <= 0:
+        return False
+    if best["observed"] >= best["baseline"]:
+        return alarm.ci_low / alarm.baseline > best["ci_high"] / best["baseline"]
+    return alarm.ci_high / alarm.baseline < best["ci_low"] / best["baseline"]
 
 
 def _figures(alarm: Alarm) -> dict[str, Any]:
@@ -658,6 +990,14 @@ def _evidence(alarm: Alarm, ctx: TraceContext) -> list[str]:
     return list(alarm.evidence_ids) if alarm.pos < 0 else [ctx.trace_id(p) for p in alarm.evidence]
 
 
+def _first_ms(alarm: Alarm, ctx: TraceContext) -> int:
+    """Event time of the alarm's estimated change point (its own time for feedback alarms), ms."""
+    now_ms = _time(alarm, ctx)
+    if alarm.pos < 0:
+        return now_ms
+    return min(now_ms, ctx.event_time_ms(alarm.cp_pos if alarm.cp_pos is not None else alarm.evidence[0]))
+
+
 def _time(alarm: Alarm, ctx: TraceContext) -> int:
     return int(alarm.event_time_ms or 0) if alarm.pos < 0 else ctx.event_time_ms(alarm.pos)
 
@@ -672,15 +1012,35 @@ def _finite(x: float) -> float:
 
 def _severity(alarm: Alarm, group: str) -> int:
     """0..3 = low..critical from effect size, exposure and group."""
-    fam = alarm.metric.family
-    e = abs(alarm.effect)
+    return _severity_family(alarm.metric.family, alarm.effect, alarm.samples, group)
+
+
+def _severity_of(detector: str, effect: float, samples: int, group: str) -> int:
+    """:func:`_severity` from a signal's figures (the family from the detector's name)."""
+    family = next((f for f, d in DETECTORS.items() if d == detector), "categorical")
+    return _severity_family(family, effect, samples, group)
+
+
+def _alarm_signal(alarm: Alarm, info: SliceInfo, ctx: TraceContext, evidence: int) -> dict[str, Any]:
+    """The ``PlatformSignal`` (kind alarm) of a tenant slice's alarm, times in ms."""
+    return {"kind": "alarm", "source_partition": info.partition, "tenants": 0, "tenant_id": info.tenant_id,
+            "slice_key": info.key, "metric_group": alarm.metric.group, "metric": alarm.metric.name,
+            "detector": alarm.metric.detector, "trace_id": _trace(alarm, ctx), "event_time": _time(alarm, ctx),
+            "first_seen": _first_ms(alarm, ctx), **{k: _finite(v) for k, v in _figures(alarm).items()
+                                                  if k not in ("samples", "detector")},
+            "samples": int(alarm.samples), "evidence_trace_ids": _evidence(alarm, ctx)[-evidence:]}
+
+
+def _severity_family(family: str, effect: float, samples: int, group: str) -> int:
+    fam = family
+    e = abs(effect)
     if fam in ("bernoulli", "poisson"):
         level = 2 if e >= 3 else 1 if e >= 1.8 else 0
     elif fam == "gaussian":
         level = 2 if e >= 2 else 1 if e >= 0.8 else 0
     else:
         level = 1 if e >= 0.05 else 0
-    if alarm.samples >= 1000:
+    if samples >= 1000:
         level += 1
     if group == "safety":
         level += 1

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from schemas import AgentTrace, DeadLetter, Feedback
+from schemas import AgentTrace, DeadLetter, Feedback, IncidentAction, PlatformSignal
 from schemas.codec import AvroCodec, CodecError, canonical_json
 from schemas.common import (
     LABEL_PATTERN,
@@ -63,6 +63,12 @@ from streams.processors.columns import ARM_CODES, OUTCOME_CODES, RawMessage
 
 TRACE_SCHEMAS = {"selfheal.v1.AgentTrace": None, "selfheal.v1.AgentTraceBatch": "traces"}
 FEEDBACK_SCHEMAS = {"selfheal.v1.Feedback": None, "selfheal.v1.FeedbackBatch": "items"}
+ACTION_SCHEMAS = {"selfheal.v1.IncidentAction": None}
+SIGNAL_SCHEMAS = {"selfheal.v1.PlatformSignal": None}
+_KINDS = {"traces": (TRACE_SCHEMAS, AgentTrace), "feedback": (FEEDBACK_SCHEMAS, Feedback),
+          "actions": (ACTION_SCHEMAS, IncidentAction), "signals": (SIGNAL_SCHEMAS, PlatformSignal)}
+#: kinds whose records are keyed by their own tenant_id (signals are all keyed "platform")
+_TENANT_KEYED = ("traces", "feedback", "actions")
 
 TENANT_KEY_RE = re.compile(TENANT_ID_PATTERN.removeprefix("^").removesuffix("$"))
 
@@ -323,11 +329,13 @@ _TRACE_FIELDS = len(AgentTrace.model_fields)
 
 
 class Ingest:
-    """Decoder + validator for one source topic kind (``"traces"`` or ``"feedback"``).
+    """Decoder + validator for one source topic kind (``"traces"``, ``"feedback"`` or ``"actions"``).
 
     Args:
         codec: the Avro codec (knows current and older writer schemas).
-        kind: ``"traces"`` or ``"feedback"``; decides which schemas the topic accepts.
+        kind: ``"traces"``, ``"feedback"``, ``"actions"`` (incident actions) or ``"signals"``
+            (platform signals, keyed ``"platform"``, not by their tenant); decides which schemas
+            the topic accepts.
         max_message_bytes: larger messages are dead-lettered as ``oversized`` before decoding.
         max_event_age_s, max_clock_skew_s: event-time window, seconds relative to wall clock.
     """
@@ -341,12 +349,12 @@ class Ingest:
         max_event_age_s: int = 30 * 86400,
         max_clock_skew_s: int = 300,
     ) -> None:
-        if kind not in ("traces", "feedback"):
-            raise ValueError(f"kind must be 'traces' or 'feedback', got {kind!r}")
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
         self.codec = codec
         self.kind = kind
-        self.accepted = TRACE_SCHEMAS if kind == "traces" else FEEDBACK_SCHEMAS
-        self.model = AgentTrace if kind == "traces" else Feedback
+        self.accepted, self.model = _KINDS[kind]
+        self.tenant_keyed = kind in _TENANT_KEYED
         self.max_message_bytes = max_message_bytes
         self.max_event_age_s = max_event_age_s
         self.max_clock_skew_s = max_clock_skew_s
@@ -415,7 +423,7 @@ class Ingest:
                         payload=canonical_json(rec) if batched else None,
                         tenant_id=key_tenant, now_ms=now_ms))
                     continue
-                if rec["tenant_id"] != key_tenant:
+                if self.tenant_keyed and rec["tenant_id"] != key_tenant:
                     out.dead_letters.append(make_dead_letter(
                         msg, index=i if batched else -1, error_class="key_mismatch", field_path="tenant_id",
                         value=rec["tenant_id"],

@@ -45,7 +45,7 @@ from tenacity import (
 
 from schemas import DeadLetter, Incident, RolloutVerdict
 from streams.config import Settings
-from streams.errors import SinkError
+from streams.errors import ConfigError, SinkError
 from streams.processors.columns import TraceColumns
 from streams.sinks.queries import TenantQueries, release_scorecards
 
@@ -84,6 +84,11 @@ _UNCLOSED_LOCK = threading.Lock()
 _TOKENS = itertools.count()
 
 
+def _ms_or_none(value: Any) -> int | None:
+    """Epoch ms of an optional datetime."""
+    return None if value is None else int(value.timestamp() * 1000)
+
+
 def unclosed_sinks() -> list[str]:
     """Locations (``chdb:///dir`` or a credential-free URL) of the :class:`ClickHouseSink` objects
     opened in this process and not closed, also those garbage-collected without :meth:`~ClickHouseSink.close`;
@@ -93,13 +98,23 @@ def unclosed_sinks() -> list[str]:
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """The numbered migrations shipped with the package: ``[(version, name, sql), ...]`` sorted."""
+    """The numbered migrations shipped with the package: ``[(version, name, sql), ...]`` sorted.
+
+    Raises:
+        ConfigError: two migrations share a version number (``schema_migrations`` is keyed by it).
+    """
     out = []
     for entry in resources.files("streams.sinks").joinpath("migrations").iterdir():
         m = MIGRATION_RE.match(entry.name)
         if m:
             out.append((int(m.group(1)), m.group(2), entry.read_text()))
-    return sorted(out)
+    out.sort()
+    seen: dict[int, str] = {}
+    for version, name, _ in out:
+        if version in seen:  # schema_migrations is keyed by version: the second would never apply
+            raise ConfigError(f"migration version {version:04d} is used twice: {seen[version]!r} and {name!r}")
+        seen[version] = name
+    return out
 
 
 class ClickHouseSink:
@@ -381,16 +396,40 @@ class ClickHouseSink:
                 "first_seen": int(inc.first_seen.timestamp() * 1000),
                 "last_seen": int(inc.last_seen.timestamp() * 1000),
                 "emitted_at": int(inc.emitted_at.timestamp() * 1000),
+                "detected_at": int((inc.detected_at or inc.first_seen).timestamp() * 1000),
+                "resolution": inc.resolution or "", "acknowledged_by": inc.acknowledged_by or "",
+                "suppressed_until": _ms_or_none(inc.suppressed_until), "mitigated_at": _ms_or_none(inc.mitigated_at),
+                "restore_release_id": inc.restore_release_id or "", "changed_components": inc.changed_components,
+                "likely_cause": inc.drift_matrix.likely_cause if inc.drift_matrix else "",
+                "safe_fix": inc.drift_matrix.safe_fix if inc.drift_matrix else "",
+                "validation_gate": inc.drift_matrix.validation_gate if inc.drift_matrix else "",
+                "rollback_required": bool(inc.drift_matrix and inc.drift_matrix.rollback_required),
             })
         if not rows:
             return 0
         cols = {k: [r[k] for r in rows] for k in rows[0]}
-        for k in ("first_seen", "last_seen", "emitted_at"):
+        for k in ("first_seen", "last_seen", "emitted_at", "detected_at", "suppressed_until", "mitigated_at"):
             cols[k] = pa.array(cols[k], type=pa.int64()).cast(TS)
         cols["revision"] = pa.array(cols["revision"], type=pa.uint32())
         cols["samples"] = pa.array(cols["samples"], type=pa.uint64())
         cols["release_manifest"] = pa.array(cols["release_manifest"], type=STR_MAP)
         return self._insert("incidents", pa.table(cols))
+
+    def write_actions(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert ``incident_actions`` ledger rows (``Pipeline.on_actions``; ``at``/``until`` in
+        epoch ms, ``until`` may be ``None``); keyed by tenant, incident and action_id, so a
+        redelivered action collapses.
+
+        Raises:
+            SinkError: after ``retry_s`` of failures.
+        """
+        if not rows:
+            return 0
+        cols = {k: [r[k] for r in rows] for k in rows[0]}
+        for k in ("at", "until"):
+            cols[k] = pa.array(cols[k], type=pa.int64()).cast(TS)
+        cols["revision"] = pa.array(cols["revision"], type=pa.uint32())
+        return self._insert("incident_actions", pa.table(cols))
 
     def write_dead_letters(self, letters: Iterable[DeadLetter], redact=None) -> int:
         """Insert dead-letter metadata (the original payload's hash and size, not the payload).
@@ -455,6 +494,8 @@ class ClickHouseSink:
                                           for v in verdicts], type=STR_MAP),
             "first_seen": pa.array([int(v.first_seen.timestamp() * 1000) for v in verdicts], type=pa.int64()).cast(TS),
             "emitted_at": pa.array(ms, type=pa.int64()).cast(TS),
+            "restore_release_id": [v.restore_release_id or "" for v in verdicts],
+            "changed_components": [v.changed_components for v in verdicts],
         })
         rows = [(v, e, t) for v, t in zip(verdicts, ms, strict=True) for e in v.scorecard]
         cards = pa.table({

@@ -6,8 +6,10 @@ Every batch, for traces and feedback alike::
     verdicts) ─► flush state ─► changelog ack wait ─► mark processed ─► ack
 
 The steps differ only in what they compute and write: :class:`TraceStep` (``Pipeline.on_traces``,
-traces to ClickHouse) and :class:`FeedbackStep` (decode, wait for the traces the feedback refers
-to (:mod:`streams.worker.join_wait`), ``Pipeline.on_feedback``, feedback rows to ClickHouse).
+traces to ClickHouse), :class:`FeedbackStep` (decode, wait for the traces the feedback refers
+to (:mod:`streams.worker.join_wait`), ``Pipeline.on_feedback``, feedback rows to ClickHouse) and
+:class:`ActionStep` (incident actions: wait likewise for the incidents they name,
+``Pipeline.on_actions``, ledger rows to ClickHouse).
 An exception inside a batch exits the process without acknowledging it, or, after a stop signal,
 leaves it uncommitted and exits 0 (:class:`~streams.worker.delivery.Shutdown`); either way the
 batch is redelivered. An error of the pipeline's computation is first recorded for its
@@ -22,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.config import Settings
@@ -52,6 +54,8 @@ class StepOutput:
     dead_letters: list[Any]
     verdicts: list[Any]
     written: int = 0
+    #: platform signals to publish (``Pipeline.take_signals``, taken right after the batch's pipeline call)
+    signals: list[Any] = field(default_factory=list)
 
 
 class Step(Protocol):
@@ -86,9 +90,11 @@ class TraceStep:
         stored = await self.outputs.stored_traces(unindexed)
         with processing():
             out = pipe.on_traces(messages, decoded=decoded, stored=stored)
+            signals = pipe.take_signals()
         if out.cols is not None:
             await self.outputs.write_traces(out.cols, out.attributes, out.batch_seq)
-        return StepOutput(out.incidents, out.dead_letters, out.verdicts, out.cols.n if out.cols is not None else 0)
+        return StepOutput(out.incidents, out.dead_letters, out.verdicts, out.cols.n if out.cols is not None else 0,
+                          signals)
 
 
 class FeedbackStep:
@@ -130,10 +136,82 @@ class FeedbackStep:
         refs = await wait.run(pipe.feedback.resolve, decoded.records, decoded.partitions, self.stopping)
         with processing():
             out = pipe.on_feedback(messages, decoded, refs)
+            signals = pipe.take_signals()
         if out.rows or out.submissions:
             await self.outputs.write_feedback(out.rows, out.submissions)
         self.outputs.add_patterns(out.patterns)  # refreshed on a timer (Outputs.refresh_patterns)
-        return StepOutput(out.incidents, out.dead_letters, out.verdicts, len(out.rows))
+        return StepOutput(out.incidents, out.dead_letters, out.verdicts, len(out.rows), signals)
+
+
+class SignalStep:
+    """Platform signals (only the worker owning the signals partition gets any): the platform-wide
+    detector (``Pipeline.on_signals``); its incidents are emitted like every other."""
+
+    what = "platform signal batch"
+
+    def __init__(self, pipeline: Pipeline, outputs: Outputs) -> None:
+        self.pipeline = pipeline
+        self.outputs = outputs
+
+    async def __call__(self, messages: list[RawMessage]) -> StepOutput:
+        """Run ``Pipeline.on_signals``. ``written``: 0 (nothing goes to ClickHouse but incidents)."""
+        await self.outputs.ready()
+        with processing():
+            out = self.pipeline.on_signals(messages)
+        return StepOutput(out.incidents, out.dead_letters, [])
+
+
+class ActionStep:
+    """Incident actions: wait until the incidents they name can be known, apply them, write the
+    ledger rows.
+
+    An action names an incident a trace (or feedback) batch opened; after a restart the action
+    agent may be ahead of the trace agent that re-creates that incident from its changelog and
+    replay. So an action whose incident is not known yet waits, as feedback waits for its trace
+    (:class:`~streams.worker.join_wait.JoinWait`), until the trace agent has read the tenant's
+    partition up to where the consumer stood when the wait began; only then is the incident
+    unknown (a dead letter ``unknown_incident``).
+
+    Args:
+        pipeline: the worker's pipeline (``on_actions``, ``incidents.knows``).
+        outputs: the sink (``incident_actions`` rows).
+        trace_position: trace partition → (next offset of the trace agent, high watermark).
+        stopping: true once a stop signal came (a waiting batch is then given up and redelivered).
+    """
+
+    what = "action batch"
+
+    def __init__(self, pipeline: Pipeline, outputs: Outputs, trace_position: Callable[[int], Position],
+                 stopping: Callable[[], bool], clock: Callable[[], float] = time.monotonic) -> None:
+        self.pipeline = pipeline
+        self.outputs = outputs
+        self.trace_position = trace_position
+        self.stopping = stopping
+        self.clock = clock
+
+    async def __call__(self, messages: list[RawMessage]) -> StepOutput:
+        """Wait for the named incidents (bounded by the trace agent's progress), run
+        ``Pipeline.on_actions``, write its ledger rows. ``written``: actions applied.
+
+        Raises:
+            Abandoned: stopped while waiting.
+        """
+        pipe = self.pipeline
+        await self.outputs.ready()
+        with processing():
+            decoded = pipe.action_ingest.decode(messages)
+
+        def resolve(records: list[dict[str, Any]], _partitions: list[int]) -> tuple[list[Any], list[int]]:
+            known = pipe.incidents.knows
+            return [True if known(r["tenant_id"], r["incident_id"]) else None for r in records], []
+
+        await JoinWait(0.0, self.trace_position, clock=self.clock).run(
+            resolve, decoded.records, decoded.partitions, self.stopping)
+        with processing():
+            out = pipe.on_actions(messages)
+        if out.rows:
+            await self.outputs.write_actions(out.rows)
+        return StepOutput(out.incidents, out.dead_letters, [], len(out.rows))
 
 
 class Assignment:
@@ -250,7 +328,8 @@ class BatchLoop:
             self.quarantined += 1
         else:
             out = await self.step(raws)
-        await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact)
+        await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact,
+                                out.signals)
         self.pipeline.flush_state()
         if self.quarantine is not None:
             self.quarantine.passed(raws)

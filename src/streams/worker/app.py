@@ -7,6 +7,10 @@ Topology (all topics keyed by tenant_id, ``Settings.partitions`` partitions)::
                                           ├─► agent.rollout-verdicts.v1
                                           └─► agent.deadletter.v1
     agent.feedback.v1 ──► process-feedback ─► ClickHouse feedback (+ incidents, dead_letters, verdicts)
+    agent.incident-actions.v1 ──► process-actions ─► ClickHouse incident_actions, incidents (next
+                                                     revision), dead_letters; agent.incidents.v1
+    agent.platform-signals.v1 ──► process-platform-signals (the worker owning the "platform" key's
+        partition: platform-wide incidents from every worker's alarms; IncidentManager.on_signals)
 
     changelog tables: baselines (slice rows), incident-state (open incidents, episodes),
                       feedback-seen (replay/resubmit ids), canary-state (rollout scorecards),
@@ -37,7 +41,7 @@ from streams.pipeline import Pipeline
 from streams.telemetry import WorkerTelemetry
 from streams.topics import TABLES, ensure_topics
 from streams.worker import faults, faust_fixes
-from streams.worker.agents import Assignment, BatchLoop, FeedbackStep, TraceStep
+from streams.worker.agents import ActionStep, Assignment, BatchLoop, FeedbackStep, SignalStep, TraceStep
 from streams.worker.delivery import (
     AgentDelivery,
     ChangelogAcks,
@@ -56,7 +60,7 @@ log = logging.getLogger("selfheal.worker")
 MAX_POLL_RECORDS = 500
 #: feedback channel capacity, messages: room for a fetch batch above faust's pause mark (80 %)
 FEEDBACK_BUFFER = 10 * MAX_POLL_RECORDS
-SOURCES = ("traces", "feedback")
+SOURCES = ("traces", "feedback", "actions", "signals")
 
 
 @dataclass
@@ -133,7 +137,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
            "partitions": settings.partitions}
     topics = {name: app.topic(settings.topic(name), **raw)
-              for name in ("traces", "incidents", "deadletter", "verdicts")}
+              for name in ("traces", "incidents", "deadletter", "verdicts", "actions", "signals")}
     topics["feedback"] = faust_fixes.topic_with_maxsize(app.topic(settings.topic("feedback"), **raw), FEEDBACK_BUFFER)
     processed = faust_fixes.ProcessedOffsets(settings.topic(name) for name in SOURCES)
     faust_fixes.install(processed)
@@ -151,7 +155,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"], acks),
                         incidents=TableBackend(tables["incident-state"], acks),
                         feedback_state=TableBackend(tables["feedback-seen"], acks), trace_lookup=outputs.trace_refs,
-                        canary_state=TableBackend(tables["canary-state"], acks))
+                        canary_state=TableBackend(tables["canary-state"], acks), platform_signals=True)
     faults.poison(pipeline, fault_settings)
     assignment = Assignment(app, settings.topic("traces"), pipeline)
     committed = partial(committed_offsets_retrying, settings)
@@ -163,7 +167,11 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     loops = {"traces": BatchLoop(settings, delivery["traces"], TraceStep(pipeline, outputs), **common),
              "feedback": BatchLoop(settings, delivery["feedback"],
                                    FeedbackStep(pipeline, outputs, settings.feedback_grace_s,
-                                                delivery["traces"].position, lambda: shutdown.stopping), **common)}
+                                                delivery["traces"].position, lambda: shutdown.stopping), **common),
+             "actions": BatchLoop(settings, delivery["actions"],
+                                  ActionStep(pipeline, outputs, delivery["traces"].position, lambda: shutdown.stopping),
+                                  **common),
+             "signals": BatchLoop(settings, delivery["signals"], SignalStep(pipeline, outputs), **common)}
     watchdog = SequencerWatchdog(app, list(delivery.values()), assignment.check,
                                  queued=lambda d: faust_fixes.channel_depth(topics[d.name]),
                                  stopping=lambda: shutdown.stopping)
@@ -180,6 +188,14 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     @app.agent(topics["feedback"], name="process-feedback")
     async def process_feedback(stream: faust.StreamT) -> None:
         await loops["feedback"].run(stream)
+
+    @app.agent(topics["actions"], name="process-actions")
+    async def process_actions(stream: faust.StreamT) -> None:
+        await loops["actions"].run(stream)
+
+    @app.agent(topics["signals"], name="process-platform-signals")
+    async def process_signals(stream: faust.StreamT) -> None:
+        await loops["signals"].run(stream)
 
     async def report() -> None:
         log.info("stats %s", json.dumps(worker.stats()))

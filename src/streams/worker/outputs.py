@@ -26,6 +26,12 @@ from streams.worker.delivery import Abandoned
 log = logging.getLogger("selfheal.worker")
 
 
+def incident_key(incident: Any) -> str:
+    """The Kafka key of an incident event: its tenant_id, ``"platform"`` for a platform-wide one
+    (``avro/incident.avsc``)."""
+    return incident.slice.tenant_id or "platform"
+
+
 class Outputs:
     """The sink's life cycle and writes, the output topics, and the coalesced pattern refresh.
 
@@ -164,15 +170,21 @@ class Outputs:
         sink = await self.ready()
         await self._call((sink.write_feedback, rows), (sink.write_submissions, submissions))
 
+    async def write_actions(self, rows: list[dict[str, Any]]) -> None:
+        """Insert incident-action ledger rows (``incident_actions``)."""
+        sink = await self.ready()
+        await self._call((sink.write_actions, rows))
+
     def add_patterns(self, patterns: dict[str, set[str]]) -> None:
         """Queue tenant → pattern ids for the next :meth:`refresh_patterns`."""
         for tenant, ids in patterns.items():
             self.pending_patterns.setdefault(tenant, set()).update(ids)
 
     async def emit(self, incidents: Sequence[Any], dead_letters: Sequence[Any], verdicts: Sequence[Any],
-                   redact: Callable[[str], str]) -> None:
-        """Write incidents, dead letters and rollout verdicts to ClickHouse, then publish them to
-        their topics and wait for the broker's acknowledgements. Dead letters are sealed once
+                   redact: Callable[[str], str], signals: Sequence[dict[str, Any]] = ()) -> None:
+        """Write incidents, dead letters and rollout verdicts to ClickHouse, then publish them, and
+        the platform ``signals`` (``agent.platform-signals.v1``, key ``"platform"``), to their
+        topics and wait for the broker's acknowledgements. Dead letters are sealed once
         (:func:`~streams.processors.deadletters.seal`: ``redact`` applied to their quoted text,
         numeric values kept, payload left out above ``dead_letter_max_payload_bytes`` or when
         ``dead_letter_payload`` is off), and that copy goes to both.
@@ -189,8 +201,12 @@ class Outputs:
             await self._call((sink.write_incidents, incidents), (sink.write_dead_letters, sealed),
                              (sink.write_verdicts, verdicts))
         codec = self.codec
-        await self.publish("incidents", [(i.slice.tenant_id, codec.encode_model(i)) for i in incidents])
+        # key = tenant_id (incident.avsc): an incident's events, and a tenant's, stay in order on the
+        # tenant's partition; platform-wide incidents (no tenant) are keyed "platform"
+        await self.publish("incidents", [(incident_key(i), codec.encode_model(i)) for i in incidents])
         await self.publish("verdicts", [(v.tenant_id, codec.encode_model(v)) for v in verdicts])
+        await self.publish("signals", [("platform", codec.encode("selfheal.v1.PlatformSignal", sig))
+                                       for sig in signals])
         # the envelope keeps the original payload up to the bound (restricted topic, for replay)
         await self.publish("deadletter", [(d.tenant_id, codec.encode_model(d)) for d in sealed])
 

@@ -123,3 +123,44 @@ def test_uniform_change_across_tenants_is_one_platform_incident_never_a_release_
     open_tenant = {e.incident_id for e in latency if e.slice.tenant_id and e.status == IncidentStatus.open}
     resolved = {e.incident_id for e in latency if e.status == IncidentStatus.resolved and "superseded" in e.summary}
     assert open_tenant <= resolved
+
+
+def test_platform_incidents_with_two_workers_are_decided_once_from_both_workers_signals():
+    """Each worker sees half the tenants; in signals mode they send their alarms and censuses and
+    the owner of the signals partition opens one platform incident, with an id no other worker
+    can reuse for another episode."""
+    from streams.processors.incidents import PLATFORM
+
+    def worker(tenants):
+        r = Run()
+        r.mgr.platform_signals = True
+        fleet = [Slice(f"t{i}", "cardiology", 1 / len(tenants), partition=i) for i in tenants]
+        slower = [Slice(f"t{i}", "cardiology", 1 / len(tenants), partition=i, effect=Effect(latency=1.6))
+                  for i in tenants]
+        return r, fleet, slower
+
+    (a, fa, sa), (b, fb, sb) = worker([0, 1, 2]), worker([3, 4, 5])
+    for r, fleet, slower in ((a, fa, sa), (b, fb, sb)):
+        r.feed(fleet, 18_000)
+        r.feed(slower, 9_000)
+    # no worker decides alone: no platform incident among their events
+    assert not any(e.slice.layer == PLATFORM for e in a.events + b.events)
+    signals = a.mgr.signals_out + b.mgr.signals_out
+    census = [{"kind": "census", "source_partition": p, "tenants": 1, "event_time": T0, "first_seen": T0,
+               "evidence_trace_ids": []} for p in range(6)]
+    alarms = sorted((s for s in signals if s["metric_group"] == "latency"), key=lambda s: s["event_time"])
+    assert len({s["tenant_id"] for s in alarms}) >= 4, "both workers' tenants alarmed"
+    owner = Run()
+    owner.mgr.platform_signals = True
+    events = owner.mgr.on_signals(census + alarms, partition=2)
+    opened = [e for e in events if e.slice.layer == PLATFORM and e.metric_group == "latency"]
+    assert len(opened) == 1 and opened[0].status == IncidentStatus.open
+    assert len({x.split("|")[1] for x in opened[0].also_seen}) >= 3  # tenants of both workers
+    # a second episode after the first resolved gets another id (one counter, on the owner's partition)
+    quiet = census[0] | {"event_time": alarms[-1]["event_time"] + 2 * owner.mgr.platform_window_ms}
+    resolved = owner.mgr.on_signals([quiet], partition=2)
+    assert [e.status for e in resolved] == [IncidentStatus.resolved]
+    later = [dict(s, event_time=s["event_time"] + 3 * owner.mgr.platform_window_ms,
+                  first_seen=s["first_seen"] + 3 * owner.mgr.platform_window_ms) for s in alarms]
+    second = [e for e in owner.mgr.on_signals(later, partition=2) if e.status == IncidentStatus.open]
+    assert len(second) == 1 and second[0].incident_id != opened[0].incident_id

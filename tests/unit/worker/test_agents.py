@@ -46,7 +46,7 @@ def make_loop(calls, step, stopping=False):
             calls.append(f"acks {timeout_s:g}")
 
     class Outputs:
-        async def emit(self, incidents, dead_letters, verdicts, redact):
+        async def emit(self, incidents, dead_letters, verdicts, redact, signals=()):
             calls.append(f"emit {len(incidents)} {len(dead_letters)} {len(verdicts)}")
 
     class Processed(ProcessedOffsets):
@@ -153,6 +153,9 @@ class Outputs:
     async def write_feedback(self, rows, submissions):
         self.calls.append(("feedback", len(rows), len(submissions)))
 
+    async def write_actions(self, rows):
+        self.calls.append(("actions", len(rows)))
+
     def add_patterns(self, patterns):
         self.calls.append(("patterns", patterns))
 
@@ -168,9 +171,11 @@ def test_the_trace_step_checks_unindexed_ids_in_the_store_then_writes_valid_trac
             return out
 
         pipeline = SimpleNamespace(decode_traces=lambda msgs: "decoded", on_traces=on_traces,
-                                   unindexed_trace_ids=lambda dec: {"acme": ["t0"]} if dec == "decoded" else {})
+                                   unindexed_trace_ids=lambda dec: {"acme": ["t0"]} if dec == "decoded" else {},
+                                   take_signals=lambda: ["s"])
         res = asyncio.run(TraceStep(pipeline, outputs)([]))
         assert (res.incidents, res.dead_letters, res.written) == (["i"], ["d"], 3 if cols else 0)
+        assert res.signals == ["s"]  # the batch's platform signals go out with it
         assert seen == {"decoded": "decoded", "stored": {("acme", "t0"): [(1, 0, 0)]}}
         stored = ("stored", {"acme": ["t0"]})
         # the batch's processing sequence number is stored with its traces (streams.replay)
@@ -187,10 +192,39 @@ def test_the_feedback_step_waits_for_its_traces_then_writes_and_queues_patterns(
         return SimpleNamespace(rows=[{"r": 1}], submissions=[], incidents=[], dead_letters=[], verdicts=["v"],
                                patterns={"acme": {"p1"}})
 
-    pipeline = SimpleNamespace(decode_feedback=lambda msgs: decoded, on_feedback=on_feedback,
+    pipeline = SimpleNamespace(decode_feedback=lambda msgs: decoded, on_feedback=on_feedback, take_signals=list,
                                feedback=SimpleNamespace(resolve=lambda records, partitions: next(resolved)))
     outputs = Outputs()
     step = FeedbackStep(pipeline, outputs, grace_s=30.0, trace_position=lambda p: (8, 8), stopping=lambda: False)
     res = asyncio.run(step([]))
     assert seen["refs"] == ["ref"] and res.verdicts == ["v"] and res.written == 1
     assert outputs.calls == ["ready", ("feedback", 1, 0), ("patterns", {"acme": {"p1"}})]
+
+
+def test_the_action_step_waits_until_the_trace_agent_could_have_opened_the_incident():
+    """An action whose incident is unknown waits while the tenant's trace partition is not read
+    up to where the consumer stood (the incident may still come from that backlog), then applies."""
+    from streams.worker.agents import ActionStep
+
+    known = {"now": False}
+    position = {"next": 5}
+    decoded = SimpleNamespace(records=[{"tenant_id": "acme", "incident_id": "i1"}], partitions=[2])
+
+    def knows(tenant, iid):
+        position["next"] += 2  # the trace agent advances meanwhile; at 9 it has opened the incident
+        known["now"] = position["next"] >= 9
+        return known["now"]
+
+    applied = {}
+
+    def on_actions(msgs):
+        applied["known"] = known["now"]
+        return SimpleNamespace(incidents=["rev"], dead_letters=[], rows=[{"a": 1}])
+
+    pipeline = SimpleNamespace(action_ingest=SimpleNamespace(decode=lambda msgs: decoded), on_actions=on_actions,
+                               incidents=SimpleNamespace(knows=knows))
+    outputs = Outputs()
+    step = ActionStep(pipeline, outputs, trace_position=lambda p: (position["next"], 9), stopping=lambda: False)
+    res = asyncio.run(step([]))
+    assert applied["known"] and res.incidents == ["rev"] and res.written == 1
+    assert outputs.calls == ["ready", ("actions", 1)]

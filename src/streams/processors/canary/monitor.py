@@ -307,6 +307,8 @@ class CanaryMonitor:
             sc = None
             if arm == 0:
                 side = "c"
+                if g.control_manifest is None and cols.records:
+                    g.control_manifest = dict(cols.records[i]["release"])
             else:
                 side = ARM_NAMES[arm].value
                 stage = float(cols.stage_pct[i])

@@ -60,6 +60,7 @@ from schemas.verdict import (
 )
 from streams.processors.canary.sequential import GRID, RHO, MixtureTest
 from streams.processors.columns import ARM_CODES
+from streams.processors.matrix import changed_components, matrix_row
 from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, CANARY_USES, N_CANARY_METRICS
 
 # ---------------------------------------------------------------------- metrics (derived)
@@ -277,6 +278,8 @@ class Group:
     #: "ids": {trace id: 1 corrected | 2 safety feedback}} (a trace counts once per metric)
     buckets: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     manifest: dict[str, Any] | None = None
+    #: the control arm's release manifest as seen on its traces (what a rollback restores)
+    control_manifest: dict[str, Any] | None = None
     scorecards: dict[str, Scorecard] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -289,14 +292,16 @@ class Group:
                      for w, c in self.ctrl.items()},
             "buckets": {str(b): {w: {k: (v if k in ("thr", "ids") else v.tolist()) for k, v in e.items()}
                                  for w, e in wfs.items()} for b, wfs in self.buckets.items()},
-            "manifest": self.manifest, "scorecards": {k: v.to_json() for k, v in sorted(self.scorecards.items())},
+            "manifest": self.manifest, "control_manifest": self.control_manifest,
+            "scorecards": {k: v.to_json() for k, v in sorted(self.scorecards.items())},
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Group:
         """Inverse of :meth:`to_json`."""
         g = cls(**{k: d[k] for k in ("key", "tenant", "release", "cohort", "scope", "partition", "last_offset",
-                                      "last_event_ms", "imm_upto", "mat_upto", "manifest")})
+                                      "last_event_ms", "imm_upto", "mat_upto", "manifest")},
+                control_manifest=d.get("control_manifest"))
         g.ctrl = {w: {"n": c["n"], **{k: _dense(c[k]) for k in _CONTROL_KEYS}, "cost_sum": c["cost_sum"]}
                   for w, c in d["ctrl"].items()}
         g.buckets = {int(b): {w: {k: (v if k in ("thr", "ids") else np.asarray(v, dtype=np.float64))
@@ -407,6 +412,9 @@ class ScorecardRules:
             except ValidationError:
                 manifest = None
         arm = ARM_NAMES[sc.arm]
+        restore = _manifest(g.control_manifest)
+        components = changed_components(g.manifest, g.control_manifest)
+        matrix = matrix_row("release_regression", g.release, components) if verdict == Verdict.rollback else None
         return RolloutVerdict(
             verdict_id=verdict_id(g.key, sc.sid), revision=sc.revision, release_id=g.release, tenant_id=g.tenant,
             cohort=g.cohort, workflow=None if g.scope == "*" else g.scope, arm=arm, stage_pct=sc.stage,
@@ -415,7 +423,9 @@ class ScorecardRules:
             reason=reason, scorecard=entries, samples_control=int(sc.counts[M_TASK, 0]),
             samples_candidate=int(sc.counts[M_TASK, 2]), exposure=sc.seen if arm == CandidateArm.canary else 0,
             evidence_trace_ids=evidence, release=manifest, first_seen=from_ms(sc.first_seen_ms),
-            emitted_at=from_ms(max(g.last_event_ms, sc.first_seen_ms)))
+            emitted_at=from_ms(max(g.last_event_ms, sc.first_seen_ms)),
+            restore_release_id=restore.release_id if restore else None, restore_release=restore,
+            changed_components=components, drift_matrix=matrix)
 
     @staticmethod
     def _reason(verdict: Verdict, entries: Sequence[ScorecardEntry], sc: Scorecard, harm: np.ndarray,
@@ -455,3 +465,13 @@ def push_bounded(ring: list[str], item: str, limit: int) -> None:
     ring.append(item)
     if len(ring) > 2 * limit:
         del ring[: len(ring) - limit]
+
+
+def _manifest(data: dict[str, Any] | None) -> ReleaseManifest | None:
+    """A manifest dict as the contract model (``None`` when absent or invalid)."""
+    if not data:
+        return None
+    try:
+        return ReleaseManifest.model_validate(data)
+    except ValidationError:
+        return None
