@@ -91,7 +91,7 @@ def run_loop(state, poison_offset, batch, max_attempts=1, error=ValueError):
             pass
 
     class Outputs:
-        async def emit(self, incidents, dead_letters, verdicts, redact):
+        async def emit(self, incidents, dead_letters, verdicts, redact, signals=()):
             emitted.extend(dead_letters)
 
     async def step(messages):
