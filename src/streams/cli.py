@@ -104,6 +104,18 @@ def migrate() -> None:
         console.print(f"{sink.location}: applied {sink.migrate() or 'nothing (up to date)'}")
 
 
+@app.command("row-policies")
+def row_policies(database: str = "selfheal") -> None:
+    """Print the ClickHouse row-policy template generated from the migrations (tenant isolation on a
+    server; committed as deploy/clickhouse/row_policies.sql, docs/security.md)."""
+    from streams.sinks.row_policies import RowPolicyError, render
+
+    try:
+        sys.stdout.write(render(database))
+    except RowPolicyError as exc:
+        fail(str(exc))
+
+
 @app.command()
 def worker() -> None:
     """Run a stream worker (faust) until SIGTERM (log level: SELFHEAL_FAUST_LOGLEVEL)."""
