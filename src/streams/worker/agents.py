@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from streams.config import Settings
 from streams.pipeline import Pipeline
 from streams.processors.columns import RawMessage
+from streams.signing import header_map
 from streams.worker.delivery import AgentDelivery, ChangelogAcks, Shutdown
 from streams.worker.faust_fixes import ProcessedOffsets
 from streams.worker.join_wait import JoinWait, Position
@@ -36,7 +37,7 @@ log = logging.getLogger("selfheal.worker")
 def raw_messages(events: list[Any]) -> list[RawMessage]:
     """The pipeline's view of faust events (timestamp s → ms)."""
     return [RawMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                       int((e.message.timestamp or 0) * 1000)) for e in events]
+                       int((e.message.timestamp or 0) * 1000), header_map(e.message.headers)) for e in events]
 
 
 @dataclass
