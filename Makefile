@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv kafka kafka-stop demo test unit lint bench bench-drift bench-canary chaos clean
+.PHONY: venv kafka kafka-stop demo test unit lint bench bench-drift bench-canary bench-phi chaos clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-drift: venv
 
 bench-canary: venv
 	$(BIN)/selfheal bench-canary $(BENCH_ARGS)
+
+bench-phi: venv
+	$(BIN)/selfheal bench-phi $(BENCH_ARGS)
 
 chaos: venv kafka
 	$(BIN)/selfheal chaos $(CHAOS_ARGS)

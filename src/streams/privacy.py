@@ -36,12 +36,15 @@ rule's examples), and :func:`needs_ner`.
 
 from __future__ import annotations
 
+import bz2
+import functools
 import hashlib
 import hmac
+import pickle
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +87,22 @@ DEVICE = re.compile(
 STREET = re.compile(
     r"\b\d{1,5} (?:[A-Z][a-z]+ ){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct"
     r"|Way|Place|Pl|Terrace|Circle|Highway|Hwy)\b\.?(?:,? (?:Apt|Unit|Suite) ?#?\w+)?")
-ZIP = re.compile(r"\b(?:[A-Z]{2},?|zip(?: code)?:?|postal code:?)\s+(?P<zip>\d{5}(?:-\d{4})?)\b")
+ZIP = re.compile(r"\b(?:[A-Z]{2},?|(?i:zip(?: code)?:?|postal code:?))\s+(?P<zip>\d{5}(?:-\d{4})?)\b")
+URL = re.compile(r"\b(?:(?:https?|ftp)://|www\.)[^\s<>\"']+[^\s<>\"'.,;:!?)]", re.IGNORECASE)
+#: a capitalised word (or two) after words that introduce a place
+PLACE_CONTEXT = re.compile(
+    r"\b(?i:lives in|living in|lives at|resides in|residing in|moved (?:here )?from|moved to|relocated (?:from|to)"
+    r"|address:?|home address:?|city:?|town of|city of|county:?|county of|home in"
+    r"|transferred from|hometown|born in|visiting from|travel(?:l?ed)? to|returned from)"
+    r"\s+(?P<place>[A-Z][a-z]+(?:[ -][A-Z][a-z]+)?)")
+#: a capitalised name after a word that introduces a person (relation, attribution); the first
+#: word must not be clinical vocabulary (checked by the rule's ``accept``)
+#: one capitalised name word: "Lee", "McAllister", "O'Brien", "Seo-yeon", "Rahman-Castillo"
+NAME_WORD = r"[A-Z](?:'[A-Z])?[a-z'’]+(?:[A-Z][a-z'’]+)?(?:-[A-Za-z][a-z'’]+(?:[A-Z][a-z'’]+)?)*"
+NAME_CONTEXT = re.compile(
+    r"\b(?i:wife|husband|son|daughter|mother|father|sister|brother|spouse|partner|guardian|caregiver|niece"
+    r"|nephew|grandson|granddaughter|per|seen with|spoke with|spoke to|called|pt|patient)"
+    r"\s+(?P<name>" + NAME_WORD + r"(?:,? [A-Z]\.)?(?:,? " + NAME_WORD + r")?)")
 NAME_TITLE = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.? [A-Z][a-z]+(?:[ -][A-Z][a-z]+)?")
 NAME_LABEL = re.compile(
     r"\b(?:patient|pt|name|patient name)\s*:\s*(?P<name>[A-Za-z][a-z]+(?: [A-Za-z][a-z]+){0,2})", re.IGNORECASE)
@@ -116,13 +134,17 @@ class Rule:
     examples: tuple[str, ...]
     pattern: re.Pattern[str] | None
     group: str | None = None
+    accept: Callable[[str], bool] | None = None
 
     def spans(self, text: str, region: str) -> list[tuple[int, int]]:
         """``(start, end)`` character offsets of every match in ``text`` (``region``: default
-        phone region, ISO 3166 code)."""
+        phone region, ISO 3166 code). Phones: libphonenumber's ``POSSIBLE`` leniency (a number of
+        a possible length, also with an area code not in service: still an identifier here)."""
         if self.pattern is None:
-            return [(m.start, m.end) for m in phonenumbers.PhoneNumberMatcher(text, region)]
-        return [m.span(self.group) if self.group else m.span() for m in self.pattern.finditer(text)]
+            matcher = phonenumbers.PhoneNumberMatcher(text, region, phonenumbers.Leniency.POSSIBLE)
+            return [(m.start, m.end) for m in matcher]
+        spans = [m.span(self.group) if self.group else m.span() for m in self.pattern.finditer(text)]
+        return [s for s in spans if self.accept(text[s[0]:s[1]])] if self.accept else spans
 
 
 #: the project's rules (an e-mail or record id goes before the date and phone patterns that would
@@ -138,7 +160,15 @@ RULES: tuple[Rule, ...] = (
     Rule("date", "DATE", _DIGIT, ("DOB 03/14/1962", "born March 3, 1961", "on 2024-02-29", "seen on 4 July"),
          DATE),
     Rule("street", "LOCATION", _DIGIT, ("lives at 12 Elm Street, Apt 4",), STREET),
-    Rule("zip", "LOCATION", _DIGIT, ("Boston, MA 02139", "zip 60614-1234"), ZIP, "zip"),
+    Rule("zip", "LOCATION", _DIGIT, ("Boston, MA 02139", "Zip 60614-1234"), ZIP, "zip"),
+    Rule("url", "URL", r"://|www\.", ("see https://portal.example.org/p/1", "http://10.9.1.5/chart", "www.x.org"), URL),
+    Rule("place_context", "LOCATION", r"\b(?:in|from|to|at|address|city|town|county|of)\b",
+         ("lives in Boise", "transferred from Grand Rapids", "address: Worcester"),
+         PLACE_CONTEXT, "place", lambda s: not _all_vocabulary(s)),
+    Rule("name_context", "NAME", r"\b(?:wife|husband|son|daughter|mother|father|sister|brother|spouse|partner"
+         r"|guardian|caregiver|niece|nephew|grandson|granddaughter|per|seen|spoke|called|pt|patient)\b",
+         ("per Layla Moore", "wife Elena Muller-Rossi", "daughter Ann B. Lee"), NAME_CONTEXT, "name",
+         lambda s: not _first_is_vocabulary(s)),
     Rule("name_label", "NAME", r"\b(?:patient|pt|name)\b", ("Patient: John Smith reports", "pt: Ann Lee",
                                                            "name : Bo Li", "pt: jose alvarez"), NAME_LABEL, "name"),
     Rule("name_title", "NAME", r"\b(?:mr|mrs|ms|miss|dr|prof)\b", ("seen by Dr. Alice Wong today", "Mrs Jones"),
@@ -180,6 +210,11 @@ icd icd-10 cpt loinc snomed rxnorm ndc code codes level levels value values resu
 reason reasons because due per as needed with without without and or not also then after before
 please see refer note added removed updated fixed replaced template clinic vaccination record
 allergy allergic nkda nka sulfa penicillin latex iodine shellfish
+moved applied softened re-pulled pulled rewrote reworded rephrased clarified deleted inserted fixed edited
+revised amended flagged documented confirmed verified reconciled merged restored simplified expanded shortened
+marked linked tagged attached lookup wording heading template section
+discussed discuss explained reviewed noted considered
+bp hr rr ef ra cr na hgb hct plt wbc rbc ldl hdl tsh inr ptt qtc egfr gfr spo2 bun alt ast alp crp esr psa ua ck bnp
 recommend recommended recommendation goal goals target targets lifestyle diet exercise smoking alcohol
 mon tue wed thu fri sat sun monday tuesday wednesday thursday friday saturday sunday
 january february march april june july august september october november december
@@ -206,7 +241,7 @@ finasteride allopurinol colchicine methotrexate hydroxychloroquine adalimumab ty
 lipitor zocor crestor plavix eliquis xarelto coumadin lasix synthroid glucophage januvia jardiance
 ozempic lantus humalog novolog norvasc zestril toprol lopressor coreg prilosec nexium protonix zofran
 neurontin lyrica zoloft prozac lexapro wellbutrin seroquel ativan xanax klonopin valium ambien
-keflex cipro levaquin flagyl diflucan valtrex tamiflu flomax proscar zyloprim
+keflex cipro levaquin flagyl diflucan valtrex tamiflu flomax proscar zyloprim sinemet norco percocet
 """
 #: eponyms of diseases, signs, scores and manoeuvres (a surname that is not a person here)
 _EPONYMS = """
@@ -238,34 +273,121 @@ CLINICAL_VOCABULARY: frozenset[str] = frozenset(
     {w.lower() for w in STOP_WORDS} | set((_CLINICAL_WORDS + _DRUGS + _EPONYMS).split()))
 
 _CAPITALISED = re.compile(r"\b[A-Z][a-z'’-]+\b|\b[A-Z]{2,}[a-z]*\b(?=\s+[A-Z][a-z])")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
+
+
+@functools.cache
+def drug_words() -> frozenset[str]:
+    """Single-word drug names, generic and brand, lower case (~36,000), from the dictionary of
+    the PyPI package ``drug-named-entity-recognition`` (Fast Data Science; built from DrugBank,
+    MeSH, Wikipedia and the NHS list). Loaded once per process on first use (~1.3 s).
+
+    The package's data file is read directly: importing its finder module also reads caches in the
+    home directory and can call the OMOP web API, which redaction must never do.
+    """
+    from importlib import resources
+
+    with resources.files("drug_named_entity_recognition").joinpath("drug_ner_dictionary.pkl.bz2").open("rb") as f:
+        variants = pickle.loads(bz2.decompress(f.read()))["drug_variant_to_canonical"]
+    return frozenset(v for v in variants if " " not in v and v.isascii() and len(v) > 3)
+
+
+def _norm(word: str) -> str:
+    return word.lower().removesuffix("'s").removesuffix("’s").rstrip("'’")
+
+
+def _known(word: str) -> bool:
+    w = _norm(word)
+    return _vocabulary_word(w) or w in drug_words()
+
+
+def _all_vocabulary(span: str) -> bool:
+    words = _WORD.findall(span)
+    return bool(words) and all(_known(w) for w in words)
+
+
+def _first_is_vocabulary(span: str) -> bool:
+    # the clinical vocabulary only: after "son" or "wife", "Camila" is a name, not the brand of
+    # norethindrone the drug lexicon also lists
+    words = _WORD.findall(span)
+    return not words or _vocabulary_word(_norm(words[0]))
 
 
 def needs_ner(text: str) -> bool:
     """``True`` when ``text`` has a capitalised word outside :data:`CLINICAL_VOCABULARY`.
 
     Only such texts can hold a name or place spaCy would find; the rest skip the NER pass
-    (the rules still run on them).
+    (the rules still run on them). The drug lexicon is not consulted here (it is loaded only
+    when a text needs NER), so a brand name still sends its text to NER, where it is filtered.
 
     >>> needs_ner("Increase metoprolol to 50 mg; Parkinson score stable.")
     False
     >>> needs_ner("Maria Garcia has diabetes")
     True
     """
-    return any(m.group(0).lower().rstrip("'’") not in CLINICAL_VOCABULARY for m in _CAPITALISED.finditer(text))
+    return any(not _vocabulary_word(_norm(m.group(0))) for m in _CAPITALISED.finditer(text))
+
+
+def _vocabulary_word(w: str) -> bool:
+    return w in CLINICAL_VOCABULARY or ("-" in w and all(p in CLINICAL_VOCABULARY for p in w.split("-") if p))
 
 
 def _is_clinical(text: str, start: int, end: int) -> bool:
-    """``True`` when the NER span ``text[start:end]`` consists of clinical words only (a drug, an
-    eponym, or a common-surname eponym followed by a clinical head noun such as "disease")."""
-    words = re.findall(r"[A-Za-z][A-Za-z'’-]*", text[start:end])
+    """``True`` when ``text[start:end]`` consists of clinical words and drug names only (a
+    common-surname eponym counts only when a clinical head noun such as "disease" follows)."""
+    words = _WORD.findall(text[start:end])
     if not words:
         return False
     follows = bool(_HEAD_NOUN.match(text, end) or _HEAD_NOUN.match(text, end - 2))
-    for w in words:
-        w = w.lower().removesuffix("'s").removesuffix("’s").rstrip("'’")
-        if w not in CLINICAL_VOCABULARY and not (w in _AMBIGUOUS_EPONYMS and follows):
-            return False
-    return True
+    return all((_known(w) and _norm(w) not in _AMBIGUOUS_EPONYMS) or (_norm(w) in _AMBIGUOUS_EPONYMS and follows)
+               for w in words)
+
+
+_EDGE = re.compile(r"[\s,;:.()\[\]]+")
+_NAME_NEXT = re.compile(r"(?:,? [A-Z]\.)?(?:,? |-)(?P<w>" + NAME_WORD + ")")
+_NAME_PREV = re.compile(r"(?P<w>" + NAME_WORD + r")(?:,|-)? $")
+_DOSE_AFTER = re.compile(r"\s+\d[\d.,/]*\s*(?:mg|mcg|µg|g|kg|units?|iu|ml|mL|puffs?|tabs?|tablets?|caps?|%|meq|mmol)\b",
+                         re.IGNORECASE)
+
+
+def refine_ner(text: str, start: int, end: int, entity: str) -> tuple[int, int] | None:
+    """Clean one spaCy ``NAME``/``LOCATION`` span: trim clinical words, digits and punctuation at
+    its edges; drop it when what is left is empty, holds a digit, is an upper-case abbreviation
+    of up to 4 letters ("EF", "RA"), is made of clinical words or drug names only (a
+    common-surname eponym counts as clinical only before a clinical noun: "Graves disease"), or is
+    one word followed by a dose ("Lovenox 40 mg"); extend a name over an adjacent capitalised
+    unknown word ("Muller, Tyrone", "Sato-Clark", "Ann B. Lee"). ``None``: not an identifier."""
+    words = [(m.start() + start, m.end() + start) for m in re.finditer(r"\S+", text[start:end])]
+
+    def not_name(w: tuple[int, int], last: bool) -> bool:
+        raw = text[w[0]:w[1]]
+        word = _EDGE.sub("", raw)
+        if not word or any(c.isdigit() for c in raw):
+            return True
+        # edges are trimmed on the clinical vocabulary only (a first name may also be a brand:
+        # "Camila Wright"); spans of drug names only are dropped below
+        return _vocabulary_word(_norm(word)) and not (last and _HEAD_NOUN.match(text, w[1]))
+
+    while words and not_name(words[0], last=False):
+        words.pop(0)
+    while words and not_name(words[-1], last=True):
+        words.pop()
+    if not words:
+        return None
+    start, end = words[0][0], words[-1][1]
+    while end > start and not text[end - 1].isalnum():
+        end -= 1
+    span = text[start:end]
+    if any(c.isdigit() for c in span) or (span.isupper() and len(span) <= 4):
+        return None
+    if _is_clinical(text, start, end) or (len(words) == 1 and _DOSE_AFTER.match(text, end)):
+        return None
+    if entity == "NAME":
+        while (m := _NAME_NEXT.match(text, end)) and not _known(m.group("w")):
+            end = m.end()
+        while (m := _NAME_PREV.search(text, 0, start)) and not _known(m.group("w")):
+            start = m.start()
+    return start, end
 
 
 class RuleRecognizer(EntityRecognizer):
@@ -377,14 +499,22 @@ class Redactor:
         self._cache: OrderedDict[str, str] = OrderedDict()
 
     def analyze(self, text: str) -> list[RecognizerResult]:
-        """PHI spans of ``text`` (presidio results; NER only when :func:`needs_ner`)."""
+        """PHI spans of ``text`` (presidio results; NER only when :func:`needs_ner`; spaCy's spans
+        cleaned by :func:`refine_ner`)."""
         if self.ner and needs_ner(text):
             results = analyzer(self.region).analyze(text, language="en", entities=self._entities)
         else:
             results = [r for rec in self._patterns for r in rec.analyze(text, self._entities, None)]
             results = EntityRecognizer.remove_duplicates(results)
-        return [r for r in results if r.entity_type not in ("NAME", "LOCATION") or r.score >= 1.0
-                or not _is_clinical(text, r.start, r.end)]
+        out = []
+        for r in results:
+            if r.entity_type in ("NAME", "LOCATION") and r.score < 1.0:  # spaCy's (the rules score 1.0)
+                span = refine_ner(text, r.start, r.end, r.entity_type)
+                if span is None:
+                    continue
+                r.start, r.end = span
+            out.append(r)
+        return out
 
     def redact(self, text: str | None) -> str | None:
         """Redacted copy of ``text`` (``None`` stays ``None``)."""

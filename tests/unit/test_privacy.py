@@ -34,6 +34,12 @@ PHI = [
     ("pacemaker serial SN-48213377", "48213377"),
     ("portal https://mychart.example.org/p/77", "mychart"),
     ("from 10.20.30.40", "10.20.30.40"),
+    ("see http://10.9.1.5/chart", "10.9.1.5"),
+    ("address Worcester.", "Worcester"),
+    ("per Layla McAllister.", "McAllister"),
+    ("wife Seo-yeon Martin-Lefevre called", "Seo-yeon"),
+    ("son Camila Wright visited", "Camila"),  # a first name that is also a contraceptive brand
+    ("cell 950 555 0115", "555 0115"),  # an area code not in service is still a phone number
 ]
 
 ISSUE_18 = {
@@ -59,6 +65,7 @@ def test_the_three_strings_of_issue_18_are_stored_without_the_names(text, stored
     "Parkinson disease stable on carbidopa-levodopa 25/100 tid; Hodgkin lymphoma in remission; Apgar 9.",
     "Graves disease on methimazole; Foley catheter removed; Bell's palsy improving.",
     "ICD-10 E11.9, A1c 7.2 %, eGFR 58; continue Lipitor 40 mg.",
+    "Switch Lipitor to Crestor 20 mg. Continue Suboxone; Hgb 10.4, Cr 1.3.",
 ])
 def test_clinical_content_is_kept(text):
     assert Redactor().redact(text) == text
