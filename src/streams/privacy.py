@@ -110,6 +110,8 @@ PLUS_PHONE = re.compile(r"\+\d[\d ()-]{7,}\d")
 
 #: a digit: every number-like span (ids, dates, phones, SSNs) has one
 _DIGIT = r"\d"
+#: a capitalised word after a space, case-sensitive (context rules: "per Layla", "lives in Boise")
+_CAPITAL_AFTER_SPACE = r"(?-i:\s[A-Z]['a-z])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +164,10 @@ RULES: tuple[Rule, ...] = (
     Rule("street", "LOCATION", _DIGIT, ("lives at 12 Elm Street, Apt 4",), STREET),
     Rule("zip", "LOCATION", _DIGIT, ("Boston, MA 02139", "Zip 60614-1234"), ZIP, "zip"),
     Rule("url", "URL", r"://|www\.", ("see https://portal.example.org/p/1", "http://10.9.1.5/chart", "www.x.org"), URL),
-    Rule("place_context", "LOCATION", r"\b(?:in|from|to|at|address|city|town|county|of)\b",
+    Rule("place_context", "LOCATION", _CAPITAL_AFTER_SPACE,
          ("lives in Boise", "transferred from Grand Rapids", "address: Worcester"),
          PLACE_CONTEXT, "place", lambda s: not _all_vocabulary(s)),
-    Rule("name_context", "NAME", r"\b(?:wife|husband|son|daughter|mother|father|sister|brother|spouse|partner"
-         r"|guardian|caregiver|niece|nephew|grandson|granddaughter|per|seen|spoke|called|pt|patient)\b",
+    Rule("name_context", "NAME", _CAPITAL_AFTER_SPACE,
          ("per Layla Moore", "wife Elena Muller-Rossi", "daughter Ann B. Lee"), NAME_CONTEXT, "name",
          lambda s: not _first_is_vocabulary(s)),
     Rule("name_label", "NAME", r"\b(?:patient|pt|name)\b", ("Patient: John Smith reports", "pt: Ann Lee",
@@ -177,7 +178,7 @@ RULES: tuple[Rule, ...] = (
     Rule("plus_phone", "PHONE", _DIGIT, ("reach her at +44 20 7946 0958",), PLUS_PHONE),
 )
 #: presidio's own recognisers used as they are, with the trigger every match of theirs contains
-LIBRARY_TRIGGERS = {"URL": r"[a-z0-9]\.[a-z]{2}|://", "IP_ADDRESS": r"\d\.\d|:[0-9a-f]*:"}
+LIBRARY_TRIGGERS = {"URL": r"\.[a-z]{2}|://", "IP_ADDRESS": r"\d|::"}
 #: matches wherever some rule or library recogniser could match (union of triggers, deduplicated)
 PREFILTER = re.compile(
     "|".join(dict.fromkeys(f"(?:{t})" for t in [*(r.trigger for r in RULES), *LIBRARY_TRIGGERS.values()])),

@@ -35,9 +35,10 @@ log = logging.getLogger("selfheal.worker")
 
 
 def raw_messages(events: list[Any]) -> list[RawMessage]:
-    """The pipeline's view of faust events (timestamp s → ms)."""
+    """The pipeline's view of faust events (timestamp s → ms; headers by name, for signatures)."""
     return [RawMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                       int((e.message.timestamp or 0) * 1000), header_map(e.message.headers)) for e in events]
+                       int((e.message.timestamp or 0) * 1000), header_map(getattr(e.message, "headers", None)))
+            for e in events]
 
 
 @dataclass
