@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv kafka kafka-stop browser demo test unit lint bench bench-drift bench-canary bench-otlp chaos clean
+.PHONY: venv kafka kafka-stop browser demo test unit lint bench bench-drift bench-canary bench-otlp bench-phi chaos clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-canary: venv
 
 bench-otlp: venv kafka
 	$(BIN)/selfheal bench-otlp $(BENCH_ARGS)
+
+bench-phi: venv
+	$(BIN)/selfheal bench-phi $(BENCH_ARGS)
 
 chaos: venv kafka
 	$(BIN)/selfheal chaos $(CHAOS_ARGS)

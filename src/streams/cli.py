@@ -105,6 +105,35 @@ def migrate() -> None:
 
 
 @app.command()
+def acls(
+    worker_principal: str = typer.Option("User:selfheal", help="principal of the worker and the CLI"),
+    agent_principal: str = typer.Option("User:agent", help="principal of SDK producers (write traces/feedback)"),
+) -> None:
+    """Create selfheal's Kafka ACLs (run with an admin's SELFHEAL_KAFKA_SASL_* credentials; docs/security.md)."""
+    from confluent_kafka import KafkaException
+
+    from streams.topics import ensure_acls
+
+    try:
+        count = ensure_acls(get_settings(), worker_principal, agent_principal)
+    except KafkaException as exc:
+        fail(f"creating ACLs at {get_settings().kafka_bootstrap} failed: {exc.args[0].str() if exc.args else exc}")
+    console.print(f"{count} ACLs present for {worker_principal} (worker) and {agent_principal} (agent)")
+
+
+@app.command("row-policies")
+def row_policies(database: str = "selfheal") -> None:
+    """Print the ClickHouse row-policy template generated from the migrations (tenant isolation on a
+    server; committed as deploy/clickhouse/row_policies.sql, docs/security.md)."""
+    from streams.sinks.row_policies import RowPolicyError, render
+
+    try:
+        sys.stdout.write(render(database))
+    except RowPolicyError as exc:
+        fail(str(exc))
+
+
+@app.command()
 def worker() -> None:
     """Run a stream worker (faust) until SIGTERM (log level: SELFHEAL_FAUST_LOGLEVEL)."""
     from streams.worker.app import run_worker

@@ -178,6 +178,12 @@ class Settings(BaseSettings):
     tenant_hmac_key: SecretStr = Field(SecretStr("selfheal-dev-key-change-me"),
                                        description="key for tenant-keyed HMAC of identifiers")
     redact: bool = True
+    tenant_auth: bool = Field(False, description=(
+        "verify each trace/feedback message's HMAC signature against its tenant's keys; unsigned or wrongly "
+        "signed messages are dead-lettered as tenant_auth (docs/security.md)"))
+    tenant_keys_file: Path | None = Field(None, description=(
+        "JSON file {tenant: {key_id: base64 key}} (at most 2 keys per tenant): the worker verifies with it, "
+        "the SDK signs with its tenant's last key when it is set"))
 
     @model_validator(mode="before")
     @classmethod

@@ -36,6 +36,7 @@ from streams.processors.feedback import STATUSES, FeedbackProcessor, TraceIndex,
 from streams.processors.incidents import IncidentManager, TraceContext
 from streams.processors.ingest import Decoded, Ingest, make_dead_letter
 from streams.processors.metrics import POISSON, is_safety_feedback
+from streams.signing import verifying_keys
 from streams.state import DictBackend, StateBackend
 
 #: what the store holds of trace ids outside the in-memory index: ``{(tenant_id, trace_id):
@@ -154,7 +155,7 @@ class Pipeline:
         self.codec = codec
         self.baselines = baselines or DictBackend()
         kw = dict(max_message_bytes=settings.max_message_bytes, max_event_age_s=settings.max_event_age_s,
-                  max_clock_skew_s=settings.max_clock_skew_s)
+                  max_clock_skew_s=settings.max_clock_skew_s, tenant_keys=verifying_keys(settings))
         self.trace_ingest = Ingest(codec, "traces", **kw)
         self.feedback_ingest = Ingest(codec, "feedback", **kw)
         self.action_ingest = Ingest(codec, "actions", **kw)

@@ -20,6 +20,11 @@ topic and error if any message was not acknowledged, or was acknowledged without
 librdkafka reports a DUPLICATE_SEQUENCE_NUMBER answer as delivered, but a broker before Kafka 4.5
 also gives it for a first batch it never wrote (KAFKA-15591, see :mod:`streams.topics`); such
 messages are in ``DeliveryError.unconfirmed``, to be sent again.
+
+Signing: with ``SELFHEAL_TENANT_KEYS_FILE`` set, every message carries the headers
+``selfheal-key-id`` and ``selfheal-signature`` (HMAC-SHA256 of the value with the tenant's last
+listed key, :mod:`streams.signing`); a worker with ``SELFHEAL_TENANT_AUTH=true`` dead-letters
+messages without a valid one (``tenant_auth``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from schemas import AgentTrace, Feedback, IncidentAction
 from schemas.codec import AvroCodec, default_codec, to_avro_dict
 from streams.config import Settings, get_settings
 from streams.errors import ContractViolation, DeliveryError
+from streams.signing import signing_keys
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,8 @@ class SelfhealProducer:
         self.linger_s = linger_ms / 1000.0
         self.retry_s = retry_s
         self.validate = validate
+        #: per-tenant signing keys (``SELFHEAL_TENANT_KEYS_FILE``), ``None``: messages are not signed
+        self.tenant_keys = signing_keys(self.settings)
         conf = {
             **self.settings.kafka_config(),
             "enable.idempotence": True,
@@ -285,10 +293,12 @@ class SelfhealProducer:
 
     def _produce(self, kind: str, tenant: str, payload: bytes, records: int) -> None:
         topic = self._topics[kind]
+        headers = self.tenant_keys.sign(tenant, payload) if self.tenant_keys is not None else None
         deadline = time.monotonic() + self.retry_s
         while True:
             try:
-                self._producer.produce(topic, payload, key=tenant.encode(), on_delivery=self._on_delivery)
+                self._producer.produce(topic, payload, key=tenant.encode(), headers=headers,
+                                       on_delivery=self._on_delivery)
                 break
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: wait for deliveries (backpressure)

@@ -28,7 +28,16 @@ ListOffsets yet (docs/reliability.md).
 from __future__ import annotations
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    OffsetSpec,
+    ResourcePatternType,
+    ResourceType,
+)
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from streams.config import KAFKA_MAX_REQUEST_BYTES, Settings
@@ -112,6 +121,51 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
                 result[topic] = "exists"
     wait_until_served(admin, {topic: settings.partitions for topic in wanted}, timeout_s)
     return result
+
+
+#: topics an agent (producer of traces and feedback) may write; it may read none
+AGENT_TOPICS = ("traces", "feedback")
+
+
+def acl_bindings(settings: Settings, worker_principal: str, agent_principal: str) -> list[AclBinding]:
+    """The ACLs selfheal needs on a broker with an authorizer (docs/security.md "Kafka").
+
+    - ``worker_principal`` (worker and CLI, e.g. ``User:selfheal``): every operation on the topics
+      named ``<topic_prefix>agent.*`` (sources, incidents, dead letters, verdicts) and
+      ``<app id>*`` (its table changelogs and faust's internal topics), on the consumer groups
+      ``<app id>*``, and cluster ``DESCRIBE`` / ``IDEMPOTENT_WRITE``;
+    - ``agent_principal`` (SDK producers, e.g. ``User:agent``): ``WRITE`` and ``DESCRIBE`` on the
+      trace and feedback topics only; no read, no other topic, no group.
+
+    Returns:
+        ``AclBinding`` list (confluent-kafka), all ``ALLOW`` from any host.
+    """
+    allow, any_host = AclPermissionType.ALLOW, "*"
+    out = [AclBinding(ResourceType.TOPIC, prefix, ResourcePatternType.PREFIXED, worker_principal, any_host,
+                      AclOperation.ALL, allow)
+           for prefix in (f"{settings.topic_prefix}agent.", settings.full_app_id)]
+    out.append(AclBinding(ResourceType.GROUP, settings.full_app_id, ResourcePatternType.PREFIXED, worker_principal,
+                          any_host, AclOperation.ALL, allow))
+    out += [AclBinding(ResourceType.BROKER, "kafka-cluster", ResourcePatternType.LITERAL, worker_principal, any_host,
+                       op, allow) for op in (AclOperation.DESCRIBE, AclOperation.IDEMPOTENT_WRITE)]
+    out += [AclBinding(ResourceType.TOPIC, settings.topic(t), ResourcePatternType.LITERAL, agent_principal, any_host,
+                       op, allow) for t in AGENT_TOPICS for op in (AclOperation.WRITE, AclOperation.DESCRIBE)]
+    return out
+
+
+def ensure_acls(settings: Settings, worker_principal: str, agent_principal: str, timeout_s: float = 30.0) -> int:
+    """Create :func:`acl_bindings` (idempotent: an existing ACL is left as it is); returns how many.
+    Run it with an admin's credentials (``settings`` of a super user or one allowed to ``ALTER``
+    the cluster).
+
+    Raises:
+        KafkaException: the broker refused (e.g. no authorizer configured, or not allowed).
+    """
+    bindings = acl_bindings(settings, worker_principal, agent_principal)
+    admin = AdminClient(settings.kafka_config())
+    for fut in admin.create_acls(bindings, request_timeout=timeout_s).values():
+        fut.result()
+    return len(bindings)
 
 
 class _NotServed(Exception):

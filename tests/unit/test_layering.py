@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "streams.errors": 1,
     "streams.config": 2,
     "streams.privacy": 3,
+    "streams.signing": 3,
     "streams.state": 3,
     "streams.sdk": 4,
     "streams.topics": 4,

@@ -1,5 +1,5 @@
 """The dev commands of ``selfheal``: ``simulate``, ``demo``, ``bench``, ``bench-drift``,
-``bench-canary``, ``bench-otlp``, ``chaos``. :func:`register` adds them to the product CLI's app
+``bench-canary``, ``bench-otlp``, ``bench-phi``, ``chaos``. :func:`register` adds them to the product CLI's app
 (``streams.cli`` calls it when :mod:`streams.devtools` is importable); names and options are
 those the Makefile and README use.
 """
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
     app.command("bench-drift")(bench_drift)
     app.command("bench-canary")(bench_canary)
     app.command("bench-otlp")(bench_otlp)
+    app.command("bench-phi")(bench_phi)
     app.command("chaos")(chaos)
 
 
@@ -259,3 +260,40 @@ def bench_canary(
     if out is not None:
         out.write_text(json.dumps(res, indent=2))
         console.print(f"written {out}")
+
+
+def bench_phi(
+    phi_notes: Annotated[int, typer.Option(help="notes with planted identifiers")] = 1000,
+    clean_notes: Annotated[int, typer.Option(help="notes without PHI (drugs, doses, codes, eponyms)")] = 1000,
+    corrections: Annotated[int, typer.Option(help="simulator feedback corrections timed")] = 1000,
+    seed: int = 18,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full report here")] = None,
+) -> None:
+    """PHI redaction on the generated corpus: recall per identifier type, over-redaction on clean
+    notes, cost per text (µs) and feedback records/s per core (streams.devtools.bench_phi)."""
+    from streams.cli import narrow_table  # at call time: streams.cli mounts this module
+    from streams.devtools.bench_phi import TARGET_OVER_REDACTION, TARGET_RECALL, run
+
+    with console.status("redacting the corpus (loads spaCy once)"):
+        report = run(phi_notes, clean_notes, corrections, seed)
+    t = narrow_table("identifier", "planted", "caught", "recall", title="bench-phi: recall")
+    for kind, v in report["recall"].items():
+        t.add_row(kind, str(v["planted"]), str(v["caught"]), f"{v['recall']:.3f}")
+    console.print(t)
+    o = report["over_redaction"]
+    s = Table("score", "value", "target", title="bench-phi")
+    s.add_row("names recall", f"{report['names_recall']:.3f}", f">= {TARGET_RECALL}")
+    s.add_row("identifiers recall", f"{report['identifiers_recall']:.3f}", f">= {TARGET_RECALL}")
+    s.add_row("over-redaction (clean tokens)", f"{o['share']:.2%} ({o['redacted']}/{o['tokens']})",
+              f"<= {TARGET_OVER_REDACTION:.0%}")
+    for name, c in report["cost"].items():
+        s.add_row(f"cost {name}: CPU µs mean / p95", f"{c['cpu_us_mean']:,.0f} / {c['cpu_us_p95']:,.0f}",
+                  f"NER on {c['ner_share']:.0%}")
+    s.add_row("feedback records/s per core", f"{report['feedback_records_per_s_per_core']:,.0f}", "")
+    s.add_row("NER load (once per process)", f"{report['ner_load_s']:.1f} s", "")
+    console.print(s)
+    for m in report["misses"][:10]:
+        console.print(f"[dim]missed {m['type']} {m['value']!r}")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+        console.print(f"written {json_out}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ class RawMessage:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int = 0
+    headers: dict[str, bytes] = field(default_factory=dict)  # by name (streams.signing.header_map)
 
 
 @dataclass(slots=True)

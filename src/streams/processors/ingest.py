@@ -16,7 +16,9 @@ Dead-letter reasons (``error_class``; ``field`` and ``value`` name what is at fa
   ``unknown_enum``, ``bad_union_branch``, ``negative_length``, ``bad_boolean``,
   ``trailing_bytes``, ``malformed_avro``, ``schema_resolution`` (the decoder names the field:
   :mod:`schemas.diagnose`), ``wrong_schema`` (a record type the topic does not carry),
-  ``invalid_key`` (no key, not UTF-8, or not a tenant id), ``validation`` of an empty batch;
+  ``invalid_key`` (no key, not UTF-8, or not a tenant id), ``tenant_auth`` (with
+  ``SELFHEAL_TENANT_AUTH``: signature header missing, unknown key id for the key's tenant, or
+  wrong HMAC; :mod:`streams.signing`), ``validation`` of an empty batch;
 - per record: ``validation`` (the contract models: ranges, NaN, patterns, event-time window,
   sizes, ...), ``key_mismatch`` (record tenant differs from the message key); later stages add
   ``duplicate_conflict`` (:mod:`streams.pipeline`) and ``unknown_trace`` (feedback), and the worker
@@ -60,6 +62,7 @@ from schemas.common import (
 )
 from schemas.trace import MAX_REF_TEXT, MAX_REF_URI
 from streams.processors.columns import ARM_CODES, OUTCOME_CODES, RawMessage
+from streams.signing import TenantKeys
 
 TRACE_SCHEMAS = {"selfheal.v1.AgentTrace": None, "selfheal.v1.AgentTraceBatch": "traces"}
 FEEDBACK_SCHEMAS = {"selfheal.v1.Feedback": None, "selfheal.v1.FeedbackBatch": "items"}
@@ -338,6 +341,7 @@ class Ingest:
             the topic accepts.
         max_message_bytes: larger messages are dead-lettered as ``oversized`` before decoding.
         max_event_age_s, max_clock_skew_s: event-time window, seconds relative to wall clock.
+        tenant_keys: verify every message's signature with its tenant's keys (``None``: off).
     """
 
     def __init__(
@@ -348,6 +352,7 @@ class Ingest:
         max_message_bytes: int = 1_048_576,
         max_event_age_s: int = 30 * 86400,
         max_clock_skew_s: int = 300,
+        tenant_keys: TenantKeys | None = None,
     ) -> None:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
@@ -358,6 +363,7 @@ class Ingest:
         self.max_message_bytes = max_message_bytes
         self.max_event_age_s = max_event_age_s
         self.max_clock_skew_s = max_clock_skew_s
+        self.tenant_keys = tenant_keys
         self.fast_check = TraceFastCheck(max_event_age_s, max_clock_skew_s) if kind == "traces" else None
 
     def decode(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> Decoded:
@@ -401,6 +407,14 @@ class Ingest:
                     msg, index=-1, error_class="invalid_key", field_path="(key)", value=bad_key[0],
                     message=f"{msg.topic}: {bad_key[1]}", now_ms=now_ms))
                 continue
+            if self.tenant_keys is not None:
+                forged = self.tenant_keys.verify(_tenant_of(msg.key), value, msg.headers)
+                if forged is not None:
+                    out.dead_letters.append(make_dead_letter(
+                        msg, index=-1, error_class="tenant_auth", field_path="(headers)",
+                        value=msg.headers.get("selfheal-key-id", b"").decode("ascii", "replace")[:64] or "unsigned",
+                        message=f"{msg.topic}: {forged}", now_ms=now_ms))
+                    continue
             items_field = self.accepted[name]
             items = [record] if items_field is None else record[items_field]
             if not items:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from streams.config import Settings
 from streams.pipeline import Pipeline
 from streams.processors.columns import RawMessage
+from streams.signing import header_map
 from streams.telemetry import WorkerTelemetry
 from streams.worker.delivery import AgentDelivery, ChangelogAcks, Shutdown
 from streams.worker.faust_fixes import ProcessedOffsets
@@ -41,9 +42,10 @@ log = logging.getLogger("selfheal.worker")
 
 
 def raw_messages(events: list[Any]) -> list[RawMessage]:
-    """The pipeline's view of faust events (timestamp s → ms)."""
+    """The pipeline's view of faust events (timestamp s → ms; headers by name, for signatures)."""
     return [RawMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                       int((e.message.timestamp or 0) * 1000)) for e in events]
+                       int((e.message.timestamp or 0) * 1000), header_map(getattr(e.message, "headers", None)))
+            for e in events]
 
 
 @dataclass

@@ -215,3 +215,15 @@ def test_final_row_keeps_the_first_wording_of_a_resubmitted_correction():
     assert [s["dedup_status"] for s in res.submissions] == ["new", "resubmit"]
     (row,) = final(res.rows).values()
     assert row["corrected_text"] == "Added the missing allergy list." and row["submissions"] == 2
+
+
+@pytest.mark.parametrize("text", ["Maria Garcia has diabetes", "pt Jose Alvarez, call 415-555-0199",
+                                  "Dr. Patel prescribed metformin 500mg to Ahmed Khan"])
+def test_issue_18_bare_names_reach_neither_the_row_nor_the_template_nor_the_state(text):
+    p = proc()
+    res = run_at(p, [feedback(1, corrected_text=text, edit_diff=f"+ {text}")])
+    stored = b"".join(p.backend.data.values()).decode() + json.dumps(res.rows) + json.dumps(res.submissions)
+    for name in ("Maria", "Garcia", "Jose", "Alvarez", "Patel", "Ahmed", "Khan", "555-0199"):
+        assert name not in stored and name.lower() not in stored, name
+    (row,) = res.rows
+    assert "<name>" in row["template"]
