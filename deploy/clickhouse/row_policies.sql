@@ -62,3 +62,39 @@ CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_rollout_verdicts` ON selfheal.rol
 GRANT SELECT ON selfheal.rollout_scorecards TO `tenant_TENANT`;
 CREATE ROW POLICY IF NOT EXISTS service_rollout_scorecards ON selfheal.rollout_scorecards FOR SELECT USING 1 TO selfheal_service;
 CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_rollout_scorecards` ON selfheal.rollout_scorecards FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
+-- table trace_ids
+GRANT SELECT ON selfheal.trace_ids TO `tenant_TENANT`;
+CREATE ROW POLICY IF NOT EXISTS service_trace_ids ON selfheal.trace_ids FOR SELECT USING 1 TO selfheal_service;
+CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_trace_ids` ON selfheal.trace_ids FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
+-- materialized view trace_ids_mv
+GRANT SELECT ON selfheal.trace_ids_mv TO `tenant_TENANT`;
+CREATE ROW POLICY IF NOT EXISTS service_trace_ids_mv ON selfheal.trace_ids_mv FOR SELECT USING 1 TO selfheal_service;
+CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_trace_ids_mv` ON selfheal.trace_ids_mv FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
+-- table incident_actions
+GRANT SELECT ON selfheal.incident_actions TO `tenant_TENANT`;
+CREATE ROW POLICY IF NOT EXISTS service_incident_actions ON selfheal.incident_actions FOR SELECT USING 1 TO selfheal_service;
+CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_incident_actions` ON selfheal.incident_actions FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
+-- view v_incident_lifecycle
+GRANT SELECT ON selfheal.v_incident_lifecycle TO `tenant_TENANT`;
+CREATE ROW POLICY IF NOT EXISTS service_v_incident_lifecycle ON selfheal.v_incident_lifecycle FOR SELECT USING 1 TO selfheal_service;
+CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_v_incident_lifecycle` ON selfheal.v_incident_lifecycle FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
+-- view v_release_ledger
+GRANT SELECT ON selfheal.v_release_ledger TO `tenant_TENANT`;
+CREATE ROW POLICY IF NOT EXISTS service_v_release_ledger ON selfheal.v_release_ledger FOR SELECT USING 1 TO selfheal_service;
+CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_v_release_ledger` ON selfheal.v_release_ledger FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
+-- view v_actions_by_actor
+GRANT SELECT ON selfheal.v_actions_by_actor TO `tenant_TENANT`;
+CREATE ROW POLICY IF NOT EXISTS service_v_actions_by_actor ON selfheal.v_actions_by_actor FOR SELECT USING 1 TO selfheal_service;
+CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_v_actions_by_actor` ON selfheal.v_actions_by_actor FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
+-- view v_rollbacks_per_month
+GRANT SELECT ON selfheal.v_rollbacks_per_month TO `tenant_TENANT`;
+CREATE ROW POLICY IF NOT EXISTS service_v_rollbacks_per_month ON selfheal.v_rollbacks_per_month FOR SELECT USING 1 TO selfheal_service;
+CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_v_rollbacks_per_month` ON selfheal.v_rollbacks_per_month FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
+-- view v_blocked_candidates
+GRANT SELECT ON selfheal.v_blocked_candidates TO `tenant_TENANT`;
+CREATE ROW POLICY IF NOT EXISTS service_v_blocked_candidates ON selfheal.v_blocked_candidates FOR SELECT USING 1 TO selfheal_service;
+CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_v_blocked_candidates` ON selfheal.v_blocked_candidates FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
+-- table evalset_exports
+GRANT SELECT ON selfheal.evalset_exports TO `tenant_TENANT`;
+CREATE ROW POLICY IF NOT EXISTS service_evalset_exports ON selfheal.evalset_exports FOR SELECT USING 1 TO selfheal_service;
+CREATE ROW POLICY IF NOT EXISTS `tenant_TENANT_evalset_exports` ON selfheal.evalset_exports FOR SELECT USING tenant_id = 'TENANT' TO `tenant_TENANT`;
