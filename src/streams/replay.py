@@ -67,8 +67,9 @@ from streams.state import DictBackend
 
 TRACE_BATCH = "selfheal.v1.AgentTraceBatch"
 FEEDBACK_BATCH = "selfheal.v1.FeedbackBatch"
-#: labels of ``incident_actions`` rows that mark an incident as a false positive
-FALSE_POSITIVE_LABELS = ("false_positive", "false-positive", "fp")
+#: labels of ``incident_actions`` rows that mark an incident as a false positive (the action
+#: ``mark_false_positive`` of agent.incident-actions.v1, and looser labels of hand-made tables)
+FALSE_POSITIVE_LABELS = ("mark_false_positive", "false_positive", "false-positive", "fp")
 #: settings that change nothing in a replay (connections, worker plumbing): not listed as changed
 _PLUMBING = ("kafka_", "clickhouse_", "topic_prefix", "app_id", "state_dir", "web_", "faust_", "stats_",
              "shutdown_", "sink_retry", "changelog_", "commit_", "broker_", "partitions", "replication")
