@@ -327,7 +327,7 @@ class IncidentManager:
         iid = hashlib.sha1(f"{info.key}|{group}|{episode}".encode()).hexdigest()[:20]
         ev_ids = _evidence(alarm, ctx)[-self.evidence_max :]
         now_ms = _time(alarm, ctx)
-        first_ms = now_ms if alarm.pos < 0 else ctx.event_time_ms(
+        first_ms = (alarm.cp_event_time_ms or now_ms) if alarm.pos < 0 else ctx.event_time_ms(
             alarm.cp_pos if alarm.cp_pos is not None else alarm.evidence[0])
         inc = OpenIncident(
             incident_id=iid, tenant_id=info.tenant_id, group=group, partition=info.partition, primary=info.key,
