@@ -244,21 +244,28 @@ class DelayedMetrics:
             self.feedback_wm[p] = max(self.feedback_wm.get(p, -1), int(fb[parts == p].max()))
         alarms: list[Alarm] = []
         w = self.cfg.bucket_ms
-        order = np.lexsort((np.arange(len(rows)), fb))
-        for i in order.tolist():
-            p, row = int(parts[i]), int(rows[i])
-            tick = int(fb[i]) // w
+        metric_idx = np.asarray(metric_idx, dtype=np.int64)
+        for p in np.unique(parts).tolist():
+            sel = np.flatnonzero(parts == p)
+            sel = sel[np.argsort(fb[sel], kind="stable")]
+            tick = fb[sel] // w
             if p in self.clock:  # at or before the last evaluation (out of order): the next tick
-                tick = max(tick, self.clock[p] // w + 1)
-            pend = self._pending_tick.get(p)
-            if pend is not None and tick > pend:
-                alarms += self._evaluate_pending(p)
-            self._pending_tick[p] = tick
-            self._pending_rows.setdefault(p, set()).add(row)
-            self._pending_at[p] = max(self._pending_at.get(p, -1), int(fb[i]))
-            self._count_event(row, int(metric_idx[i]), int(t_tr[i]), w)
-            ev = self.evidence.setdefault(self.store.info[row].key, [])
-            ev.append((trace_ids[i], int(t_tr[i])))
+                tick = np.maximum(tick, self.clock[p] // w + 1)
+            cuts = np.flatnonzero(np.diff(tick)) + 1
+            for grp in np.split(np.arange(len(sel)), cuts):
+                idx = sel[grp]
+                tk = int(tick[grp[0]])
+                pend = self._pending_tick.get(p)
+                if pend is not None and tk > pend:
+                    alarms += self._evaluate_pending(p)
+                self._pending_tick[p] = tk
+                self._pending_rows.setdefault(p, set()).update(rows[idx].tolist())
+                self._pending_at[p] = max(self._pending_at.get(p, -1), int(fb[idx].max()))
+                self._count_events(rows[idx], metric_idx[idx], t_tr[idx], w)
+        keys = [self.store.info[r].key for r in rows.tolist()]
+        for key, tid, t in zip(keys, trace_ids, t_tr.tolist(), strict=True):
+            ev = self.evidence.setdefault(key, [])
+            ev.append((tid, int(t)))
             if len(ev) > 2 * self.cfg.evidence:
                 del ev[: len(ev) - self.cfg.evidence]
         for p in list(self._pending_tick):  # a tick is complete once feedback past its end is read
@@ -271,18 +278,27 @@ class DelayedMetrics:
         """Per partition, the label-delay clock: the lower of the trace and feedback watermarks."""
         return {p: float(min(self.trace_wm.get(p, -1), self.feedback_wm[p])) for p in self.feedback_wm}
 
-    def _count_event(self, row: int, j: int, t_ms: int, w: int) -> None:
-        """Count one event in its trace's live bucket, or as late / unmatched (baseline only)."""
+    def _count_events(self, rows: np.ndarray, j: np.ndarray, t_ms: np.ndarray, w: int) -> None:
+        """Count events (row, metric ``j``, trace ms) in their traces' live buckets; the others as
+        late (the trace's bucket had folded) or unmatched, in the baseline only (not while the
+        group has an incident open)."""
         f = self.store.f
-        self.counters["feedback_events"] += 1
-        slot = self._slot_of(row, t_ms // w)
-        if slot >= 0:
-            f["pb_k"][row, slot * N_POISSON + j] += 1.0
-            return
-        self.counters["late_feedback" if t_ms <= f["p_fold_ms"][row, 0] else "unmatched_feedback"] += 1
-        if f["i_open"][row, POISSON_GROUP[j]] == 0:
-            f["p_num"][row, j] += 1.0
-        self.store.dirty.add(row)
+        self.counters["feedback_events"] += len(rows)
+        b = (t_ms // w)[:, None]
+        ids, span = f["pb_id"][rows], f["pb_span"][rows]
+        match = (ids >= 0) & (ids <= b) & (b < ids + span)
+        has = match.any(axis=1)
+        slot = match.argmax(axis=1)
+        np.add.at(f["pb_k"], (rows[has], slot[has] * N_POISSON + j[has]), 1.0)
+        miss = ~has
+        if miss.any():
+            r, jj = rows[miss], j[miss]
+            late = t_ms[miss] <= f["p_fold_ms"][r, 0]
+            self.counters["late_feedback"] += int(late.sum())
+            self.counters["unmatched_feedback"] += int((~late).sum())
+            ok = f["i_open"][r, POISSON_GROUP[jj]] == 0
+            np.add.at(f["p_num"], (r[ok], jj[ok]), 1.0)
+            self.store.dirty.update(r.tolist())
 
     def _evaluate_pending(self, p: int) -> list[Alarm]:
         """Evaluate partition ``p``'s pending tick at its latest feedback time."""
