@@ -95,9 +95,9 @@ class DelayedMetrics:
         self.trace_wm: dict[int, int] = {}
         self.feedback_wm: dict[int, int] = {}
         #: per partition: tick (feedback ms // bucket_ms) whose events were counted and not yet
-        #: evaluated, the rows they touched, and the latest feedback time in it (ms)
+        #: evaluated, the slice keys they touched, and the latest feedback time in it (ms)
         self._pending_tick: dict[int, int] = {}
-        self._pending_rows: dict[int, set[int]] = {}
+        self._pending_rows: dict[int, set[str]] = {}
         self._pending_at: dict[int, int] = {}
         #: per partition: feedback event time of the last evaluation (ms)
         self.clock: dict[int, int] = {}
@@ -259,7 +259,8 @@ class DelayedMetrics:
                 if pend is not None and tk > pend:
                     alarms += self._evaluate_pending(p)
                 self._pending_tick[p] = tk
-                self._pending_rows.setdefault(p, set()).update(rows[idx].tolist())
+                info = self.store.info
+                self._pending_rows.setdefault(p, set()).update(info[r].key for r in set(rows[idx].tolist()))
                 self._pending_at[p] = max(self._pending_at.get(p, -1), int(fb[idx].max()))
                 self._count_events(rows[idx], metric_idx[idx], t_tr[idx], w)
         keys = [self.store.info[r].key for r in rows.tolist()]
@@ -303,7 +304,8 @@ class DelayedMetrics:
     def _evaluate_pending(self, p: int) -> list[Alarm]:
         """Evaluate partition ``p``'s pending tick at its latest feedback time."""
         at = self._pending_at.pop(p)
-        rows = np.array(sorted(self._pending_rows.pop(p, set())), dtype=np.int64)
+        index = self.store.index  # keys, not rows: a rebalance renumbers rows
+        rows = np.array(sorted(index[k] for k in self._pending_rows.pop(p, set()) if k in index), dtype=np.int64)
         self._pending_tick.pop(p, None)
         self.clock[p] = max(self.clock.get(p, -1), at)
         return self._evaluate(rows, self.clock[p], alarms=True)
