@@ -34,6 +34,15 @@ and ``PageHinkley`` (default parameters) on the raw per-trace metrics of every t
 slice (latency ms, output tokens, failure / escalation / policy-block / correction indicators,
 corrections known immediately); alarms on one slice within 2,000 traces count as one incident.
 They only detect, so kind and release scores do not apply to them.
+
+``--timed`` (:func:`run_timed_suite`) runs the delayed-label scenarios with real timing instead:
+corrections x1.5 and x2 on a new release, one trace every 10 s (days of event time), feedback
+delayed log-normally (median 2 h, p99 48 h), or by fast reviewers plus office hours with a
+weekend backlog, or read by a feedback consumer an hour behind the trace consumer; every input is
+read twice on two schedules of batch sizes and interleaving, and the incidents must be the same.
+Scores: recall, release attribution, delay in affected-slice traces and in hours after the first
+post-change correction arrived, change-point error in trace time, false incidents per million,
+corrections uncounted (events not in a live bucket, folded, late or unmatched).
 """
 
 from __future__ import annotations
