@@ -352,6 +352,7 @@ class DelayedMetrics:
         after_reset = rg.live & (rg.hi >= f["p_reset_ms"][rows][:, :1])
         out: list[Alarm] = []
         fold = self._fold_mask(rg)
+        n_live = int(rg.live.sum(axis=1).max())
         for j in range(N_POISSON):
             kj = rg.k[:, :, j]
             # baseline: folded EW counts plus live buckets before the previous evaluation's change point
@@ -367,7 +368,7 @@ class DelayedMetrics:
             best = s.copy()
             best_at = np.full(R, -1)
             best_start = np.full(R, -1)
-            for b in range(N_BUCKETS):
+            for b in range(n_live):  # sorted: live buckets first
                 step = llr[:, b]
                 on = use[:, b]
                 s_new = np.maximum(s + step, 0.0)
