@@ -122,3 +122,33 @@ def test_same_incidents_whatever_the_interleaving_of_feedback_and_traces():
     b = run_timed(s, TIMINGS[1], 3, Settings(), schedule=1)
     assert a.opened and a.opened == b.opened
     assert a.uncounted == b.uncounted == 0
+
+
+def test_redelivered_feedback_counts_once():
+    """Every feedback message delivered twice (at-least-once after a crash) through the real
+    ingest, join and dedup: the detectors count exactly what one delivery counts."""
+    import time
+
+    from streams.devtools.bench_canary import CohortPlan, rollout_records, rollout_steps
+    from tests.unit.test_canary_pipeline import _messages
+
+    now = int(time.time() * 1000)
+    n = 1500
+    steps = rollout_steps(np.random.default_rng(3), [CohortPlan("cardiology", 50.0)], n,
+                          t0_ms=now - n * 2000 - 3_600_000)
+    msgs = list(_messages(rollout_records(steps), now))
+
+    def run(deliveries: int):
+        pipe = Pipeline(Settings(state_dir="/nonexistent"), default_codec())
+        for kind, msg in msgs:
+            if kind == "trace":
+                pipe.on_traces([msg])
+            else:
+                for _ in range(deliveries):
+                    pipe.on_feedback([msg])
+        return pipe.engine.delayed
+
+    once, twice = run(1), run(2)
+    assert once.counters["feedback_events"] > 100
+    assert twice.counters == once.counters and twice.live_events() == once.live_events()
+    assert _counted(twice) == twice.counters["feedback_events"]
