@@ -59,6 +59,8 @@ from streams.processors.metrics import N_POISSON, POISSON, POISSON_GROUP
 
 #: a bucket folds once this share of its traces' feedback is due (``G >= FOLD_AT``)
 FOLD_AT = 0.999
+#: the delay CDF learns on a grid of feedback event time (ms): each scan of its queue is O(queue)
+LEARN_EVERY_MS = 300_000
 
 
 @dataclass(slots=True)
@@ -99,8 +101,10 @@ class DelayedMetrics:
         self._pending_tick: dict[int, int] = {}
         self._pending_rows: dict[int, set[str]] = {}
         self._pending_at: dict[int, int] = {}
-        #: per partition: feedback event time of the last evaluation (ms)
+        #: per partition: feedback event time of the last evaluation (ms), and the grid point
+        #: (``LEARN_EVERY_MS``) up to which the delay CDF has learned
         self.clock: dict[int, int] = {}
+        self._learned_at: dict[int, int] = {}
         #: recent corrected traces per slice key (evidence for correction incidents)
         self.evidence: dict[str, list[tuple[str, int]]] = {}
         #: every feedback event, by fate (stats line): counted in a live bucket, folded with its
@@ -272,12 +276,7 @@ class DelayedMetrics:
         for p in list(self._pending_tick):  # a tick is complete once feedback past its end is read
             if self.feedback_wm.get(p, -1) >= (self._pending_tick[p] + 1) * w:
                 alarms += self._evaluate_pending(p)
-        self.delays.release(self._clocks())
         return alarms
-
-    def _clocks(self) -> dict[int, float]:
-        """Per partition, the label-delay clock: the lower of the trace and feedback watermarks."""
-        return {p: float(min(self.trace_wm.get(p, -1), self.feedback_wm[p])) for p in self.feedback_wm}
 
     def _count_events(self, rows: np.ndarray, j: np.ndarray, t_ms: np.ndarray, w: int) -> None:
         """Count events (row, metric ``j``, trace ms) in their traces' live buckets; the others as
@@ -308,6 +307,12 @@ class DelayedMetrics:
         rows = np.array(sorted(index[k] for k in self._pending_rows.pop(p, set()) if k in index), dtype=np.int64)
         self._pending_tick.pop(p, None)
         self.clock[p] = max(self.clock.get(p, -1), at)
+        # the delay CDF learns what is observable at a grid point of this clock, so what it knows
+        # at an evaluation depends on event times only, not on where feedback batches end
+        grid = (self.clock[p] // LEARN_EVERY_MS) * LEARN_EVERY_MS
+        if grid > self._learned_at.get(p, -1):
+            self._learned_at[p] = grid
+            self.delays.release(dict(self._learned_at), partition=p)
         return self._evaluate(rows, self.clock[p], alarms=True)
 
     # ------------------------------------------------------------------ evaluation
@@ -525,6 +530,8 @@ class DelayCDF:
         self.bin = np.zeros(0, dtype=np.int64)
         self.done = np.zeros(0, dtype=np.int64)
         self.skipped = 0
+        #: trace partitions it has learned from
+        self.partitions: set[int] = set()
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def observe(self, trace_ms: np.ndarray, partitions: np.ndarray, delays_ms: np.ndarray) -> None:
@@ -536,6 +543,7 @@ class DelayCDF:
             self.skipped += len(idx) - room
             idx = idx[:room]
         b = np.searchsorted(self.EDGES_MS, np.maximum(delays_ms[idx], 0.0), side="right") - 1
+        self.partitions.update(np.unique(partitions[idx]).tolist())
         self.t = np.concatenate([self.t, trace_ms[idx].astype(np.int64)])
         self.part = np.concatenate([self.part, partitions[idx].astype(np.int64)])
         self.bin = np.concatenate([self.bin, b.astype(np.int64)])
@@ -618,11 +626,8 @@ class DelayModel:
     ``feedback_maturity`` old, events and exposure together).
     """
 
-    def __init__(self, half_life: float = 20_000.0, min_samples: float = 200.0, max_pending: int = 50_000,
-                 release_every_ms: float = 30_000.0) -> None:
+    def __init__(self, half_life: float = 20_000.0, min_samples: float = 200.0, max_pending: int = 50_000) -> None:
         self.half_life, self.min_samples, self.max_pending = half_life, min_samples, max_pending
-        self.release_every_ms = release_every_ms
-        self._released_at = -math.inf
         self.cdfs: dict[tuple[str, str | None], DelayCDF] = {}
 
     def _get(self, key: tuple[str, str | None]) -> DelayCDF:
@@ -643,15 +648,12 @@ class DelayModel:
             self._get(key).observe(np.asarray(trace_ms)[ix], np.asarray(partitions)[ix],
                                    np.asarray(delays_ms, dtype=np.float64)[ix])
 
-    def release(self, clock_ms: dict[int, float]) -> None:
-        """Learn the delays the partitions' clocks make observable (at most once per
-        ``release_every_ms`` of clock: the queue is scanned whole)."""
-        now = max(clock_ms.values(), default=-math.inf)
-        if now < self._released_at + self.release_every_ms:
-            return
-        self._released_at = now
+    def release(self, clock_ms: dict[int, float], partition: int | None = None) -> None:
+        """Learn the delays the partitions' clocks make observable (the queues are scanned whole);
+        with ``partition``, only the distributions that learned from its traces."""
         for cdf in self.cdfs.values():
-            cdf.release(clock_ms)
+            if partition is None or partition in cdf.partitions:
+                cdf.release(clock_ms)
 
     def model_for(self, tenant: str, workflow: str | None) -> DelayCDF | None:
         """The learned distribution a slice of ``tenant`` (x ``workflow``) uses, or ``None``."""
