@@ -115,8 +115,9 @@ class Settings(BaseSettings):
     trace_index_size: int = Field(2_000_000, ge=1000, description="recent traces kept for feedback joins")
     feedback_grace_s: float = Field(30.0, ge=0, description="how long feedback for an unseen trace waits, s")
     feedback_maturity_s: float = Field(300.0, gt=0, description=(
-        "event time after which a trace's feedback is taken as complete for correction-rate detection, s; "
-        "later feedback is stored but not counted by detectors"))
+        "feedback delay assumed for correction-rate detection until a tenant's delay distribution is learned "
+        "(a trace bucket counts once this old), s; label-delay bucket width = maturity / 8; later feedback is "
+        "still counted"))
 
     # --- canary scorecards and rollout verdicts (streams.processors.canary) ----------------
     canary_alpha: float = Field(0.05, gt=0, lt=1, description=(

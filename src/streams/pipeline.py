@@ -374,12 +374,18 @@ class Pipeline:
         """Count new corrections (``(feedback record, its trace)``) in the label-delayed detectors
         of every layer's slice of the trace, advance the feedback watermarks (partition → latest
         feedback event time, ms) and turn matured-bucket alarms into incidents."""
-        rows, midx, t_ms, tids = [], [], [], []
+        rows, midx, t_ms, tids, fb_ms = [], [], [], [], []
         eng = self.engine
         timed = [(ref.event_time_ms, ref.partition, rec["event_time"] - ref.event_time_ms)
                  for rec, ref in corrections if "event_time" in rec]
+        lag_keys = [(ref.tenant_id, ref.workflow) for rec, ref in corrections if "event_time" in rec]
         lags = tuple(np.array([x[i] for x in timed], dtype=np.int64 if i < 2 else np.float64) for i in range(3))
+        # the feedback clock is kept per *trace* partition (the buckets' partition), from the
+        # corrections' own event times: the feedback topic's partitions need not match
+        fb_clock: dict[int, int] = {}
         for rec, ref in corrections:
+            at = int(rec.get("event_time", feedback_watermarks.get(ref.partition, ref.event_time_ms)))
+            fb_clock[ref.partition] = max(fb_clock.get(ref.partition, -1), at)
             metrics = [j for j, metric in enumerate(POISSON) if metric.feedback_event(rec)]
             for layer in eng.cfg.layers:
                 use_c, use_w, use_r = LAYER_PARTS[layer][1:]
@@ -390,8 +396,13 @@ class Pipeline:
                     midx.append(j)
                     t_ms.append(ref.event_time_ms)
                     tids.append(rec["trace_id"])
+                    fb_ms.append(int(rec.get("event_time", fb_clock[ref.partition])))
+        for p, t in feedback_watermarks.items():
+            fb_clock[p] = max(fb_clock.get(p, -1), int(t))
         alarms = eng.process_feedback(np.asarray(rows, dtype=np.int64), np.asarray(midx, dtype=np.int64),
-                                      np.asarray(t_ms, dtype=np.int64), tids, feedback_watermarks, lags)
+                                      np.asarray(t_ms, dtype=np.int64), tids, fb_clock, lags,
+                                      np.asarray(fb_ms, dtype=np.int64), lag_keys)
+        self.stats.update(eng.delayed.counters)
         return self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
 
     # ------------------------------------------------------------------ feedback

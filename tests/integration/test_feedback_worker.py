@@ -116,9 +116,15 @@ def _feedback_progress(settings, group: str) -> tuple[int, int]:
 
 
 def _processed_feedback_rows(log) -> int:
-    """Feedback rows the worker reports in its latest stats line (0 before the first one)."""
+    """Feedback rows the worker reports in its latest complete stats line (0 before the first
+    one; the line being written may be cut at the log's buffer boundary)."""
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if " stats {" in ln]
-    return json.loads(lines[-1].split(" stats ", 1)[1])["feedback"] if lines else 0
+    for ln in reversed(lines):
+        try:
+            return json.loads(ln.split(" stats ", 1)[1])["feedback"]
+        except json.JSONDecodeError:
+            continue
+    return 0
 
 
 def test_worker_killed_mid_stream_loses_and_doubles_no_feedback(settings, worker_factory, tmp_path):

@@ -34,11 +34,21 @@ and ``PageHinkley`` (default parameters) on the raw per-trace metrics of every t
 slice (latency ms, output tokens, failure / escalation / policy-block / correction indicators,
 corrections known immediately); alarms on one slice within 2,000 traces count as one incident.
 They only detect, so kind and release scores do not apply to them.
+
+``--timed`` (:func:`run_timed_suite`) runs the delayed-label scenarios with real timing instead:
+corrections x1.5 and x2 on a new release, one trace every 10 s (days of event time), feedback
+delayed log-normally (median 2 h, p99 48 h), or by fast reviewers plus office hours with a
+weekend backlog, or read by a feedback consumer an hour behind the trace consumer; every input is
+read twice on two schedules of batch sizes and interleaving, and the incidents must be the same.
+Scores: recall, release attribution, delay in affected-slice traces and in hours after the first
+post-change correction arrived, change-point error in trace time, false incidents per million,
+corrections uncounted (events not in a live bucket, folded, late or unmatched).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -375,4 +385,240 @@ def dumps(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, default=str)
 
 
-__all__ = ["SCENARIOS", "STATIONARY", "Scenario", "headline", "run_suite"]
+
+
+# ====================================================================== label delays with real timing
+#: delayed-label runs: one fleet-wide trace every 10 s of event time, so 100,000 traces span 11.6
+#: days and the warm-up 4.6 days (corrections delayed by days need days of traffic)
+TIMED_STEP_MS = 10_000.0
+HOUR_MS = 3_600_000.0
+#: log-normal delays with median 2 h and p99 48 h: sigma = ln(24) / z_0.99
+LOGNORMAL_MEDIAN_MS, LOGNORMAL_SIGMA = 2 * HOUR_MS, math.log(24.0) / 2.3263
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When feedback happens and when the worker reads it.
+
+    ``delay``: ``lognormal`` (median 2 h, p99 48 h) or ``reviewers`` (60% fast reviewers, median
+    5 min; the rest reviewed in working hours, Mon-Fri 08-18 UTC, so a weekend's traces wait for
+    Monday). ``feedback_behind_ms``: the feedback consumer reads feedback this long after it
+    happened while the trace consumer keeps up (one hour: a lagging feedback consumer).
+    """
+
+    name: str
+    delay: str
+    feedback_behind_ms: float = 0.0
+
+
+TIMINGS = (
+    Timing("lognormal_2h_p99_48h", "lognormal"),
+    Timing("fast_reviewers_weekend_backlog", "reviewers"),
+    Timing("feedback_consumer_1h_behind", "lognormal", feedback_behind_ms=HOUR_MS),
+)
+TIMED_SCENARIOS = (
+    Scenario("release_corrections_x1.5", 0, Effect(correction=1.5), True, "release_regression"),
+    Scenario("release_corrections_x2", 0, Effect(correction=2.0), True, "release_regression"),
+)
+TIMED_STATIONARY = Scenario("stationary_control", None, None, False, None, warmup=0, after=1_000_000)
+
+
+def feedback_delays_ms(rng: np.random.Generator, timing: Timing, trace_ms: np.ndarray) -> np.ndarray:
+    """Delay of each feedback after its trace (ms) under ``timing`` (see :class:`Timing`)."""
+    n = len(trace_ms)
+    if timing.delay == "lognormal":
+        return LOGNORMAL_MEDIAN_MS * np.exp(rng.normal(0.0, LOGNORMAL_SIGMA, n))
+    if timing.delay != "reviewers":
+        raise ValueError(f"timing.delay {timing.delay!r} is not lognormal or reviewers")
+    fast = rng.random(n) < 0.6
+    d_fast = 300_000.0 * np.exp(rng.normal(0.0, 0.8, n))
+    # office reviewers: ready after ~1 h, reviewed at the next working minute, then within ~2 h
+    ready = trace_ms + HOUR_MS * np.exp(rng.normal(0.0, 0.7, n))
+    day_ms = 24 * HOUR_MS
+    days = np.floor(ready / day_ms)
+    hour = (ready - days * day_ms) / HOUR_MS
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (Mon = 0)
+    start = ready.copy()
+    late_day = hour >= 18.0
+    start = np.where(hour < 8.0, days * day_ms + 8 * HOUR_MS, start)
+    start = np.where(late_day, (days + 1) * day_ms + 8 * HOUR_MS, start)
+    wd = np.where(late_day, (weekday + 1) % 7, weekday)
+    skip = np.where(wd == 5, 2, np.where(wd == 6, 1, 0))  # Saturday, Sunday -> Monday 08:00
+    start = np.where(skip > 0, (np.floor(start / day_ms) + skip) * day_ms + 8 * HOUR_MS, start)
+    d_office = start - trace_ms + rng.exponential(2 * HOUR_MS, n)
+    return np.where(fast, d_fast, d_office)
+
+
+@dataclass
+class TimedResult:
+    """One delayed-label run: detection, delay in slice traces and hours, counting, and the
+    incidents (``(incident id, metric, kind, release)`` of each opened, for the determinism check)."""
+
+    scenario: str
+    timing: str
+    seed: int
+    schedule: int
+    traces: int
+    detected: bool = False
+    release_id: str | None = None
+    kind: str | None = None
+    delay_traces: int | None = None
+    delay_h_after_first_correction: float | None = None
+    change_point_error_h: float | None = None
+    false_incidents: int = 0
+    corrections: int = 0
+    uncounted: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+    opened: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+
+
+def run_timed(s: Scenario, timing: Timing, seed: int, settings: Settings, schedule: int = 0) -> TimedResult:
+    """Run ``s`` with feedback under ``timing``: the same input (traces and feedback, fixed by
+    ``seed``) is read by two consumers on their own schedules (``schedule`` seeds the batch sizes:
+    traces 50-3,000 per batch, feedback 1-500), the feedback one ``feedback_behind_ms`` late and
+    never ahead of the traces it refers to (the worker's join). Scores the incidents."""
+    rng = np.random.default_rng(seed)
+    sched = np.random.default_rng(10_000 + schedule)
+    pipe = Pipeline(settings, _codec())
+    pipe.releases.update({r: {"release_id": r, "model": "m", "prompt_version": "p", "tool_schema_version": "t",
+                              "policy_version": "x", "retrieval_index_version": "i"} for r in ("rel-1", NEW_RELEASE)})
+    total = s.warmup + s.after
+    t_change = T0_MS + int(s.warmup * TIMED_STEP_MS)
+    chunks: list[Any] = []
+    fbs: list[tuple[int, dict, Any]] = []
+    slice_times: list[np.ndarray] = []  # event times of the affected slice's traces after the change
+    off = 0
+    while off < total:
+        n = min(2000, total - off)
+        changed = off >= s.warmup
+        fleet = _fleet_for(s, changed)
+        cols, which = synthetic_columns(rng, fleet, n, off, T0_MS + int(off * TIMED_STEP_MS), TIMED_STEP_MS)
+        chunks.append(cols)
+        if s.affected is not None and changed:
+            slice_times.append(cols.event_time_ms[which == s.affected])
+        fb = synthetic_feedback(rng, cols, which, fleet)
+        delays = feedback_delays_ms(rng, timing, np.array([ref.event_time_ms for _, _, ref in fb], dtype=np.float64))
+        for (_, rec, ref), d in zip(fb, delays.tolist(), strict=True):
+            at = ref.event_time_ms + int(d)
+            fbs.append((at, dict(rec, event_time=at), ref))
+        off += n
+    fbs.sort(key=lambda x: (x[0], x[1]["trace_id"]))
+    res = TimedResult(s.name, timing.name, seed, schedule, total, corrections=len(fbs))
+    first_post = next((at for at, _, ref in fbs if ref.event_time_ms >= t_change and s.affected is not None
+                       and ref.tenant_id == s.fleet[s.affected].tenant), None)
+    opened: dict[str, Any] = {}  # incident id -> its first event (detection) and latest revision
+    latest: dict[str, Any] = {}
+    ci, cpos, fi, trace_wm = 0, 0, 0, -1
+
+    def take(events):
+        for e in events:
+            if e.incident_id not in opened:
+                if e.status != IncidentStatus.resolved:
+                    opened[e.incident_id] = latest[e.incident_id] = e
+            elif e.status != IncidentStatus.resolved or "superseded" not in e.summary:
+                latest[e.incident_id] = e if e.status != IncidentStatus.resolved else latest[e.incident_id]
+
+    while ci < len(chunks) or fi < len(fbs):
+        t_trace = chunks[ci].event_time_ms[cpos] if ci < len(chunks) else math.inf
+        t_fb = fbs[fi][0] + timing.feedback_behind_ms if fi < len(fbs) else math.inf
+        fb_ready = fi < len(fbs) and fbs[fi][0] <= trace_wm
+        if ci < len(chunks) and (t_trace <= t_fb or not fb_ready):
+            c = chunks[ci]
+            m = min(int(sched.integers(50, 3000)), c.n - cpos)
+            part = c.slice(cpos, cpos + m)
+            cpos += m
+            if cpos >= c.n:
+                ci, cpos = ci + 1, 0
+            trace_wm = max(trace_wm, int(part.event_time_ms.max()))
+            take(pipe.process_columns(part))
+        elif fb_ready:
+            size = int(sched.integers(1, 500))
+            j = fi
+            while j < len(fbs) and j - fi < size and fbs[j][0] <= trace_wm:
+                j += 1
+            chunk = fbs[fi:j]
+            fi = j
+            wm: dict[int, int] = {}
+            for at, _, ref in chunk:
+                wm[ref.partition] = max(wm.get(ref.partition, -1), at)
+            take(pipe.apply_corrections([(rec, ref) for _, rec, ref in chunk], wm))
+        else:
+            break
+    d = pipe.engine.delayed
+    res.counters = dict(d.counters)
+    layers_metrics = d.counters["feedback_events"]
+    res.uncounted = layers_metrics - (d.live_events() + d.counters["folded_feedback"] + d.counters["late_feedback"]
+                                      + d.counters["unmatched_feedback"])
+    affected_tenant = s.fleet[s.affected].tenant if s.affected is not None else None
+    times = np.sort(np.concatenate(slice_times)) if slice_times else np.zeros(0)
+    for iid, e in sorted(opened.items(), key=lambda kv: (_ms(kv[1].last_seen), kv[0])):
+        last = latest[iid]
+        res.opened.append((iid, e.metric, last.kind.value, last.release_id))
+        on_change = affected_tenant is not None and e.slice.tenant_id == affected_tenant \
+            and _ms(e.last_seen) >= t_change
+        if not on_change:
+            res.false_incidents += 1
+        elif not res.detected:
+            res.detected, res.kind, res.release_id = True, last.kind.value, last.release_id
+            detected_ms = _ms(e.last_seen)
+            res.delay_traces = int(np.searchsorted(times, detected_ms, side="right"))
+            if first_post is not None:
+                res.delay_h_after_first_correction = round((detected_ms - first_post) / HOUR_MS, 2)
+            res.change_point_error_h = round((_ms(e.first_seen) - t_change) / HOUR_MS, 2)
+    return res
+
+
+def _ms(t) -> int:
+    return int(t.timestamp() * 1000) if hasattr(t, "timestamp") else int(t)
+
+
+def run_timed_suite(seeds: int = 3, stationary_traces: int = 1_000_000, settings: Settings | None = None,
+                    progress=None) -> dict[str, Any]:
+    """Every delayed-label scenario under every timing (``seeds`` runs each, each also replayed
+    with a second schedule of batch interleaving), plus one stationary run per timing of
+    ``stationary_traces`` (not replayed). Returns the JSON-able report."""
+    settings = settings or Settings()
+    jobs = [(s, t, seed) for t in TIMINGS for s in TIMED_SCENARIOS for seed in range(seeds)]
+    jobs += [(replace(TIMED_STATIONARY, after=stationary_traces), t, 100) for t in TIMINGS]
+    runs: list[TimedResult] = []
+    t0 = time.perf_counter()
+    for i, (s, t, seed) in enumerate(jobs):
+        a = run_timed(s, t, seed, settings, schedule=0)
+        if s.affected is not None:
+            b = run_timed(s, t, seed, settings, schedule=1)
+            a.counters["same_incidents_other_schedule"] = int(a.opened == b.opened)
+        runs.append(a)
+        if progress:
+            progress(f"timed {t.name} {s.name} seed {seed}", i + 1, len(jobs))
+    rows = []
+    for t in TIMINGS:
+        for s in (*TIMED_SCENARIOS, TIMED_STATIONARY):
+            rs = [r for r in runs if r.timing == t.name and r.scenario == s.name]
+            det = [r for r in rs if r.detected]
+            traces = sum(r.traces for r in rs)
+            rows.append({
+                "timing": t.name, "scenario": s.name, "runs": len(rs),
+                "recall": len(det) / len(rs) if s.affected is not None else None,
+                "release_attribution": (sum(r.release_id == NEW_RELEASE for r in det) / len(det)) if det else None,
+                "median_delay_slice_traces": _quantile([r.delay_traces for r in det if r.delay_traces is not None],
+                                                       0.5),
+                "median_delay_h_after_first_correction": _quantile(
+                    [r.delay_h_after_first_correction for r in det if r.delay_h_after_first_correction is not None],
+                    0.5),
+                "median_change_point_error_h": _quantile(
+                    [r.change_point_error_h for r in det if r.change_point_error_h is not None], 0.5),
+                "false_incidents_per_million": sum(r.false_incidents for r in rs) / max(traces, 1) * 1e6,
+                "corrections": sum(r.corrections for r in rs),
+                "uncounted": sum(r.uncounted for r in rs),
+                "late": sum(r.counters.get("late_feedback", 0) for r in rs),
+                "unmatched": sum(r.counters.get("unmatched_feedback", 0) for r in rs),
+                "coarsened_buckets": sum(r.counters.get("coarsened_buckets", 0) for r in rs),
+                "same_incidents_other_schedule": all(r.counters["same_incidents_other_schedule"] for r in rs)
+                if s.affected is not None else None,
+            })
+    return {"timed": rows, "elapsed_s": round(time.perf_counter() - t0, 1),
+            "runs": [asdict(r) for r in runs]}
+
+
+__all__ = ["SCENARIOS", "STATIONARY", "TIMED_SCENARIOS", "TIMINGS", "Scenario", "Timing", "headline", "run_suite",
+           "run_timed", "run_timed_suite"]

@@ -149,11 +149,28 @@ def bench_drift(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full report here")] = None,
     calibrate: Annotated[str, typer.Option(help="instead: false incidents per million on the stationary "
                                                 "scenarios for these thresholds, e.g. 12,14,16,18")] = "",
+    timed: Annotated[bool, typer.Option(help="instead: the delayed-label scenarios with real feedback timing "
+                                             "(log-normal delays, reviewers, a lagging feedback consumer)")] = False,
+    stationary_traces: Annotated[int, typer.Option(help="--timed: stationary traces per timing")] = 1_000_000,
 ) -> None:
     """Detection quality on the scenario suite (recall, delay, false incidents, attribution)."""
     from streams.cli import narrow_table  # at call time: streams.cli mounts this module
     from streams.devtools.bench_drift import calibrate as run_calibration
-    from streams.devtools.bench_drift import dumps, headline, run_suite
+    from streams.devtools.bench_drift import dumps, headline, run_suite, run_timed_suite
+
+    if timed:
+        report = run_timed_suite(seeds=seeds, stationary_traces=stationary_traces,
+                                 progress=lambda d, i, n: console.print(f"[dim]{i}/{n} {d}"))
+        cols = ("timing", "scenario", "recall", "release_attribution", "median_delay_slice_traces",
+                "median_delay_h_after_first_correction", "false_incidents_per_million", "uncounted",
+                "same_incidents_other_schedule")
+        t = narrow_table(*cols)
+        for row in report["timed"]:
+            t.add_row(*(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in cols))
+        console.print(t)
+        if json_out:
+            json_out.write_text(dumps(report))
+        return
 
     if calibrate:
         rows = run_calibration([float(x) for x in calibrate.split(",")],

@@ -37,11 +37,10 @@ the baseline keeps:
   value, which makes the CUSUM increment an exact likelihood ratio for any shape of data.
 - ``poisson``: counts that arrive on the feedback stream against trace exposure (corrections,
   unsafe-recommendation feedback per trace). Feedback is a *delayed label*: traces and their
-  feedback are counted in event-time buckets of the trace (a ring of ``N_BUCKETS`` per slice);
-  as a bucket ages, the share of its eventual feedback that should have arrived (the learned
-  feedback-delay CDF) is credited as exposure against the feedback received meanwhile. The clock
-  is the lower of the partition's trace and feedback watermarks, so the rate is right whatever
-  order or speed the two topics are consumed in.
+  feedback are counted in event-time buckets of the trace (a ring of ``N_BUCKETS`` per slice,
+  coarsened when full, folded into the baseline once their feedback is due); each bucket's
+  feedback so far is compared with the baseline rate x traces x the learned delay CDF at its age
+  (see :mod:`streams.processors.drift.delayed`).
 - ``categorical``: the input mix (workflow × intent), hashed into ``N_CAT`` buckets.
 
 Baselines are exponentially weighted with a half-life in traces (``baseline_half_life_traces``),
@@ -153,13 +152,18 @@ FIELDS: dict[str, tuple[int, float]] = {
     "p_num": (N_POISSON, 0.0),  # EW count of events (corrections)
     "p_den": (N_POISSON, 0.0),  # EW exposure (traces)
     "p_s": (N_POISSON, 0.0),
-    "p_n": (N_POISSON, 0.0),  # exposure since change point
-    "p_k": (N_POISSON, 0.0),  # events since change point
-    "pb_id": (N_BUCKETS, -1.0),  # event-time bucket held by each ring slot (-1 empty)
+    "p_n": (N_POISSON, 0.0),  # folded exposure since the change point
+    "p_k": (N_POISSON, 0.0),  # folded events since the change point
+    "p_t": (N_POISSON, 0.0),  # folded traces since the change point
+    "p_cp_ms": (N_POISSON, float("inf")),  # trace time of the change point the CUSUM holds (inf: none)
+    "p_reset_ms": (1, -1.0),  # buckets ending before this trace time belong to an alarmed episode
+    "p_fold_ms": (1, -1.0),  # latest trace time folded (feedback for older traces is late)
+    "pb_id": (N_BUCKETS, -1.0),  # first tick bucket (trace ms // bucket_ms) of each ring slot (-1 empty)
+    "pb_span": (N_BUCKETS, 1.0),  # tick buckets it covers (coarsened buckets cover several)
+    "pb_lo": (N_BUCKETS, 0.0),  # earliest trace event time in it, ms
+    "pb_hi": (N_BUCKETS, 0.0),  # latest trace event time in it, ms
     "pb_n": (N_BUCKETS, 0.0),  # traces in the slot's bucket
-    "pb_f": (N_BUCKETS, 0.0),  # share of the bucket's eventual feedback already credited as exposure
     "pb_k": (N_BUCKETS * N_POISSON, 0.0),  # feedback events in the slot's bucket, slot-major
-    "pb_kc": (N_BUCKETS * N_POISSON, 0.0),  # events already credited to the detector
     "hist": (N_HIST, 0.0),  # EW latency histogram (weights)
     "c_base": (N_CAT, 0.0),  # EW input-mix distribution (weights)
     "c_win": (N_CAT, 0.0),  # current window counts

@@ -991,10 +991,12 @@ def _evidence(alarm: Alarm, ctx: TraceContext) -> list[str]:
 
 
 def _first_ms(alarm: Alarm, ctx: TraceContext) -> int:
-    """Event time of the alarm's estimated change point (its own time for feedback alarms), ms."""
+    """Event time of the alarm's estimated change point, ms: for a feedback alarm the change
+    point in trace time (``Alarm.cp_event_time_ms``, the delayed-label detectors) or else its own
+    time."""
     now_ms = _time(alarm, ctx)
     if alarm.pos < 0:
-        return now_ms
+        return alarm.cp_event_time_ms or now_ms
     return min(now_ms, ctx.event_time_ms(alarm.cp_pos if alarm.cp_pos is not None else alarm.evidence[0]))
 
 

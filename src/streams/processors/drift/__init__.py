@@ -51,10 +51,10 @@ The measured false-incident rate is in BENCHMARKS.md (``selfheal bench-drift``).
 
 from streams.processors.drift.base import Alarm, DriftConfig
 from streams.processors.drift.cusum import ChangePoints, segmented_cusum
-from streams.processors.drift.delayed import DelayedMetrics, LagDistribution
+from streams.processors.drift.delayed import DelayCDF, DelayedMetrics, DelayModel
 from streams.processors.drift.engine import DriftEngine
 from streams.processors.drift.families import Z_CLIP
 from streams.processors.drift.mix import MixTest, input_mix_code, mix_test
 
-__all__ = ["Z_CLIP", "Alarm", "ChangePoints", "DelayedMetrics", "DriftConfig", "DriftEngine", "LagDistribution",
+__all__ = ["Z_CLIP", "Alarm", "ChangePoints", "DelayCDF", "DelayModel", "DelayedMetrics", "DriftConfig", "DriftEngine",
            "MixTest", "input_mix_code", "mix_test", "segmented_cusum"]

@@ -75,3 +75,5 @@ class Alarm:
     trace_id: str | None = None
     event_time_ms: int | None = None
     evidence_ids: list[str] = field(default_factory=list)
+    #: label-delayed alarms: trace event time (ms) of the first traces after the change point
+    cp_event_time_ms: int | None = None

@@ -1,283 +1,668 @@
 """The label-delayed metrics: feedback counts (corrections, unsafe feedback) against the trace
-exposure that had time to receive them.
+exposure that had time to receive them, for feedback delays from seconds to days.
 
-Feedback is a *delayed label*: traces and their feedback are counted in event-time buckets of
-the trace (a ring of ``N_BUCKETS`` per slice, :data:`streams.processors.baselines.FIELDS`
-``pb_*``); as a bucket ages, the share of its eventual feedback that should have arrived (the
-learned feedback-delay CDF, :class:`LagDistribution`) is credited as exposure against the
-feedback received meanwhile, and each slice's Poisson CUSUMs take one step per call with that
-exposure and those counts (J. M. Lucas, "Counted data CUSUM's", Technometrics 27(2), 1985;
-:func:`~streams.processors.drift.families.poisson_cusum_step`). The clock is the lower of the
-partition's trace and feedback watermarks, so the rate is right whatever order or speed the two
-topics are consumed in.
+**Method.** Feedback is a *delayed label*. The traces of each slice are counted in event-time
+buckets of the *trace* (a ring of ``N_BUCKETS`` per slice, :data:`streams.processors.baselines.FIELDS`
+``pb_*``); every feedback event is counted once, in its trace's bucket, whenever it arrives. At
+feedback event time ``T`` a bucket of ``n`` traces spread over ``[lo, hi]`` has received, under
+the baseline rate ``r0``, ``r0 * n * G(T)`` events in expectation, where
+``G(T) = mean over its traces of F(T - t)`` and ``F`` is the feedback-delay CDF learned per tenant x
+workflow (:class:`DelayModel`): the delayed-feedback model of O. Chapelle, "Modeling delayed
+feedback in display advertising", KDD 2014, where a conversion seen so far is compared with
+the rate times the probability that it has had time to arrive. Each bucket's log-likelihood ratio
+of "rate ``rho * r0``" against ``r0`` given what it received so far is the Poisson one,
+``L_b = k_b ln(rho) - (rho - 1) r0 n_b G_b(T)`` (J. M. Lucas, "Counted data CUSUM's",
+Technometrics 27(2), 1985), and the detector is Page's CUSUM over the buckets *in trace-time
+order* evaluated at ``T``: ``S = max over tau <= j of sum_{tau..j} L_b``. For a fixed ``tau`` the
+sum is the log of a likelihood-ratio martingale in ``T`` (events arrive as a Poisson process of
+intensity ``r0 n F'``), so each of the tests it runs stays under Ville's inequality and the CUSUM
+keeps Lorden's bound on its false-alarm rate (G. Lorden, Ann. Math. Statist. 42(6), 1971) as the
+trace-driven CUSUMs do. The change point ``tau`` is a bucket of *trace* time, so the alarm reports
+when the corrected traces ran and which release served them.
+
+**Why it is a state function.** The statistic is recomputed from the buckets' counts at ``T``,
+never accumulated per call, so it does not depend on how feedback batches interleave with trace
+batches. It is evaluated once per *tick* (``DriftConfig.bucket_ms`` of feedback event time) in
+which feedback arrived, after every event of the tick and before any later one: a batch is split
+at tick boundaries, the events of the last tick wait for the next batch that passes it. Between
+ticks without feedback every ``L_b`` only falls, so no alarm is missed. The feedback of one tick
+is complete when a later one arrives (feedback is consumed in event-time order per partition) and
+the worker's join lets feedback through only after the traces up to its event time
+(:mod:`streams.worker.join_wait`), so the input of every evaluation is fixed by the data. The
+delay CDF learns on a grid (``LEARN_EVERY_MS``) of the same clock, for the same reason. What is
+left to chance: a full ring coarsens when traces arrive, so which buckets merge can depend on how
+far the trace consumer runs ahead (measured: the first detection identical, but 3 of 6 runs
+with a different list of incidents on a second schedule; see BENCHMARKS.md).
+
+**Bounded memory, nothing dropped.** A bucket whose traces are all past the delay distribution
+(``G >= FOLD_AT``) is *folded*: its ``L_b`` goes into the folded CUSUM ``p_s`` (Page's recursion)
+and its counts into the EW baseline ``p_num / p_den``. A ring that is full *coarsens*: the two
+adjacent buckets whose merged width is smallest relative to their age merge, so resolution is
+relative to age as in an exponential histogram (M. Datar et al., "Maintaining stream statistics
+over sliding windows", SIAM J. Comput. 31(6), 2002): days of delay fit in 32 slots. An event for a folded
+bucket is *late*: counted in the baseline (its exposure was credited in full at the fold), not in
+the CUSUM (that would count its share twice). An event whose trace has no bucket in the slice
+(traces from before a restart whose ring was not persisted, say) is *unmatched*, counted the
+same way. :attr:`DelayedMetrics.counters` holds every count; the identity
+``events = live + folded + late + unmatched`` is checked by tests.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from streams.processors.baselines import N_BUCKETS, SliceStore
 from streams.processors.columns import TraceColumns
 from streams.processors.drift.base import HOLD_AT, HOLD_WEIGHT, Alarm, DriftConfig
-from streams.processors.drift.families import (
-    MIN_POISSON_EVENTS,
-    guarded_poisson_rate,
-    poisson_cusum_step,
-    poisson_rate_interval,
-)
+from streams.processors.drift.families import MIN_POISSON_EVENTS, guarded_poisson_rate, poisson_rate_interval
 from streams.processors.metrics import N_POISSON, POISSON, POISSON_GROUP
+
+#: a bucket folds once this share of its traces' feedback is due (``G >= FOLD_AT``)
+FOLD_AT = 0.999
+#: the delay CDF learns on a grid of feedback event time (ms): each scan of its queue is O(queue)
+LEARN_EVERY_MS = 300_000
+
+
+@dataclass(slots=True)
+class _Ring:
+    """The live buckets of some rows at clock ``T``, slots sorted by trace time (empty last).
+
+    Every array is ``(R, N_BUCKETS)`` (``k``: ``(R, N_BUCKETS, N_POISSON)``); ``slot`` maps a
+    sorted position back to the ring slot.
+    """
+
+    slot: np.ndarray
+    live: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n: np.ndarray
+    k: np.ndarray
+    g: np.ndarray
+    usable: np.ndarray
 
 
 class DelayedMetrics:
     """The Poisson detectors of every slice of a store, fed by trace batches and feedback batches.
 
     Args:
-        cfg: detector settings (threshold, rate shift, feedback maturity, ...).
+        cfg: detector settings (threshold, rate shift, feedback maturity = the delay assumed
+            until a tenant's delay distribution is learned, tick ``bucket_ms``).
         store: the slice store (its ``pb_*`` bucket rings and ``p_*`` baselines and statistics).
     """
 
     def __init__(self, cfg: DriftConfig, store: SliceStore) -> None:
         self.cfg = cfg
         self.store = store
-        #: per partition: latest trace / feedback event time seen (ms), the label-maturity clock
+        #: per partition: latest trace / feedback event time seen (ms)
         self.trace_wm: dict[int, int] = {}
         self.feedback_wm: dict[int, int] = {}
+        #: per partition: tick (feedback ms // bucket_ms) whose events were counted and not yet
+        #: evaluated, the slice keys they touched, and the latest feedback time in it (ms)
+        self._pending_tick: dict[int, int] = {}
+        self._pending_rows: dict[int, set[str]] = {}
+        self._pending_at: dict[int, int] = {}
+        #: per partition: feedback event time of the last evaluation (ms), and the grid point
+        #: (``LEARN_EVERY_MS``) up to which the delay CDF has learned
+        self.clock: dict[int, int] = {}
+        self._learned_at: dict[int, int] = {}
         #: recent corrected traces per slice key (evidence for correction incidents)
         self.evidence: dict[str, list[tuple[str, int]]] = {}
-        self.late_feedback = 0
-        self.discarded_buckets = 0
-        self.lag = LagDistribution()
+        #: every feedback event, by fate (stats line): counted in a live bucket, folded with its
+        #: bucket, late (its bucket had folded), unmatched (no bucket); buckets folded / coarsened
+        self.counters = {"feedback_events": 0, "late_feedback": 0, "unmatched_feedback": 0,
+                         "folded_feedback": 0, "folded_buckets": 0, "coarsened_buckets": 0}
+        self.delays = DelayModel()
         self._ln_rho = math.log(cfg.rate_shift)
 
+    # ------------------------------------------------------------------ compatibility figures
+    @property
+    def late_feedback(self) -> int:
+        """Feedback events whose bucket had folded (counted in the baseline, not the CUSUM)."""
+        return self.counters["late_feedback"]
+
+    # ------------------------------------------------------------------ traces
     def add_traces(self, cols: TraceColumns, rows_by_layer: dict[str, np.ndarray],
                    fresh: dict[str, np.ndarray]) -> list[Alarm]:
-        """Advance the trace watermarks, mature due buckets (freeing their ring slots), then count
-        the batch's fresh traces in their event-time buckets of every layer's slice. Returns the
-        Poisson alarms of the matured buckets."""
+        """Advance the trace watermarks and count the batch's fresh traces in the event-time
+        buckets of every layer's slice (folding or coarsening a full ring first). Traces never
+        raise an alarm: the statistic only rises with feedback. Returns ``[]``."""
         for p in np.unique(cols.partition).tolist():
             t = int(cols.event_time_ms[cols.partition == p].max())
             self.trace_wm[p] = max(self.trace_wm.get(p, -1), t)
-        alarms = self.mature()
-        bucket = cols.event_time_ms // self.cfg.bucket_ms
+        w = self.cfg.bucket_ms
+        bucket = cols.event_time_ms // w
+        t_ms = cols.event_time_ms
         for layer in self.cfg.layers:
             ok = fresh[layer]
-            self._bucket_add(rows_by_layer[layer][ok], bucket[ok], None)
-        return alarms
+            self._count_traces(rows_by_layer[layer][ok], bucket[ok], t_ms[ok])
+        return []
 
-    def _bucket_add(self, rows: np.ndarray, bucket: np.ndarray, metric_idx: np.ndarray | None) -> int:
-        """Add traces (``metric_idx is None``) or feedback events to the slices' bucket rings.
-
-        Returns the number of feedback events that arrived after their bucket matured (late).
-        """
+    def _count_traces(self, rows: np.ndarray, bucket: np.ndarray, t_ms: np.ndarray) -> None:
+        """Add traces to their (row, bucket): ``n`` and the bucket's trace-time range."""
+        if not len(rows):
+            return
         f = self.store.f
         key = rows.astype(np.int64) * (1 << 40) + bucket.astype(np.int64)
-        uniq, counts = np.unique(key, return_counts=True) if metric_idx is None else (None, None)
-        late = 0
-        if metric_idx is None:
-            for kv, c in zip(uniq.tolist(), counts.tolist(), strict=True):
-                row, b = kv >> 40, kv & ((1 << 40) - 1)
-                slot = b % N_BUCKETS
-                held = f["pb_id"][row, slot]
-                if held != b:
-                    if held >= 0:
-                        # the ring wrapped before the old bucket matured (one topic far ahead of the
-                        # other): discard it whole, exposure and events, so the rate stays unbiased
-                        self.discarded_buckets += 1
-                    f["pb_id"][row, slot] = b
-                    f["pb_n"][row, slot] = 0.0
-                    f["pb_f"][row, slot] = 0.0
-                    f["pb_k"][row, slot * N_POISSON : (slot + 1) * N_POISSON] = 0.0
-                    f["pb_kc"][row, slot * N_POISSON : (slot + 1) * N_POISSON] = 0.0
-                f["pb_n"][row, slot] += c
-            return 0
-        for row, b, j in zip(rows.tolist(), bucket.tolist(), metric_idx.tolist(), strict=True):
-            slot = b % N_BUCKETS
-            if f["pb_id"][row, slot] != b:
-                late += 1  # its bucket retired (or was never seen): not counted, a safe undercount
-                continue
-            f["pb_k"][row, slot * N_POISSON + j] += 1.0
-        return late
+        uniq, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+        lo = np.full(len(uniq), np.inf)
+        hi = np.full(len(uniq), -np.inf)
+        np.minimum.at(lo, inv, t_ms.astype(np.float64))
+        np.maximum.at(hi, inv, t_ms.astype(np.float64))
+        for i, (kv, c) in enumerate(zip(uniq.tolist(), counts.tolist(), strict=True)):
+            row, b = kv >> 40, kv & ((1 << 40) - 1)
+            slot = self._slot_of(row, b)
+            if slot < 0:
+                slot = self._new_slot(row, b)
+            f["pb_n"][row, slot] += c
+            f["pb_lo"][row, slot] = min(f["pb_lo"][row, slot], lo[i])
+            f["pb_hi"][row, slot] = max(f["pb_hi"][row, slot], hi[i])
 
+    def _slot_of(self, row: int, b: int) -> int:
+        """Ring slot of ``row`` whose bucket covers tick bucket ``b``, or -1."""
+        f = self.store.f
+        ids, span = f["pb_id"][row], f["pb_span"][row]
+        hit = np.flatnonzero((ids >= 0) & (ids <= b) & (b < ids + span))
+        return int(hit[0]) if hit.size else -1
+
+    def _new_slot(self, row: int, b: int) -> int:
+        """A free slot for bucket ``b`` of ``row``; a full ring coarsens until a quarter of it is
+        free (buckets fold only at evaluations, so the state does not depend on when traces come)."""
+        f = self.store.f
+        free = np.flatnonzero(f["pb_id"][row] < 0)
+        if not free.size:
+            while free.size < N_BUCKETS // 4:
+                self._coarsen(row)
+                free = np.flatnonzero(f["pb_id"][row] < 0)
+        s = int(free[0])
+        f["pb_id"][row, s] = b
+        f["pb_span"][row, s] = 1.0
+        f["pb_n"][row, s] = 0.0
+        f["pb_lo"][row, s] = np.inf
+        f["pb_hi"][row, s] = -np.inf
+        f["pb_k"][row, s * N_POISSON : (s + 1) * N_POISSON] = 0.0
+        return s
+
+    def _coarsen(self, row: int) -> None:
+        """Merge the two adjacent buckets (in trace time) whose merged width is smallest relative
+        to their age (time from the pair's newest trace to the row's newest): old buckets widen
+        first and each keeps about the same relative resolution, width / age, so the ring holds
+        a few buckets per doubling of age (an exponential histogram)."""
+        f = self.store.f
+        ids, span = f["pb_id"][row], f["pb_span"][row]
+        live = np.flatnonzero(ids >= 0)
+        order = live[np.argsort(ids[live], kind="stable")]
+        end = ids[order] + span[order]
+        newest = end[-1]
+        width = end[1:] - ids[order][:-1]  # tick buckets the merged pair would cover
+        age = np.maximum(newest - end[1:], 1.0)
+        a = int(np.argmin(width / age))
+        keep, s = int(order[a]), int(order[a + 1])
+        f["pb_n"][row, keep] += f["pb_n"][row, s]
+        f["pb_lo"][row, keep] = min(f["pb_lo"][row, keep], f["pb_lo"][row, s])
+        f["pb_hi"][row, keep] = max(f["pb_hi"][row, keep], f["pb_hi"][row, s])
+        f["pb_k"][row, keep * N_POISSON : (keep + 1) * N_POISSON] += f["pb_k"][row, s * N_POISSON : (s + 1) * N_POISSON]
+        f["pb_span"][row, keep] = ids[s] + span[s] - ids[keep]
+        f["pb_id"][row, s] = -1.0
+        f["pb_k"][row, s * N_POISSON : (s + 1) * N_POISSON] = 0.0
+        f["pb_n"][row, s] = 0.0
+        self.counters["coarsened_buckets"] += 1
+        self.store.dirty.add(row)
+
+    # ------------------------------------------------------------------ feedback
     def add_feedback(self, rows: np.ndarray, metric_idx: np.ndarray, trace_event_ms: np.ndarray,
-                         trace_ids: Sequence[str], feedback_event_ms: dict[int, int],
-                         lag_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[Alarm]:
-        """Count feedback events (corrections) in their traces' buckets, then credit exposure.
+                     trace_ids: Sequence[str], feedback_event_ms: dict[int, int],
+                     lag_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                     feedback_ms: np.ndarray | None = None,
+                     lag_keys: Sequence[tuple[str, str]] | None = None) -> list[Alarm]:
+        """Count feedback events in their traces' buckets, tick by tick of feedback event time,
+        and evaluate every tick that is complete (see the module docstring).
 
         Args:
             rows: slice row of each event, shape ``(k,)`` (one event per slice layer it counts in).
-            metric_idx: Poisson metric index of each event (``metrics.POISSON_INDEX``).
-            trace_event_ms: event time of the trace each event refers to, ms.
+            metric_idx: Poisson metric index of each event (``metrics.POISSON_INDEX``), ``(k,)``.
+            trace_event_ms: event time of the trace each event refers to, ms, ``(k,)``.
             trace_ids: the trace id of each event (evidence).
-            feedback_event_ms: per partition, the latest feedback event time in the batch, ms
-                (advances the feedback watermark).
+            feedback_event_ms: per trace partition, the latest feedback event time of the batch, ms
+                (feedback up to it has been consumed).
             lag_samples: ``(trace event ms, partition, delay ms)`` arrays, one entry per distinct
-                feedback: the label-delay distribution learns from them.
+                feedback: the delay distribution learns from them (:class:`DelayModel`).
+            feedback_ms: feedback event time of each event, ms, ``(k,)``; ``None``: the batch's
+                watermark of the event's partition.
+            lag_keys: ``(tenant, workflow)`` of each lag sample; ``None``: learned for no key.
+
+        Returns the alarms of the evaluated ticks.
         """
+        f = self.store.f
         rows = np.asarray(rows, dtype=np.int64)
-        if lag_samples is not None and len(lag_samples[0]):
-            self.lag.observe(*lag_samples)
-        if len(rows):
-            bucket = np.asarray(trace_event_ms, dtype=np.int64) // self.cfg.bucket_ms
-            self.late_feedback += self._bucket_add(rows, bucket, np.asarray(metric_idx, dtype=np.int64))
-            for row, tid, t in zip(rows.tolist(), trace_ids, np.asarray(trace_event_ms).tolist(), strict=True):
-                ev = self.evidence.setdefault(self.store.info[row].key, [])
-                ev.append((tid, int(t)))
-                if len(ev) > 2 * self.cfg.evidence:
-                    del ev[: len(ev) - self.cfg.evidence]
+        if lag_samples is not None and len(lag_samples[0]) and lag_keys is not None:
+            self.delays.observe(lag_keys, *lag_samples)
         for p, t in feedback_event_ms.items():
             self.feedback_wm[p] = max(self.feedback_wm.get(p, -1), int(t))
-        return self.mature()
+        t_tr = np.asarray(trace_event_ms, dtype=np.int64)
+        parts = f["partition"][rows, 0].astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+        if feedback_ms is None:
+            fb = np.array([self.feedback_wm.get(int(p), 0) for p in parts.tolist()], dtype=np.int64)
+        else:
+            fb = np.asarray(feedback_ms, dtype=np.int64)
+        for p in np.unique(parts).tolist():  # events are feedback up to their own time
+            self.feedback_wm[p] = max(self.feedback_wm.get(p, -1), int(fb[parts == p].max()))
+        alarms: list[Alarm] = []
+        w = self.cfg.bucket_ms
+        metric_idx = np.asarray(metric_idx, dtype=np.int64)
+        for p in np.unique(parts).tolist():
+            sel = np.flatnonzero(parts == p)
+            sel = sel[np.argsort(fb[sel], kind="stable")]
+            tick = fb[sel] // w
+            if p in self.clock:  # at or before the last evaluation (out of order): the next tick
+                tick = np.maximum(tick, self.clock[p] // w + 1)
+            cuts = np.flatnonzero(np.diff(tick)) + 1
+            for grp in np.split(np.arange(len(sel)), cuts):
+                idx = sel[grp]
+                tk = int(tick[grp[0]])
+                pend = self._pending_tick.get(p)
+                if pend is not None and tk > pend:
+                    alarms += self._evaluate_pending(p)
+                self._pending_tick[p] = tk
+                info = self.store.info
+                self._pending_rows.setdefault(p, set()).update(info[r].key for r in set(rows[idx].tolist()))
+                self._pending_at[p] = max(self._pending_at.get(p, -1), int(fb[idx].max()))
+                self._count_events(rows[idx], metric_idx[idx], t_tr[idx], w)
+        keys = [self.store.info[r].key for r in rows.tolist()]
+        for key, tid, t in zip(keys, trace_ids, t_tr.tolist(), strict=True):
+            ev = self.evidence.setdefault(key, [])
+            ev.append((tid, int(t)))
+            if len(ev) > 2 * self.cfg.evidence:
+                del ev[: len(ev) - self.cfg.evidence]
+        for p in list(self._pending_tick):  # a tick is complete once feedback past its end is read
+            if self.feedback_wm.get(p, -1) >= (self._pending_tick[p] + 1) * w:
+                alarms += self._evaluate_pending(p)
+        return alarms
 
-    def mature(self) -> list[Alarm]:
-        """Credit label-delayed exposure and step the Poisson CUSUMs (Lucas 1985), one step per
-        slice per call, vectorised over slices.
+    def _count_events(self, rows: np.ndarray, j: np.ndarray, t_ms: np.ndarray, w: int) -> None:
+        """Count events (row, metric ``j``, trace ms) in their traces' live buckets; the others as
+        late (the trace's bucket had folded) or unmatched, in the baseline only (not while the
+        group has an incident open)."""
+        f = self.store.f
+        self.counters["feedback_events"] += len(rows)
+        b = (t_ms // w)[:, None]
+        ids, span = f["pb_id"][rows], f["pb_span"][rows]
+        match = (ids >= 0) & (ids <= b) & (b < ids + span)
+        has = match.any(axis=1)
+        slot = match.argmax(axis=1)
+        np.add.at(f["pb_k"], (rows[has], slot[has] * N_POISSON + j[has]), 1.0)
+        miss = ~has
+        if miss.any():
+            r, jj = rows[miss], j[miss]
+            late = t_ms[miss] <= f["p_fold_ms"][r, 0]
+            self.counters["late_feedback"] += int(late.sum())
+            self.counters["unmatched_feedback"] += int((~late).sum())
+            ok = f["i_open"][r, POISSON_GROUP[jj]] == 0
+            np.add.at(f["p_num"], (r[ok], jj[ok]), 1.0)
+            self.store.dirty.update(r.tolist())
 
-        A bucket of ``n`` traces whose age (clock minus the bucket's middle) grew from ``a1`` to ``a2``
-        contributes exposure ``n * (F(a2) - F(a1))``, where ``F`` is the learned feedback-delay CDF;
-        the events it received meanwhile are the counts. The step's log-likelihood ratio is
-        ``k * ln(rho) - exposure * r0 * (rho - 1)`` (Poisson, rate ``rho * r0`` vs ``r0``), exact
-        for events arriving as a Poisson process with intensity ``n * r * F'(age)``. The clock is the
-        lower of the partition's trace and feedback watermarks, so neither topic running ahead of
-        the other fakes a change. Until ``F`` has enough samples it is a step at
-        ``feedback_maturity`` (a bucket counts once matured). Buckets retire when ``F >= 0.999``.
-        """
-        st, cfg = self.store, self.cfg
-        if st.n == 0:
-            return []
-        f = st.f
-        n_rows = st.n
-        parts = f["partition"][:n_rows, 0].astype(np.int64)
-        clock = np.array([min(self.trace_wm.get(p, -1), self.feedback_wm.get(p, -1))
-                          for p in range(int(parts.max()) + 1)], dtype=np.float64)
-        self.lag.release({p: float(c) for p, c in enumerate(clock)}, cfg.feedback_maturity_ms)
-        ids = f["pb_id"][:n_rows]
-        active_rows = np.flatnonzero((ids >= 0).any(axis=1) & (clock[parts] >= 0))
-        if active_rows.size == 0:
-            return []
-        ids = ids[active_rows]
-        age = clock[parts[active_rows]][:, None] - (ids + 0.5) * cfg.bucket_ms
-        cdf = np.where(ids >= 0, self.lag.cdf(age, cfg.feedback_maturity_ms), 0.0)
-        credited = f["pb_f"][active_rows]
-        cdf = np.maximum(cdf, credited)
-        expo = (f["pb_n"][active_rows] * (cdf - credited)).sum(axis=1)  # (R,)
-        k_all = f["pb_k"][active_rows].reshape(len(active_rows), N_BUCKETS, N_POISSON)
-        kc_all = f["pb_kc"][active_rows].reshape(len(active_rows), N_BUCKETS, N_POISSON)
-        # events are credited together with their exposure: as they arrive once F is learned
-        # (F credits the expected share), but only at maturity while F is still the fallback step
-        credit = np.ones_like(cdf, dtype=bool) if self.lag.learned else cdf >= 1.0
-        new_k = np.where(credit[:, :, None], k_all, kc_all)
-        events = (new_k - kc_all).sum(axis=1)  # (R, N_POISSON)
-        f["pb_f"][active_rows] = cdf
-        f["pb_kc"][active_rows] = new_k.reshape(len(active_rows), N_BUCKETS * N_POISSON)
-        retire = (cdf >= 0.999) & (ids >= 0)
-        if retire.any():
-            rr, ss = np.nonzero(retire)
-            f["pb_id"][active_rows[rr], ss] = -1.0
-        stepped = np.flatnonzero((expo > 0) | (events.sum(axis=1) > 0))
-        if stepped.size == 0:
-            return []
-        rows = active_rows[stepped]
-        st.dirty.update(rows.tolist())
-        return self._poisson_steps(rows, expo[stepped], events[stepped])
+    def _evaluate_pending(self, p: int) -> list[Alarm]:
+        """Evaluate partition ``p``'s pending tick at its latest feedback time."""
+        at = self._pending_at.pop(p)
+        index = self.store.index  # keys, not rows: a rebalance renumbers rows
+        rows = np.array(sorted(index[k] for k in self._pending_rows.pop(p, set()) if k in index), dtype=np.int64)
+        self._pending_tick.pop(p, None)
+        self.clock[p] = max(self.clock.get(p, -1), at)
+        # the delay CDF learns what is observable at a grid point of this clock, so what it knows
+        # at an evaluation depends on event times only, not on where feedback batches end
+        grid = (self.clock[p] // LEARN_EVERY_MS) * LEARN_EVERY_MS
+        if grid > self._learned_at.get(p, -1):
+            self._learned_at[p] = grid
+            self.delays.release(dict(self._learned_at), partition=p)
+        return self._evaluate(rows, self.clock[p], alarms=True)
 
-    def _poisson_steps(self, rows: np.ndarray, expo: np.ndarray, events: np.ndarray) -> list[Alarm]:
-        """One Poisson CUSUM step per row and metric with exposure ``expo`` (R,) and counts
-        ``events`` (R, N_POISSON); baselines learn from the same credited exposure and counts."""
-        cfg, f = self.cfg, self.store.f
-        rho, lnr = cfg.rate_shift, self._ln_rho
-        lam_n = cfg.lam ** expo
-        armed_slice = f["count"][rows, 0] >= cfg.warmup_traces
+    # ------------------------------------------------------------------ evaluation
+    def _ring(self, rows: np.ndarray, clock_ms: float) -> _Ring:
+        """The rows' live buckets sorted by trace time, with ``G`` at ``clock_ms``."""
+        f = self.store.f
+        ids = f["pb_id"][rows]
+        live0 = ids >= 0
+        slot = np.argsort(np.where(live0, ids, np.inf), axis=1, kind="stable")
+        take = np.take_along_axis
+        live = take(live0, slot, axis=1)
+        lo, hi = take(f["pb_lo"][rows], slot, axis=1), take(f["pb_hi"][rows], slot, axis=1)
+        n = take(f["pb_n"][rows], slot, axis=1)
+        k = f["pb_k"][rows].reshape(len(rows), N_BUCKETS, N_POISSON)
+        k = take(k, slot[:, :, None], axis=1)
+        g = np.zeros(lo.shape)
+        learned = np.zeros(len(rows), dtype=bool)
+        info = self.store.info
+        models = [self.delays.model_for(info[int(r)].tenant_id, info[int(r)].workflow) for r in rows.tolist()]
+        for m in {id(m): m for m in models}.values():
+            sel = np.array([mm is m for mm in models])
+            lo_s, hi_s = np.where(live[sel], lo[sel], 0.0), np.where(live[sel], hi[sel], 0.0)
+            if m is None:
+                g[sel] = step_average(clock_ms - hi_s, clock_ms - lo_s, float(self.cfg.feedback_maturity_ms))
+            else:
+                g[sel] = m.average(clock_ms - hi_s, clock_ms - lo_s)
+                learned[sel] = True
+        g = np.where(live, g, 0.0)
+        # with the maturity step (no learned F) a bucket counts only whole, events with exposure
+        usable = live & (learned[:, None] | (g >= 1.0))
+        return _Ring(slot, live, lo, hi, n, k, g, usable)
+
+    def _evaluate(self, rows: np.ndarray, clock_ms: float, alarms: bool) -> list[Alarm]:
+        """Page's CUSUM over the rows' folded state and live buckets at ``clock_ms``; alarms
+        (when asked), then fold the buckets that are due. Vectorised over rows and metrics."""
+        if rows.size == 0 or clock_ms < 0:
+            return []
+        cfg, f, st = self.cfg, self.store.f, self.store
+        rg = self._ring(rows, clock_ms)
+        R = len(rows)
+        expo = rg.n * rg.g  # (R, B) exposure per unit rate
+        after_reset = rg.live & (rg.hi >= f["p_reset_ms"][rows][:, :1])
         out: list[Alarm] = []
+        fold = self._fold_mask(rg)
+        n_live = int(rg.live.sum(axis=1).max())
         for j in range(N_POISSON):
-            k = events[:, j]
-            r0, r0g = guarded_poisson_rate(f["p_num"][rows, j], f["p_den"][rows, j], cfg.guard_z)
-            armed = armed_slice & (f["p_num"][rows, j] >= MIN_POISSON_EVENTS)
-            s_new = poisson_cusum_step(f["p_s"][rows, j], k, expo, r0g, rho, lnr)
-            frozen = f["i_open"][rows, POISSON_GROUP[j]] > 0
-            scale = np.where(s_new > cfg.threshold * HOLD_AT, HOLD_WEIGHT, 1.0)
-            f["p_den"][rows, j] = np.where(frozen, f["p_den"][rows, j], f["p_den"][rows, j] * lam_n + expo * scale)
-            f["p_num"][rows, j] = np.where(frozen, f["p_num"][rows, j], f["p_num"][rows, j] * lam_n + k * scale)
-            reset = ~armed | (s_new <= 0.0)
-            f["p_s"][rows, j] = np.where(reset, 0.0, s_new)
-            f["p_n"][rows, j] = np.where(reset, 0.0, f["p_n"][rows, j] + expo)
-            f["p_k"][rows, j] = np.where(reset, 0.0, f["p_k"][rows, j] + k)
-            for i in np.flatnonzero(~reset & (s_new > cfg.threshold) & (k > 0)).tolist():
-                row = int(rows[i])
-                n_exp = max(float(f["p_n"][row, j]), 1.0)
-                kk = float(f["p_k"][row, j])
-                obs = kk / n_exp
-                lo, hi = poisson_rate_interval(kk, n_exp)
-                ev = self.evidence.get(self.store.info[row].key, [])
-                ids_ = [tid for tid, _ in ev]
-                out.append(Alarm(row=row, metric=POISSON[j], pos=-1, statistic=float(s_new[i]),
-                                 threshold=cfg.threshold, baseline=float(r0[i]), observed=obs, ci_low=lo, ci_high=hi,
-                                 effect=obs / max(float(r0[i]), 1e-9), samples=int(n_exp), direction=+1,
-                                 slice_index=int(f["own"][row, 0]), trace_id=ids_[-1] if ids_ else "",
-                                 event_time_ms=max((t for _, t in ev), default=0),
-                                 evidence_ids=ids_[-cfg.evidence:]))
-                f["p_s"][row, j] = f["p_n"][row, j] = f["p_k"][row, j] = 0.0
+            kj = rg.k[:, :, j]
+            # baseline: folded EW counts plus live buckets before the previous evaluation's change point
+            pre = rg.usable & (rg.hi < f["p_cp_ms"][rows, j][:, None])
+            num = f["p_num"][rows, j] + np.where(pre, kj, 0.0).sum(axis=1)
+            den = f["p_den"][rows, j] + np.where(pre, expo, 0.0).sum(axis=1)
+            r0, r0g = guarded_poisson_rate(num, den, cfg.guard_z)
+            armed = (f["count"][rows, 0] >= cfg.warmup_traces) & (num >= MIN_POISSON_EVENTS)
+            use = rg.usable & after_reset
+            llr = np.where(use, kj * self._ln_rho - (cfg.rate_shift - 1.0) * r0g[:, None] * expo, 0.0)
+            s = f["p_s"][rows, j].copy()
+            start = np.where(s > 0, -1, 0)  # sorted position where the current run starts (-1: folded part)
+            best = s.copy()
+            best_at = np.full(R, -1)
+            best_start = np.full(R, -1)
+            for b in range(n_live):  # sorted: live buckets first
+                step = llr[:, b]
+                on = use[:, b]
+                s_new = np.maximum(s + step, 0.0)
+                restart = on & (s + step <= 0.0)
+                start = np.where(restart, b + 1, start)
+                s = np.where(on, s_new, s)
+                better = on & (s > best)
+                best, best_at, best_start = (np.where(better, s, best), np.where(better, b, best_at),
+                                             np.where(better, start, best_start))
+            cp_ms = np.where(s > 0, _take_lo(rg.lo, start), np.inf)
+            f["p_cp_ms"][rows, j] = np.where(s > cfg.threshold * HOLD_AT, cp_ms, np.inf)
+            if alarms:
+                for i in np.flatnonzero(armed & (best > cfg.threshold)).tolist():
+                    a = self._alarm(int(rows[i]), j, rg, i, int(best_start[i]), int(best_at[i]), float(best[i]),
+                                    float(r0[i]), expo[i], clock_ms)
+                    if a is not None:
+                        out.append(a)
+                        # the incident tracks this episode: the detector restarts after its last bucket
+                        f["p_s"][rows[i], j] = 0.0
+                        f["p_n"][rows[i], j] = f["p_k"][rows[i], j] = f["p_t"][rows[i], j] = 0.0
+                        end_ms = rg.hi[i, int(best_at[i])] if best_at[i] >= 0 else f["p_fold_ms"][rows[i], 0]
+                        f["p_reset_ms"][rows[i], 0] = max(f["p_reset_ms"][rows[i], 0], end_ms + 1)
+            self._fold(rows, j, rg, fold, llr, expo, after_reset)
+        self._clear_folded(rows, rg, fold)
+        st.dirty.update(rows.tolist())
         return out
 
+    def _fold_mask(self, rg: _Ring) -> np.ndarray:
+        """Buckets to fold: the oldest prefix of live buckets whose ``G >= FOLD_AT``."""
+        due = rg.live & (rg.g >= FOLD_AT)
+        return np.cumprod(due | ~rg.live, axis=1).astype(bool) & rg.live
 
-class LagDistribution:
-    """Empirical CDF of feedback delay (feedback event time minus trace event time), log-binned
-    from 1 s to 7 days, exponentially weighted (half-life ``half_life`` samples).
+    def _fold(self, rows: np.ndarray, j: int, rg: _Ring, fold: np.ndarray, llr: np.ndarray, expo: np.ndarray,
+              after_reset: np.ndarray) -> None:
+        """Fold the due buckets of metric ``j``: Page's recursion of the folded CUSUM and its
+        since-change-point figures, and the EW baseline (frozen while the group has an incident
+        open, slowed while the CUSUM holds evidence)."""
+        cfg, f = self.cfg, self.store.f
+        frozen = f["i_open"][rows, POISSON_GROUP[j]] > 0
+        for b in range(N_BUCKETS):
+            on = fold[:, b]
+            if not on.any():
+                break
+            kb, eb, nb = rg.k[:, b, j], expo[:, b], rg.n[:, b]
+            s0 = f["p_s"][rows, j]
+            stepped = on & after_reset[:, b]
+            s_new = np.maximum(s0 + llr[:, b], 0.0)
+            zero = stepped & (s_new <= 0.0)
+            f["p_s"][rows, j] = np.where(stepped, s_new, s0)
+            for name, add in (("p_n", eb), ("p_k", kb), ("p_t", nb)):
+                f[name][rows, j] = np.where(zero, 0.0, np.where(stepped, f[name][rows, j] + add, f[name][rows, j]))
+            scale = np.where(f["p_s"][rows, j] > cfg.threshold * HOLD_AT, HOLD_WEIGHT, 1.0)
+            lam_n = cfg.lam ** nb
+            learn = on & ~frozen
+            f["p_den"][rows, j] = np.where(learn, f["p_den"][rows, j] * lam_n + eb * scale, f["p_den"][rows, j])
+            f["p_num"][rows, j] = np.where(learn, f["p_num"][rows, j] * lam_n + kb * scale, f["p_num"][rows, j])
+            if j == 0:
+                self.counters["folded_buckets"] += int(on.sum())
+            self.counters["folded_feedback"] += int(kb[on].sum())
 
-    Delays are right-censored while their traces are young (a long delay has not happened yet),
-    so a delay is learned only once its trace is ``maturity`` older than its partition's clock:
-    by then every delay up to the maturity horizon has been observed for it, and the estimate is
-    unbiased for delays up to the horizon (later feedback is not counted by detectors anyway).
-    Used to credit label-delayed exposure (:meth:`DelayedMetrics.mature`). With fewer than ``min_samples``
-    learned delays the CDF is a step at the maturity.
+    def _clear_folded(self, rows: np.ndarray, rg: _Ring, fold: np.ndarray) -> None:
+        """Free the folded slots and move the rows' folded boundary (later events for them are late)."""
+        f = self.store.f
+        rr, bb = np.nonzero(fold)
+        if not rr.size:
+            return
+        slots = rg.slot[rr, bb]
+        r = rows[rr]
+        np.maximum.at(f["p_fold_ms"][:, 0], r, rg.hi[rr, bb])
+        f["pb_id"][r, slots] = -1.0
+        f["pb_n"][r, slots] = 0.0
+        for j in range(N_POISSON):
+            f["pb_k"][r, slots * N_POISSON + j] = 0.0
+
+    def _alarm(self, row: int, j: int, rg: _Ring, i: int, start: int, end: int, stat: float, r0: float,
+               expo: np.ndarray, clock_ms: float) -> Alarm | None:
+        """The alarm of metric ``j`` on ``row``: the run of buckets ``start..end`` (``start`` -1:
+        it began in the folded part), observed rate with its exact interval, change point in trace
+        time. ``samples`` counts the slice's traces since the change point, ``slice_index`` all of
+        its traces, so a release slice whose change began with it is recognised as its onset."""
+        cfg, f = self.cfg, self.store.f
+        b0 = max(start, 0)
+        span = slice(b0, max(end + 1, b0))
+        use = rg.usable[i, span]
+        kk = float(np.where(use, rg.k[i, span, j], 0.0).sum())
+        ee = float(np.where(use, expo[span], 0.0).sum())
+        traces_since = float(np.where(rg.live[i, b0:], rg.n[i, b0:], 0.0).sum())
+        if start < 0:
+            kk += float(f["p_k"][row, j])
+            ee += float(f["p_n"][row, j])
+            traces_since += float(f["p_t"][row, j])
+            cp_ms = None
+        else:
+            cp_ms = int(rg.lo[i, b0]) if np.isfinite(rg.lo[i, b0]) else None
+        if kk <= 0 or ee <= 0:
+            return None
+        obs = kk / ee
+        lo, hi = poisson_rate_interval(kk, ee)
+        ev = self.evidence.get(self.store.info[row].key, [])
+        if cp_ms is not None:
+            ev = [e for e in ev if e[1] >= cp_ms] or ev
+        ids_ = [tid for tid, _ in ev]
+        return Alarm(row=row, metric=POISSON[j], pos=-1, statistic=stat, threshold=cfg.threshold, baseline=r0,
+                     observed=obs, ci_low=lo, ci_high=hi, effect=obs / max(r0, 1e-9), samples=int(traces_since),
+                     direction=+1, slice_index=int(f["own"][row, 0]), trace_id=ids_[-1] if ids_ else "",
+                     event_time_ms=int(clock_ms), evidence_ids=ids_[-cfg.evidence:], cp_event_time_ms=cp_ms)
+
+    def live_events(self) -> int:
+        """Feedback events held in live buckets now (for the counting identity)."""
+        return int(self.store.f["pb_k"][: self.store.n].sum())
+
+
+def _take_lo(lo: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """``lo[i, start[i]]`` (``-inf`` where the run starts in the folded part or past the ring)."""
+    idx = np.clip(start, 0, lo.shape[1] - 1)
+    v = np.take_along_axis(lo, idx[:, None], axis=1)[:, 0]
+    return np.where((start < 0), -np.inf, np.where(start >= lo.shape[1], np.inf, v))
+
+
+def step_average(age_lo_ms: np.ndarray, age_hi_ms: np.ndarray, maturity_ms: float) -> np.ndarray:
+    """Share of a bucket's traces (ages uniform on ``[age_lo, age_hi]`` ms) at least ``maturity_ms``
+    old: ``G`` under the step CDF used until a delay distribution is learned."""
+    width = age_hi_ms - age_lo_ms
+    frac = np.clip((age_hi_ms - maturity_ms) / np.maximum(width, 1e-9), 0.0, 1.0)
+    return np.where(width > 0, frac, (age_lo_ms >= maturity_ms).astype(np.float64))
+
+
+class DelayCDF:
+    """One feedback-delay distribution, learned online from right-truncated observations.
+
+    Delays are log-binned (``EDGES_MS``: 0, then 1 s to 7 days). A feedback is seen only once it
+    has happened, so the recent traces show only their short delays; instead of waiting until
+    every trace is 7 days old, the CDF is the product of *reverse-time hazards* (J. D.
+    Kalbfleisch & J. F. Lawless, "Regression models for right truncated data with applications
+    to AIDS incubation times and reporting lags", Statistica Sinica 1(1), 1991):
+    ``F(e_j) = prod_{i >= j} q_i`` with ``q_i = P(D < e_i | D < e_{i+1})``, and ``q_i`` is estimated
+    from the feedback of traces at least ``e_{i+1}`` old (for those, every delay below
+    ``e_{i+1}`` has been observed). Bins with no such trace yet have ``q = 1`` (no mass), so
+    early on ``F`` is optimistic: expected counts are too high, which delays detection but never
+    fakes it. Counts are EW (half-life ``half_life`` feedback).
     """
 
     EDGES_MS = np.concatenate(([0.0], np.exp(np.linspace(np.log(1_000.0), np.log(7 * 86_400_000.0), 64))))
+    K = 64  # bins [e_j, e_{j+1}), j = 0..63
 
-    def __init__(self, half_life: float = 20_000.0, min_samples: float = 200.0) -> None:
-        self.w = np.zeros(len(self.EDGES_MS))  # mass per bin [edge_i, edge_i+1), last = beyond
+    def __init__(self, half_life: float, max_pending: int) -> None:
+        self.a = np.zeros(self.K)  # feedback with D < e_{j+1} of traces >= e_{j+1} old
+        self.b = np.zeros(self.K)  # the same with D < e_j
+        self.seen = 0.0  # EW count of feedback learned at its own bin
         self.lam = 0.5 ** (1.0 / half_life)
-        self.min_samples = min_samples
-        self.total = 0.0
-        self.pending: list[tuple[int, int, float]] = []  # heap of (trace ms, partition, delay ms)
+        self.max_pending = max_pending
+        self.t = np.zeros(0, dtype=np.int64)
+        self.part = np.zeros(0, dtype=np.int64)
+        self.bin = np.zeros(0, dtype=np.int64)
+        self.done = np.zeros(0, dtype=np.int64)
+        self.skipped = 0
+        #: trace partitions it has learned from
+        self.partitions: set[int] = set()
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
 
-    def observe(self, trace_ms: np.ndarray, partitions: np.ndarray, lags_ms: np.ndarray) -> None:
-        """Queue observed delays; they are learned by :meth:`release` once their traces are old."""
-        for t, p, lag in zip(trace_ms.tolist(), partitions.tolist(), lags_ms.tolist(), strict=True):
-            heapq.heappush(self.pending, (int(t), int(p), float(lag)))
+    def observe(self, trace_ms: np.ndarray, partitions: np.ndarray, delays_ms: np.ndarray) -> None:
+        """Queue observed delays (ms; beyond 7 days they are not learned)."""
+        keep = delays_ms < self.EDGES_MS[-1]
+        room = max(self.max_pending - len(self.t), 0)
+        idx = np.flatnonzero(keep)
+        if len(idx) > room:
+            self.skipped += len(idx) - room
+            idx = idx[:room]
+        b = np.searchsorted(self.EDGES_MS, np.maximum(delays_ms[idx], 0.0), side="right") - 1
+        self.partitions.update(np.unique(partitions[idx]).tolist())
+        self.t = np.concatenate([self.t, trace_ms[idx].astype(np.int64)])
+        self.part = np.concatenate([self.part, partitions[idx].astype(np.int64)])
+        self.bin = np.concatenate([self.bin, b.astype(np.int64)])
+        self.done = np.concatenate([self.done, b.astype(np.int64) - 1])
 
-    def release(self, clock_ms: dict[int, float], maturity_ms: float) -> None:
-        """Learn the queued delays whose trace is at least ``maturity_ms`` behind its partition's clock."""
-        ready = []
-        keep = []
-        while self.pending and self.pending[0][0] <= max(clock_ms.values(), default=-1) - maturity_ms:
-            t, p, lag = heapq.heappop(self.pending)
-            (ready if t <= clock_ms.get(p, -1) - maturity_ms else keep).append((t, p, lag))
-        for item in keep:
-            heapq.heappush(self.pending, item)
-        if ready:
-            self.add(np.array([min(lag, maturity_ms) for _, _, lag in ready]))
+    def release(self, clock_ms: dict[int, float]) -> None:
+        """Learn what the partitions' clocks make observable (see the class docstring)."""
+        if not len(self.t):
+            return
+        c = np.array([clock_ms.get(int(p), -1.0) for p in self.part.tolist()])
+        jmax = np.minimum(np.searchsorted(self.EDGES_MS, c - self.t, side="right") - 2, self.K - 1)
+        lo = self.done + 1
+        new = jmax >= lo
+        if not new.any():
+            return
+        first = new & (lo == self.bin)
+        decay = self.lam ** int(first.sum())
+        self.a *= decay
+        self.b *= decay
+        self.seen = self.seen * decay + int(first.sum())
+        da = np.zeros(self.K + 1)
+        db = np.zeros(self.K + 1)
+        s, e = lo[new], jmax[new]
+        np.add.at(da, s, 1.0)
+        np.add.at(da, e + 1, -1.0)
+        sb = np.maximum(s, self.bin[new] + 1)
+        okb = sb <= e
+        np.add.at(db, sb[okb], 1.0)
+        np.add.at(db, e[okb] + 1, -1.0)
+        self.a += np.cumsum(da)[: self.K]
+        self.b += np.cumsum(db)[: self.K]
+        self.done = np.where(new, jmax, self.done)
+        keep = self.done < self.K - 1
+        self.t, self.part, self.bin, self.done = self.t[keep], self.part[keep], self.bin[keep], self.done[keep]
+        self._cache = None
 
-    def add(self, lags_ms: np.ndarray) -> None:
-        """Learn from observed delays (ms); negative delays count as 0."""
-        idx = np.searchsorted(self.EDGES_MS, np.maximum(lags_ms, 0.0), side="right") - 1
-        decay = self.lam ** len(lags_ms)
-        self.w *= decay
-        np.add.at(self.w, np.clip(idx, 0, len(self.w) - 1), 1.0)
-        self.total = self.total * decay + len(lags_ms)
+    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """``F`` at the edges and its integral ``I(e) = int_0^e F`` (trapezoid, exact for a
+        piecewise-linear ``F``)."""
+        if self._cache is None:
+            q = np.where(self.a > 0, self.b / np.maximum(self.a, 1e-12), 1.0)
+            q[0] = 0.0  # no delay is below 0
+            cdf = np.append(np.cumprod(q[::-1])[::-1], 1.0)  # F(e_j), j = 0..K
+            integ = np.concatenate(([0.0], np.cumsum(0.5 * (cdf[1:] + cdf[:-1]) * np.diff(self.EDGES_MS))))
+            self._cache = (cdf, integ)
+        return self._cache
 
-    @property
-    def learned(self) -> bool:
-        """Enough delays seen to use the empirical CDF (else the step at maturity)."""
-        return self.total >= self.min_samples
+    def cdf(self, age_ms: np.ndarray) -> np.ndarray:
+        """``F(age)``, linear between edges, 0 below 0, 1 beyond 7 days."""
+        cdf, _ = self._tables()
+        return np.interp(age_ms, self.EDGES_MS, cdf, left=0.0, right=1.0)
 
-    def cdf(self, age_ms: np.ndarray, maturity_ms: float) -> np.ndarray:
-        """P(delay <= age) for each age (ms), linearly interpolated inside bins; 1 from the maturity on."""
-        if not self.learned:
-            return (age_ms >= maturity_ms).astype(np.float64)
-        c = np.concatenate(([0.0], np.cumsum(self.w) / max(self.w.sum(), 1e-12)))
-        edges = np.concatenate((self.EDGES_MS, [self.EDGES_MS[-1] * 2]))
-        return np.where(age_ms >= maturity_ms, 1.0, np.interp(age_ms, edges, c, left=0.0, right=1.0))
+    def integral(self, age_ms: np.ndarray) -> np.ndarray:
+        """``I(age) = int_0^age F(a) da`` (ms)."""
+        cdf, integ = self._tables()
+        x = np.maximum(age_ms, 0.0)
+        e = self.EDGES_MS
+        k = np.clip(np.searchsorted(e, x, side="right") - 1, 0, len(e) - 1)
+        inside = k < len(e) - 1
+        kk = np.minimum(k, len(e) - 2)
+        slope = (cdf[kk + 1] - cdf[kk]) / (e[kk + 1] - e[kk])
+        dx = x - e[k]
+        part = integ[k] + cdf[k] * dx + np.where(inside, 0.5 * slope * dx * dx, 0.0)
+        return np.where(x > 0, part, 0.0)
+
+    def average(self, age_lo_ms: np.ndarray, age_hi_ms: np.ndarray) -> np.ndarray:
+        """``G``: mean of ``F`` over ages uniform on ``[age_lo, age_hi]`` (ms) (a bucket's traces)."""
+        width = age_hi_ms - age_lo_ms
+        wide = width > 1.0
+        g = (self.integral(age_hi_ms) - self.integral(age_lo_ms)) / np.where(wide, width, 1.0)
+        return np.clip(np.where(wide, g, self.cdf(age_hi_ms)), 0.0, 1.0)
+
+
+class DelayModel:
+    """Feedback-delay distributions per tenant x workflow and per tenant (all its workflows),
+    :class:`DelayCDF` each.
+
+    A slice uses its tenant x workflow distribution once it has learned ``min_samples`` delays,
+    else its tenant's, else none (the detector then counts a bucket only once it is
+    ``feedback_maturity`` old, events and exposure together).
+    """
+
+    def __init__(self, half_life: float = 20_000.0, min_samples: float = 200.0, max_pending: int = 50_000) -> None:
+        self.half_life, self.min_samples, self.max_pending = half_life, min_samples, max_pending
+        self.cdfs: dict[tuple[str, str | None], DelayCDF] = {}
+
+    def _get(self, key: tuple[str, str | None]) -> DelayCDF:
+        cdf = self.cdfs.get(key)
+        if cdf is None:
+            cdf = self.cdfs[key] = DelayCDF(self.half_life, self.max_pending)
+        return cdf
+
+    def observe(self, keys: Sequence[tuple[str, str]], trace_ms: np.ndarray, partitions: np.ndarray,
+                delays_ms: np.ndarray) -> None:
+        """Queue delays (ms) of feedback on traces of ``keys`` = ``(tenant, workflow)``."""
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for i, (t, w) in enumerate(keys):
+            groups.setdefault((t, w), []).append(i)
+            groups.setdefault((t, None), []).append(i)
+        for key, idx in groups.items():
+            ix = np.asarray(idx)
+            self._get(key).observe(np.asarray(trace_ms)[ix], np.asarray(partitions)[ix],
+                                   np.asarray(delays_ms, dtype=np.float64)[ix])
+
+    def release(self, clock_ms: dict[int, float], partition: int | None = None) -> None:
+        """Learn the delays the partitions' clocks make observable (the queues are scanned whole);
+        with ``partition``, only the distributions that learned from its traces."""
+        for cdf in self.cdfs.values():
+            if partition is None or partition in cdf.partitions:
+                cdf.release(clock_ms)
+
+    def model_for(self, tenant: str, workflow: str | None) -> DelayCDF | None:
+        """The learned distribution a slice of ``tenant`` (x ``workflow``) uses, or ``None``."""
+        for key in ((tenant, workflow), (tenant, None)):
+            cdf = self.cdfs.get(key)
+            if cdf is not None and cdf.seen >= self.min_samples:
+                return cdf
+        return None

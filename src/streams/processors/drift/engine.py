@@ -16,9 +16,8 @@ of traces (:meth:`DriftEngine.process_traces`):
    crossing per slice and column as an :class:`Alarm`, carries detector state, tests full
    input-mix windows, and merges the batch into the baselines;
 5. hands the batch to the label-delayed detectors
-   (:class:`~streams.processors.drift.delayed.DelayedMetrics`): advance the label-delay clock,
-   credit matured feedback exposure and step the Poisson CUSUMs, count the batch's traces in their
-   event-time buckets.
+   (:class:`~streams.processors.drift.delayed.DelayedMetrics`): count the batch's traces in their
+   event-time buckets (the Poisson CUSUMs are evaluated as feedback arrives).
 
 Feedback events enter through :meth:`DriftEngine.process_feedback`. The engine never emits
 incidents; it returns :class:`Alarm` objects for
@@ -380,17 +379,20 @@ class DriftEngine:
             alarms.extend(self._process_layer(rows_by_layer[layer], fresh[layer], cols, inputs, hold))
             if stratified and layer not in (STRATA, "release"):
                 tail_hold |= (f["b_s"][rows_by_layer[layer]][:, TAIL_DETECTOR_COLS] > hold_at).any(axis=1)
-        # label-delayed metrics: the batch's traces are exposure once their feedback had time
+        # label-delayed metrics: the batch's traces are exposure as their feedback becomes due
         alarms.extend(self.delayed.add_traces(cols, rows_by_layer, fresh))
         return alarms
 
     def process_feedback(self, rows: np.ndarray, metric_idx: np.ndarray, trace_event_ms: np.ndarray,
                          trace_ids: Sequence[str], feedback_event_ms: dict[int, int],
-                         lag_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[Alarm]:
-        """Count feedback events in their traces' buckets and step the Poisson detectors
+                         lag_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                         feedback_ms: np.ndarray | None = None,
+                         lag_keys: Sequence[tuple[str, str]] | None = None) -> list[Alarm]:
+        """Count feedback events in their traces' buckets and evaluate the Poisson detectors
         (:meth:`DelayedMetrics.add_feedback <streams.processors.drift.delayed.DelayedMetrics.add_feedback>`,
         same arguments); ``rows`` come from :meth:`row_for`."""
-        return self.delayed.add_feedback(rows, metric_idx, trace_event_ms, trace_ids, feedback_event_ms, lag_samples)
+        return self.delayed.add_feedback(rows, metric_idx, trace_event_ms, trace_ids, feedback_event_ms, lag_samples,
+                                         feedback_ms, lag_keys)
 
     def _batch_inputs(self, cols: TraceColumns, rows_by_layer: dict[str, np.ndarray]) -> _BatchInputs:
         """Per-trace inputs shared by all layers: every metric read once from the catalogue.
