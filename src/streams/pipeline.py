@@ -190,13 +190,12 @@ class Pipeline:
 
     def counters(self) -> dict[str, int]:
         """Cumulative counters of the pipeline and its processors, by stats key: :attr:`stats`, the
-        label-delayed detectors' late feedback and discarded buckets (``detector_*``), the canary
+        label-delayed detectors' feedback events by fate and their buckets folded / coarsened
+        (:attr:`DelayedMetrics.counters`: nothing is discarded), the canary
         monitor's (``canary_*``), feedback submissions by dedup status (``feedback_<status>``).
         The worker's stats line and its Prometheus metrics (:data:`streams.telemetry.STATS_COUNTERS`)
         both read them here."""
-        delayed = self.engine.delayed
-        return {**self.stats, "detector_late_feedback": int(delayed.late_feedback),
-                "detector_discarded_buckets": int(delayed.discarded_buckets),
+        return {**self.stats, **{k: int(v) for k, v in self.engine.delayed.counters.items()},
                 **{f"canary_{k}": int(v) for k, v in self.canary.stats.items()},
                 **{f"feedback_{k}": int(v) for k, v in self.feedback_statuses.items()}}
 
