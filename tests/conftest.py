@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import os
+import random
+import socket
 import subprocess
 import sys
 import threading
@@ -141,6 +143,27 @@ def worker_factory(settings, tmp_path: Path) -> Iterator:
     for w in started:
         if w.alive():
             w.kill()
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 (a KRaft controller) free on loopback, below the kernel's ephemeral
+    range: a port inside it can be taken, while a test's own broker is down for a restart, as the
+    source port of any outgoing connection (even a client's self-connect to that very port), and the
+    restarted broker then fails to bind it (CI run of d871fe2: "broker exited" at the restart)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20_000, min(low, 32_000) - 2)
+        free = True
+        for p in (port, port + 1):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    free = False
+        if free:
+            return port
+    raise RuntimeError("no free port pair below the ephemeral range")
 
 
 def wait_caught_up(settings, topics: list[str], timeout_s: float = 180.0, worker: WorkerProcess | None = None) -> None:

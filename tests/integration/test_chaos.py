@@ -5,41 +5,17 @@ disturb nothing else, but its state belongs to every other test). `make chaos` i
 
 from __future__ import annotations
 
-import random
-import socket
-from pathlib import Path
-
 import pytest
 
 from streams.devtools.chaos import ChaosConfig, run_chaos
+from tests.conftest import free_port_pair
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port_pair() -> int:
-    """A port p with p and p + 1 (the KRaft controller) free on loopback, below the kernel's
-    ephemeral range: a port inside it can be taken, while the broker is down for its restart, as the
-    source port of any outgoing connection (even a client's self-connect to that very port), and the
-    restarted broker then fails to bind it (CI run of d871fe2: "broker exited" at the restart)."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(20_000, min(low, 32_000) - 2)
-        taken = False
-        for p in (port, port + 1):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    taken = True
-        if not taken:
-            return port
-    raise RuntimeError("no free port pair below the ephemeral range")
-
-
 def test_chaos_run_loses_and_doubles_nothing_through_every_fault(settings, tmp_path):
     cfg = ChaosConfig(traces=16_000, rate=800.0, kills=1, broker_restart=True, broker_down_s=5.0,
-                      sink_outage_s=5.0, sigterm=True, kafka_port=_free_port_pair(), shutdown_timeout_s=30.0,
+                      sink_outage_s=5.0, sigterm=True, kafka_port=free_port_pair(), shutdown_timeout_s=30.0,
                       catch_up_timeout_s=300.0, work_dir=tmp_path / "chaos")
     report = run_chaos(cfg, settings)
     assert report["faults_injected"] == {"sigkill": 1, "broker_restart": 1, "sink_outage": 1, "sigterm": 1}, report

@@ -9,9 +9,7 @@ feedback topics: reading incidents (or traces) and writing incidents are refused
 from __future__ import annotations
 
 import os
-import random
 import secrets
-import socket
 import subprocess
 import sys
 import uuid
@@ -34,31 +32,13 @@ from streams.devtools.launcher import WorkerProcess, worker_env
 from streams.sdk import SelfhealProducer
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_acls
-from tests.conftest import kafka_producer, wait_caught_up
+from tests.conftest import free_port_pair, kafka_producer, wait_caught_up
 from tests.factories import trace
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = ("admin", "selfheal", "agent")
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p + 1 (the controller) free on loopback, below the ephemeral range."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(20_000, min(low, 32_000) - 2)
-        free = True
-        for p in (port, port + 1):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    free = False
-        if free:
-            return port
-    raise RuntimeError("no free port pair below the ephemeral range")
 
 
 @pytest.fixture
@@ -73,7 +53,7 @@ def sasl_broker(tmp_path: Path) -> Iterator[tuple[str, dict[str, Path]]]:
     for u, p in passwords.items():
         files[u] = secret_dir / f"{u}.password"
         files[u].write_text(p + "\n")
-    port = _free_port_pair()
+    port = free_port_pair()
     env = {**os.environ, "SELFHEAL_KAFKA_PORT": str(port), "SELFHEAL_STATE_DIR": str(tmp_path / "broker"),
            "SELFHEAL_KAFKA_HEAP": "384m", "SELFHEAL_KAFKA_SASL_USERS_FILE": str(users_file)}
     started = subprocess.run([str(ROOT / "scripts/kafka.sh"), "start"], env=env, capture_output=True, text=True,
