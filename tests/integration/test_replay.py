@@ -105,16 +105,18 @@ def test_false_positive_labels_are_scored_as_avoided_or_kept(recorded):
     settings, prod = recorded
     fp = sorted(prod.incidents)[0]
     with ClickHouseSink(settings) as sink:
-        sink.query("CREATE TABLE {db}.incident_actions (tenant_id String, incident_id String, action String, "
-                   "at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY (tenant_id, incident_id)")
+        # the ledger (migration 0031) as the worker fills it from agent.incident-actions.v1
+        sink.write_actions([{"tenant_id": prod.incidents[fp].slice.tenant_id, "incident_id": fp,
+                             "action_id": "a-fp-1", "action": "mark_false_positive", "actor": "oncall",
+                             "reason": "benign", "at": 1, "until": None, "release_id": "",
+                             "restored_release_id": "", "incident_release_id": "", "incident_kind": "",
+                             "metric_group": "", "revision": 1, "status": "resolved"}])
         try:
-            sink.query("INSERT INTO {db}.incident_actions VALUES ({t:String}, {i:String}, 'false_positive', now64(3))",
-                       {"t": prod.incidents[fp].slice.tenant_id, "i": fp})
             lo, hi = recorded_range(sink, [])
             stricter = replay(sink, settings, candidate_settings(settings, None, ["CUSUM_THRESHOLD=60"]), [], lo, hi)
             same = replay(sink, settings, settings, [], lo, hi)
         finally:
-            sink.query("DROP TABLE {db}.incident_actions")
+            sink.query("TRUNCATE TABLE {db}.incident_actions")
     assert stricter.false_positives() == {"labelled": [fp], "avoided": [fp], "kept": []}
     assert same.false_positives() == {"labelled": [fp], "avoided": [], "kept": [fp]}
 
