@@ -11,7 +11,8 @@ One run measures, with the same data:
 3. **trace-to-incident latency** at a paced offered load (default 10,000 traces/s): regressions
    injected on a rotating set of slices; latency = incident message timestamp on
    ``agent.incidents.v1`` minus the wall-clock time the detecting trace was handed to the SDK;
-4. **sink rows/s**: ``ClickHouseSink.write_traces`` / ``write_feedback`` (arrow inserts);
+4. **sink rows/s**: ``ClickHouseSink.write_traces`` / ``write_feedback`` (arrow inserts), next
+   to the engine's own ``insert_arrow`` rate of the same trace table prebuilt (same run);
 5. **memory**: bytes per active slice-metric (slice state + index, measured with tracemalloc)
    and peak RSS of a pipeline holding 10,000 active slices.
 
@@ -233,10 +234,16 @@ def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
     return {"traces": traces, "cpu_s": cpu, "traces_per_cpu_s": traces / cpu}
 
 
-def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
-    """Arrow-insert throughput of the traces and feedback tables (in-process chDB)."""
+def sink_rate(settings: Settings, rows: int = 100_000, rounds: int = 3) -> dict[str, float]:
+    """Arrow-insert throughput of the traces and feedback tables (in-process chDB).
+
+    Traces: ``rounds`` alternating pairs of (a) ``ClickHouseSink.write_traces`` of ``rows`` trace
+    columns (the worker's call: arrow table built from the columns, then one insert), and (b) the
+    engine's own rate, ``insert_arrow`` of the same table prebuilt (same insert settings); medians.
+    ``traces_python_s`` / ``traces_chdb_s`` split (a) into building the table and the insert.
+    """
     from streams.processors.columns import trace_columns
-    from streams.sinks.clickhouse import ClickHouseSink
+    from streams.sinks.clickhouse import TRACE_INSERT_SETTINGS, ClickHouseSink, trace_table
 
     sink = ClickHouseSink(settings.model_copy(update={"clickhouse_path": settings.state_dir / "sink-bench"}))
     sink.migrate()
@@ -244,9 +251,21 @@ def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
     cols, _ = synthetic_columns(rng, fleet(50), rows, 0, int(time.time() * 1000) - 3_600_000, 1.0)
     recs = _records(cols, {"rel-1": _manifest("rel-1")})
     tc = trace_columns(recs, cols.partition.tolist(), cols.offset.tolist())
-    t = time.perf_counter()
-    sink.write_traces(tc)
-    traces_s = rows / (time.perf_counter() - t)
+    table = f"{sink.db}.traces"
+    sink.client.insert_arrow(table, trace_table(tc), settings=TRACE_INSERT_SETTINGS)  # first part of the table
+    total, python, engine = [], [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        sink.write_traces(tc)
+        total.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        prebuilt = trace_table(tc)
+        python.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sink.client.insert_arrow(table, prebuilt, settings=TRACE_INSERT_SETTINGS)
+        engine.append(time.perf_counter() - t)
+    traces_s = rows / float(np.median(total))
+    engine_s = rows / float(np.median(engine))
     fb = [{"tenant_id": r["tenant_id"], "dedup_key": f"k{i}", "feedback_id": f"f{i}", "trace_id": r["trace_id"],
            "session_id": "", "cohort": r["cohort"], "workflow": r["workflow"], "release_id": "rel-1",
            "source": "clinician_edit", "category": "omission", "regulatory_tags": [], "severity": "low",
@@ -258,7 +277,9 @@ def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
     sink.write_feedback(fb)
     fb_s = rows / (time.perf_counter() - t)
     sink.close()
-    return {"traces_rows_per_s": traces_s, "feedback_rows_per_s": fb_s}
+    return {"traces_rows_per_s": traces_s, "traces_engine_rows_per_s": engine_s,
+            "traces_share_of_engine": traces_s / engine_s, "traces_python_s": float(np.median(python)),
+            "traces_chdb_s": float(np.median(engine)), "rows": rows, "feedback_rows_per_s": fb_s}
 
 
 def memory(slices_target: int = 10_000) -> dict[str, float]:
@@ -396,6 +417,8 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         "incident_latency_ms_p50": (report.get("latency") or {}).get("p50_ms"),
         "incident_latency_ms_p99": (report.get("latency") or {}).get("p99_ms"),
         "sink_rows_per_s": report["sink"]["traces_rows_per_s"],
+        "sink_engine_rows_per_s": report["sink"]["traces_engine_rows_per_s"],
+        "sink_share_of_engine": report["sink"]["traces_share_of_engine"],
         "bytes_per_slice_metric": report["memory"]["bytes_per_slice_metric"],
         "peak_rss_mb": report["memory"]["peak_rss_mb"],
         "cpus": os.cpu_count(),

@@ -100,7 +100,8 @@ def bench(
     t = Table("figure", "value", title="bench")
     for k in ("raw_traces_per_s", "pipeline_traces_per_s_per_core", "ratio_to_raw", "core_traces_per_cpu_s",
               "incident_latency_ms_p50",
-              "incident_latency_ms_p99", "sink_rows_per_s", "bytes_per_slice_metric", "peak_rss_mb"):
+              "incident_latency_ms_p99", "sink_rows_per_s", "sink_engine_rows_per_s", "sink_share_of_engine",
+              "bytes_per_slice_metric", "peak_rss_mb"):
         v = report.get(k)
         t.add_row(k, "n/a" if v is None else f"{v:,.3f}" if isinstance(v, float) and v < 10 else f"{v:,.0f}")
     console.print(t)
