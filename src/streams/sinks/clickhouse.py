@@ -264,7 +264,8 @@ class ClickHouseSink:
             with attempt:
                 try:
                     with self._lock:
-                        self.client.insert_arrow(f"{self.db}.{table}", data, settings=settings)
+                        extra = {"settings": settings} if settings else {}
+                        self.client.insert_arrow(f"{self.db}.{table}", data, **extra)
                 except Exception as exc:
                     self.failed_attempts += 1
                     raise SinkError(f"insert of {data.num_rows} rows into {self.db}.{table} failed: "

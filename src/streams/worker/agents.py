@@ -3,7 +3,8 @@
 Every batch, for traces and feedback alike::
 
     batch ─► order (sequencer) ─► step (pipeline, sink write) ─► emit (incidents, dead letters,
-    verdicts) ─► flush state ─► changelog ack wait ─► mark processed ─► ack
+    verdicts) ─► checkpoint (once per commit interval: flush state ─► changelog ack wait ─► mark
+    processed) ─► ack
 
 The steps differ only in what they compute and write: :class:`TraceStep` (``Pipeline.on_traces``,
 traces to ClickHouse) and :class:`FeedbackStep` (decode, wait for the traces the feedback refers
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 from streams.config import Settings
 from streams.pipeline import Pipeline
 from streams.processors.columns import RawMessage
-from streams.worker.delivery import AgentDelivery, ChangelogAcks, Shutdown
+from streams.worker.delivery import AgentDelivery, ChangelogAcks, Shutdown, StateCheckpoint
 from streams.worker.faust_fixes import ProcessedOffsets
 from streams.worker.join_wait import JoinWait, Position
 from streams.worker.outputs import Outputs
@@ -164,11 +165,13 @@ class BatchLoop:
         processed: the commit offsets, marked after the waits.
         assignment: applied before each batch.
         shutdown: abandon (after a stop signal) or crash on a failed batch.
+        checkpoint: flushes state and marks batches processed (shared by the agents); default: a
+            checkpoint after every batch.
     """
 
     def __init__(self, settings: Settings, delivery: AgentDelivery, step: Step, *, pipeline: Pipeline,
                  outputs: Outputs, acks: ChangelogAcks, processed: ProcessedOffsets, assignment: Assignment,
-                 shutdown: Shutdown) -> None:
+                 shutdown: Shutdown, checkpoint: StateCheckpoint | None = None) -> None:
         self.settings = settings
         self.delivery = delivery
         self.step = step
@@ -178,6 +181,8 @@ class BatchLoop:
         self.processed = processed
         self.assignment = assignment
         self.shutdown = shutdown
+        self.checkpoint = checkpoint or StateCheckpoint(pipeline.flush_state, acks, processed, 0.0,
+                                                        settings.changelog_ack_timeout_s)
         #: records written by batches marked processed (their offsets are committed after)
         self.written = 0
 
@@ -192,9 +197,7 @@ class BatchLoop:
                 events, ack_after = await delivery.order(batch)
                 out = await self.step(raw_messages(events))
                 await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact)
-                self.pipeline.flush_state()
-                await self.acks.wait(s.changelog_ack_timeout_s)
-                self.processed.mark(events)
+                await self.checkpoint.done(events)  # state flushed and acknowledged before the mark
                 self.written += out.written
             except asyncio.CancelledError:
                 raise  # shutting down: the batch stays unacknowledged and is redelivered

@@ -11,7 +11,8 @@ Topology (all topics keyed by tenant_id, ``Settings.partitions`` partitions)::
     changelog tables: baselines (slice rows), incident-state (open incidents, episodes),
                       feedback-seen (replay/resubmit ids), canary-state (rollout scorecards)
 
-Delivery (at-least-once, in offset order, state acknowledged before commit; bounded shutdown):
+Delivery (at-least-once, in offset order, state acknowledged before commit, slice state written
+once per commit interval (:class:`~streams.worker.delivery.StateCheckpoint`); bounded shutdown):
 :mod:`streams.worker.delivery`. The batch skeleton both agents share: :mod:`streams.worker.agents`.
 
 Throughput note: faust costs ~115 µs per Kafka message (profiled, BENCHMARKS.md), so the SDK
@@ -41,6 +42,7 @@ from streams.worker.delivery import (
     ChangelogAcks,
     SequencerWatchdog,
     Shutdown,
+    StateCheckpoint,
     TableBackend,
     committed_offsets_retrying,
     kafka_retrying,
@@ -119,8 +121,10 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     committed = partial(committed_offsets_retrying, settings)
     delivery = {name: AgentDelivery(name, settings.topic(name), settings.partitions, app, processed, committed)
                 for name in SOURCES}
+    checkpoint = StateCheckpoint(pipeline.flush_state, acks, processed, settings.commit_interval_s,
+                                 settings.changelog_ack_timeout_s, generation=lambda: app.rebalancing_count)
     common = {"pipeline": pipeline, "outputs": outputs, "acks": acks, "processed": processed,
-              "assignment": assignment, "shutdown": shutdown}
+              "assignment": assignment, "shutdown": shutdown, "checkpoint": checkpoint}
     loops = {"traces": BatchLoop(settings, delivery["traces"], TraceStep(pipeline, outputs), **common),
              "feedback": BatchLoop(settings, delivery["feedback"],
                                    FeedbackStep(pipeline, outputs, settings.feedback_grace_s,
@@ -144,7 +148,17 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     async def snapshot_baselines() -> None:
         await outputs.write_baseline_snapshots(pipeline.baseline_snapshot)
 
+    async def checkpoint_state() -> None:
+        # an idle worker's processed batches become committable too; a failure is a failed batch
+        if shutdown.stopping:
+            return
+        try:
+            await checkpoint.tick()
+        except Exception:
+            shutdown.crash("state checkpoint")
+
     app.task(outputs.open)  # agents wait for the sink (Outputs.ready)
+    app.timer(interval=settings.commit_interval_s / 2)(checkpoint_state)
     app.timer(interval=1.0)(watchdog.tick)
     app.timer(interval=settings.feedback_patterns_refresh_s)(outputs.refresh_patterns)
     app.on_before_shutdown.connect(outputs.refresh_patterns)  # a graceful stop leaves nothing pending
