@@ -176,9 +176,10 @@ class Pipeline:
         store = self.engine.store
         dirty = store.dirty
         self._snapshot_dirty |= dirty
-        for row in dirty:
+        rows = sorted(dirty)
+        for row, value in zip(rows, store.rows_bytes(rows), strict=True):
             info = store.info[row]
-            self.baselines.put(info.key, store.row_bytes(row), info.partition)
+            self.baselines.put(info.key, value, info.partition)
         n = len(dirty)
         store.dirty = set()
         self.canary.flush()

@@ -43,6 +43,7 @@ from schemas import default_codec
 from streams.config import Settings
 from streams.devtools.launcher import WorkerProcess
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
+from streams.processors.baselines import ROW_BYTES
 from streams.processors.metrics import DRIFT_METRICS
 from streams.topics import group_lag
 
@@ -200,9 +201,22 @@ def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: f
             raise RuntimeError("the worker never committed anything")
         cpu, wall = _cpu_s(worker.pid) - cpu0, time.perf_counter() - t0
         msgs = done - done0
-        return {"messages": msgs, "cpu_s": cpu, "wall_s": wall, "message_share": msgs / max(expected_messages, 1)}
+        return {"messages": msgs, "cpu_s": cpu, "wall_s": wall, "message_share": msgs / max(expected_messages, 1),
+                "baselines_changelog_messages": changelog_messages(settings, "baselines")}
     finally:
         worker.stop(timeout=60)
+
+
+def changelog_messages(settings: Settings, table: str) -> int:
+    """Messages written to a table's changelog topic so far (end minus start offsets, all partitions)."""
+    from streams.topics import changelog_topic
+
+    c = Consumer({**settings.kafka_config(), "group.id": f"bench-cl-{uuid.uuid4().hex[:8]}"})
+    try:
+        return sum(hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(changelog_topic(settings, table), p),
+                                                                  timeout=10) for p in range(settings.partitions)))
+    finally:
+        c.close()
 
 
 def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
@@ -362,8 +376,12 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
 
 
 def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: bool = False,
-        progress: Callable[[str], None] | None = None, latency_rate: float = 10_000.0) -> dict[str, Any]:
-    """The whole benchmark; returns the JSON report (keys of issue 6 at the top level)."""
+        progress: Callable[[str], None] | None = None, latency_rate: float = 10_000.0,
+        latency_capacity_share: float | None = None) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON report (keys of issue 6 at the top level).
+
+    ``latency_capacity_share`` (e.g. 0.8) replaces ``latency_rate`` by that share of the worker's
+    capacity measured in this run (the pipeline's traces per wall-second)."""
     from streams.topics import delete_topics, ensure_topics
 
     base = settings or Settings()
@@ -390,6 +408,8 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         pipe_traces = traces * pipe["message_share"]
         pipe["traces_per_cpu_s"] = pipe_traces / pipe["cpu_s"]
         pipe["traces_per_wall_s"] = pipe_traces / pipe["wall_s"]
+        # slice rows written to the changelog for the whole topic (each ROW_BYTES of value)
+        pipe["changelog_bytes_per_trace"] = pipe["baselines_changelog_messages"] * ROW_BYTES / traces
         report["pipeline"] = pipe
         say("processing core in-process")
         report["core"] = core()
@@ -401,6 +421,8 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
                               "print(json.dumps(memory()))"], capture_output=True, text=True, check=True)
         report["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
         if not skip_latency:
+            if latency_capacity_share:
+                latency_rate = latency_capacity_share * pipe["traces_per_wall_s"]
             say(f"latency at {latency_rate:,.0f} traces/s")
             ls = s.model_copy(update={"topic_prefix": f"bench-lat-{run_id}.", "state_dir": root / "lat",
                                       "clickhouse_path": root / "lat" / "clickhouse"})
@@ -416,6 +438,7 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         "core_traces_per_cpu_s": report["core"]["traces_per_cpu_s"],
         "incident_latency_ms_p50": (report.get("latency") or {}).get("p50_ms"),
         "incident_latency_ms_p99": (report.get("latency") or {}).get("p99_ms"),
+        "changelog_bytes_per_trace": report["pipeline"]["changelog_bytes_per_trace"],
         "sink_rows_per_s": report["sink"]["traces_rows_per_s"],
         "sink_engine_rows_per_s": report["sink"]["traces_engine_rows_per_s"],
         "sink_share_of_engine": report["sink"]["traces_share_of_engine"],

@@ -110,7 +110,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
               for name in TABLES}
 
     acks = ChangelogAcks()
-    shutdown = Shutdown(settings.shutdown_timeout_s, commit=lambda: app.consumer.commit())
+    async def commit_checkpointed() -> Any:
+        # a stop commits the batches processed since the last checkpoint too, once their state is durable
+        await checkpoint.run()
+        return await app.consumer.commit()
+
+    shutdown = Shutdown(settings.shutdown_timeout_s, commit=commit_checkpointed)
     outputs = Outputs(settings, codec, topics, stopping=lambda: shutdown.stopping, prepare_sink=prepare_sink)
     shutdown.on_stop(outputs.abort)
     pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"], acks),
@@ -162,6 +167,14 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     app.timer(interval=1.0)(watchdog.tick)
     app.timer(interval=settings.feedback_patterns_refresh_s)(outputs.refresh_patterns)
     app.on_before_shutdown.connect(outputs.refresh_patterns)  # a graceful stop leaves nothing pending
+
+    async def final_checkpoint(*_: Any, **__: Any) -> None:
+        try:
+            await checkpoint.run()
+        except Exception:  # not durable: the pending batches stay uncommitted and are redelivered
+            log.warning("final state checkpoint failed; its batches are redelivered", exc_info=True)
+
+    app.on_before_shutdown.connect(final_checkpoint)  # faust's final commit then includes them
     app.timer(interval=settings.stats_interval_s)(report)
     app.timer(interval=settings.snapshot_interval_s)(snapshot_baselines)
     return worker
