@@ -3,8 +3,8 @@
 Every batch, for traces and feedback alike::
 
     batch ─► order (sequencer) ─► step (pipeline, sink write) ─► emit (incidents, dead letters,
-    verdicts) ─► checkpoint (once per commit interval: flush state ─► changelog ack wait ─► mark
-    processed) ─► ack
+    verdicts) ─► checkpoint (once per checkpoint interval: flush state ─► changelog ack wait ─►
+    mark processed) ─► ack
 
 The steps differ only in what they compute and write: :class:`TraceStep` (``Pipeline.on_traces``,
 traces to ClickHouse) and :class:`FeedbackStep` (decode, wait for the traces the feedback refers

@@ -12,7 +12,7 @@ Topology (all topics keyed by tenant_id, ``Settings.partitions`` partitions)::
                       feedback-seen (replay/resubmit ids), canary-state (rollout scorecards)
 
 Delivery (at-least-once, in offset order, state acknowledged before commit, slice state written
-once per commit interval (:class:`~streams.worker.delivery.StateCheckpoint`); bounded shutdown):
+once per ``checkpoint_interval_s`` (:class:`~streams.worker.delivery.StateCheckpoint`); bounded shutdown):
 :mod:`streams.worker.delivery`. The batch skeleton both agents share: :mod:`streams.worker.agents`.
 
 Throughput note: faust costs ~115 µs per Kafka message (profiled, BENCHMARKS.md), so the SDK
@@ -126,7 +126,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     committed = partial(committed_offsets_retrying, settings)
     delivery = {name: AgentDelivery(name, settings.topic(name), settings.partitions, app, processed, committed)
                 for name in SOURCES}
-    checkpoint = StateCheckpoint(pipeline.flush_state, acks, processed, settings.commit_interval_s,
+    checkpoint = StateCheckpoint(pipeline.flush_state, acks, processed, settings.checkpoint_interval_s,
                                  settings.changelog_ack_timeout_s, generation=lambda: app.rebalancing_count)
     common = {"pipeline": pipeline, "outputs": outputs, "acks": acks, "processed": processed,
               "assignment": assignment, "shutdown": shutdown, "checkpoint": checkpoint}
@@ -163,7 +163,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
             shutdown.crash("state checkpoint")
 
     app.task(outputs.open)  # agents wait for the sink (Outputs.ready)
-    app.timer(interval=settings.commit_interval_s / 2)(checkpoint_state)
+    app.timer(interval=min(max(settings.checkpoint_interval_s / 2, 0.1), 1.0))(checkpoint_state)
     app.timer(interval=1.0)(watchdog.tick)
     app.timer(interval=settings.feedback_patterns_refresh_s)(outputs.refresh_patterns)
     app.on_before_shutdown.connect(outputs.refresh_patterns)  # a graceful stop leaves nothing pending
