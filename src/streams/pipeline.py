@@ -255,10 +255,12 @@ class Pipeline:
         is still recognised."""
         index = self.index.refs
         out: dict[str, set[str]] = {}
-        for r in decoded.records:
-            tid = r["trace_id"]
+        cols = decoded.columns
+        pairs = (zip(cols.tenant_id, cols.trace_id, strict=True) if cols is not None
+                 else ((r["tenant_id"], r["trace_id"]) for r in decoded.records))
+        for tenant, tid in pairs:
             if tid not in index:
-                out.setdefault(r["tenant_id"], set()).add(tid)
+                out.setdefault(tenant, set()).add(tid)
         return {t: sorted(ids) for t, ids in out.items()}
 
     def on_traces(self, messages: Sequence[RawMessage], now_ms: int | None = None, *,
