@@ -170,7 +170,8 @@ class Pipeline:
             update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
             drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces,
             platform_signals=platform_signals)
-        self.signal_ingest = Ingest(codec, "signals", **kw)
+        # platform signals are the workers' own records (keyed "platform", no tenant's key signs them)
+        self.signal_ingest = Ingest(codec, "signals", **{**kw, "tenant_keys": None})
         #: source partition -> tenants seen there, and the event time of its last census (ms)
         self._tenants_seen: dict[int, set[str]] = {}
         self._census_ms: dict[int, int] = {}
