@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     take_within_s: float = Field(0.5, gt=0, description="max wait to fill a batch, s")
     commit_interval_s: float = Field(1.0, gt=0, description=(
         "how often processed offsets are committed, s (a crash redelivers at most this much)"))
+    checkpoint_interval_s: float = Field(5.0, ge=0, description=(
+        "how often changed slice state is written to its changelog, after which the batches processed "
+        "meanwhile become committable, s (0: after every batch; a crash redelivers at most this much more)"))
     web_port: int = Field(6066, description="faust web server port (/metrics, read API /v1/...)")
     web_enabled: bool = False
     web_bind: str = Field("127.0.0.1", description="interface the web server binds (0.0.0.0 in containers)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,7 @@ class DedupedTraces:
     fingerprints: list[int]  # content hash per trace (TraceRef.fingerprint)
     duplicates: int  # replays skipped
     dead_letters: list[DeadLetter]  # the batch's, conflicting duplicates included
+    kept: np.ndarray | None = None  # indexes of the decoded records kept; None: all
 
 
 @dataclass
@@ -168,7 +170,8 @@ class Pipeline:
             update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
             drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces,
             platform_signals=platform_signals)
-        self.signal_ingest = Ingest(codec, "signals", **kw)
+        # platform signals are the workers' own records (keyed "platform", no tenant's key signs them)
+        self.signal_ingest = Ingest(codec, "signals", **{**kw, "tenant_keys": None})
         #: source partition -> tenants seen there, and the event time of its last census (ms)
         self._tenants_seen: dict[int, set[str]] = {}
         self._census_ms: dict[int, int] = {}
@@ -222,9 +225,10 @@ class Pipeline:
         store = self.engine.store
         dirty = store.dirty
         self._snapshot_dirty |= dirty
-        for row in dirty:
+        rows = sorted(dirty)
+        for row, value in zip(rows, store.rows_bytes(rows), strict=True):
             info = store.info[row]
-            self.baselines.put(info.key, store.row_bytes(row), info.partition)
+            self.baselines.put(info.key, value, info.partition)
         n = len(dirty)
         store.dirty = set()
         self.canary.flush()
@@ -251,10 +255,12 @@ class Pipeline:
         is still recognised."""
         index = self.index.refs
         out: dict[str, set[str]] = {}
-        for r in decoded.records:
-            tid = r["trace_id"]
+        cols = decoded.columns
+        pairs = (zip(cols.tenant_id, cols.trace_id, strict=True) if cols is not None
+                 else ((r["tenant_id"], r["trace_id"]) for r in decoded.records))
+        for tenant, tid in pairs:
             if tid not in index:
-                out.setdefault(r["tenant_id"], set()).add(tid)
+                out.setdefault(tenant, set()).add(tid)
         return {t: sorted(ids) for t, ids in out.items()}
 
     def on_traces(self, messages: Sequence[RawMessage], now_ms: int | None = None, *,
@@ -272,16 +278,19 @@ class Pipeline:
         traces = self._dedup_traces(decoded, messages, stored or {})
         if not traces.records:
             return TraceOutput(None, [], [], traces.dead_letters, traces.duplicates)
-        cols = trace_columns(traces.records, traces.partitions, traces.offsets)
-        self._remember_releases(traces.records)
+        cols = decoded.columns if decoded.columns is not None else trace_columns(
+            decoded.records, decoded.partitions, decoded.offsets)
+        if traces.kept is not None:  # replays dropped
+            cols = cols.take(traces.kept)
+        self._remember_releases(cols)
         incidents = self.process_columns(cols)
         emitted = self.canary.on_traces(cols)
         incidents += self._rollbacks(emitted)
         self._index_traces(cols, traces.fingerprints)
         if self.incidents.platform_signals:
             self._census(cols)
-        attrs = self.redactor.redact_maps([r["attributes"] for r in traces.records])
-        self._redact_content_refs(traces.records)
+        attrs = self.redactor.redact_maps(cols.detail.attributes)
+        self._redact_content_refs(traces.records)  # the same ref dicts cols.detail holds
         self.stats["traces"] += cols.n
         self.stats["incident_events"] += len(incidents)
         self.stats["verdicts"] += len(emitted)
@@ -302,8 +311,15 @@ class Pipeline:
         keep: list[int] = []
         seen_now: dict[str, int] = {}
         index = self.index
-        fps = [trace_fingerprint(r["event_time"], r["latency_ms"], r["output_tokens"], r["outcome"],
-                                 r["release"]["release_id"], r["tenant_id"]) for r in records]
+        cols = decoded.columns
+        if cols is not None:  # trace_fingerprint of the same values, read from the decode pass's columns
+            rec = cols.records  # (Avro ints and doubles: the int()/float() of trace_fingerprint change no hash)
+            fps = list(map(hash, zip(map(itemgetter("event_time"), rec), map(itemgetter("latency_ms"), rec),
+                                     map(itemgetter("output_tokens"), rec), map(itemgetter("outcome"), rec),
+                                     cols.release_id, cols.tenant_id, strict=True)))
+        else:
+            fps = [trace_fingerprint(r["event_time"], r["latency_ms"], r["output_tokens"], r["outcome"],
+                                     r["release"]["release_id"], r["tenant_id"]) for r in records]
         dup = 0
         msg_by_off = {(m.partition, m.offset): m for m in messages}
         for i, r in enumerate(records):
@@ -325,14 +341,16 @@ class Pipeline:
                     field_path="trace_id",
                     value=tid, payload=canonical_json(r) if idxs[i] >= 0 else None, tenant_id=r["tenant_id"],
                     message=f"trace_id {tid!r} was already ingested with different content"))
+        kept = None
         if len(keep) != len(records):
             records = [records[i] for i in keep]
             parts = [parts[i] for i in keep]
             offs = [offs[i] for i in keep]
             fps = [fps[i] for i in keep]
+            kept = np.asarray(keep, dtype=np.intp)
         self.stats["trace_duplicates"] += dup
         self.stats["dead_letters"] += len(dls)
-        return DedupedTraces(records, parts, offs, fps, dup, dls)
+        return DedupedTraces(records, parts, offs, fps, dup, dls, kept)
 
     def _redact_content_refs(self, records: list[dict[str, Any]]) -> None:
         """Redact the inline texts of the traces' ``input_ref`` / ``output_ref`` in place (after
@@ -343,20 +361,22 @@ class Pipeline:
                 if ref and ref.get("text"):
                     ref["text"] = self.redactor.redact(ref["text"])
 
-    def _remember_releases(self, records: list[dict[str, Any]]) -> None:
+    def _remember_releases(self, cols: TraceColumns) -> None:
         """Keep the manifest of every release seen (incidents name the manifest they implicate)."""
-        for r in records:
-            rel = r["release"]
-            if rel["release_id"] not in self.releases:
-                self.releases[rel["release_id"]] = dict(rel)
+        new = set(cols.release_id).difference(self.releases)
+        if not new:
+            return
+        for i, rid in enumerate(cols.release_id):  # the first trace of each new release
+            if rid in new:
+                self.releases[rid] = dict(cols.records[i]["release"])
+                new.discard(rid)
+                if not new:
+                    break
 
     def _index_traces(self, cols: TraceColumns, fingerprints: list[int]) -> None:
         """Remember the batch's traces for feedback joins and duplicate detection, and advance
         the per-partition trace watermarks."""
-        wm: dict[int, int] = {}
-        for p, t in zip(cols.partition.tolist(), cols.event_time_ms.tolist(), strict=True):
-            if t > wm.get(p, -1):
-                wm[p] = t
+        wm = {int(p): int(cols.event_time_ms[cols.partition == p].max()) for p in np.unique(cols.partition)}
         self.index.add_many(cols.trace_id, TraceRef.from_columns(cols, fingerprints), wm)
 
     def process_columns(self, cols: TraceColumns) -> list[Incident]:

@@ -128,7 +128,7 @@ def test_stalled_changelog_holds_the_commit_and_a_kill_loses_no_baseline_state(s
     ensure_topics(settings)
     hold = tmp_path / "changelog-hold"
     worker = worker_factory({"SELFHEAL_FAULT_CHANGELOG_HOLD_FILE": str(hold), "SELFHEAL_STATS_INTERVAL_S": "1",
-                             "SELFHEAL_COMMIT_INTERVAL_S": "0.2"})
+                             "SELFHEAL_COMMIT_INTERVAL_S": "0.2", "SELFHEAL_CHECKPOINT_INTERVAL_S": "0.2"})
     sent = burst(settings, 0, 12)
     wait_caught_up(settings, ["traces"], worker=worker)
     wait_for(lambda: stats(worker.log) and stats(worker.log)[-1]["traces"] == len(sent), 30, "stats", worker)

@@ -11,7 +11,8 @@ One run measures, with the same data:
 3. **trace-to-incident latency** at a paced offered load (default 10,000 traces/s): regressions
    injected on a rotating set of slices; latency = incident message timestamp on
    ``agent.incidents.v1`` minus the wall-clock time the detecting trace was handed to the SDK;
-4. **sink rows/s**: ``ClickHouseSink.write_traces`` / ``write_feedback`` (arrow inserts);
+4. **sink rows/s**: ``ClickHouseSink.write_traces`` / ``write_feedback`` (arrow inserts), next
+   to the engine's own ``insert_arrow`` rate of the same trace table prebuilt (same run);
 5. **memory**: bytes per active slice-metric (slice state + index, measured with tracemalloc)
    and peak RSS of a pipeline holding 10,000 active slices.
 
@@ -42,6 +43,7 @@ from schemas import default_codec
 from streams.config import Settings
 from streams.devtools.launcher import WorkerProcess
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
+from streams.processors.baselines import ROW_BYTES
 from streams.processors.metrics import DRIFT_METRICS
 from streams.topics import group_lag
 
@@ -199,9 +201,22 @@ def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: f
             raise RuntimeError("the worker never committed anything")
         cpu, wall = _cpu_s(worker.pid) - cpu0, time.perf_counter() - t0
         msgs = done - done0
-        return {"messages": msgs, "cpu_s": cpu, "wall_s": wall, "message_share": msgs / max(expected_messages, 1)}
+        return {"messages": msgs, "cpu_s": cpu, "wall_s": wall, "message_share": msgs / max(expected_messages, 1),
+                "baselines_changelog_messages": changelog_messages(settings, "baselines")}
     finally:
         worker.stop(timeout=60)
+
+
+def changelog_messages(settings: Settings, table: str) -> int:
+    """Messages written to a table's changelog topic so far (end minus start offsets, all partitions)."""
+    from streams.topics import changelog_topic
+
+    c = Consumer({**settings.kafka_config(), "group.id": f"bench-cl-{uuid.uuid4().hex[:8]}"})
+    try:
+        return sum(hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(changelog_topic(settings, table), p),
+                                                                  timeout=10) for p in range(settings.partitions)))
+    finally:
+        c.close()
 
 
 def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
@@ -233,10 +248,16 @@ def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
     return {"traces": traces, "cpu_s": cpu, "traces_per_cpu_s": traces / cpu}
 
 
-def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
-    """Arrow-insert throughput of the traces and feedback tables (in-process chDB)."""
+def sink_rate(settings: Settings, rows: int = 100_000, rounds: int = 3) -> dict[str, float]:
+    """Arrow-insert throughput of the traces and feedback tables (in-process chDB).
+
+    Traces: ``rounds`` alternating pairs of (a) ``ClickHouseSink.write_traces`` of ``rows`` trace
+    columns (the worker's call: arrow table built from the columns, then one insert), and (b) the
+    engine's own rate, ``insert_arrow`` of the same table prebuilt (same insert settings); medians.
+    ``traces_python_s`` / ``traces_chdb_s`` split (a) into building the table and the insert.
+    """
     from streams.processors.columns import trace_columns
-    from streams.sinks.clickhouse import ClickHouseSink
+    from streams.sinks.clickhouse import TRACE_INSERT_SETTINGS, ClickHouseSink, trace_table
 
     sink = ClickHouseSink(settings.model_copy(update={"clickhouse_path": settings.state_dir / "sink-bench"}))
     sink.migrate()
@@ -244,9 +265,21 @@ def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
     cols, _ = synthetic_columns(rng, fleet(50), rows, 0, int(time.time() * 1000) - 3_600_000, 1.0)
     recs = _records(cols, {"rel-1": _manifest("rel-1")})
     tc = trace_columns(recs, cols.partition.tolist(), cols.offset.tolist())
-    t = time.perf_counter()
-    sink.write_traces(tc)
-    traces_s = rows / (time.perf_counter() - t)
+    table = f"{sink.db}.traces"
+    sink.client.insert_arrow(table, trace_table(tc), settings=TRACE_INSERT_SETTINGS)  # first part of the table
+    total, python, engine = [], [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        sink.write_traces(tc)
+        total.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        prebuilt = trace_table(tc)
+        python.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sink.client.insert_arrow(table, prebuilt, settings=TRACE_INSERT_SETTINGS)
+        engine.append(time.perf_counter() - t)
+    traces_s = rows / float(np.median(total))
+    engine_s = rows / float(np.median(engine))
     fb = [{"tenant_id": r["tenant_id"], "dedup_key": f"k{i}", "feedback_id": f"f{i}", "trace_id": r["trace_id"],
            "session_id": "", "cohort": r["cohort"], "workflow": r["workflow"], "release_id": "rel-1",
            "source": "clinician_edit", "category": "omission", "regulatory_tags": [], "severity": "low",
@@ -258,7 +291,9 @@ def sink_rate(settings: Settings, rows: int = 100_000) -> dict[str, float]:
     sink.write_feedback(fb)
     fb_s = rows / (time.perf_counter() - t)
     sink.close()
-    return {"traces_rows_per_s": traces_s, "feedback_rows_per_s": fb_s}
+    return {"traces_rows_per_s": traces_s, "traces_engine_rows_per_s": engine_s,
+            "traces_share_of_engine": traces_s / engine_s, "traces_python_s": float(np.median(python)),
+            "traces_chdb_s": float(np.median(engine)), "rows": rows, "feedback_rows_per_s": fb_s}
 
 
 def memory(slices_target: int = 10_000) -> dict[str, float]:
@@ -341,8 +376,12 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
 
 
 def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: bool = False,
-        progress: Callable[[str], None] | None = None, latency_rate: float = 10_000.0) -> dict[str, Any]:
-    """The whole benchmark; returns the JSON report (keys of issue 6 at the top level)."""
+        progress: Callable[[str], None] | None = None, latency_rate: float = 10_000.0,
+        latency_capacity_share: float | None = None) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON report (keys of issue 6 at the top level).
+
+    ``latency_capacity_share`` (e.g. 0.8) replaces ``latency_rate`` by that share of the worker's
+    capacity measured in this run (the pipeline's traces per wall-second)."""
     from streams.topics import delete_topics, ensure_topics
 
     base = settings or Settings()
@@ -369,6 +408,8 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         pipe_traces = traces * pipe["message_share"]
         pipe["traces_per_cpu_s"] = pipe_traces / pipe["cpu_s"]
         pipe["traces_per_wall_s"] = pipe_traces / pipe["wall_s"]
+        # slice rows written to the changelog for the whole topic (each ROW_BYTES of value)
+        pipe["changelog_bytes_per_trace"] = pipe["baselines_changelog_messages"] * ROW_BYTES / traces
         report["pipeline"] = pipe
         say("processing core in-process")
         report["core"] = core()
@@ -380,6 +421,8 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
                               "print(json.dumps(memory()))"], capture_output=True, text=True, check=True)
         report["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
         if not skip_latency:
+            if latency_capacity_share:
+                latency_rate = latency_capacity_share * pipe["traces_per_wall_s"]
             say(f"latency at {latency_rate:,.0f} traces/s")
             ls = s.model_copy(update={"topic_prefix": f"bench-lat-{run_id}.", "state_dir": root / "lat",
                                       "clickhouse_path": root / "lat" / "clickhouse"})
@@ -395,7 +438,10 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         "core_traces_per_cpu_s": report["core"]["traces_per_cpu_s"],
         "incident_latency_ms_p50": (report.get("latency") or {}).get("p50_ms"),
         "incident_latency_ms_p99": (report.get("latency") or {}).get("p99_ms"),
+        "changelog_bytes_per_trace": report["pipeline"]["changelog_bytes_per_trace"],
         "sink_rows_per_s": report["sink"]["traces_rows_per_s"],
+        "sink_engine_rows_per_s": report["sink"]["traces_engine_rows_per_s"],
+        "sink_share_of_engine": report["sink"]["traces_share_of_engine"],
         "bytes_per_slice_metric": report["memory"]["bytes_per_slice_metric"],
         "peak_rss_mb": report["memory"]["peak_rss_mb"],
         "cpus": os.cpu_count(),

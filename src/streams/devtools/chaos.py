@@ -503,7 +503,7 @@ class ChaosRun:
         slow = [s for s in self.sigterms if s["exit_code"] != 0 or s["seconds"] > cfg.shutdown_timeout_s]
         if slow:
             problems.append(f"SIGTERM did not end in exit 0 within {cfg.shutdown_timeout_s} s: {slow}")
-        if self.outage and not self.outage.get("resumed_after_s"):
+        if self.outage and self.outage.get("resumed_after_s") is None:  # 0.0 s is a resume
             problems.append("the worker did not resume after the ClickHouse outage")
         report["problems"] = problems
         report["passed"] = not problems
@@ -557,8 +557,10 @@ class ChaosRun:
         resumed = None
         while time.monotonic() - t_rec < 120:
             self.tick()
-            done, _ = self.progress()
-            if done > committed[-1]:
+            done, end = self.progress()
+            # committed beyond the outage, or nothing left to commit (the worker checkpoints its
+            # state every checkpoint_interval_s, so batches done before the outage may commit during it)
+            if done > committed[-1] or done >= end:
                 resumed = round(time.monotonic() - t_rec, 1)
                 break
             time.sleep(0.5)

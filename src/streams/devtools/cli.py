@@ -90,6 +90,8 @@ def bench(
     traces: Annotated[int, typer.Option(help="traces for the throughput runs")] = 300_000,
     latency: Annotated[bool, typer.Option(help="also measure trace-to-incident latency")] = True,
     latency_rate: Annotated[float, typer.Option(help="offered load of the latency run, traces/s")] = 10_000.0,
+    latency_capacity: Annotated[float | None, typer.Option(
+        help="offer this share of the worker's measured capacity instead (e.g. 0.8)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
 ) -> None:
     """Throughput (raw limit vs pipeline per core), incident latency, sink rows/s, memory."""
@@ -98,11 +100,13 @@ def bench(
 
     check_broker(get_settings())
     report = run(traces=traces, skip_latency=not latency, progress=lambda m: console.print(f"[dim]{m}"),
-                 latency_rate=latency_rate)
+                 latency_rate=latency_rate, latency_capacity_share=latency_capacity)
     t = Table("figure", "value", title="bench")
     for k in ("raw_traces_per_s", "pipeline_traces_per_s_per_core", "ratio_to_raw", "core_traces_per_cpu_s",
               "incident_latency_ms_p50",
-              "incident_latency_ms_p99", "sink_rows_per_s", "bytes_per_slice_metric", "peak_rss_mb"):
+              "incident_latency_ms_p99", "changelog_bytes_per_trace", "sink_rows_per_s", "sink_engine_rows_per_s",
+              "sink_share_of_engine",
+              "bytes_per_slice_metric", "peak_rss_mb"):
         v = report.get(k)
         t.add_row(k, "n/a" if v is None else f"{v:,.3f}" if isinstance(v, float) and v < 10 else f"{v:,.0f}")
     console.print(t)

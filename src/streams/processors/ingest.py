@@ -61,7 +61,7 @@ from schemas.common import (
     TENANT_ID_PATTERN,
 )
 from schemas.trace import MAX_REF_TEXT, MAX_REF_URI
-from streams.processors.columns import ARM_CODES, OUTCOME_CODES, RawMessage
+from streams.processors.columns import ARM_CODES, OUTCOME_CODES, RawMessage, TraceColumns, TraceFields, trace_columns
 from streams.signing import TenantKeys
 
 TRACE_SCHEMAS = {"selfheal.v1.AgentTrace": None, "selfheal.v1.AgentTraceBatch": "traces"}
@@ -86,6 +86,8 @@ class Decoded:
     indexes: list[int] = field(default_factory=list)  # index inside the batch message (-1: single record)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     messages: int = 0
+    #: the valid traces as columns (trace topic only; ``None`` when no record is valid)
+    columns: TraceColumns | None = None
 
 
 #: a dead letter's ``key`` keeps at most this many bytes of the message key (a tenant id is far shorter)
@@ -237,80 +239,85 @@ class TraceFastCheck:
 
     def batch(self, recs: Sequence[dict[str, Any]], now_ms: int) -> np.ndarray:
         """Boolean mask, shape ``(len(recs),)``: ``True`` where the model certainly accepts."""
-        n = len(recs)
         try:
-            return self._batch(recs, n, now_ms)
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
-            return np.zeros(n, dtype=bool)
+            fields_ = TraceFields(recs)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            return np.zeros(len(recs), dtype=bool)
+        return self.check(fields_, now_ms)
 
-    def _batch(self, recs: Sequence[dict[str, Any]], n: int, now_ms: int) -> np.ndarray:
-        def col(k: str) -> list[Any]:
-            return list(map(itemgetter(k), recs))
+    def check(self, tf: TraceFields, now_ms: int) -> np.ndarray:
+        """:meth:`batch` on records already read into columns (:class:`TraceFields`, the decode
+        pass); shape ``(tf.n,)``."""
+        try:
+            return self._check(tf, tf.n, now_ms)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            return np.zeros(tf.n, dtype=bool)
+
+    def _check(self, tf: TraceFields, n: int, now_ms: int) -> np.ndarray:
+        v = tf.values
 
         def num(values: Any, dtype: Any = np.float64) -> np.ndarray:
             return np.fromiter(values, dtype=dtype, count=n)
 
-        def not_in(values: list[Any], bad: set[Any]) -> np.ndarray | bool:
-            return np.fromiter((v not in bad for v in values), dtype=bool, count=n) if bad else True
+        def not_in(values: Sequence[Any], bad: set[Any]) -> np.ndarray | bool:
+            return np.fromiter((x not in bad for x in values), dtype=bool, count=n) if bad else True
 
-        ok = num(map(len, recs), np.int64) == _TRACE_FIELDS
-        ev = num(col("event_time"), np.int64)
+        ok = num(map(len, tf.records), np.int64) == _TRACE_FIELDS
+        ev = num(v["event_time"], np.int64)
         ok &= (ev > max(MIN_EVENT_TIME_MS, now_ms - self.max_age_ms)) & (ev < now_ms + self.max_skew_ms)
         for k, hi in (("latency_ms", MAX_LATENCY_MS), ("cost_usd", MAX_COST_USD)):
-            x = num(col(k))
+            x = num(v[k])
             ok &= (x >= 0.0) & (x <= hi)  # NaN fails both
         for k, hi in (("input_tokens", MAX_TOKENS), ("output_tokens", MAX_TOKENS), ("retries", MAX_RETRIES)):
-            x = num(col(k), np.int64)
+            x = num(v[k], np.int64)
             ok &= (x >= 0) & (x <= hi)
-        q, h = num(col("retrieval_queries"), np.int64), num(col("retrieval_hits"), np.int64)
+        q, h = num(v["retrieval_queries"], np.int64), num(v["retrieval_hits"], np.int64)
         ok &= (h >= 0) & (h <= q) & (q <= MAX_RETRIES)
-        conf = num(0.5 if c is None else c for c in col("confidence"))
+        conf = num(0.5 if c is None else c for c in v["confidence"])
         ok &= (conf >= 0.0) & (conf <= 1.0)
-        ok &= num((o in _OUTCOMES for o in col("outcome")), bool)
+        ok &= num((o in _OUTCOMES for o in v["outcome"]), bool)
         for k in ("trace_id", "agent_id", "session_id"):
-            lens = num(map(len, col(k)), np.int64)
+            lens = num(map(len, v[k]), np.int64)
             ok &= (lens > 0) & (lens <= MAX_ID_LEN)
-        tenants = col("tenant_id")
+        tenants = v["tenant_id"]
         ok &= not_in(tenants, self._bad_values(tenants, _TENANT))
         for k in ("cohort", "workflow", "intent"):
-            values = col(k)
+            values = v[k]
             ok &= not_in(values, self._bad_values(values, _LABEL, optional=k == "intent"))
-        rels = col("release")
-        ok &= num(map(len, rels), np.int64) == 6
-        rids = list(map(itemgetter("release_id"), rels))
+        ok &= num(map(len, v["release"]), np.int64) == 6
+        rids = tf.release["release_id"]
         ok &= not_in(rids, self._bad_values(rids, _LABEL))
         for k in _RELEASE_IDS:
-            lens = num(map(len, map(itemgetter(k), rels)), np.int64)
+            lens = num(map(len, tf.release[k]), np.int64)
             ok &= (lens > 0) & (lens <= MAX_ID_LEN)
-        rollouts = col("rollout")
+        rollouts = v["rollout"]
         cands = [ro["candidate_release_id"] for ro in rollouts if ro is not None]
         if cands:
             bad = self._bad_values(cands, _LABEL)
             ok &= num((ro is None or (len(ro) == 3 and ro["arm"] in _ARMS and 0.0 < ro["stage_pct"] <= 100.0
                                       and ro["candidate_release_id"] not in bad) for ro in rollouts), bool)
-        ok &= num((sha is None or _SHA256.fullmatch(sha) is not None for sha in col("output_sha256")), bool)
-        calls = col("tool_calls")
-        counts = num(map(len, calls), np.int64)
+        ok &= num((sha is None or _SHA256.fullmatch(sha) is not None for sha in v["output_sha256"]), bool)
+        counts = tf.tool_counts
         ok &= counts <= MAX_TOOL_CALLS
-        flat = [c for cs in calls for c in cs]
+        flat = tf.tool_calls
         if flat:
             owner = np.repeat(np.arange(n), counts)
             good = np.fromiter((len(c) == 3 and c["status"] in _TOOL_STATUSES for c in flat), dtype=bool,
                                count=len(flat))
-            lat = np.fromiter((c["latency_ms"] for c in flat), dtype=np.float64, count=len(flat))
-            names = [c["name"] for c in flat]
+            lat = np.fromiter(tf.tool_latency_ms, dtype=np.float64, count=len(flat))
+            names = tf.tool_names
             good &= (lat >= 0.0) & (lat <= MAX_LATENCY_MS) & not_in_flat(names, self._bad_values(names, _LABEL))
             ok[owner[~good]] = False
-        attrs = col("attributes")
+        attrs = v["attributes"]
         counts = num(map(len, attrs), np.int64)
         ok &= counts <= MAX_ATTRIBUTES
         if counts.any():
             owner = np.repeat(np.arange(n), counts)
             klen = np.fromiter((len(k) for a in attrs for k in a), dtype=np.int64, count=len(owner))
-            vlen = np.fromiter((len(v) for a in attrs for v in a.values()), dtype=np.int64, count=len(owner))
+            vlen = np.fromiter((len(x) for a in attrs for x in a.values()), dtype=np.int64, count=len(owner))
             ok[owner[~((klen > 0) & (klen <= 128) & (vlen <= MAX_ATTRIBUTE_LEN))]] = False
         for k in ("input_ref", "output_ref"):  # optional content references (ContentRef)
-            refs = [r.get(k) for r in recs]
+            refs = [r.get(k) for r in tf.records]
             if any(ref is not None for ref in refs):
                 ok &= num((ref is None or _content_ref_ok(ref) for ref in refs), bool)
         return ok
@@ -367,88 +374,131 @@ class Ingest:
         self.fast_check = TraceFastCheck(max_event_age_s, max_clock_skew_s) if kind == "traces" else None
 
     def decode(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> Decoded:
-        """Decode and validate ``messages``; see the module docstring for the guarantees."""
+        """Decode and validate ``messages``; see the module docstring for the guarantees.
+
+        Traces are read into columns once for the whole batch (:class:`TraceFields`): the fast
+        check runs on those columns, the model only on the records it does not accept, and the
+        valid traces' :class:`TraceColumns` (``Decoded.columns``) are taken from the same columns.
+        Dead letters come in message order, then record order within a message.
+        """
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        ctx = {"now_ms": now_ms, "max_event_age_s": self.max_event_age_s, "max_clock_skew_s": self.max_clock_skew_s}
         out = Decoded(messages=len(messages))
-        validate = self.model.model_validate
-        fast = self.fast_check
-        for msg in messages:
-            value = msg.value
-            if value is None or len(value) == 0:
-                out.dead_letters.append(make_dead_letter(
-                    msg, index=-1, error_class="empty", field_path="(message)",
-                    value="null" if value is None else "0 bytes",
-                    message=f"{msg.topic}: {'tombstone (null value)' if value is None else 'empty message value'}",
-                    now_ms=now_ms))
-                continue
-            if len(value) > self.max_message_bytes:
-                out.dead_letters.append(make_dead_letter(
-                    msg, index=-1, error_class="oversized", field_path="(message)", value=len(value),
-                    message=f"message of {len(value)} bytes exceeds max_message_bytes={self.max_message_bytes}",
-                    now_ms=now_ms))
-                continue
+        #: (position of the message, record index) of each dead letter, to keep message order
+        order: list[tuple[int, int]] = []
+        #: messages whose records are checked: (position, message, records, batched, key tenant)
+        taken: list[tuple[int, RawMessage, list[dict[str, Any]], bool, str | None]] = []
+        for pos, msg in enumerate(messages):
+            got = self._open(msg, now_ms)
+            if isinstance(got, DeadLetter):
+                out.dead_letters.append(got)
+                order.append((pos, -1))
+            else:
+                taken.append((pos, msg, got[0], got[1], _tenant_of(msg.key)))
+        items = [rec for t in taken for rec in t[2]]
+        fields_ = None
+        if self.fast_check is not None and items:
             try:
-                name, record = self.codec.decode(value)
-            except CodecError as exc:
-                out.dead_letters.append(make_dead_letter(
-                    msg, index=-1, error_class=exc.error_class, message=str(exc), field_path=exc.field,
-                    value=exc.value, fingerprint_hex=exc.fingerprint_hex, now_ms=now_ms))
-                continue
-            if name not in self.accepted:
-                out.dead_letters.append(make_dead_letter(
-                    msg, index=-1, error_class="wrong_schema", field_path="(schema)", value=name,
-                    message=f"{msg.topic} does not accept {name}; expected one of {', '.join(self.accepted)}",
-                    now_ms=now_ms))
-                continue
-            bad_key = key_problem(msg.key)
-            if bad_key is not None:
-                out.dead_letters.append(make_dead_letter(
-                    msg, index=-1, error_class="invalid_key", field_path="(key)", value=bad_key[0],
-                    message=f"{msg.topic}: {bad_key[1]}", now_ms=now_ms))
-                continue
-            if self.tenant_keys is not None:
-                forged = self.tenant_keys.verify(_tenant_of(msg.key), value, msg.headers)
-                if forged is not None:
-                    out.dead_letters.append(make_dead_letter(
-                        msg, index=-1, error_class="tenant_auth", field_path="(headers)",
-                        value=msg.headers.get("selfheal-key-id", b"").decode("ascii", "replace")[:64] or "unsigned",
-                        message=f"{msg.topic}: {forged}", now_ms=now_ms))
-                    continue
-            items_field = self.accepted[name]
-            items = [record] if items_field is None else record[items_field]
-            if not items:
-                out.dead_letters.append(make_dead_letter(
-                    msg, index=-1, error_class="validation", field_path=items_field, value="[]",
-                    message=f"{name}.{items_field} is empty", now_ms=now_ms))
-                continue
-            batched = items_field is not None
-            key_tenant = _tenant_of(msg.key)
-            sure = fast.batch(items, now_ms) if fast is not None else np.zeros(len(items), dtype=bool)
-            for i, rec in enumerate(items):
-                try:
-                    if not sure[i]:
-                        validate(rec, context=ctx)
-                except ValidationError as exc:
-                    loc, bad, text = _first_error(exc)
-                    out.dead_letters.append(make_dead_letter(
-                        msg, index=i if batched else -1, error_class="validation", field_path=loc, value=bad,
-                        message=f"{self.model.__name__} {text}",
-                        payload=canonical_json(rec) if batched else None,
-                        tenant_id=key_tenant, now_ms=now_ms))
-                    continue
-                if self.tenant_keyed and rec["tenant_id"] != key_tenant:
-                    out.dead_letters.append(make_dead_letter(
-                        msg, index=i if batched else -1, error_class="key_mismatch", field_path="tenant_id",
-                        value=rec["tenant_id"],
-                        message=f"record tenant_id={rec['tenant_id']!r} differs from message key {key_tenant!r}; "
-                                "records must be keyed by their tenant",
-                        # attributed to the sender (the key's tenant), not to the tenant the record claims
-                        payload=canonical_json(rec) if batched else None, tenant_id=key_tenant,
-                        now_ms=now_ms))
-                    continue
-                out.records.append(rec)
-                out.partitions.append(msg.partition)
-                out.offsets.append(msg.offset)
-                out.indexes.append(i if batched else -1)
+                fields_ = TraceFields(items)
+            except (TypeError, ValueError, KeyError, AttributeError):
+                fields_ = None  # the model judges each record
+        sure = self.fast_check.check(fields_, now_ms) if fields_ is not None else np.zeros(len(items), dtype=bool)
+        tenants = fields_.values["tenant_id"] if fields_ is not None else None
+        kept: list[int] = []
+        at = 0
+        for pos, msg, recs, batched, key_tenant in taken:
+            m = len(recs)
+            if sure[at:at + m].all() and tenants is not None and tenants[at:at + m].count(key_tenant) == m:
+                kept.extend(range(at, at + m))  # the common case: every record valid, keyed right
+                out.records.extend(recs)
+                out.indexes.extend(range(m) if batched else (-1,))
+            else:
+                for i, rec in enumerate(recs):
+                    dl = self._check_record(msg, rec, i, batched, key_tenant, bool(sure[at + i]), now_ms)
+                    if dl is not None:
+                        out.dead_letters.append(dl)
+                        order.append((pos, i))
+                        continue
+                    kept.append(at + i)
+                    out.records.append(rec)
+                    out.indexes.append(i if batched else -1)
+            out.partitions.extend([msg.partition] * (len(out.records) - len(out.partitions)))
+            out.offsets.extend([msg.offset] * (len(out.records) - len(out.offsets)))
+            at += m
+        if len(order) > 1 and order != sorted(order):
+            out.dead_letters = [dl for _, dl in sorted(zip(order, out.dead_letters, strict=True), key=itemgetter(0))]
+        if self.kind == "traces" and out.records:
+            out.columns = (fields_.columns(np.asarray(kept, dtype=np.intp), out.partitions, out.offsets)
+                           if fields_ is not None else trace_columns(out.records, out.partitions, out.offsets))
         return out
+
+    def _open(self, msg: RawMessage, now_ms: int) -> tuple[list[dict[str, Any]], bool] | DeadLetter:
+        """The records of one message and whether it is a batch, or the dead letter of the whole
+        message (empty, oversized, undecodable, wrong schema, bad key, empty batch)."""
+        value = msg.value
+        if value is None or len(value) == 0:
+            return make_dead_letter(
+                msg, index=-1, error_class="empty", field_path="(message)",
+                value="null" if value is None else "0 bytes",
+                message=f"{msg.topic}: {'tombstone (null value)' if value is None else 'empty message value'}",
+                now_ms=now_ms)
+        if len(value) > self.max_message_bytes:
+            return make_dead_letter(
+                msg, index=-1, error_class="oversized", field_path="(message)", value=len(value),
+                message=f"message of {len(value)} bytes exceeds max_message_bytes={self.max_message_bytes}",
+                now_ms=now_ms)
+        try:
+            name, record = self.codec.decode(value)
+        except CodecError as exc:
+            return make_dead_letter(
+                msg, index=-1, error_class=exc.error_class, message=str(exc), field_path=exc.field,
+                value=exc.value, fingerprint_hex=exc.fingerprint_hex, now_ms=now_ms)
+        if name not in self.accepted:
+            return make_dead_letter(
+                msg, index=-1, error_class="wrong_schema", field_path="(schema)", value=name,
+                message=f"{msg.topic} does not accept {name}; expected one of {', '.join(self.accepted)}",
+                now_ms=now_ms)
+        bad_key = key_problem(msg.key)
+        if bad_key is not None:
+            return make_dead_letter(
+                msg, index=-1, error_class="invalid_key", field_path="(key)", value=bad_key[0],
+                message=f"{msg.topic}: {bad_key[1]}", now_ms=now_ms)
+        if self.tenant_keys is not None:
+            forged = self.tenant_keys.verify(_tenant_of(msg.key), value, msg.headers)
+            if forged is not None:
+                return make_dead_letter(
+                    msg, index=-1, error_class="tenant_auth", field_path="(headers)",
+                    value=msg.headers.get("selfheal-key-id", b"").decode("ascii", "replace")[:64] or "unsigned",
+                    message=f"{msg.topic}: {forged}", now_ms=now_ms)
+        items_field = self.accepted[name]
+        items = [record] if items_field is None else record[items_field]
+        if not items:
+            return make_dead_letter(
+                msg, index=-1, error_class="validation", field_path=items_field, value="[]",
+                message=f"{name}.{items_field} is empty", now_ms=now_ms)
+        return items, items_field is not None
+
+    def _check_record(self, msg: RawMessage, rec: dict[str, Any], i: int, batched: bool, key_tenant: str | None,
+                      sure: bool, now_ms: int) -> DeadLetter | None:
+        """The dead letter of record ``i`` of ``msg`` (``validation`` by the model unless the fast
+        check was ``sure``, or ``key_mismatch``), or ``None`` when it is valid."""
+        try:
+            if not sure:
+                self.model.model_validate(rec, context={"now_ms": now_ms, "max_event_age_s": self.max_event_age_s,
+                                                        "max_clock_skew_s": self.max_clock_skew_s})
+        except ValidationError as exc:
+            loc, bad, text = _first_error(exc)
+            return make_dead_letter(
+                msg, index=i if batched else -1, error_class="validation", field_path=loc, value=bad,
+                message=f"{self.model.__name__} {text}",
+                payload=canonical_json(rec) if batched else None,
+                tenant_id=key_tenant, now_ms=now_ms)
+        if self.tenant_keyed and rec["tenant_id"] != key_tenant:
+            return make_dead_letter(
+                msg, index=i if batched else -1, error_class="key_mismatch", field_path="tenant_id",
+                value=rec["tenant_id"],
+                message=f"record tenant_id={rec['tenant_id']!r} differs from message key {key_tenant!r}; "
+                        "records must be keyed by their tenant",
+                # attributed to the sender (the key's tenant), not to the tenant the record claims
+                payload=canonical_json(rec) if batched else None, tenant_id=key_tenant,
+                now_ms=now_ms)
+        return None

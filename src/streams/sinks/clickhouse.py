@@ -8,7 +8,8 @@ Idempotence: every table is a ReplacingMergeTree keyed so that a row written twi
 after a crash, at-least-once) collapses; analysts read with ``FINAL``. The worker acknowledges a
 Kafka batch only after its rows are written here (see :mod:`streams.worker.delivery`).
 
-Inserts use ``insert_arrow`` (measured 330-700k rows/s on 2 cores, BENCHMARKS.md). Failed writes
+Inserts use ``insert_arrow``, one per table per batch; trace rows are built from the batch's
+columns (:func:`trace_table`; rates in BENCHMARKS.md). Failed writes
 are retried with exponential backoff (tenacity) while the agent holds the batch, which is the
 backpressure: nothing is acknowledged, so nothing is lost, and memory stays bounded by one batch.
 :meth:`ClickHouseSink.abort` (worker shutdown) ends a retry loop at once.
@@ -26,7 +27,6 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -46,7 +46,7 @@ from tenacity import (
 from schemas import DeadLetter, Incident, RolloutVerdict
 from streams.config import Settings
 from streams.errors import ConfigError, SinkError
-from streams.processors.columns import TraceColumns
+from streams.processors.columns import ARM_CODES, OUTCOME_CODES, TraceColumns, trace_columns
 from streams.sinks.queries import TenantQueries, release_scorecards
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,81 @@ def migrations() -> list[tuple[int, str, str]]:
             raise ConfigError(f"migration version {version:04d} is used twice: {seen[version]!r} and {name!r}")
         seen[version] = name
     return out
+
+
+#: ClickHouse settings of the ``traces`` insert (see :meth:`ClickHouseSink.write_traces`)
+TRACE_INSERT_SETTINGS = {"optimize_on_insert": 0}
+#: ``TraceColumns.outcome`` code -> symbol, and ``rollout_arm`` code + 1 -> symbol ("" outside a rollout)
+_OUTCOME_SYMBOLS = pa.array(sorted(OUTCOME_CODES, key=OUTCOME_CODES.__getitem__), type=pa.string())
+_ARM_SYMBOLS = pa.array(["", *sorted(ARM_CODES, key=ARM_CODES.__getitem__)], type=pa.string())
+
+
+def _strings(values: Sequence[str | None]) -> pa.Array:
+    """A string column, ``None`` stored as ``""`` (the table's columns are not nullable)."""
+    return pa.array(values, type=pa.string()).fill_null("")
+
+
+def trace_table(cols: TraceColumns, attributes: Sequence[dict[str, str]] | None = None,
+                batch_seq: int = 0) -> pa.Table:
+    """The ``traces`` table rows of a batch as an arrow table, built from its columns: numpy arrays
+    wrapped or cast by arrow, enum codes as dictionary arrays over their symbols, tool calls as
+    list arrays over the flat calls and their offsets, attribute maps as one flat key and value
+    array; no Python object per row. ``attributes`` overrides ``cols.detail.attributes`` (the
+    redacted copies). Columns without ``detail`` (built by hand) get it from their records.
+
+    Shapes: one row per trace (``cols.n``), columns in the order of migration 0001, then the
+    content references (0041: ``""`` where absent) and ``batch_seq`` / ``batch_pos`` (0040: the
+    batch's processing sequence number, each trace's position in it).
+    """
+    d = cols.detail if cols.detail is not None else trace_columns(
+        cols.records, cols.partition.tolist(), cols.offset.tolist()).detail
+    attrs = d.attributes if attributes is None else attributes
+    tool_off = pa.array(d.tool_offsets, type=pa.int32())
+    attr_off = np.zeros(len(attrs) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(map(len, attrs), dtype=np.int32, count=len(attrs)), out=attr_off[1:])
+    keys = [k for a in attrs for k in a]
+    values = [v for a in attrs for v in a.values()]
+    return pa.table({
+        "tenant_id": pa.array(cols.tenant_id, type=pa.string()),
+        "cohort": pa.array(cols.cohort, type=pa.string()),
+        "workflow": pa.array(cols.workflow, type=pa.string()),
+        "event_time": pa.array(cols.event_time_ms, type=pa.int64()).cast(TS),
+        "trace_id": pa.array(cols.trace_id, type=pa.string()),
+        "intent": _strings(cols.intent),
+        "agent_id": pa.array(d.agent_id, type=pa.string()),
+        "session_id": pa.array(d.session_id, type=pa.string()),
+        "release_id": pa.array(cols.release_id, type=pa.string()),
+        "model": pa.array(d.model, type=pa.string()),
+        "prompt_version": pa.array(d.prompt_version, type=pa.string()),
+        "tool_schema_version": pa.array(d.tool_schema_version, type=pa.string()),
+        "policy_version": pa.array(d.policy_version, type=pa.string()),
+        "retrieval_index_version": pa.array(d.retrieval_index_version, type=pa.string()),
+        "rollout_arm": pa.DictionaryArray.from_arrays(pa.array(cols.rollout_arm.astype(np.int8) + 1), _ARM_SYMBOLS),
+        "rollout_stage_pct": pa.array(np.nan_to_num(cols.stage_pct, nan=0.0), type=pa.float64()),
+        "candidate_release_id": _strings(cols.candidate_release_id),
+        "latency_ms": pa.array(cols.latency_ms, type=pa.float64()),
+        "input_tokens": pa.array(cols.input_tokens.astype(np.uint32)),
+        "output_tokens": pa.array(cols.output_tokens.astype(np.uint32)),
+        "cost_usd": pa.array(cols.cost_usd, type=pa.float64()),
+        "confidence": pa.array(cols.confidence, type=pa.float64(), from_pandas=True),
+        "outcome": pa.DictionaryArray.from_arrays(pa.array(cols.outcome.astype(np.int8)), _OUTCOME_SYMBOLS),
+        "tool_names": pa.ListArray.from_arrays(tool_off, pa.array(d.tool_names, type=pa.string())),
+        "tool_statuses": pa.ListArray.from_arrays(tool_off, pa.array(d.tool_statuses, type=pa.string())),
+        "tool_latency_ms": pa.ListArray.from_arrays(tool_off, pa.array(d.tool_latency_ms, type=pa.float32())),
+        "retrieval_queries": pa.array(d.retrieval_queries.astype(np.uint16)),
+        "retrieval_hits": pa.array(d.retrieval_hits.astype(np.uint16)),
+        "policy_blocked": pa.array(cols.policy_blocked, type=pa.bool_()),
+        "retries": pa.array(d.retries.astype(np.uint16)),
+        "fallback_used": pa.array(cols.fallback_used, type=pa.bool_()),
+        "output_sha256": _strings(d.output_sha256),
+        "attributes": pa.MapArray.from_arrays(pa.array(attr_off), pa.array(keys, type=pa.string()),
+                                              pa.array(values, type=pa.string())),
+        "source_partition": pa.array(cols.partition.astype(np.uint16)),
+        "source_offset": pa.array(cols.offset.astype(np.uint64)),
+        **_content_ref_columns(d.input_ref, d.output_ref),
+        "batch_seq": pa.array(np.full(cols.n, batch_seq, dtype=np.uint64)),
+        "batch_pos": pa.array(np.arange(cols.n, dtype=np.uint32)),
+    })
 
 
 class ClickHouseSink:
@@ -203,14 +278,15 @@ class ClickHouseSink:
             reraise=True,
         )
 
-    def _insert(self, table: str, data: pa.Table) -> int:
+    def _insert(self, table: str, data: pa.Table, settings: dict[str, Any] | None = None) -> int:
         if data.num_rows == 0:
             return 0
         for attempt in self._retrying():
             with attempt:
                 try:
                     with self._lock:
-                        self.client.insert_arrow(f"{self.db}.{table}", data)
+                        extra = {"settings": settings} if settings else {}
+                        self.client.insert_arrow(f"{self.db}.{table}", data, **extra)
                 except Exception as exc:
                     self.failed_attempts += 1
                     raise SinkError(f"insert of {data.num_rows} rows into {self.db}.{table} failed: "
@@ -224,72 +300,23 @@ class ClickHouseSink:
 
     def write_traces(self, cols: TraceColumns, attributes: Sequence[dict[str, str]] | None = None,
                      batch_seq: int = 0) -> int:
-        """Insert a batch of validated traces. ``attributes`` overrides the records' maps
-        (the redacted copies); ``batch_seq`` is the pipeline's processing sequence number of the
-        batch (:attr:`TraceOutput.batch_seq`), stored with each trace's position in the batch so
-        a replay (:mod:`streams.replay`) processes them in the same batches and order; returns
-        rows written.
+        """Insert a batch of validated traces, one ``insert_arrow`` for the batch. ``attributes``
+        overrides the records' maps (the redacted copies); ``batch_seq`` is the pipeline's
+        processing sequence number of the batch (:attr:`TraceOutput.batch_seq`), stored with each
+        trace's position in the batch so a replay (:mod:`streams.replay`) processes them in the
+        same batches and order; returns rows written.
+
+        The arrow table comes from the batch's columns (:class:`TraceColumns` and its
+        :class:`~streams.processors.columns.TraceDetail`), see :func:`trace_table`. The insert
+        skips ClickHouse's merge of the block itself (``optimize_on_insert=0``: with it, the
+        engine took 2-3.5 times longer for the same arrow table, BENCHMARKS.md): a batch holds
+        each trace once (the pipeline drops replayed trace ids), and redelivered batches collapse
+        under ``FINAL`` as before.
 
         Raises:
             SinkError: after ``retry_s`` of failures.
         """
-        recs = cols.records
-
-        def col(rows: Sequence[dict[str, Any]], key: str) -> list[Any]:
-            return list(map(itemgetter(key), rows))
-
-        rel = col(recs, "release")
-        ro = col(recs, "rollout")
-        tools = col(recs, "tool_calls")
-        # tool calls as arrow lists over one flat pass (offsets + values), not a list per trace
-        flat = [t for ts in tools for t in ts]
-        tool_off = pa.array(np.concatenate(([0], np.cumsum(np.fromiter(map(len, tools), np.int64, len(tools))))),
-                            type=pa.int32())
-        attrs = attributes if attributes is not None else col(recs, "attributes")
-        data = pa.table({
-            "tenant_id": cols.tenant_id,
-            "cohort": cols.cohort,
-            "workflow": cols.workflow,
-            "event_time": pa.array(cols.event_time_ms, type=pa.int64()).cast(TS),
-            "trace_id": cols.trace_id,
-            "intent": [i or "" for i in cols.intent],
-            "agent_id": col(recs, "agent_id"),
-            "session_id": col(recs, "session_id"),
-            "release_id": cols.release_id,
-            "model": col(rel, "model"),
-            "prompt_version": col(rel, "prompt_version"),
-            "tool_schema_version": col(rel, "tool_schema_version"),
-            "policy_version": col(rel, "policy_version"),
-            "retrieval_index_version": col(rel, "retrieval_index_version"),
-            "rollout_arm": ["" if x is None else x["arm"] for x in ro],
-            "rollout_stage_pct": pa.array([0.0 if x is None else x["stage_pct"] for x in ro], type=pa.float64()),
-            "candidate_release_id": ["" if x is None else x["candidate_release_id"] for x in ro],
-            "latency_ms": cols.latency_ms,
-            "input_tokens": pa.array(cols.input_tokens.astype("uint32")),
-            "output_tokens": pa.array(cols.output_tokens.astype("uint32")),
-            "cost_usd": cols.cost_usd,
-            "confidence": pa.array(cols.confidence, type=pa.float64(), from_pandas=True),
-            "outcome": col(recs, "outcome"),
-            "tool_names": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("name"), flat)),
-                                                                      type=pa.string())),
-            "tool_statuses": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("status"), flat)),
-                                                                         type=pa.string())),
-            "tool_latency_ms": pa.ListArray.from_arrays(tool_off, pa.array(list(map(itemgetter("latency_ms"), flat)),
-                                                                           type=pa.float32())),
-            "retrieval_queries": pa.array(col(recs, "retrieval_queries"), type=pa.uint16()),
-            "retrieval_hits": pa.array(col(recs, "retrieval_hits"), type=pa.uint16()),
-            "policy_blocked": cols.policy_blocked,
-            "retries": pa.array(col(recs, "retries"), type=pa.uint16()),
-            "fallback_used": cols.fallback_used,
-            "output_sha256": [r["output_sha256"] or "" for r in recs],
-            "attributes": pa.array([list(a.items()) for a in attrs], type=STR_MAP),
-            "source_partition": pa.array(cols.partition.astype("uint16")),
-            "source_offset": pa.array(cols.offset.astype("uint64")),
-            **_content_ref_columns(recs),
-            "batch_seq": pa.array(np.full(cols.n, batch_seq, dtype=np.uint64)),
-            "batch_pos": pa.array(np.arange(cols.n, dtype=np.uint32)),
-        })
-        return self._insert("traces", data)
+        return self._insert("traces", trace_table(cols, attributes, batch_seq), TRACE_INSERT_SETTINGS)
 
     def write_feedback(self, rows: Sequence[dict[str, Any]]) -> int:
         """Insert feedback rows (dicts with the ``feedback`` table's columns, times in epoch ms)."""
@@ -581,12 +608,14 @@ class ClickHouseSink:
         self.close()
 
 
-def _content_ref_columns(recs: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    """``input_ref_*`` / ``output_ref_*`` columns (migration 0041) of trace records, ``""`` where
-    absent (the pipeline has redacted the texts)."""
+def _content_ref_columns(input_refs: Sequence[dict[str, Any] | None],
+                         output_refs: Sequence[dict[str, Any] | None]) -> dict[str, list[str]]:
+    """``input_ref_*`` / ``output_ref_*`` columns (migration 0041) of the traces' content
+    references (``TraceDetail.input_ref`` / ``output_ref``), ``""`` where absent (the pipeline
+    has redacted the texts)."""
     out: dict[str, list[str]] = {}
-    for k in ("input_ref", "output_ref"):
-        refs = [r.get(k) or {} for r in recs]
+    for k, column in (("input_ref", input_refs), ("output_ref", output_refs)):
+        refs = [r or {} for r in column]
         for part in ("uri", "text", "sha256"):
             out[f"{k}_{part}"] = [ref.get(part) or "" for ref in refs]
     return out

@@ -3,7 +3,8 @@
 Every batch, for traces and feedback alike::
 
     batch ─► order (sequencer) ─► step (pipeline, sink write) ─► emit (incidents, dead letters,
-    verdicts) ─► flush state ─► changelog ack wait ─► mark processed ─► ack
+    verdicts) ─► checkpoint (once per checkpoint interval: flush state ─► changelog ack wait ─►
+    mark processed) ─► ack
 
 The steps differ only in what they compute and write: :class:`TraceStep` (``Pipeline.on_traces``,
 traces to ClickHouse), :class:`FeedbackStep` (decode, wait for the traces the feedback refers
@@ -32,7 +33,7 @@ from streams.pipeline import Pipeline
 from streams.processors.columns import RawMessage
 from streams.signing import header_map
 from streams.telemetry import WorkerTelemetry
-from streams.worker.delivery import AgentDelivery, ChangelogAcks, Shutdown
+from streams.worker.delivery import AgentDelivery, ChangelogAcks, Shutdown, StateCheckpoint
 from streams.worker.faust_fixes import ProcessedOffsets
 from streams.worker.join_wait import JoinWait, Position
 from streams.worker.outputs import Outputs
@@ -259,16 +260,18 @@ class BatchLoop:
         processed: the commit offsets, marked after the waits.
         assignment: applied before each batch.
         shutdown: abandon (after a stop signal) or crash on a failed batch.
-        telemetry: counts each acknowledged batch and times its changelog acknowledgement wait
-            (the worker's; ``None``: not measured).
+        telemetry: counts each batch and times its state checkpoint wait (flush and changelog
+            acknowledgements, when one runs; the worker's; ``None``: not measured).
         quarantine: failure records of poison messages (:mod:`streams.worker.quarantine`); with
             ``None`` every failed batch just crashes (tests of the skeleton).
+        checkpoint: flushes state and marks batches processed (shared by the agents); default: a
+            checkpoint after every batch.
     """
 
     def __init__(self, settings: Settings, delivery: AgentDelivery, step: Step, *, pipeline: Pipeline,
                  outputs: Outputs, acks: ChangelogAcks, processed: ProcessedOffsets, assignment: Assignment,
                  shutdown: Shutdown, telemetry: WorkerTelemetry | None = None,
-                 quarantine: Quarantine | None = None) -> None:
+                 quarantine: Quarantine | None = None, checkpoint: StateCheckpoint | None = None) -> None:
         self.telemetry = telemetry
         self.settings = settings
         self.delivery = delivery
@@ -280,6 +283,8 @@ class BatchLoop:
         self.assignment = assignment
         self.shutdown = shutdown
         self.quarantine = quarantine
+        self.checkpoint = checkpoint or StateCheckpoint(pipeline.flush_state, acks, processed, 0.0,
+                                                        settings.changelog_ack_timeout_s)
         #: records written by batches marked processed (their offsets are committed after)
         self.written = 0
         #: messages quarantined as poison (``processing_error`` dead letters)
@@ -321,9 +326,9 @@ class BatchLoop:
             delivery.busy = False
 
     async def process(self, events: list[Any], raws: list[RawMessage]) -> None:
-        """One unit of work: step (or the quarantine of a condemned message), emit, flush state,
-        wait for the changelog acknowledgements, mark processed."""
-        s = self.settings
+        """One unit of work: step (or the quarantine of a condemned message), emit, record it as
+        passed in the quarantine, hand it to the state checkpoint (which flushes state, waits for
+        the changelog acknowledgements and marks processed, now or within its interval)."""
         condemned = self.quarantine.verdict(raws[0]) if self.quarantine is not None and len(raws) == 1 else None
         if condemned is not None:
             out = StepOutput([], [self.quarantine.dead_letter(raws[0], condemned)], [])
@@ -332,13 +337,11 @@ class BatchLoop:
             out = await self.step(raws)
         await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact,
                                 out.signals)
-        self.pipeline.flush_state()
         if self.quarantine is not None:
             self.quarantine.passed(raws)
         t = self.telemetry
         with t.changelog_ack_wait(self.delivery.name) if t is not None else nullcontext():
-            await self.acks.wait(s.changelog_ack_timeout_s)
-        self.processed.mark(events)
+            await self.checkpoint.done(events)  # state flushed and acknowledged before the mark
         self.written += out.written
         if t is not None:
             t.on_batch(self.delivery.name, len(events), out.dead_letters, out.incidents, out.verdicts)

@@ -16,7 +16,8 @@ Topology (all topics keyed by tenant_id, ``Settings.partitions`` partitions)::
                       feedback-seen (replay/resubmit ids), canary-state (rollout scorecards),
                       quarantine (poison-message failure records, streams.worker.quarantine)
 
-Delivery (at-least-once, in offset order, state acknowledged before commit; bounded shutdown):
+Delivery (at-least-once, in offset order, state acknowledged before commit, slice state written
+once per ``checkpoint_interval_s`` (:class:`~streams.worker.delivery.StateCheckpoint`); bounded shutdown):
 :mod:`streams.worker.delivery`. The batch skeleton both agents share: :mod:`streams.worker.agents`.
 
 Throughput note: faust costs ~115 µs per Kafka message (profiled, BENCHMARKS.md), so the SDK
@@ -25,6 +26,7 @@ sends batches of traces per message and the agents work per batch.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import socket
@@ -47,6 +49,7 @@ from streams.worker.delivery import (
     ChangelogAcks,
     SequencerWatchdog,
     Shutdown,
+    StateCheckpoint,
     TableBackend,
     committed_offsets_retrying,
     kafka_retrying,
@@ -61,6 +64,14 @@ MAX_POLL_RECORDS = 500
 #: feedback channel capacity, messages: room for a fetch batch above faust's pause mark (80 %)
 FEEDBACK_BUFFER = 10 * MAX_POLL_RECORDS
 SOURCES = ("traces", "feedback", "actions", "signals")
+#: cyclic garbage collector thresholds of the worker process (gen0 allocations, gen1, gen2
+#: collections). Python's default (700, 10, 10) runs a young collection every 700 container
+#: allocations; decoding one batch allocates hundreds of thousands (a dict per trace, per tool
+#: call, per manifest), and the collector then spent about a sixth of the processing core's CPU
+#: (``streams.devtools.bench.core``: 23,377 / 23,203 traces per CPU-s with the default against
+#: 27,830 / 29,008 with these thresholds, alternating runs; BENCHMARKS.md). Reference counting
+#: frees almost everything the pipeline allocates, so fewer collections change nothing else.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 @dataclass
@@ -149,7 +160,12 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
               for name in TABLES}
 
     acks = ChangelogAcks()
-    shutdown = Shutdown(settings.shutdown_timeout_s, commit=lambda: app.consumer.commit())
+    async def commit_checkpointed() -> Any:
+        # a stop commits the batches processed since the last checkpoint too, once their state is durable
+        await checkpoint.run()
+        return await app.consumer.commit()
+
+    shutdown = Shutdown(settings.shutdown_timeout_s, commit=commit_checkpointed)
     outputs = Outputs(settings, codec, topics, stopping=lambda: shutdown.stopping, prepare_sink=prepare_sink)
     shutdown.on_stop(outputs.abort)
     pipeline = Pipeline(settings, codec, baselines=TableBackend(tables["baselines"], acks),
@@ -161,8 +177,10 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     committed = partial(committed_offsets_retrying, settings)
     delivery = {name: AgentDelivery(name, settings.topic(name), settings.partitions, app, processed, committed)
                 for name in SOURCES}
+    checkpoint = StateCheckpoint(pipeline.flush_state, acks, processed, settings.checkpoint_interval_s,
+                                 settings.changelog_ack_timeout_s, generation=lambda: app.rebalancing_count)
     common = {"pipeline": pipeline, "outputs": outputs, "acks": acks, "processed": processed,
-              "assignment": assignment, "shutdown": shutdown,
+              "assignment": assignment, "shutdown": shutdown, "checkpoint": checkpoint,
               "quarantine": Quarantine(TableBackend(tables["quarantine"], acks), settings.poison_max_attempts)}
     loops = {"traces": BatchLoop(settings, delivery["traces"], TraceStep(pipeline, outputs), **common),
              "feedback": BatchLoop(settings, delivery["feedback"],
@@ -203,10 +221,28 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     async def snapshot_baselines() -> None:
         await outputs.write_baseline_snapshots(pipeline.baseline_snapshot)
 
+    async def checkpoint_state() -> None:
+        # an idle worker's processed batches become committable too; a failure is a failed batch
+        if shutdown.stopping:
+            return
+        try:
+            await checkpoint.tick()
+        except Exception:
+            shutdown.crash("state checkpoint")
+
     app.task(outputs.open)  # agents wait for the sink (Outputs.ready)
+    app.timer(interval=min(max(settings.checkpoint_interval_s / 2, 0.1), 1.0))(checkpoint_state)
     app.timer(interval=1.0)(watchdog.tick)
     app.timer(interval=settings.feedback_patterns_refresh_s)(outputs.refresh_patterns)
     app.on_before_shutdown.connect(outputs.refresh_patterns)  # a graceful stop leaves nothing pending
+
+    async def final_checkpoint(*_: Any, **__: Any) -> None:
+        try:
+            await checkpoint.run()
+        except Exception:  # not durable: the pending batches stay uncommitted and are redelivered
+            log.warning("final state checkpoint failed; its batches are redelivered", exc_info=True)
+
+    app.on_before_shutdown.connect(final_checkpoint)  # faust's final commit then includes them
     app.timer(interval=settings.stats_interval_s)(report)
     app.timer(interval=settings.snapshot_interval_s)(snapshot_baselines)
     return worker
@@ -291,6 +327,9 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     # the table changelogs exist before faust's first assignment (streams.topics docstring)
     kafka_retrying(settings)(ensure_topics, settings)
     worker = build_app(settings)
+    gc.collect()
+    gc.freeze()  # start-up objects (modules, schemas, faust's app) are never garbage: keep them out of collections
+    gc.set_threshold(*GC_THRESHOLDS)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
     try:
         _Worker(worker.app, loglevel=loglevel, quiet=True,

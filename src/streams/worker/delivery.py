@@ -107,6 +107,98 @@ class ChangelogAcks:
         return len(futs)
 
 
+class StateCheckpoint:
+    """Batches processed but not yet committable, and their state written once per interval.
+
+    After a batch's sink writes and output messages, an agent hands its events to :meth:`done`.
+    The slice state it changed stays in memory (dirty rows of the ``SliceStore``) until the next
+    checkpoint, at most ``interval_s`` later (:meth:`run`, also called by a timer so an idle worker
+    commits too): every dirty slice is written to its changelog once (``flush``), all changelog
+    sends are awaited (:class:`ChangelogAcks`), and only then are the pending batches marked
+    processed, so their offsets become committable. This is Kafka Streams' record cache, flushed
+    at each commit (``statestore.cache.max.bytes`` with ``commit.interval.ms``): a slice touched by
+    many batches in one interval is written once instead of once per batch.
+
+    At-least-once still holds: an offset is committed only after the state of its batch (and of
+    every earlier batch) is acknowledged in the changelogs; state may run ahead of the commits,
+    as before (a crash redelivers those batches and the per-slice replay guards count them once).
+    A crash or stop loses only pending marks, i.e. the batches are redelivered. Pending batches
+    of an older consumer generation (a rebalance came between) are not marked; the restarted
+    sequencer fetches them again from the committed offsets.
+
+    Args:
+        flush: writes the dirty state (``Pipeline.flush_state``).
+        acks: the changelog sends to wait for.
+        processed: the commit offsets, marked after the waits.
+        interval_s: longest time a processed batch waits for its checkpoint (s; 0: every batch,
+            the behaviour before).
+        ack_timeout_s: ``Settings.changelog_ack_timeout_s`` (s).
+        generation: the consumer's assignment generation (``app.rebalancing_count``).
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, flush: Callable[[], Any], acks: ChangelogAcks, processed: ProcessedOffsets,
+                 interval_s: float, ack_timeout_s: float, generation: Callable[[], int] = lambda: 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.flush = flush
+        self.acks = acks
+        self.processed = processed
+        self.interval_s = interval_s
+        self.ack_timeout_s = ack_timeout_s
+        self.generation = generation
+        self.clock = clock
+        #: (consumer generation, events) of the batches processed since the last checkpoint
+        self.pending: list[tuple[int, list[Any]]] = []
+        self.lock = asyncio.Lock()
+        self.last = clock()
+        #: checkpoints run, and batches they marked (stats)
+        self.checkpoints = 0
+
+    async def done(self, events: list[Any]) -> None:
+        """A batch's writes are done: its events wait for the next checkpoint, which runs now if
+        ``interval_s`` has passed since the last one.
+
+        Raises:
+            ChangelogError: see :meth:`run`.
+        """
+        self.pending.append((self.generation(), events))
+        if self.clock() - self.last >= self.interval_s:
+            await self.run()
+
+    async def run(self) -> int:
+        """Checkpoint now: flush the dirty state, wait for every changelog acknowledgement, mark
+        the pending batches processed. Returns the batches marked.
+
+        Raises:
+            ChangelogError: a changelog send failed or was not acknowledged in ``ack_timeout_s``
+                (the pending batches stay unmarked: the caller's batch fails, the worker exits).
+        """
+        async with self.lock:
+            batches, self.pending = self.pending, []
+            self.last = self.clock()
+            if not batches:
+                return 0
+            try:
+                self.flush()
+                await self.acks.wait(self.ack_timeout_s)
+            except BaseException:
+                self.pending[:0] = batches  # not durable: still pending (the worker exits anyway)
+                raise
+            now = self.generation()
+            marked = 0
+            for gen, events in batches:
+                if gen == now:
+                    self.processed.mark(events)
+                    marked += 1
+            self.checkpoints += 1
+            return marked
+
+    async def tick(self) -> None:
+        """Timer round: checkpoint if the oldest pending batch has waited ``interval_s``."""
+        if self.pending and self.clock() - self.last >= self.interval_s:
+            await self.run()
+
+
 class TableBackend:
     """:class:`~streams.state.StateBackend` over a faust table with raw bytes.
 

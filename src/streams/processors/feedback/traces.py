@@ -53,18 +53,27 @@ class TraceRef(NamedTuple):
         """The reference of every trace of a batch, in batch order.
 
         Args:
-            cols: validated traces (``records`` holds their dicts: session id, tool calls).
+            cols: validated traces (session id and tool calls from ``detail``, else from ``records``).
             fingerprints: content fingerprint of each trace, shape ``(n,)``.
         """
-        failed = set(np.flatnonzero(cols.tool_failure).tolist())
+        failed = np.flatnonzero(cols.tool_failure).tolist()
         records = cols.records
+        if cols.detail is not None:  # the decode pass's columns
+            session_ids: list[str] = cols.detail.session_id
+            tools = [""] * cols.n
+            for i, name in cols.detail.first_failed_tool(failed).items():
+                tools[i] = name
+        else:
+            session_ids = [r["session_id"] for r in records]
+            failed_set = set(failed)
+            tools = [next(t["name"] for t in r["tool_calls"] if t["status"] != "ok") if i in failed_set else ""
+                     for i, r in enumerate(records)]
         columns: dict[str, Iterable[Any]] = {
             "tenant_id": cols.tenant_id, "cohort": cols.cohort, "workflow": cols.workflow,
             "release_id": cols.release_id, "partition": cols.partition.tolist(),
-            "session_id": [r["session_id"] for r in records], "fingerprint": fingerprints,
+            "session_id": session_ids, "fingerprint": fingerprints,
             "event_time_ms": cols.event_time_ms.tolist(),
-            "tool": [next(t["name"] for t in r["tool_calls"] if t["status"] != "ok") if i in failed else ""
-                     for i, r in enumerate(records)],
+            "tool": tools,
             "rollout_arm": cols.rollout_arm.tolist(),
             "candidate_release_id": [c or "" for c in cols.candidate_release_id],
             "stage_pct": np.nan_to_num(cols.stage_pct, nan=0.0).tolist(),

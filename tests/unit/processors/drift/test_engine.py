@@ -136,6 +136,8 @@ def _concat(a, b):
 
     out = {}
     for f in fields(TraceColumns):
+        if f.name == "detail":  # synthetic columns have none
+            continue
         x, y = getattr(a, f.name), getattr(b, f.name)
         out[f.name] = np.concatenate([x, y]) if isinstance(x, np.ndarray) else list(x) + list(y)
     return TraceColumns(**out)
