@@ -31,7 +31,7 @@ def test_demo_detects_the_injected_regression_and_dedups_feedback(settings, tmp_
     shift = s["benign_shift"]
     elsewhere = [i for i in s["incidents"] if i["tenant_id"] != change["tenant_id"]]
     assert all((i["tenant_id"], i["kind"], i["release_id"]) == (shift["tenant_id"], "output_drift", None)
-               for i in elsewhere), "no incident elsewhere but the benign shift"
+               for i in elsewhere), ("no incident elsewhere but the benign shift", shift, elsewhere)
     # the lifecycle: the rollout system rolled the injected release back to the incumbent and
     # accepted the benign shift, and the ledger shows who did what
     life = {(c["tenant_id"], c["release_id"]): c for c in s["lifecycle"]}
