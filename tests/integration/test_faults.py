@@ -165,7 +165,11 @@ def test_stalled_changelog_holds_the_commit_and_a_kill_loses_no_baseline_state(s
 def test_sigterm_exits_within_the_bound_and_unfinished_batches_are_redelivered(settings, worker_factory, tmp_path):
     ensure_topics(settings)
     down = tmp_path / "clickhouse-down"
-    env = {"SELFHEAL_FAULT_SINK_FAIL_FILE": str(down), "SELFHEAL_SHUTDOWN_TIMEOUT_S": "20"}
+    # checkpoints (and so commits) every 0.2 s: the first commit must come while the backlog lasts
+    # (with the default 5 s checkpoint the faster worker processed all 1,500 messages of 32 traces
+    # before its first commit: clean-clone run at 474707e)
+    env = {"SELFHEAL_FAULT_SINK_FAIL_FILE": str(down), "SELFHEAL_SHUTDOWN_TIMEOUT_S": "20",
+           "SELFHEAL_CHECKPOINT_INTERVAL_S": "0.2"}
     progress = GroupLag(settings, settings.full_app_id, [settings.topic("traces")], request_timeout_s=5.0)
     try:
         # 1. SIGTERM while the worker is busy with a backlog
