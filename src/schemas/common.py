@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationInfo
 
 #: Tenant ids are lower-case slugs: they appear in Kafka keys, ClickHouse row policies and HMAC
 #: keys, so anything looser invites injection and ambiguity.
@@ -57,6 +57,36 @@ def _epoch_ms(value: object) -> object:
 #: Event time: timezone-aware UTC datetime; naive values are taken as UTC; integers are epoch ms.
 #: Avro timestamp-millis.
 EventTime = Annotated[datetime, BeforeValidator(_epoch_ms), AfterValidator(_utc)]
+
+
+def check_event_time(event_ms: int, context: object) -> None:
+    """Check an event time (epoch ms) against the accepted window.
+
+    ``context`` is the pydantic validation context: a mapping with ``now_ms`` (epoch ms),
+    ``max_event_age_s`` and ``max_clock_skew_s`` (seconds), or ``None`` for the static bound only.
+
+    Raises:
+        ValueError: naming ``event_time`` and the value when outside the window.
+    """
+    if event_ms < MIN_EVENT_TIME_MS:
+        raise ValueError(f"event_time={event_ms} ms is before 2020-01-01")
+    if isinstance(context, dict) and "now_ms" in context:
+        now_ms = int(context["now_ms"])
+        if event_ms > now_ms + int(context.get("max_clock_skew_s", 300)) * 1000:
+            raise ValueError(f"event_time={event_ms} ms is in the future (now={now_ms} ms)")
+        if event_ms < now_ms - int(context.get("max_event_age_s", 30 * 86400)) * 1000:
+            raise ValueError(f"event_time={event_ms} ms is older than the accepted age")
+
+
+def _in_event_time_window(value: datetime, info: ValidationInfo) -> datetime:
+    check_event_time(to_ms(value), info.context)
+    return value
+
+
+#: The ``event_time`` of a trace or feedback: an :data:`EventTime` that also lies in the accepted
+#: window (:func:`check_event_time`, with the validation context). One validator for every
+#: contract, attached to the field (not the model), so the error names the field and its value.
+WindowedEventTime = Annotated[EventTime, AfterValidator(_in_event_time_window)]
 
 
 def to_ms(value: datetime) -> int:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from schemas.common import (
     MAX_TEXT_LEN,
@@ -15,9 +14,8 @@ from schemas.common import (
     Identifier,
     Severity,
     TenantId,
-    to_ms,
+    WindowedEventTime,
 )
-from schemas.trace import check_event_time
 
 
 class FeedbackSource(StrEnum):
@@ -100,13 +98,7 @@ class Feedback(Contract):
     edit_diff: str | None = Field(default=None, max_length=MAX_TEXT_LEN)
     reviewer_id: Identifier
     reviewer_role: ReviewerRole
-    event_time: EventTime
-
-    @field_validator("event_time")
-    @classmethod
-    def _event_time_window(cls, value: datetime, info: ValidationInfo) -> datetime:
-        check_event_time(to_ms(value), info.context)
-        return value
+    event_time: WindowedEventTime
 
 
 class FeedbackBatch(Contract):

@@ -7,7 +7,6 @@ models before sending. The worker re-validates on the hot path with the vectoris
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
@@ -21,13 +20,12 @@ from schemas.common import (
     MAX_RETRIES,
     MAX_TOKENS,
     MAX_TOOL_CALLS,
-    MIN_EVENT_TIME_MS,
     Contract,
     EventTime,
     Identifier,
     Label,
     TenantId,
-    to_ms,
+    WindowedEventTime,
 )
 
 LatencyMs = Annotated[float, Field(ge=0.0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
@@ -139,7 +137,7 @@ class AgentTrace(Contract):
     intent: Label | None = None
     agent_id: Identifier
     session_id: Identifier
-    event_time: EventTime
+    event_time: WindowedEventTime
     release: ReleaseManifest
     rollout: Rollout | None = None
     latency_ms: LatencyMs
@@ -162,13 +160,7 @@ class AgentTrace(Contract):
     input_ref: ContentRef | None = None
     output_ref: OutputRef | None = None
 
-    # field validators (not a model validator), so the error names the field and its value
-    @field_validator("event_time")
-    @classmethod
-    def _event_time_window(cls, value: datetime, info: ValidationInfo) -> datetime:
-        check_event_time(to_ms(value), info.context)
-        return value
-
+    # a field validator (not a model validator), so the error names the field and its value
     @field_validator("retrieval_hits")
     @classmethod
     def _hits_within_queries(cls, value: int, info: ValidationInfo) -> int:
@@ -187,22 +179,3 @@ class AgentTraceBatch(Contract):
     producer_id: Identifier
     sent_at: EventTime
     traces: list[AgentTrace] = Field(min_length=1)
-
-
-def check_event_time(event_ms: int, context: object) -> None:
-    """Check an event time (epoch ms) against the accepted window.
-
-    ``context`` is the pydantic validation context: a mapping with ``now_ms`` (epoch ms),
-    ``max_event_age_s`` and ``max_clock_skew_s`` (seconds), or ``None`` for the static bound only.
-
-    Raises:
-        ValueError: naming ``event_time`` and the value when outside the window.
-    """
-    if event_ms < MIN_EVENT_TIME_MS:
-        raise ValueError(f"event_time={event_ms} ms is before 2020-01-01")
-    if isinstance(context, dict) and "now_ms" in context:
-        now_ms = int(context["now_ms"])
-        if event_ms > now_ms + int(context.get("max_clock_skew_s", 300)) * 1000:
-            raise ValueError(f"event_time={event_ms} ms is in the future (now={now_ms} ms)")
-        if event_ms < now_ms - int(context.get("max_event_age_s", 30 * 86400)) * 1000:
-            raise ValueError(f"event_time={event_ms} ms is older than the accepted age")

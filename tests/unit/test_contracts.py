@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import Enum
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from schemas import CONTRACTS, AgentTrace, AgentTraceBatch, DeadLetter, Feedback, FeedbackBatch, Incident, default_codec
 from tests.factories import feedback, now_ms, trace
@@ -120,3 +120,24 @@ def test_models_round_trip_through_avro():
         name, record = codec.decode(codec.encode_model(model))
         assert name == type(model).AVRO_NAME
         assert type(model).model_validate(record) == model
+
+
+@pytest.mark.parametrize(("model", "record"), [(AgentTrace, trace), (Feedback, feedback)], ids=["trace", "feedback"])
+def test_event_time_outside_the_window_is_an_error_naming_the_field_and_value(model, record):
+    now = now_ms()
+    ctx = {"now_ms": now, "max_event_age_s": 3600, "max_clock_skew_s": 60}
+    cases = [(1_500_000_000_000, None, "event_time=1500000000000 ms is before 2020-01-01"),
+             (now + 120_000, ctx, f"event_time={now + 120_000} ms is in the future (now={now} ms)"),
+             (now - 7_200_000, ctx, f"event_time={now - 7_200_000} ms is older than the accepted age")]
+    for event_ms, context, message in cases:
+        with pytest.raises(ValidationError) as err:
+            model.model_validate(record(1, event_time=event_ms), context=context)
+        (e,) = err.value.errors()
+        assert e["loc"] == ("event_time",) and message in e["msg"], e
+    # inside the window: accepted, and the time read as epoch ms in UTC
+    assert model.model_validate(record(1, event_time=now - 60_000), context=ctx).event_time.timestamp() * 1000 == \
+        pytest.approx(now - 60_000)
+    # the window applies to assignment too (validate_assignment)
+    ok = model.model_validate(record(1))
+    with pytest.raises(ValidationError, match="before 2020-01-01"):
+        ok.event_time = 1_500_000_000_000
