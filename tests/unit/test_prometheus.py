@@ -1,7 +1,8 @@
-"""deploy/prometheus agrees with the metric catalogue and the compose file: rules.yml is a valid
-rule file whose expressions name only exported metrics, Prometheus scrapes the workers' web port
-and mounts the rules; ``promtool`` (Debian package ``prometheus``) checks the files and runs the
-alert unit tests of rules_test.yml where it is installed."""
+"""deploy/prometheus and the docs agree with the metric catalogue and the compose file: rules.yml is
+a valid rule file whose expressions name only exported metrics, every metric docs/rollout.md and
+docs/otlp.md name is exported, Prometheus scrapes the workers' web port and mounts the rules;
+``promtool`` (Debian package ``prometheus``) checks the files and runs the alert unit tests of
+rules_test.yml where it is installed."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import DeadLetter
 from streams.config import Settings
+from streams.otlp.service import OtlpService
 from streams.telemetry import STATS_COUNTERS, WorkerTelemetry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +46,18 @@ def exported_names() -> set[str]:
     return {s.name for fam in text_string_to_metric_families(t.render().decode()) for s in fam.samples}
 
 
+def names_in(exposition: str) -> set[str]:
+    """The names a reader may write for the metrics of an exposition: every sample name
+    (``selfheal_traces_total``, ``..._seconds_bucket``), every family name (a histogram's
+    ``..._seconds``) and a counter family's ``_total`` name even before its first labelled sample."""
+    names = set()
+    for fam in text_string_to_metric_families(exposition):
+        names |= {fam.name, *(s.name for s in fam.samples)}
+        if fam.type == "counter":
+            names.add(f"{fam.name}_total")
+    return names
+
+
 def test_rule_file_structure():
     doc = yaml.safe_load((PROM / "rules.yml").read_text())
     assert set(doc) == {"groups"}
@@ -67,6 +82,24 @@ def test_rule_expressions_name_only_exported_metrics():
     for rule in rules():
         used = set(re.findall(r"\bselfheal_[a-z_]+\b", rule["expr"]))
         assert used <= exported, (rule["alert"], used - exported)
+
+
+def test_every_metric_the_docs_name_is_exported(tmp_path):
+    worker = WorkerTelemetry(counters=lambda: dict.fromkeys(STATS_COUNTERS, 1), lag=lambda: {("t", 0): 1},
+                             open_incidents=lambda: [("safety", "high")], rebalances=lambda: 1)
+    worker_names = names_in(worker.render().decode())
+    # the OTLP receiver's metrics (streams.otlp.service): its own registry, no broker needed to render it
+    service = OtlpService(Settings(kafka_bootstrap="127.0.0.1:1", state_dir=tmp_path))
+    try:
+        otlp_names = names_in(generate_latest(service.registry).decode())
+    finally:
+        service.close()
+    assert any(n.startswith("selfheal_otlp_") for n in otlp_names) and "selfheal_traces_total" in worker_names
+    for doc in ("docs/rollout.md", "docs/otlp.md"):
+        named = set(re.findall(r"\bselfheal_[a-z0-9_]*[a-z0-9]\b", (ROOT / doc).read_text()))
+        assert named, f"{doc} names no metric: this test would check nothing"
+        unknown = {n for n in named if n not in (otlp_names if n.startswith("selfheal_otlp_") else worker_names)}
+        assert not unknown, f"{doc} names metrics nobody exports: {sorted(unknown)}"
 
 
 def test_compose_runs_prometheus_with_the_rules_and_it_scrapes_the_workers_web_port():
