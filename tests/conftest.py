@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +182,40 @@ def wait_caught_up(settings, topics: list[str], timeout_s: float = 180.0, worker
                                  + worker.log.read_text()[-3000:])
         time.sleep(0.5)
     raise AssertionError(f"worker did not catch up within {timeout_s} s ({done}/{end} messages)")
+
+
+def read_contract_topic(settings, topic: str, model: Any, timeout_s: float = 60.0) -> list[tuple[bytes | None, Any]]:
+    """Every message of the test's ``topic`` (a logical name, e.g. ``"incidents"``) from the first
+    offset to the high watermarks taken at the call, decoded with the default codec and validated
+    as the contract ``model``: ``[(key, record)]``, in offset order within a partition.
+
+    Fails (AssertionError) on a message of another contract, or when the partitions are not read
+    to those watermarks within ``timeout_s`` seconds.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from schemas import default_codec
+
+    codec = default_codec()
+    name = settings.topic(topic)
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.topic_prefix}reader",
+                         "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(name, p, OFFSET_BEGINNING) for p in range(settings.partitions)]
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        consumer.assign(parts)
+        out, seen = [], dict.fromkeys(ends, 0)
+        deadline = time.monotonic() + timeout_s
+        while any(seen[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            seen[msg.partition()] = msg.offset() + 1
+            avro_name, rec = codec.decode(msg.value())
+            assert avro_name == model.AVRO_NAME, f"{name} offset {msg.offset()}: {avro_name}, not {model.AVRO_NAME}"
+            out.append((msg.key(), model.model_validate(rec)))
+        assert all(seen[p] >= ends[p] for p in ends), f"{name} not read to its end in {timeout_s} s: {seen} of {ends}"
+        return out
+    finally:
+        consumer.close()
+

@@ -12,14 +12,13 @@ import time
 
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from schemas import CandidateArm, RolloutVerdict, Verdict, default_codec
+from schemas import CandidateArm, RolloutVerdict, Verdict
 from streams.devtools.bench_canary import ArmEffect, CohortPlan, rollout_records, rollout_steps
 from streams.sdk import SelfhealProducer
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics, group_lag
-from tests.conftest import wait_caught_up
+from tests.conftest import read_contract_topic, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -48,28 +47,7 @@ def send(settings, records):
 
 def read_verdicts(settings) -> list[tuple[bytes, RolloutVerdict]]:
     """Every message on the verdicts topic, in partition order: ``(key, verdict)``."""
-    codec = default_codec()
-    topic = settings.topic("verdicts")
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.topic_prefix}reader",
-                         "enable.auto.commit": False})
-    try:
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)]
-        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-        consumer.assign(parts)
-        out, seen = [], dict.fromkeys(ends, 0)
-        deadline = time.monotonic() + 60
-        while any(seen[p] < ends[p] for p in ends) and time.monotonic() < deadline:
-            msg = consumer.poll(1.0)
-            if msg is None or msg.error():
-                continue
-            seen[msg.partition()] = msg.offset() + 1
-            name, rec = codec.decode(msg.value())
-            assert name == RolloutVerdict.AVRO_NAME
-            out.append((msg.key(), RolloutVerdict.model_validate(rec)))
-        assert all(seen[p] >= ends[p] for p in ends), (seen, ends)
-        return out
-    finally:
-        consumer.close()
+    return read_contract_topic(settings, "verdicts", RolloutVerdict)
 
 
 def scorecard_of(verdicts, cohort):

@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from schemas import Incident, IncidentKind, IncidentStatus, default_codec
+from schemas import Incident, IncidentKind, IncidentStatus
 from streams.sdk import SelfhealProducer
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics
-from tests.conftest import wait_caught_up
+from tests.conftest import read_contract_topic, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -65,26 +64,7 @@ def interleave(*streams: list[dict]) -> list[dict]:
 
 def read_incidents(settings) -> list[tuple[bytes, Incident]]:
     """Every message on the incidents topic: ``(key, incident)``, per partition in offset order."""
-    codec = default_codec()
-    topic = settings.topic("incidents")
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.topic_prefix}reader",
-                         "enable.auto.commit": False})
-    try:
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)]
-        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-        consumer.assign(parts)
-        out, seen = [], dict.fromkeys(ends, 0)
-        deadline = time.monotonic() + 60
-        while any(seen[p] < ends[p] for p in ends) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            seen[msg.partition()] = msg.offset() + 1
-            _, rec = codec.decode(msg.value())
-            out.append((msg.key(), Incident.model_validate(rec)))
-        return out
-    finally:
-        consumer.close()
+    return read_contract_topic(settings, "incidents", Incident)
 
 
 def wait_for(settings, pred, what: str, worker, timeout_s: float = 120.0) -> list[tuple[bytes, Incident]]:
