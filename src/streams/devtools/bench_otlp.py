@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +176,10 @@ def run(settings: Settings, workdir: Path, *, runs: int = 20_000, runs_per_reque
     receiver = OtlpProcess(settings, workdir / "otlp-http.log", env=env)
     try:
         receiver.wait_ready()
-        cpu0, t0 = receiver.cpu_s(), time.perf_counter()
-        asyncio.run(_post_all(receiver.port, payloads, concurrency))
-        receiver.wait_metric("selfheal_otlp_traces_emitted_total", runs, timeout_s=600)
-        cpu, wall = receiver.cpu_s() - cpu0, time.perf_counter() - t0
+        result["receiver"] = _measure(receiver, lambda: asyncio.run(_post_all(receiver.port, payloads, concurrency)),
+                                      runs, spans)
     finally:
         receiver.stop()
-    result["receiver"] = {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
-                          "spans_per_cpu_s": round(spans / cpu), "runs_per_cpu_s": round(runs / cpu)}
 
     topic = settings.topic_prefix + settings.otlp_kafka_topic
     admin = AdminClient(settings.kafka_config())
@@ -193,23 +190,44 @@ def run(settings: Settings, workdir: Path, *, runs: int = 20_000, runs_per_reque
     try:
         source.wait_ready()
         time.sleep(2.0)  # let the consumer join its group before the CPU clock starts (not a measurement)
-        cpu0, t0 = source.cpu_s(), time.perf_counter()
-        producer = Producer({**settings.kafka_config(), "linger.ms": 20, "compression.type": "lz4"})
-        try:
-            for i, body in enumerate(payloads):
-                producer.produce(topic, body, key=str(i).encode())
-                producer.poll(0)
-            if producer.flush(60):
-                raise RuntimeError("OTLP messages not delivered")
-        finally:
-            producer.close()
-        source.wait_metric("selfheal_otlp_traces_emitted_total", runs, timeout_s=600)
-        cpu, wall = source.cpu_s() - cpu0, time.perf_counter() - t0
+        result["kafka_source"] = _measure(source, lambda: _produce_all(settings, topic, payloads), runs, spans)
     finally:
         source.stop()
-    result["kafka_source"] = {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
-                              "spans_per_cpu_s": round(spans / cpu), "runs_per_cpu_s": round(runs / cpu)}
     return result
+
+
+def _measure(proc: OtlpProcess, send: Callable[[], None], runs: int, spans: int) -> dict[str, float]:
+    """One way in: run ``send`` (feeds the ready ``proc`` every body) and wait until ``proc``'s
+    ``/metrics`` shows ``runs`` traces emitted (at most 600 s). Returns ``cpu_s`` (the process's
+    user + system CPU seconds over that span), ``wall_s`` (s), ``spans_per_cpu_s`` and
+    ``runs_per_cpu_s``.
+
+    Raises:
+        AssertionError: the traces were not emitted within 600 s (:meth:`OtlpProcess.wait_metric`).
+    """
+    cpu0, t0 = proc.cpu_s(), time.perf_counter()
+    send()
+    proc.wait_metric("selfheal_otlp_traces_emitted_total", runs, timeout_s=600)
+    cpu, wall = proc.cpu_s() - cpu0, time.perf_counter() - t0
+    return {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+            "spans_per_cpu_s": round(spans / cpu), "runs_per_cpu_s": round(runs / cpu)}
+
+
+def _produce_all(settings: Settings, topic: str, payloads: list[bytes]) -> None:
+    """Produce every body to ``topic`` (key: its index) and wait for the acknowledgements.
+
+    Raises:
+        RuntimeError: messages still undelivered after 60 s.
+    """
+    producer = Producer({**settings.kafka_config(), "linger.ms": 20, "compression.type": "lz4"})
+    try:
+        for i, body in enumerate(payloads):
+            producer.produce(topic, body, key=str(i).encode())
+            producer.poll(0)
+        if producer.flush(60):
+            raise RuntimeError("OTLP messages not delivered")
+    finally:
+        producer.close()
 
 
 def bench_settings(base: Settings) -> Settings:
