@@ -144,30 +144,14 @@ def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int =
 def read_incidents(settings: Settings, codec: Any, timeout_s: float = 60.0) -> list[Any]:
     """The latest revision of every incident on the incidents topic (what a rollout system
     subscribed to ``agent.incidents.v1`` knows now), in order of detection."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
     from schemas import Incident
+    from streams.devtools.chaos import read_topic
 
-    topic = settings.topic("incidents")
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.full_app_id}-demo-rollout",
-                         "enable.auto.commit": False})
     latest: dict[str, Any] = {}
-    try:
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)]
-        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-        seen = dict.fromkeys(ends, 0)
-        consumer.assign(parts)
-        deadline = time.monotonic() + timeout_s
-        while any(seen[p] < ends[p] for p in ends) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            seen[msg.partition()] = msg.offset() + 1
-            inc = Incident.model_validate(codec.decode(msg.value())[1])
-            if inc.incident_id not in latest or inc.revision > latest[inc.incident_id].revision:
-                latest[inc.incident_id] = inc
-    finally:
-        consumer.close()
+    for _, _, _, value in read_topic(settings, settings.topic("incidents"), timeout_s):
+        inc = Incident.model_validate(codec.decode(value)[1])
+        if inc.incident_id not in latest or inc.revision > latest[inc.incident_id].revision:
+            latest[inc.incident_id] = inc
     return sorted(latest.values(), key=lambda i: (i.detected_at or i.first_seen, i.incident_id))
 
 
