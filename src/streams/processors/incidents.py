@@ -63,6 +63,7 @@ from typing import Any
 
 from schemas import (
     ActionKind,
+    ActionTaken,
     Incident,
     IncidentKind,
     IncidentStatus,
@@ -842,8 +843,7 @@ class IncidentManager:
                                  message="promotion_executed needs the release_id that was promoted")
         if any(a["action_id"] == action["action_id"] for a in inc.actions):
             return ActionOutcome(replay=True)
-        taken = {k: action.get(k) for k in ("action_id", "action", "actor", "reason", "at", "until", "release_id",
-                                            "restored_release_id")}
+        taken = {k: action.get(k) for k in ActionTaken.model_fields}  # what the incident records of it
         if kind == ActionKind.rollback_executed:
             taken["release_id"] = taken["release_id"] or inc.release_id
             taken["restored_release_id"] = taken["restored_release_id"] or inc.restore_release_id
