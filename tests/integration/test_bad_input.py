@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from schemas import AgentTrace, DeadLetter, default_codec
 from schemas.codec import canonical_json
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.topics import ensure_topics
-from tests.conftest import kafka_producer, wait_caught_up
+from tests.conftest import kafka_producer, read_contract_topic, wait_caught_up
 from tests.factories import feedback, now_ms, trace
 
 pytestmark = pytest.mark.integration
@@ -255,27 +254,7 @@ def produce(settings, cases: list[Case]) -> None:
 
 def read_dead_letter_topic(settings, timeout_s: float = 60.0) -> dict[str, DeadLetter]:
     """Every envelope on the dead-letter topic, by id (redeliveries collapse)."""
-    topic = settings.topic("deadletter")
-    c = Consumer({**settings.kafka_config(), "group.id": f"{settings.topic_prefix}dl-reader",
-                  "enable.auto.commit": False})
-    try:
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(settings.partitions)}
-        c.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
-        out: dict[str, DeadLetter] = {}
-        pos = dict.fromkeys(ends, 0)
-        deadline = time.monotonic() + timeout_s
-        while any(pos[p] < ends[p] for p in ends) and time.monotonic() < deadline:
-            m = c.poll(1.0)
-            if m is None or m.error():
-                continue
-            pos[m.partition()] = m.offset() + 1
-            _, rec = CODEC.decode(m.value())
-            d = DeadLetter.model_validate(rec)
-            out[d.dead_letter_id] = d
-    finally:
-        c.close()
-    return out
+    return {d.dead_letter_id: d for _, d in read_contract_topic(settings, "deadletter", DeadLetter, timeout_s)}
 
 
 def check(spec: Check, actual: str) -> bool:
