@@ -44,7 +44,6 @@ from schemas import default_codec
 from streams.config import Settings
 from streams.devtools.launcher import WorkerProcess
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
-from streams.processors.baselines import ROW_BYTES
 from streams.processors.metrics import DRIFT_METRICS
 from streams.topics import group_lag
 
@@ -203,7 +202,8 @@ def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: f
         cpu, wall = _cpu_s(worker.pid) - cpu0, time.perf_counter() - t0
         msgs = done - done0
         return {"messages": msgs, "cpu_s": cpu, "wall_s": wall, "message_share": msgs / max(expected_messages, 1),
-                "baselines_changelog_messages": changelog_messages(settings, "baselines")}
+                "baselines_changelog_messages": changelog_messages(settings, "baselines"),
+                "baselines_changelog_bytes": changelog_value_bytes(settings, "baselines")}
     finally:
         worker.stop(timeout=60)
 
@@ -216,6 +216,40 @@ def changelog_messages(settings: Settings, table: str) -> int:
     try:
         return sum(hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(changelog_topic(settings, table), p),
                                                                   timeout=10) for p in range(settings.partitions)))
+    finally:
+        c.close()
+
+
+def changelog_value_bytes(settings: Settings, table: str, timeout_s: float = 120.0) -> int:
+    """Bytes of the message values in a table's changelog topic (all partitions, log start to end):
+    the serialised state the worker wrote (before the producer's compression).
+
+    Raises:
+        RuntimeError: the topic could not be read to its end within ``timeout_s``.
+    """
+    from streams.topics import changelog_topic
+
+    topic = changelog_topic(settings, table)
+    c = Consumer({**settings.kafka_config(), "group.id": f"bench-cl-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    try:
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(settings.partitions)}
+        todo = {p for p, (lo, hi) in ends.items() if hi > lo}
+        c.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
+        total = 0
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"changelog {topic} not read to its end in {timeout_s} s")
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - confluent-kafka's public name
+                        todo.discard(m.partition())
+                    continue
+                total += len(m.value() or b"")
+                if m.offset() + 1 >= ends[m.partition()][1]:
+                    todo.discard(m.partition())
+        return total
     finally:
         c.close()
 
@@ -497,8 +531,10 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         pipe_traces = traces * pipe["message_share"]
         pipe["traces_per_cpu_s"] = pipe_traces / pipe["cpu_s"]
         pipe["traces_per_wall_s"] = pipe_traces / pipe["wall_s"]
-        # slice rows written to the changelog for the whole topic (each ROW_BYTES of value)
-        pipe["changelog_bytes_per_trace"] = pipe["baselines_changelog_messages"] * ROW_BYTES / traces
+        # slice rows written to the changelog for the whole topic (value bytes, before compression)
+        pipe["changelog_bytes_per_trace"] = pipe["baselines_changelog_bytes"] / traces
+        pipe["changelog_bytes_per_row"] = (pipe["baselines_changelog_bytes"]
+                                           / max(pipe["baselines_changelog_messages"], 1))
         report["pipeline"] = pipe
         say("processing core in-process")
         report["core"] = core()
