@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -43,7 +44,6 @@ from schemas import default_codec
 from streams.config import Settings
 from streams.devtools.launcher import WorkerProcess
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
-from streams.processors.baselines import ROW_BYTES
 from streams.processors.metrics import DRIFT_METRICS
 from streams.topics import group_lag
 
@@ -202,7 +202,8 @@ def pipeline(settings: Settings, expected_messages: int, log: Path, timeout_s: f
         cpu, wall = _cpu_s(worker.pid) - cpu0, time.perf_counter() - t0
         msgs = done - done0
         return {"messages": msgs, "cpu_s": cpu, "wall_s": wall, "message_share": msgs / max(expected_messages, 1),
-                "baselines_changelog_messages": changelog_messages(settings, "baselines")}
+                "baselines_changelog_messages": changelog_messages(settings, "baselines"),
+                "baselines_changelog_bytes": changelog_value_bytes(settings, "baselines")}
     finally:
         worker.stop(timeout=60)
 
@@ -215,6 +216,40 @@ def changelog_messages(settings: Settings, table: str) -> int:
     try:
         return sum(hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(changelog_topic(settings, table), p),
                                                                   timeout=10) for p in range(settings.partitions)))
+    finally:
+        c.close()
+
+
+def changelog_value_bytes(settings: Settings, table: str, timeout_s: float = 120.0) -> int:
+    """Bytes of the message values in a table's changelog topic (all partitions, log start to end):
+    the serialised state the worker wrote (before the producer's compression).
+
+    Raises:
+        RuntimeError: the topic could not be read to its end within ``timeout_s``.
+    """
+    from streams.topics import changelog_topic
+
+    topic = changelog_topic(settings, table)
+    c = Consumer({**settings.kafka_config(), "group.id": f"bench-cl-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    try:
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(settings.partitions)}
+        todo = {p for p, (lo, hi) in ends.items() if hi > lo}
+        c.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
+        total = 0
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"changelog {topic} not read to its end in {timeout_s} s")
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - confluent-kafka's public name
+                        todo.discard(m.partition())
+                    continue
+                total += len(m.value() or b"")
+                if m.offset() + 1 >= ends[m.partition()][1]:
+                    todo.discard(m.partition())
+        return total
     finally:
         c.close()
 
@@ -326,10 +361,52 @@ def memory(slices_target: int = 10_000) -> dict[str, float]:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "traces": off}
 
 
+def _owned_partitions(log: Path) -> set[int]:
+    """Partitions of the trace topic a worker last said it owns (its ``owning partitions [..]`` line)."""
+    found = re.findall(r"owning partitions \[([0-9, ]*)\]", log.read_text(errors="replace")) if log.exists() else []
+    return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
+
+
+def _processed_traces(log: Path) -> int:
+    """Traces a worker has processed (``traces`` of its latest stats line; 0 before the first)."""
+    last = None
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if " stats {" in line:
+            last = line
+    return int(json.loads(last.split(" stats ", 1)[1])["traces"]) if last else 0
+
+
+def _machine_busy_s() -> tuple[float, float]:
+    """``(busy, total)`` CPU seconds of the whole machine since boot, all cores (``/proc/stat``)."""
+    with open("/proc/stat") as fh:
+        vals = [int(v) for v in fh.readline().split()[1:]]
+    idle = vals[3] + vals[4]  # idle + iowait
+    return (sum(vals) - idle) / CLK_TCK, sum(vals) / CLK_TCK
+
+
 def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: float = 30.0,
-            regressions: int = 30) -> dict[str, Any]:
-    """Trace-to-incident latency at a paced offered load with injected regressions."""
-    from streams.topics import ensure_topics
+            regressions: int = 30, workers: int = 1, catch_up_s: float = 180.0) -> dict[str, Any]:
+    """Trace-to-incident latency at a paced offered load with injected regressions.
+
+    ``workers`` ``selfheal worker`` processes in one consumer group (each with its own state
+    directory and embedded chDB, as one process owns a chDB directory) split the trace topic's
+    partitions; the clock starts once their assignments cover every partition. ``rate`` traces/s
+    are offered for ``seconds`` s in AgentTraceBatch messages of 64 traces over 80 slices.
+
+    Returns (besides ``p50_ms`` / ``p99_ms`` over the incidents opened on injected regressions):
+    ``offered_traces_per_s`` (asked), ``sent_traces_per_s`` (what the paced producer achieved),
+    ``lag_traces_at_end`` (traces sent but not yet processed by the workers when the producer
+    finished, from their stats lines every 0.2 s: a few batches when they hold the rate),
+    ``catch_up_s`` (from then until they processed every trace sent; incidents are read only after
+    it, so late detections count), ``committed_lag_traces_at_end`` (not yet committed: offsets
+    commit after the state checkpoint, ``checkpoint_interval_s``), ``worker_cpu_s`` and
+    ``producer_cpu_s`` (CPU seconds over the paced send, per worker process and of this process:
+    the producer), ``machine_busy_share`` (busy share of all cores over the send, /proc/stat).
+
+    Raises:
+        RuntimeError: a worker exited, or the group never covered every partition (60 s).
+    """
+    from streams.topics import GroupLag, ensure_topics
 
     ensure_topics(settings)
     slices = fleet(40)  # 80 slices
@@ -342,13 +419,46 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
         k = (off - warm) // every if off >= warm else -1
         return {i: (Effect(latency=3.0, failure=5.0), f"rel-bad-{i}") for i in range(min(k + 1, len(slices)))}
 
-    fast = {"SELFHEAL_TAKE_WITHIN_S": "0.1", "SELFHEAL_WARMUP_TRACES": "100"}
-    worker = WorkerProcess.for_settings(settings, log, fast, truncate_log=True).start()
+    fast = {"SELFHEAL_TAKE_WITHIN_S": "0.1", "SELFHEAL_WARMUP_TRACES": "100", "SELFHEAL_FAUST_LOGLEVEL": "info",
+            "SELFHEAL_STATS_INTERVAL_S": "0.2"}
+    logs = [log] if workers == 1 else [log.with_name(f"{log.stem}-{i}{log.suffix}") for i in range(workers)]
+    procs = []
+    for i, wlog in enumerate(logs):
+        own = {} if workers == 1 else {"SELFHEAL_STATE_DIR": str(settings.state_dir / f"w{i}"),
+                                       "SELFHEAL_CLICKHOUSE_PATH": str(settings.state_dir / f"w{i}" / "clickhouse")}
+        procs.append(WorkerProcess.for_settings(settings, wlog, {**fast, **own}, truncate_log=True).start())
+    lag = GroupLag(settings, settings.full_app_id, [settings.topic("traces")])
     try:
-        time.sleep(8.0)  # let the worker join its group before the clock starts
-        produce(settings, total, slices, batch=64, pace_per_s=rate, effect_for=effect_for,
-                on_send=lambda ids, t: sent.update(dict.fromkeys(ids, t)), seed=9)
-        time.sleep(5.0)
+        deadline = time.monotonic() + 60.0
+        while True:  # every worker owns partitions, disjoint, covering the topic
+            if not all(p.alive() for p in procs):
+                raise RuntimeError(f"a latency worker exited; see {logs}")
+            owned = [_owned_partitions(wlog) for wlog in logs]
+            if all(owned) and sum(map(len, owned)) == settings.partitions and \
+                    set().union(*owned) == set(range(settings.partitions)):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the latency workers never split the partitions: {owned}; see {logs}")
+            time.sleep(0.5)
+        time.sleep(1.0)
+        cpu0 = [_cpu_s(p.pid) for p in procs]
+        busy0, all0 = _machine_busy_s()
+        pcpu0 = time.process_time()
+        wall = produce(settings, total, slices, batch=64, pace_per_s=rate, effect_for=effect_for,
+                       on_send=lambda ids, t: sent.update(dict.fromkeys(ids, t)), seed=9)
+        producer_cpu = time.process_time() - pcpu0
+        busy1, all1 = _machine_busy_s()
+        worker_cpu = [_cpu_s(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
+        t_end = time.monotonic()
+        lag_traces = total - sum(_processed_traces(wlog) for wlog in logs)
+        done, end = lag()
+        committed_lag = max(end - done, 0) * total / max(end, 1)
+        while (pending := total - sum(_processed_traces(wlog) for wlog in logs)) > 0 and \
+                time.monotonic() < t_end + catch_up_s:
+            time.sleep(0.1)
+        caught_up = pending <= 0
+        catch_up = time.monotonic() - t_end
+        time.sleep(2.0)
         c = Consumer({**settings.kafka_config(), "group.id": f"bench-lat-{uuid.uuid4().hex[:8]}",
                       "auto.offset.reset": "earliest"})
         c.subscribe([settings.topic("incidents")])
@@ -368,20 +478,33 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
                     lat.append(m.timestamp()[1] / 1000.0 - sent[inc["detected_at_trace_id"]])
         c.close()
     finally:
-        worker.stop(timeout=60)
+        lag.close()
+        for p in procs:
+            p.stop(timeout=60)
     arr = np.asarray(lat) * 1000.0
-    return {"offered_traces_per_s": rate, "incidents": len(lat),
+    return {"workers": workers, "offered_traces_per_s": rate, "sent_traces_per_s": total / wall, "traces": total,
+            "incidents": len(lat),
             "p50_ms": float(np.percentile(arr, 50)) if len(arr) else None,
-            "p99_ms": float(np.percentile(arr, 99)) if len(arr) else None}
+            "p99_ms": float(np.percentile(arr, 99)) if len(arr) else None,
+            "lag_traces_at_end": lag_traces, "committed_lag_traces_at_end": committed_lag, "caught_up": caught_up,
+            "catch_up_s": catch_up,
+            "send_wall_s": wall, "worker_cpu_s": worker_cpu, "producer_cpu_s": producer_cpu,
+            "machine_busy_share": (busy1 - busy0) / max(all1 - all0, 1e-9),
+            # CPU per trace the workers processed during the send (all sent minus the lag) and per
+            # trace sent; with them, the rate this machine's cores could carry for both at most
+            "worker_cpu_s_per_1k_traces": 1000 * sum(worker_cpu) / max(total - lag_traces, 1),
+            "producer_cpu_s_per_1k_traces": 1000 * producer_cpu / total}
 
 
 def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: bool = False,
-        progress: Callable[[str], None] | None = None, latency_rate: float = 10_000.0,
-        latency_capacity_share: float | None = None) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None, latency_rate: float | None = None,
+        latency_capacity_share: float = 0.8, two_workers_rate: float | None = 10_000.0) -> dict[str, Any]:
     """The whole benchmark; returns the JSON report (keys of issue 6 at the top level).
 
-    ``latency_capacity_share`` (e.g. 0.8) replaces ``latency_rate`` by that share of the worker's
-    capacity measured in this run (the pipeline's traces per wall-second)."""
+    Latency runs (unless ``skip_latency``): one worker at ``latency_capacity_share`` (0.8) of its
+    capacity measured in this run (the pipeline's traces per wall-second), or at ``latency_rate``
+    traces/s when given (report key ``latency``); then two workers in one group at
+    ``two_workers_rate`` traces/s (``latency_two_workers``; ``None`` or 0 skips it)."""
     from streams.topics import delete_topics, ensure_topics
 
     base = settings or Settings()
@@ -408,8 +531,10 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         pipe_traces = traces * pipe["message_share"]
         pipe["traces_per_cpu_s"] = pipe_traces / pipe["cpu_s"]
         pipe["traces_per_wall_s"] = pipe_traces / pipe["wall_s"]
-        # slice rows written to the changelog for the whole topic (each ROW_BYTES of value)
-        pipe["changelog_bytes_per_trace"] = pipe["baselines_changelog_messages"] * ROW_BYTES / traces
+        # slice rows written to the changelog for the whole topic (value bytes, before compression)
+        pipe["changelog_bytes_per_trace"] = pipe["baselines_changelog_bytes"] / traces
+        pipe["changelog_bytes_per_row"] = (pipe["baselines_changelog_bytes"]
+                                           / max(pipe["baselines_changelog_messages"], 1))
         report["pipeline"] = pipe
         say("processing core in-process")
         report["core"] = core()
@@ -421,14 +546,26 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
                               "print(json.dumps(memory()))"], capture_output=True, text=True, check=True)
         report["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
         if not skip_latency:
-            if latency_capacity_share:
-                latency_rate = latency_capacity_share * pipe["traces_per_wall_s"]
-            say(f"latency at {latency_rate:,.0f} traces/s")
-            ls = s.model_copy(update={"topic_prefix": f"bench-lat-{run_id}.", "state_dir": root / "lat",
-                                      "clickhouse_path": root / "lat" / "clickhouse"})
-            (root / "lat").mkdir(parents=True, exist_ok=True)
-            report["latency"] = latency(ls, root / "latency-worker.log", rate=latency_rate)
-            delete_topics(ls)
+            rate = latency_rate or latency_capacity_share * pipe["traces_per_wall_s"]
+            runs = [("latency", "lat", 1, rate)] + ([("latency_two_workers", "lat2", 2, two_workers_rate)]
+                                                   if two_workers_rate else [])
+            for key, name, n_workers, r in runs:
+                say(f"latency: {n_workers} worker(s) at {r:,.0f} traces/s")
+                ls = s.model_copy(update={"topic_prefix": f"bench-{name}-{run_id}.", "state_dir": root / name,
+                                          "clickhouse_path": root / name / "clickhouse"})
+                (root / name).mkdir(parents=True, exist_ok=True)
+                try:
+                    report[key] = latency(ls, root / f"{name}-worker.log", rate=r, workers=n_workers)
+                finally:
+                    delete_topics(ls)
+            if "latency" in report and not latency_rate:
+                report["latency"]["capacity_share"] = latency_capacity_share
+            if "latency_two_workers" in report:
+                two = report["latency_two_workers"]
+                # what the cores could carry if the workers and the producer had them to themselves
+                # (the broker and other processes on the machine come on top)
+                two["cpu_bound_traces_per_s"] = 1000 * (os.cpu_count() or 1) / (
+                    two["worker_cpu_s_per_1k_traces"] + two["producer_cpu_s_per_1k_traces"])
     finally:
         delete_topics(s)
     report.update({
@@ -438,6 +575,11 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         "core_traces_per_cpu_s": report["core"]["traces_per_cpu_s"],
         "incident_latency_ms_p50": (report.get("latency") or {}).get("p50_ms"),
         "incident_latency_ms_p99": (report.get("latency") or {}).get("p99_ms"),
+        "incident_latency_offered_traces_per_s": (report.get("latency") or {}).get("offered_traces_per_s"),
+        "two_workers_incident_latency_ms_p99": (report.get("latency_two_workers") or {}).get("p99_ms"),
+        "two_workers_offered_traces_per_s": (report.get("latency_two_workers") or {}).get("offered_traces_per_s"),
+        "two_workers_lag_traces_at_end": (report.get("latency_two_workers") or {}).get("lag_traces_at_end"),
+        "two_workers_cpu_bound_traces_per_s": (report.get("latency_two_workers") or {}).get("cpu_bound_traces_per_s"),
         "changelog_bytes_per_trace": report["pipeline"]["changelog_bytes_per_trace"],
         "sink_rows_per_s": report["sink"]["traces_rows_per_s"],
         "sink_engine_rows_per_s": report["sink"]["traces_engine_rows_per_s"],

@@ -294,19 +294,20 @@ def state_mismatches(settings: Settings, sink: Any, messages: list[tuple[int, in
                      ) -> tuple[list[dict[str, Any]], int]:
     """Slices whose trace count (``own``) in the baselines changelog differs from their traces in
     ClickHouse. Returns the mismatches and the number of slices compared."""
-    import numpy as np
+    from streams.processors.baselines import FIELD_COLUMN, decode_row, parse_slice_key
 
-    from streams.processors.baselines import FIELDS, ROW_BYTES, ROW_HEADER, parse_slice_key
-
-    own_at = ROW_HEADER.size + 8 * list(FIELDS).index("own")
+    own_at = FIELD_COLUMN["own"]
     latest: dict[str, float] = {}
     for _, _, k, v in messages:
         if k is None:
             continue
-        if v is None or len(v) != ROW_BYTES:
-            latest.pop(k.decode(), None)
-            continue
-        latest[k.decode()] = float(np.frombuffer(v, dtype="<f8", count=1, offset=own_at)[0])
+        key = k.decode()
+        try:  # either row layout (an older worker's dense rows too)
+            latest[key] = float(decode_row(v)[own_at]) if v is not None else None
+        except ValueError:  # not a slice row
+            latest[key] = None
+        if latest[key] is None:  # a tombstone or not a row: the key holds no state
+            latest.pop(key)
     counts: dict[str, int] = {}
     for layer, sql in SLICE_COUNT_SQL.items():
         for t, c, w, r, n in sink.query(sql):

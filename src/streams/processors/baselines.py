@@ -49,9 +49,21 @@ per metric group while an incident on the slice is open, so a regression is neve
 
 State layout
 ------------
-Each state array has one row per slice (capacity doubles as slices appear). A row serialises to
-``ROW_BYTES`` bytes of float64 (:meth:`SliceStore.row_bytes`), the value written to the faust
-changelog table, and deserialises into any row (:meth:`SliceStore.load_row`).
+Each state array has one row per slice (capacity doubles as slices appear). A row serialises
+(:meth:`SliceStore.row_bytes`) to the value written to the faust changelog table, and
+deserialises into any row (:meth:`SliceStore.load_row`, :func:`decode_row`). Two layouts, told
+apart by the 4-byte magic that starts the value:
+
+- ``SHB2`` (written now, :data:`ROW_MAGIC_SPARSE`): header (magic, ``ROW_COLS`` as uint32), a
+  bitmap of ``ROW_COLS`` bits (:data:`ROW_MASK_BYTES` bytes, ``numpy.packbits`` order: column
+  ``i`` is bit ``7 - i % 8`` of byte ``i // 8``) marking the columns whose float64 differs bit for
+  bit from its initial value (:data:`ROW_INIT`), then those columns' values, little-endian
+  float64, in column order. Most of a row is at its initial value (no feedback yet: the Poisson
+  and delayed-label ring columns; CUSUMs at zero; empty histogram bins), so a row is 0.6-1.5 KB
+  instead of 4 KB (BENCHMARKS.md, issue 16). Lossless: bit-exact comparison keeps ``-0.0``,
+  ``inf`` and NaN payloads.
+- ``SHB1`` (written before; still read, so a changelog written by an older worker restores):
+  header, then all ``ROW_COLS`` float64 (``ROW_BYTES`` bytes in all).
 """
 
 from __future__ import annotations
@@ -171,9 +183,51 @@ FIELDS: dict[str, tuple[int, float]] = {
     "i_open": (len(GROUPS), 0.0),  # 1 while an incident of the group is open on this slice
 }
 ROW_COLS = sum(c for c, _ in FIELDS.values())
+#: first column of each field in a row (the serialisation order of :data:`FIELDS`)
+FIELD_COLUMN: dict[str, int] = {name: int(sum(c for c, _ in list(FIELDS.values())[:i]))
+                                for i, name in enumerate(FIELDS)}
 ROW_HEADER = struct.Struct("<4sI")
+#: dense layout (every column), read for changelogs written before the sparse one
 ROW_MAGIC = b"SHB1"
+#: sparse layout (bitmap of the columns not at their initial value, then their values), written now
+ROW_MAGIC_SPARSE = b"SHB2"
+#: size of a dense (``SHB1``) row, and the upper bound of a sparse one minus its bitmap
 ROW_BYTES = ROW_HEADER.size + 8 * ROW_COLS
+ROW_MASK_BYTES = (ROW_COLS + 7) // 8
+#: a fresh row's values (the initial values of :data:`FIELDS`), float64, ``ROW_COLS`` long
+ROW_INIT = np.concatenate([np.full(c, init, dtype="<f8") for c, init in FIELDS.values()])
+ROW_INIT.flags.writeable = False
+
+
+def decode_row(data: bytes) -> np.ndarray:
+    """The ``ROW_COLS`` float64 values of a serialised row, either layout (module docstring).
+
+    Raises:
+        ValueError: neither layout: unknown magic, another column count, or a length that does
+            not match (names what was found and what was expected).
+    """
+    if len(data) < ROW_HEADER.size:
+        raise ValueError(f"baseline row has {len(data)} B, shorter than its {ROW_HEADER.size}-byte header")
+    magic, cols = ROW_HEADER.unpack_from(data)
+    if cols != ROW_COLS or magic not in (ROW_MAGIC, ROW_MAGIC_SPARSE):
+        raise ValueError(f"baseline row has layout {magic!r}/{cols} cols; expected {ROW_MAGIC_SPARSE!r} or "
+                         f"{ROW_MAGIC!r} with {ROW_COLS} cols")
+    if magic == ROW_MAGIC:
+        if len(data) != ROW_BYTES:
+            raise ValueError(f"dense baseline row has {len(data)} B; expected {ROW_BYTES} B")
+        return np.frombuffer(data, dtype="<f8", offset=ROW_HEADER.size).copy()
+    start = ROW_HEADER.size + ROW_MASK_BYTES
+    if len(data) < start:
+        raise ValueError(f"sparse baseline row has {len(data)} B, shorter than header and bitmap ({start} B)")
+    mask = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=ROW_MASK_BYTES, offset=ROW_HEADER.size),
+                         count=ROW_COLS).astype(bool)
+    n = int(mask.sum())
+    if len(data) != start + 8 * n:
+        raise ValueError(f"sparse baseline row has {len(data)} B; its bitmap names {n} columns, so "
+                         f"{start + 8 * n} B were expected")
+    values = ROW_INIT.copy()
+    values[mask] = np.frombuffer(data, dtype="<f8", offset=start)
+    return values
 
 
 @dataclass(slots=True)
@@ -256,30 +310,35 @@ class SliceStore:
         f["count"][dst, 0] = w
 
     def row_bytes(self, row: int) -> bytes:
-        """Serialise one row (changelog value): header + ``ROW_COLS`` float64, little-endian."""
-        parts = [self.f[name][row] for name in FIELDS]
-        return ROW_HEADER.pack(ROW_MAGIC, ROW_COLS) + np.concatenate(parts).astype("<f8").tobytes()
+        """Serialise one row (changelog value) in the sparse ``SHB2`` layout (module docstring)."""
+        return self.rows_bytes([row])[0]
 
     def rows_bytes(self, rows: Sequence[int]) -> list[bytes]:
-        """:meth:`row_bytes` of many rows at once (one gather per field, not one per row and field)."""
+        """:meth:`row_bytes` of many rows at once: one gather per field, one bit-exact comparison
+        with :data:`ROW_INIT` and one ``packbits`` for all rows; per row only the concatenation."""
         if not len(rows):
             return []
         idx = np.asarray(rows, dtype=np.intp)
-        body = np.concatenate([self.f[name][idx] for name in FIELDS], axis=1).astype("<f8")
-        head = ROW_HEADER.pack(ROW_MAGIC, ROW_COLS)
-        return [head + r.tobytes() for r in body]
+        body = np.concatenate([self.f[name][idx] for name in FIELDS], axis=1).astype("<f8", copy=False)
+        changed = body.view(np.uint64) != ROW_INIT.view(np.uint64)
+        masks = np.packbits(changed, axis=1)
+        values = body[changed]  # row-major: each row's changed columns, in column order
+        ends = np.cumsum(changed.sum(axis=1)) * 8
+        flat = values.tobytes()
+        head = ROW_HEADER.pack(ROW_MAGIC_SPARSE, ROW_COLS)
+        out, start = [], 0
+        for mask, end in zip(masks, ends.tolist(), strict=True):
+            out.append(head + mask.tobytes() + flat[start:end])
+            start = end
+        return out
 
     def load_row(self, row: int, data: bytes) -> None:
-        """Overwrite row ``row`` with serialised state.
+        """Overwrite row ``row`` with serialised state (either layout, :func:`decode_row`).
 
         Raises:
-            ValueError: the bytes are not a row of this layout (magic or column count differ).
+            ValueError: the bytes are not a row of this layout (magic, column count or length).
         """
-        magic, cols = ROW_HEADER.unpack_from(data)
-        if magic != ROW_MAGIC or cols != ROW_COLS or len(data) != ROW_BYTES:
-            raise ValueError(f"baseline row has layout {magic!r}/{cols} cols/{len(data)} B; expected "
-                             f"{ROW_MAGIC!r}/{ROW_COLS}/{ROW_BYTES} B")
-        values = np.frombuffer(data, dtype="<f8", offset=ROW_HEADER.size)
+        values = decode_row(data)
         pos = 0
         for name, (cols_, _) in FIELDS.items():
             self.f[name][row] = values[pos : pos + cols_]
