@@ -239,8 +239,9 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     app.task(outputs.open)  # agents wait for the sink (Outputs.ready)
     app.timer(interval=min(max(settings.checkpoint_interval_s / 2, 0.1), 1.0))(checkpoint_state)
     app.timer(interval=1.0)(watchdog.tick)
-    app.timer(interval=1.0)(StallReport(app, watchdog.flow, settings.stall_report_s).tick)
-    app.timer(interval=1.0)(worker.recovery_watchdog.tick)
+    # app timers start only after table recovery: these two watch the recovery itself
+    faust_fixes.add_recovery_timers(app, [StallReport(app, watchdog.flow, settings.stall_report_s).tick,
+                                          worker.recovery_watchdog.tick])
     app.timer(interval=settings.feedback_patterns_refresh_s)(outputs.refresh_patterns)
     app.on_before_shutdown.connect(outputs.refresh_patterns)  # a graceful stop leaves nothing pending
 

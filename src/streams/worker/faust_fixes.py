@@ -45,6 +45,10 @@ test_chaos.py) against it, re-read the patched methods below against its source,
    consumer's paused and buffer-full partitions (``Consumer._paused_partitions``,
    ``_buffered_partitions``): :func:`channel_depth`, :func:`consumer_flow`.
 
+5. Test hooks only: :func:`drop_recovery_records` (in the patched drain loop) and
+   :func:`delay_changelog_sends`, which wraps ``ProducerBuffer._send_pending`` (used by
+   :mod:`streams.worker.faults`).
+
 6. Diagnostics of a stalled rebalance or recovery: :func:`recovery_diagnostics` reads faust's
    consumer thread (``Consumer._thread``) and the aiokafka consumer inside it (``_fetcher``,
    ``_subscription``, private to aiokafka 0.14) for a log line; read-only.
@@ -56,8 +60,8 @@ test_chaos.py) against it, re-read the patched methods below against its source,
    ``Consumer.seek_wait``, in the consumer's thread) so the recovery receives them again (it skips
    offsets it has applied).
 
-5. Test hook only: :func:`delay_changelog_sends` wraps ``ProducerBuffer._send_pending`` (used by
-   :mod:`streams.worker.faults`).
+8. Timers that run during table recovery: faust starts app timers only after it (``App.on_started``);
+   :class:`RecoveryTimers` is a mode ``Service`` added with ``app.add_dependency``.
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ VERIFIED_FAUST_VERSIONS: tuple[str, ...] = ("0.15.3",)
 _ORIGINAL_DRAIN = faust_consumer.Consumer._drain_messages
 _ORIGINAL_NEW_OFFSET = faust_consumer.Consumer._new_offset
 _ORIGINAL_SEND_PENDING = ProducerBuffer._send_pending
+
+#: TEST HOOK (fix 5): changelog records still to lose during a table recovery (:func:`drop_recovery_records`)
+_recovery_drops_left = 0
 
 
 def check_faust_version(installed: str | None = None) -> None:
@@ -219,6 +226,9 @@ async def drain_messages(ours_topics: frozenset[str], self: Any, fetcher: Any) -
                     offset = message.offset
                     r_offset = get_read_offset(tp)
                     ours = message.topic in ours_topics
+                    if _recovery_drops_left and not ours and _drop_for_recovery(self.app, message):
+                        set_read_offset(tp, offset)  # lost after the fetch, as in the stall
+                        continue
                     if ours or r_offset is None or offset >= r_offset:
                         gap = offset - (r_offset or 0)
                         if not ours and gap > 1 and r_offset and acks_enabled_for(message.topic):
@@ -300,6 +310,26 @@ def delay_changelog_sends(wait: Callable[[], Awaitable[None]]) -> None:
         await send(self, fut)
 
     ProducerBuffer._send_pending = held  # type: ignore[method-assign]
+
+
+def drop_recovery_records(n: int) -> None:
+    """TEST HOOK (fix 5): the next ``n`` changelog records the consumer delivers while a table
+    recovery runs are lost between the fetch and the recovery (their read offset advances, nothing
+    reaches the recovery): the state of the scale-out stall (docs/reliability.md), for
+    :class:`streams.worker.delivery.RecoveryWatchdog`'s test. Call before the app starts."""
+    global _recovery_drops_left
+    _recovery_drops_left = n
+
+
+def _drop_for_recovery(app: Any, message: Any) -> bool:
+    """Whether the drop hook takes ``message`` (a changelog record during a recovery)."""
+    global _recovery_drops_left
+    if not app.in_recovery or message.topic not in app.tables.changelog_topics:
+        return False
+    _recovery_drops_left -= 1
+    log.warning("TEST HOOK: changelog record %s[%d]@%d dropped before the recovery", message.topic,
+                message.partition, message.offset)
+    return True
 
 
 def restore_changelog_sends() -> None:
@@ -418,3 +448,37 @@ def stalled_changelog_partitions(app: Any, idle_s: float, now: float) -> dict[An
         if position is not None and position > highwater:
             stuck[tp] = max(offset + 1, 0)
     return stuck
+
+
+class RecoveryTimers(Service):
+    """Run ``ticks`` every ``interval_s`` from the app's start, recovery included (fix 8).
+
+    faust starts ``app.timer`` and ``app.task`` coroutines only once table recovery has completed
+    (``App.on_started`` waits for it), so a watchdog of the recovery itself cannot be one. This
+    mode Service is a dependency of the app (:func:`add_recovery_timers`): mode starts it with the
+    app and stops it with the app. A tick that raises is logged and the next one runs.
+
+    Args:
+        ticks: coroutine functions without arguments.
+        interval_s: seconds between rounds.
+    """
+
+    def __init__(self, ticks: list[Callable[[], Awaitable[None]]], interval_s: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ticks = ticks
+        self.interval_s = interval_s
+
+    @Service.task
+    async def _run(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval_s)
+            for tick in self.ticks:
+                try:
+                    await tick()
+                except Exception:  # a diagnostic or watchdog never stops the worker
+                    log.warning("recovery timer %r failed", tick, exc_info=True)
+
+
+def add_recovery_timers(app: faust.App, ticks: list[Callable[[], Awaitable[None]]], interval_s: float = 1.0) -> None:
+    """Run ``ticks`` with :class:`RecoveryTimers`, started and stopped with ``app`` (call before it starts)."""
+    app.add_dependency(RecoveryTimers(ticks, interval_s, loop=app.loop))
