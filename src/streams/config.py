@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         "how long a batch waits for the broker to acknowledge its changelog (state) messages "
         "before the worker exits with code 70 without committing it, s"))
     stats_interval_s: float = Field(10.0, gt=0, description="worker stats log line interval, s")
+    recovery_reseek_after_s: float = Field(15.0, gt=0, description=(
+        "a table recovery that received nothing for this long from a changelog partition already "
+        "fetched past its high watermark seeks that partition back, s"))
+    stall_report_s: float = Field(30.0, gt=0, description=(
+        "a rebalance or table recovery lasting this long logs what the worker waits on "
+        "(task frames, Kafka fetch state), again every 60 s while it lasts, s"))
     shutdown_timeout_s: float = Field(30.0, gt=0, description=(
         "SIGTERM/SIGINT: the worker drains and commits, and exits by force after this long, s "
         "(unacknowledged batches are redelivered)"))

@@ -79,6 +79,9 @@ STATS_COUNTERS: dict[str, tuple[str, str] | tuple[str, str, dict[str, str]]] = {
     "quarantined": ("selfheal_quarantined_messages_total",
                     "Messages quarantined to the dead-letter topic as processing_error after failing "
                     "POISON_MAX_ATTEMPTS times alone (the partition moved on)."),
+    "recovery_reseeks": ("selfheal_recovery_reseeks_total",
+                         "Changelog partitions sought back because the table recovery received nothing of "
+                         "records already fetched (docs/reliability.md)."),
     "dead_letter_payloads_left_out": ("selfheal_dead_letter_payloads_left_out_total",
                                       "Dead letters sent without their payload (over the bound or by "
                                       "DEAD_LETTER_PAYLOAD=false; SHA-256 and size kept)."),

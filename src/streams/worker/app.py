@@ -47,8 +47,10 @@ from streams.worker.agents import ActionStep, Assignment, BatchLoop, FeedbackSte
 from streams.worker.delivery import (
     AgentDelivery,
     ChangelogAcks,
+    RecoveryWatchdog,
     SequencerWatchdog,
     Shutdown,
+    StallReport,
     StateCheckpoint,
     TableBackend,
     committed_offsets_retrying,
@@ -85,6 +87,8 @@ class Worker:
     #: source name (:data:`SOURCES`) → its agent's loop
     loops: dict[str, BatchLoop]
     watchdog: SequencerWatchdog
+    #: seeks back changelog partitions a table recovery is stuck on
+    recovery_watchdog: RecoveryWatchdog
     #: Prometheus metrics (``/metrics``), reading :meth:`counters`, :meth:`lag` and the open incidents
     telemetry: WorkerTelemetry = field(init=False)
 
@@ -108,7 +112,8 @@ class Worker:
                 "received": self.app.monitor.messages_received_total,
                 "sink_failed_attempts": self.outputs.failed_attempts,
                 "dead_letter_payloads_left_out": self.outputs.dead_letter_payloads_left_out,
-                "quarantined": sum(loop.quarantined for loop in self.loops.values())}
+                "quarantined": sum(loop.quarantined for loop in self.loops.values()),
+                "recovery_reseeks": self.recovery_watchdog.reseeks}
 
     def lag(self) -> dict[tuple[str, int], int]:
         """``{(topic, partition): messages}`` between each owned source partition's high watermark
@@ -193,7 +198,8 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     watchdog = SequencerWatchdog(app, list(delivery.values()), assignment.check,
                                  queued=lambda d: faust_fixes.channel_depth(topics[d.name]),
                                  stopping=lambda: shutdown.stopping)
-    worker = Worker(app, pipeline, outputs, shutdown, loops, watchdog)
+    worker = Worker(app, pipeline, outputs, shutdown, loops, watchdog,
+                    RecoveryWatchdog(app, settings.recovery_reseek_after_s))
     if settings.web_enabled:
         api = ReadApi(app, settings, pipeline, load_tokens(settings),
                       {name: table.changelog_topic.get_topic_name() for name, table in tables.items()})
@@ -233,6 +239,9 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     app.task(outputs.open)  # agents wait for the sink (Outputs.ready)
     app.timer(interval=min(max(settings.checkpoint_interval_s / 2, 0.1), 1.0))(checkpoint_state)
     app.timer(interval=1.0)(watchdog.tick)
+    # app timers start only after table recovery: these two watch the recovery itself
+    faust_fixes.add_recovery_timers(app, [StallReport(app, watchdog.flow, settings.stall_report_s).tick,
+                                          worker.recovery_watchdog.tick])
     app.timer(interval=settings.feedback_patterns_refresh_s)(outputs.refresh_patterns)
     app.on_before_shutdown.connect(outputs.refresh_patterns)  # a graceful stop leaves nothing pending
 

@@ -27,6 +27,7 @@ signal; nothing is lost then either (no commit without the sink write before it)
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -42,7 +43,12 @@ from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_a
 from streams.config import Settings
 from streams.errors import ChangelogError, TopicNotReadyError
 from streams.topics import committed_offsets
-from streams.worker.faust_fixes import ProcessedOffsets, consumer_flow
+from streams.worker.faust_fixes import (
+    ProcessedOffsets,
+    consumer_flow,
+    recovery_diagnostics,
+    stalled_changelog_partitions,
+)
 from streams.worker.sequencer import OffsetSequencer
 
 log = logging.getLogger("selfheal.worker")
@@ -420,6 +426,102 @@ class SequencerWatchdog:
         for a in self.agents:
             state[a.name] = a.flow()
         return state
+
+
+class RecoveryWatchdog:
+    """Seek back the changelog partitions a table recovery is stuck on (fix 7 of
+    :mod:`streams.worker.faust_fixes`): records fetched past the recovery's high watermark that never
+    reached it. Each :meth:`tick` (the worker runs one per second) finds them with
+    :func:`~streams.worker.faust_fixes.stalled_changelog_partitions` and seeks each to the offset after
+    the last record the recovery applied; the recovery skips what it has applied, so a record
+    delivered twice is applied once. A partition is sought again at most every ``idle_s``.
+
+    Args:
+        app: the faust app, or a fake with ``in_recovery`` and ``consumer.seek_wait``.
+        idle_s: seconds without a changelog event of a partition before it counts as stuck.
+        clock: monotonic seconds (faust's recovery uses ``time.monotonic``).
+        find: ``(app, idle_s, now) -> {tp: offset}`` (default the faust reader above).
+    """
+
+    def __init__(self, app: Any, idle_s: float, clock: Callable[[], float] = time.monotonic,
+                 find: Callable[[Any, float, float], dict[Any, int]] = stalled_changelog_partitions) -> None:
+        self.app = app
+        self.idle_s = idle_s
+        self.clock = clock
+        self.find = find
+        self.last_seek: dict[Any, float] = {}
+        #: changelog partitions sought back (stats ``recovery_reseeks``)
+        self.reseeks = 0
+
+    async def tick(self) -> None:
+        """One round; does nothing outside a table recovery."""
+        if not getattr(self.app, "in_recovery", False):
+            self.last_seek.clear()
+            return
+        now = self.clock()
+        try:
+            stuck = self.find(self.app, self.idle_s, now)
+        except Exception:  # a rebalance changing the state under us: next tick
+            log.debug("recovery watchdog could not read the recovery state", exc_info=True)
+            return
+        todo = {tp: o for tp, o in stuck.items() if now - self.last_seek.get(tp, -1e18) >= self.idle_s}
+        if not todo:
+            return
+        log.warning("table recovery received nothing for %.0f s from changelog partitions fetched past their "
+                    "high watermark; seeking them back: %s", self.idle_s,
+                    {f"{tp.topic}[{tp.partition}]": o for tp, o in todo.items()})
+        try:
+            await self.app.consumer.seek_wait(todo)
+        except Exception:
+            log.warning("seeking the changelog partitions back failed; retried", exc_info=True)
+            return
+        self.last_seek.update(dict.fromkeys(todo, now))
+        self.reseeks += len(todo)
+
+
+class StallReport:
+    """Log what a worker waits on when a rebalance or table recovery lasts ``after_s`` (then every
+    ``repeat_s`` while it lasts): :func:`~streams.worker.faust_fixes.recovery_diagnostics` (task
+    frames, Kafka fetch state) and the agents' flow. Observability only: it changes nothing.
+
+    Args:
+        app: the faust app (``rebalancing``, ``in_recovery``), or a fake.
+        flow: the stats line's flow state (:meth:`SequencerWatchdog.flow`).
+        after_s: ``Settings.stall_report_s``, s.
+        repeat_s: interval between reports of one stall, s.
+        clock: monotonic seconds.
+        diagnostics: ``app`` → dict (default :func:`recovery_diagnostics`).
+    """
+
+    def __init__(self, app: Any, flow: Callable[[], dict[str, Any]], after_s: float, repeat_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 diagnostics: Callable[[Any], dict[str, Any]] = recovery_diagnostics) -> None:
+        self.app = app
+        self.flow = flow
+        self.after_s = after_s
+        self.repeat_s = repeat_s
+        self.clock = clock
+        self.diagnostics = diagnostics
+        self.since: float | None = None
+        self.next_report = 0.0
+        #: stall reports logged (stats)
+        self.reports = 0
+
+    async def tick(self) -> None:
+        """One round (the worker runs one per second); returns at once unless a report is due."""
+        stalled = bool(getattr(self.app, "rebalancing", False) or getattr(self.app, "in_recovery", False))
+        now = self.clock()
+        if not stalled:
+            self.since = None
+            return
+        if self.since is None:
+            self.since, self.next_report = now, now + self.after_s
+        if now < self.next_report:
+            return
+        self.next_report = now + self.repeat_s
+        self.reports += 1
+        log.warning("rebalance/recovery in progress for %.0f s; waiting on: %s", now - self.since,
+                    json.dumps({"flow": self.flow(), **self.diagnostics(self.app)}, default=str))
 
 
 class Shutdown:

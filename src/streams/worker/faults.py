@@ -10,6 +10,9 @@ is set (:func:`install`):
 - ``SELFHEAL_FAULT_CHANGELOG_HOLD_FILE=path``: while the file exists, the worker's changelog
   messages wait in faust's producer buffer before reaching the Kafka client, as they do when the
   client waits for a partition leader after a broker restart (a stalled changelog producer);
+- ``SELFHEAL_FAULT_DROP_RECOVERY_RECORDS=N``: the first N changelog records the consumer
+  delivers during a table recovery are lost before reaching it (the scale-out stall of
+  docs/reliability.md; the recovery watchdog must fetch them again);
 - ``SELFHEAL_FAULT_POISON_TRACE_ID=id``: a trace batch holding a trace with this id raises
   ``RuntimeError`` in the detection chain (``Pipeline.process_columns``), every time: a poison
   record (:mod:`streams.worker.quarantine`).
@@ -45,6 +48,9 @@ class FaultSettings(BaseSettings):
     changelog_hold_file: Path | None = Field(None, description=(
         "TEST HOOK: while this file exists, the worker's changelog messages wait in faust's producer "
         "buffer (a stalled changelog producer, as after a broker restart)"))
+
+    drop_recovery_records: int = Field(0, ge=0, description=(
+        "TEST HOOK: the first N changelog records delivered during a table recovery are lost before it"))
 
     poison_trace_id: str | None = Field(None, description=(
         "TEST HOOK: a trace batch holding a trace with this id raises inside the detection chain"))
@@ -93,9 +99,11 @@ class FailingClient:
 
 
 def install(faults: FaultSettings) -> Callable[[ClickHouseSink], ClickHouseSink]:
-    """Install the hooks ``faults`` sets: the changelog hold at once (call before the app starts);
+    """Install the hooks ``faults`` sets: the changelog hold and the recovery drop at once (call before the app starts);
     returns the function that prepares the sink (after its migrations; identity without a sink
     fault)."""
+    if faults.drop_recovery_records:
+        faust_fixes.drop_recovery_records(faults.drop_recovery_records)
     hold = faults.changelog_hold_file
     if hold is not None:
 

@@ -45,8 +45,23 @@ test_chaos.py) against it, re-read the patched methods below against its source,
    consumer's paused and buffer-full partitions (``Consumer._paused_partitions``,
    ``_buffered_partitions``): :func:`channel_depth`, :func:`consumer_flow`.
 
-5. Test hook only: :func:`delay_changelog_sends` wraps ``ProducerBuffer._send_pending`` (used by
+5. Test hooks only: :func:`drop_recovery_records` (in the patched drain loop) and
+   :func:`delay_changelog_sends`, which wraps ``ProducerBuffer._send_pending`` (used by
    :mod:`streams.worker.faults`).
+
+6. Diagnostics of a stalled rebalance or recovery: :func:`recovery_diagnostics` reads faust's
+   consumer thread (``Consumer._thread``) and the aiokafka consumer inside it (``_fetcher``,
+   ``_subscription``, private to aiokafka 0.14) for a log line; read-only.
+
+7. Table recovery stuck on lost changelog records: :func:`stalled_changelog_partitions` reads
+   faust's ``Recovery`` state (``active_offsets``, ``active_highwaters``,
+   ``_active_events_received_at``, ``_recovery_started_at``) and the aiokafka fetch positions;
+   :class:`streams.worker.delivery.RecoveryWatchdog` seeks such partitions back (through
+   ``Consumer.seek_wait``, in the consumer's thread) so the recovery receives them again (it skips
+   offsets it has applied).
+
+8. Timers that run during table recovery: faust starts app timers only after it (``App.on_started``);
+   :class:`RecoveryTimers` is a mode ``Service`` added with ``app.add_dependency``.
 """
 
 from __future__ import annotations
@@ -72,6 +87,9 @@ VERIFIED_FAUST_VERSIONS: tuple[str, ...] = ("0.15.3",)
 _ORIGINAL_DRAIN = faust_consumer.Consumer._drain_messages
 _ORIGINAL_NEW_OFFSET = faust_consumer.Consumer._new_offset
 _ORIGINAL_SEND_PENDING = ProducerBuffer._send_pending
+
+#: TEST HOOK (fix 5): changelog records still to lose during a table recovery (:func:`drop_recovery_records`)
+_recovery_drops_left = 0
 
 
 def check_faust_version(installed: str | None = None) -> None:
@@ -208,6 +226,9 @@ async def drain_messages(ours_topics: frozenset[str], self: Any, fetcher: Any) -
                     offset = message.offset
                     r_offset = get_read_offset(tp)
                     ours = message.topic in ours_topics
+                    if _recovery_drops_left and not ours and _drop_for_recovery(self.app, message):
+                        set_read_offset(tp, offset)  # lost after the fetch, as in the stall
+                        continue
                     if ours or r_offset is None or offset >= r_offset:
                         gap = offset - (r_offset or 0)
                         if not ours and gap > 1 and r_offset and acks_enabled_for(message.topic):
@@ -291,6 +312,173 @@ def delay_changelog_sends(wait: Callable[[], Awaitable[None]]) -> None:
     ProducerBuffer._send_pending = held  # type: ignore[method-assign]
 
 
+def drop_recovery_records(n: int) -> None:
+    """TEST HOOK (fix 5): the next ``n`` changelog records the consumer delivers while a table
+    recovery runs are lost between the fetch and the recovery (their read offset advances, nothing
+    reaches the recovery): the state of the scale-out stall (docs/reliability.md), for
+    :class:`streams.worker.delivery.RecoveryWatchdog`'s test. Call before the app starts."""
+    global _recovery_drops_left
+    _recovery_drops_left = n
+
+
+def _drop_for_recovery(app: Any, message: Any) -> bool:
+    """Whether the drop hook takes ``message`` (a changelog record during a recovery)."""
+    global _recovery_drops_left
+    if not app.in_recovery or message.topic not in app.tables.changelog_topics:
+        return False
+    _recovery_drops_left -= 1
+    log.warning("TEST HOOK: changelog record %s[%d]@%d dropped before the recovery", message.topic,
+                message.partition, message.offset)
+    return True
+
+
 def restore_changelog_sends() -> None:
     """Undo :func:`delay_changelog_sends` (tests)."""
     ProducerBuffer._send_pending = _ORIGINAL_SEND_PENDING  # type: ignore[method-assign]
+
+
+def _frames(task: asyncio.Task, limit: int = 12) -> list[str]:
+    """``task``'s suspended coroutine chain, outermost first (``file:line function``), following
+    ``cr_await`` (``Task.get_stack`` gives one frame for a suspended coroutine)."""
+    out: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(out) < limit:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            out.append(f"{code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return out
+
+
+def recovery_diagnostics(app: Any) -> dict[str, Any]:
+    """What a worker stuck in a rebalance or table recovery is waiting on (fix 6, diagnostics only).
+
+    Reads, without locking (a snapshot for a log line; values may be mid-update): faust's
+    ``app.rebalancing`` / ``app.in_recovery``, the main loop's tasks and their suspended frames,
+    and the aiokafka consumer inside faust's consumer thread (``Consumer._thread._consumer``): per
+    assigned partition its fetch position, paused flag and whether fetched records wait unconsumed
+    (``Fetcher._records``), the nodes with fetches in flight, whether a reassignment is in
+    progress, and the consumer thread loop's tasks. Never raises: a part it cannot read is given
+    as ``"<error: ...>"``.
+    """
+    out: dict[str, Any] = {"rebalancing": bool(getattr(app, "rebalancing", False)),
+                           "in_recovery": bool(getattr(app, "in_recovery", False))}
+    try:
+        out["tasks"] = {f"{t.get_name()}": _frames(t) for t in asyncio.all_tasks() if not t.done()}
+    except Exception as exc:  # diagnostics never fail the worker
+        out["tasks"] = f"<error: {exc!r}>"
+    try:
+        recovery = app.tables.recovery
+        out["recovery_remaining"] = {
+            f"{tp.topic}:{tp.partition}": {"offset": recovery.active_offsets.get(tp),
+                                           "highwater": hw, "events_at": recovery._active_events_received_at.get(tp)}
+            for tp, hw in recovery.active_highwaters.items()
+            if hw is not None and recovery.active_offsets.get(tp) is not None and hw > recovery.active_offsets[tp]}
+        out["recovery_buffered"] = recovery._current_total_buffer_size()
+        out["changelog_queue"] = app.tables.changelog_queue.qsize()
+    except Exception as exc:
+        out["recovery_remaining"] = f"<error: {exc!r}>"
+    try:
+        thread = app.consumer._thread
+        kafka = thread._consumer
+        fetcher = kafka._fetcher
+        subscription = kafka._subscription
+        assignment = subscription.subscription.assignment if subscription.subscription else None
+        parts: dict[str, Any] = {}
+        for tp in sorted(assignment.tps if assignment else (), key=lambda t: (t.topic, t.partition)):
+            state = assignment.state_value(tp)
+            record = fetcher._records.get(tp)
+            parts[f"{tp.topic}:{tp.partition}"] = {
+                "position": state._position, "paused": state.paused, "status": str(state._status),
+                "unconsumed": type(record).__name__ if record is not None else None,
+                "read_offset": app.consumer._read_offset.get(tp),
+                "callback": tp in app.topics._tp_to_callback}
+        out["kafka"] = {
+            "partitions": parts,
+            "in_flight_nodes": sorted(fetcher._in_flight),
+            "pending_fetch_tasks": len(fetcher._pending_tasks),
+            "fetch_waiters": len(fetcher._fetch_waiters),
+            "reassignment_in_progress": bool(subscription.reassignment_in_progress),
+            "assignment_active": bool(assignment.active) if assignment else None,
+        }
+        loop = thread.thread_loop
+        out["consumer_thread_tasks"] = {t.get_name(): _frames(t) for t in asyncio.all_tasks(loop) if not t.done()}
+    except Exception as exc:
+        out.setdefault("kafka", f"<error: {exc!r}>")
+    return out
+
+
+def stalled_changelog_partitions(app: Any, idle_s: float, now: float) -> dict[Any, int]:
+    """Active changelog partitions whose table recovery is stuck on records already fetched (fix 7):
+    ``{tp: offset to fetch again from}``.
+
+    A partition is stuck when the recovery still needs offsets up to its high watermark
+    (``Recovery.active_offsets[tp] < active_highwaters[tp]``), the consumer's fetch position is
+    already past that watermark (aiokafka fetched them and handed them out), no changelog event
+    of it reached the recovery for ``idle_s`` (``Recovery._active_events_received_at``, or since
+    the recovery started), and the changelog queue is empty: the records were lost between the
+    fetch and the recovery, and nothing would fetch them again (measured, docs/reliability.md:
+    a scale-out takeover waited forever with every record of three partitions fetched and none
+    received). The offset is the one after the last record the recovery applied.
+
+    Args:
+        app: the faust app (``tables.recovery``, ``consumer._thread._consumer``).
+        idle_s: seconds without an event before a partition counts as stuck.
+        now: ``time.monotonic()`` (faust's recovery clock).
+    """
+    recovery = app.tables.recovery
+    if not recovery.in_recovery or app.tables.changelog_queue.qsize():
+        return {}
+    started = getattr(recovery, "_recovery_started_at", None)
+    kafka = app.consumer._thread._consumer
+    subscription = kafka._subscription.subscription
+    assignment = subscription.assignment if subscription else None
+    if assignment is None:
+        return {}
+    stuck: dict[Any, int] = {}
+    for tp, highwater in list(recovery.active_highwaters.items()):
+        offset = recovery.active_offsets.get(tp)
+        if highwater is None or offset is None or offset >= highwater or tp not in assignment.tps:
+            continue
+        last = recovery._active_events_received_at.get(tp, started)
+        if last is None or now - last < idle_s:
+            continue
+        position = assignment.state_value(tp)._position
+        if position is not None and position > highwater:
+            stuck[tp] = max(offset + 1, 0)
+    return stuck
+
+
+class RecoveryTimers(Service):
+    """Run ``ticks`` every ``interval_s`` from the app's start, recovery included (fix 8).
+
+    faust starts ``app.timer`` and ``app.task`` coroutines only once table recovery has completed
+    (``App.on_started`` waits for it), so a watchdog of the recovery itself cannot be one. This
+    mode Service is a dependency of the app (:func:`add_recovery_timers`): mode starts it with the
+    app and stops it with the app. A tick that raises is logged and the next one runs.
+
+    Args:
+        ticks: coroutine functions without arguments.
+        interval_s: seconds between rounds.
+    """
+
+    def __init__(self, ticks: list[Callable[[], Awaitable[None]]], interval_s: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ticks = ticks
+        self.interval_s = interval_s
+
+    @Service.task
+    async def _run(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval_s)
+            for tick in self.ticks:
+                try:
+                    await tick()
+                except Exception:  # a diagnostic or watchdog never stops the worker
+                    log.warning("recovery timer %r failed", tick, exc_info=True)
+
+
+def add_recovery_timers(app: faust.App, ticks: list[Callable[[], Awaitable[None]]], interval_s: float = 1.0) -> None:
+    """Run ``ticks`` with :class:`RecoveryTimers`, started and stopped with ``app`` (call before it starts)."""
+    app.add_dependency(RecoveryTimers(ticks, interval_s, loop=app.loop))

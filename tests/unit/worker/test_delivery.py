@@ -15,11 +15,13 @@ from streams.worker.delivery import (
     SHUTDOWN_FORCED_EXIT_CODE,
     AgentDelivery,
     ChangelogAcks,
+    RecoveryWatchdog,
     SequencerWatchdog,
     Shutdown,
+    StallReport,
     TableBackend,
 )
-from streams.worker.faust_fixes import ProcessedOffsets
+from streams.worker.faust_fixes import ProcessedOffsets, recovery_diagnostics, stalled_changelog_partitions
 
 TOPIC = "t.traces"
 
@@ -252,3 +254,91 @@ def test_the_flow_report_shows_channel_depths_consumer_pauses_and_sequencer_posi
     assert dog.flow() == {"queued": {"traces": 7}, "paused": ["t.feedback:1"], "buffer_full": [], "flags": [],
                           "in_recovery": False, "flow_suspended": False,
                           "traces": {"next": {0: 11, 1: 0, 2: 5}, "parked": 1}}
+
+
+def test_stall_report_logs_once_a_recovery_lasts_after_s_then_every_repeat_s(caplog):
+    app = SimpleNamespace(rebalancing=False, in_recovery=False)
+    now = [0.0]
+    report = StallReport(app, lambda: {"queued": {}}, after_s=30, repeat_s=60, clock=lambda: now[0],
+                         diagnostics=lambda a: {"in_recovery": a.in_recovery})
+
+    def at(t):
+        now[0] = t
+        asyncio.run(report.tick())
+
+    at(0)
+    app.in_recovery = True
+    for t in (1, 20, 30.5):
+        at(t)
+    assert report.reports == 0  # 29.5 s into the recovery
+    at(31.5)
+    assert report.reports == 1 and '"in_recovery": true' in caplog.text
+    at(60)
+    assert report.reports == 1
+    at(91.5)
+    assert report.reports == 2
+    app.in_recovery = False
+    at(92)
+    app.rebalancing = True  # a new stall starts its own clock
+    at(100)
+    at(129)
+    assert report.reports == 2
+    at(130)
+    assert report.reports == 3
+
+
+def test_recovery_diagnostics_never_raises_on_an_app_without_a_consumer_thread():
+    out = recovery_diagnostics(SimpleNamespace(rebalancing=True, in_recovery=False, consumer=None))
+    assert out["rebalancing"] is True and out["kafka"].startswith("<error:")
+
+
+CL = "t.selfheal-baselines-changelog"
+
+
+def _recovering_app(positions, offsets, highwaters, received_at, started_at=0.0, queued=0):
+    """A faust app as :func:`stalled_changelog_partitions` reads it: recovery state, changelog
+    queue, aiokafka assignment positions."""
+    tps = {TP(CL, p) for p in positions}
+    states = {TP(CL, p): SimpleNamespace(_position=pos) for p, pos in positions.items()}
+    assignment = SimpleNamespace(tps=tps, state_value=states.__getitem__)
+    recovery = SimpleNamespace(in_recovery=True, _recovery_started_at=started_at,
+                               active_offsets={TP(CL, p): o for p, o in offsets.items()},
+                               active_highwaters={TP(CL, p): h for p, h in highwaters.items()},
+                               _active_events_received_at={TP(CL, p): t for p, t in received_at.items()})
+    kafka = SimpleNamespace(_subscription=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment)))
+    tables = SimpleNamespace(recovery=recovery, changelog_queue=SimpleNamespace(qsize=lambda: queued))
+    return SimpleNamespace(tables=tables,
+                           consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=kafka)))
+
+
+def test_stalled_changelog_partitions_are_those_fetched_past_the_high_watermark_and_never_received():
+    app = _recovering_app(
+        positions={0: 56, 1: 30, 2: 28, 3: 10},
+        offsets={0: -1, 1: 10, 2: 27, 3: 4},      # 2 is complete
+        highwaters={0: 55, 1: 40, 2: 27, 3: 9},
+        received_at={3: 95.0})                     # 3 received an event 5 s ago
+    # 0: all fetched, nothing received since the start -> from 0; 1: not fetched yet (position 30 <= 40)
+    assert stalled_changelog_partitions(app, idle_s=15, now=100.0) == {TP(CL, 0): 0}
+    assert stalled_changelog_partitions(app, idle_s=15, now=111.0) == {TP(CL, 0): 0, TP(CL, 3): 5}
+    assert stalled_changelog_partitions(app, idle_s=150, now=111.0) == {}  # not idle long enough
+    queued = _recovering_app(positions={0: 56}, offsets={0: -1}, highwaters={0: 55}, received_at={}, queued=3)
+    assert stalled_changelog_partitions(queued, idle_s=15, now=100.0) == {}  # events still on their way
+
+
+def test_recovery_watchdog_seeks_stuck_partitions_back_at_most_every_idle_s():
+    consumer = FakeConsumer(owned=[])
+    app = SimpleNamespace(in_recovery=True, consumer=consumer)
+    now = [100.0]
+    stuck = {TP(CL, 0): 0}
+    dog = RecoveryWatchdog(app, idle_s=15, clock=lambda: now[0], find=lambda a, idle, t: dict(stuck))
+    asyncio.run(dog.tick())
+    assert consumer.seeks == [{0: 0}] and dog.reseeks == 1
+    now[0] = 110.0
+    asyncio.run(dog.tick())
+    assert dog.reseeks == 1  # sought 10 s ago
+    now[0] = 116.0
+    asyncio.run(dog.tick())
+    assert consumer.seeks == [{0: 0}, {0: 0}] and dog.reseeks == 2
+    app.in_recovery = False
+    asyncio.run(dog.tick())
+    assert dog.reseeks == 2 and dog.last_seek == {}
