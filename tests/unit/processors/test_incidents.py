@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from schemas import IncidentKind, IncidentStatus
+from streams.devtools.bench_worker import CHANGED_TENANT
+from streams.devtools.bench_worker import fleet as bw_fleet
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
 from streams.processors.drift import DriftConfig, DriftEngine
 from streams.processors.incidents import IncidentManager, TraceContext
@@ -164,3 +166,30 @@ def test_platform_incidents_with_two_workers_are_decided_once_from_both_workers_
                   first_seen=s["first_seen"] + 3 * owner.mgr.platform_window_ms) for s in alarms]
     second = [e for e in owner.mgr.on_signals(later, partition=2) if e.status == IncidentStatus.open]
     assert len(second) == 1 and second[0].incident_id != opened[0].incident_id
+
+
+def test_one_tenants_input_mix_change_in_all_its_cohorts_is_one_incident():
+    """A tenant whose intent mix moves in every cohort (a change of its intake, not of a cohort)
+    is one episode. Traffic as ``selfheal bench-drift-worker --scenario tenant_change`` sends it
+    (8 tenants x 5 cohorts x 4 workflows, each tenant's traces in bursts of one message batch):
+    before, each workflow's alarm opened its own incident (4 for one change), because they do not
+    overlap each other and the tenant slice that joins them was folded after them. Other tenants
+    get none."""
+    r = Run()
+    rng = np.random.default_rng(1)
+    for chunk in range(6):
+        cols, _ = synthetic_columns(rng, bw_fleet(changed=chunk >= 3), 10_000, chunk * 10_000,
+                                    T0 + chunk * 10_000 * 50, 50.0)
+        cols.records = [{}] * cols.n  # (synthetic columns have none; take() reorders every list)
+        cols = cols.take(np.argsort(np.asarray(cols.tenant_id), kind="stable"))  # per-tenant messages
+        for lo in range(0, cols.n, 6400):
+            part = cols.slice(lo, min(lo + 6400, cols.n))
+            ctx = TraceContext(trace_id=lambda p, c=part: c.trace_id[p],
+                               event_time_ms=lambda p, c=part: int(c.event_time_ms[p]))
+            r.events += r.mgr.on_alarms(r.engine.process_traces(part), ctx)
+    opened = [e for e in r.events if e.status == IncidentStatus.open]
+    assert len(opened) == 1, [(e.slice, e.metric) for e in opened]
+    inc = opened[0]
+    assert inc.slice.tenant_id == CHANGED_TENANT and inc.kind == IncidentKind.input_drift
+    final = [e for e in r.events if e.incident_id == inc.incident_id][-1]
+    assert len(final.also_seen) >= 3  # the other slices' alarms are in the one incident
