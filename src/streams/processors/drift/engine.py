@@ -734,9 +734,9 @@ class DriftEngine:
     def _input_mix_windows(self, sg: _Segments, mix_codes: np.ndarray) -> tuple[np.ndarray, list[Alarm]]:
         """Add the batch's input-mix buckets to the slices' tumbling windows; every window that
         reaches exactly ``cat_window`` traces of its slice is tested
-        (:func:`~streams.processors.drift.mix.mix_test`) against the traffic before it: the
-        baseline mix at batch start less the window's own traces of earlier batches, plus the
-        batch's windows closed before it (weight ~1 per trace, as the EW baseline learns them).
+        (:func:`~streams.processors.drift.mix.mix_test`, two-sample) against the traffic before
+        it: the baseline mix at batch start less the window's own traces of earlier batches, plus
+        the batch's windows closed before it (weight ~1 per trace, as the EW baseline learns them).
         The next window starts with the following trace.
 
         Window boundaries are counted in the slice's traces, so they do not depend on where
@@ -770,7 +770,7 @@ class DriftEngine:
                 win += np.bincount(codes[pos:close + 1], minlength=N_CAT)
                 tot = float(win.sum())
                 if count0 + (close - a + 1) - cfg.cat_window >= cfg.warmup_traces and base.sum() > 0:
-                    t = mix_test(win, tot, base)
+                    t = mix_test(win, tot, base, two_sample=True)
                     if t.rejects(cfg.cat_alpha, cfg.cat_min_js):
                         alarms.append(Alarm(row=row, metric=CATEGORICAL[0], pos=int(sg.order[close]), statistic=t.x2,
                                             slice_index=int(own0 + close - a + 1),
