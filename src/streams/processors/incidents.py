@@ -7,7 +7,9 @@ Rules (this docstring is their reference; README "Detection in one paragraph" su
   either side), or, for a release slice, an open incident of the group on the same release (the
   release is the unit of rollback). Otherwise it opens a new incident. So a regression seen on the release slice,
   the tenant×cohort×workflow slice and the tenant slice at once is *one* incident, whose primary
-  slice is the most specific one that fired; the others are listed in ``also_seen``.
+  slice is the most specific one that fired; the others are listed in ``also_seen``. Within a batch,
+  alarms that join an open incident are folded first, and the others form one new episode per
+  connected set of overlapping slices (two workflows with their tenant slice between them: one).
 - **Identity**: ``incident_id = sha1(primary slice key at opening | group | episode number)``;
   the episode counter per (slice, group) is persisted, so a restarted worker neither re-opens an
   episode nor reuses an id.

@@ -624,8 +624,10 @@ class DriftEngine:
 
         Frozen per open incident group; learning slowed to ``HOLD_WEIGHT`` for a metric whose
         CUSUM holds evidence of a change (S > h/4), so a young slice does not absorb a regression
-        before it is detected, while a baseline that started off low still converges (a full
-        freeze would lock such an estimate in). Under the null P(S > h/4) ~ exp(-4.5).
+        before it is detected. Under the null P(S > h/4) ~ exp(-4.5). A Bernoulli rate is held only
+        once its baseline rests on ``HOLD_MIN_EVENTS`` events or is a release's inherited prior: a
+        rare rate estimated low from a few events converges instead (the hold locked such estimates
+        in; a common event's estimate that is low after ~1,000 traces still can be, BENCHMARKS.md).
         """
         cfg, st = self.cfg, self.store
         f, srow, starts, m, open_g = st.f, sg.srow, sg.starts, sg.size, sg.open_groups
