@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv kafka kafka-stop browser demo test unit lint bench bench-drift bench-canary bench-otlp bench-phi chaos clean
+.PHONY: venv kafka kafka-stop browser demo test unit lint bench bench-drift bench-drift-worker bench-canary bench-otlp bench-phi chaos clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench: venv kafka
 
 bench-drift: venv
 	$(BIN)/selfheal bench-drift $(BENCH_ARGS)
+
+bench-drift-worker: venv kafka
+	$(BIN)/selfheal bench-drift-worker $(BENCH_ARGS)
 
 bench-canary: venv
 	$(BIN)/selfheal bench-canary $(BENCH_ARGS)

@@ -1,7 +1,7 @@
 """The dev commands of ``selfheal``: ``simulate``, ``demo``, ``bench``, ``bench-drift``,
-``bench-canary``, ``bench-otlp``, ``bench-phi``, ``chaos``. :func:`register` adds them to the product CLI's app
-(``streams.cli`` calls it when :mod:`streams.devtools` is importable); names and options are
-those the Makefile and README use.
+``bench-drift-worker``, ``bench-canary``, ``bench-otlp``, ``bench-phi``, ``chaos``. :func:`register` adds
+them to the product CLI's app (``streams.cli`` calls it when :mod:`streams.devtools` is importable); names
+and options are those the Makefile and README use.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
     app.command("bench")(bench)
     app.command("bench-drift")(bench_drift)
+    app.command("bench-drift-worker")(bench_drift_worker)
     app.command("bench-canary")(bench_canary)
     app.command("bench-otlp")(bench_otlp)
     app.command("bench-phi")(bench_phi)
@@ -212,6 +213,59 @@ def bench_drift(
     if json_out:
         json_out.write_text(dumps(report))
         console.print(f"written {json_out}")
+
+
+def bench_drift_worker(
+    scenario: Annotated[str, typer.Option(help="stationary (false incidents) or tenant_change (one tenant's "
+                                               "intent mix moves in all its cohorts: one incident expected)")
+                        ] = "stationary",
+    traces: Annotated[int, typer.Option(help="fleet traces produced (>= 1,000,000 for the issue's figure)")
+                      ] = 1_000_000,
+    seed: int = 1,
+    change_at: Annotated[float, typer.Option(help="tenant_change: share of the traces before the change")] = 0.5,
+    delay_median_s: Annotated[float, typer.Option(help="feedback delay after its trace, median s (log-normal)")
+                              ] = 60.0,
+    repeat: Annotated[int, typer.Option(help="passes of the identical input through fresh workers (2: "
+                                             "determinism: same incidents?)")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full report here")] = None,
+) -> None:
+    """Detection measured through the real worker: an independent producer (confluent-kafka +
+    fastavro from avro/*.avsc) sends traces and delayed feedback, a `selfheal worker` subprocess
+    processes them, the incidents read back from the topic are scored (streams.devtools.bench_worker).
+
+    Exits 1 if a pass raised a dead letter (the producer's records must all be valid).
+    """
+    from streams.cli import narrow_table  # at call time: streams.cli mounts this module
+    from streams.devtools.bench_worker import WorkerBenchConfig, run
+    from streams.topics import check_broker
+
+    try:
+        cfg = WorkerBenchConfig(scenario=scenario, traces=traces, seed=seed, change_at=change_at,
+                                delay_median_s=delay_median_s)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    settings = get_settings()
+    check_broker(settings)
+    report = run(settings, cfg, repeat=repeat, say=lambda m: console.print(f"[dim]{m}"))
+    t = narrow_table("pass", "traces", "incidents", "false", "per million", "change incidents", "kinds",
+                     "worker s", title=f"bench-drift-worker {scenario}")
+    for k, r in enumerate(report["runs"]):
+        sc = r["scores"]
+        t.add_row(str(k + 1), f"{r['traces']:,}", str(sc["incidents"]), str(sc["false_incidents"]),
+                  f"{sc['false_incidents_per_million']:.2f}", str(sc.get("change_incidents", "—")),
+                  ",".join(sc.get("change_kinds", [])), f"{r['worker_s']:.0f}")
+    console.print(t)
+    for k, r in enumerate(report["runs"]):
+        for i in r["incidents"]:
+            console.print(f"pass {k + 1}: {i['incident_id']} {i['kind']} {i['slice']} {i['metric']}: {i['summary']}")
+    if report["same_incidents"] is not None:
+        console.print(f"same incidents on every pass: {report['same_incidents']}")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=1, default=str))
+        console.print(f"written {json_out}")
+    if any(r["dead_letters"] for r in report["runs"]):
+        console.print(f"[red]dead letters: {[r['dead_letters'] for r in report['runs']]}")
+        raise typer.Exit(1)
 
 
 def chaos(

@@ -7,7 +7,9 @@ Rules (this docstring is their reference; README "Detection in one paragraph" su
   either side), or, for a release slice, an open incident of the group on the same release (the
   release is the unit of rollback). Otherwise it opens a new incident. So a regression seen on the release slice,
   the tenant×cohort×workflow slice and the tenant slice at once is *one* incident, whose primary
-  slice is the most specific one that fired; the others are listed in ``also_seen``.
+  slice is the most specific one that fired; the others are listed in ``also_seen``. Within a batch,
+  alarms that join an open incident are folded first, and the others form one new episode per
+  connected set of overlapping slices (two workflows with their tenant slice between them: one).
 - **Identity**: ``incident_id = sha1(primary slice key at opening | group | episode number)``;
   the episode counter per (slice, group) is persisted, so a restarted worker neither re-opens an
   episode nor reuses an id.
@@ -286,16 +288,28 @@ class IncidentManager:
     def on_alarms(self, alarms: list[Alarm], ctx: TraceContext) -> list[Incident]:
         """Fold a batch's alarms into incidents; returns the events to publish (open/updated)."""
         out: dict[str, Incident] = {}
-        # most specific layers first, so a new episode's primary slice is the most specific one
-        for alarm in sorted(alarms, key=lambda a: (-LAYER_RANK[self.store.info[a.row].layer], a.pos)):
+        ordered, episode_of = self._batch_order(alarms)
+        opened_for: dict[int, OpenIncident] = {}  # episode of this batch -> the incident it opened
+        for alarm in ordered:
             info = self.store.info[alarm.row]
             if self._platform(alarm, info, ctx, out):
                 continue
             inc = self._match(info, alarm.metric.group)
+            episode = episode_of.get(id(alarm))
+            if inc is None and episode in opened_for and opened_for[episode].incident_id in self.open:
+                inc = opened_for[episode]
+                self._update(inc, alarm, info, ctx, pending=True)
+                first = out.get(inc.incident_id)
+                out[inc.incident_id] = self._event(inc, first.status if first is not None else IncidentStatus.updated,
+                                                   ctx)
+                self._mark(inc, alarm.row)
+                continue
             if inc is None:
                 inc = self._open(alarm, info, ctx)
                 if inc is None:
                     continue
+                if episode is not None:
+                    opened_for[episode] = inc
                 out[inc.incident_id] = self._event(inc, IncidentStatus.open, ctx)
             elif self._update(inc, alarm, info, ctx, pending=inc.incident_id in out) or inc.incident_id in out:
                 # opened earlier in this batch: one event, still "open", with the latest state
@@ -305,6 +319,42 @@ class IncidentManager:
                 out[inc.incident_id] = self._event(inc, status, ctx)
             self._mark(inc, alarm.row)
         return list(out.values())
+
+    def _batch_order(self, alarms: list[Alarm]) -> tuple[list[Alarm], dict[int, int]]:
+        """The order a batch's alarms are folded in, and which of them form one new episode.
+
+        Alarms that join an open incident go first, so the slices they add to it (a tenant-wide
+        slice, say) can take in this batch's other alarms; then the rest, most specific layer
+        first, so a new episode's primary slice is the most specific one. Alarms that join no open
+        incident are grouped per tenant and metric group into connected components of
+        :func:`slices_overlap` (two cohorts of one tenant with the tenant slice between them are
+        one component): each component is one new episode, one incident. Before, one tenant's
+        input-mix change in all its cohorts opened one incident per workflow (measured through
+        the worker, ``selfheal bench-drift-worker --scenario tenant_change``).
+
+        Returns the ordered alarms and ``{id(alarm): episode number}`` for the alarms of new episodes.
+        """
+        info = self.store.info
+        joins = [self._match(info[a.row], a.metric.group) is not None for a in alarms]
+        order = sorted(range(len(alarms)), key=lambda i: (not joins[i], -LAYER_RANK[info[alarms[i].row].layer],
+                                                          alarms[i].pos))
+        fresh = [i for i in order if not joins[i]]
+        parent = {i: i for i in fresh}
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for x, i in enumerate(fresh):
+            a, ia = alarms[i], info[alarms[i].row]
+            for j in fresh[x + 1:]:
+                b, ib = alarms[j], info[alarms[j].row]
+                if ia.tenant_id == ib.tenant_id and a.metric.group == b.metric.group \
+                        and slices_overlap(ia.key, ib.key):
+                    parent[root(j)] = root(i)
+        return [alarms[i] for i in order], {id(alarms[i]): root(i) for i in fresh}
 
     # ------------------------------------------------------------------ platform-wide changes
     def _platform(self, alarm: Alarm, info: SliceInfo, ctx: TraceContext, out: dict[str, Incident]) -> bool:

@@ -7,8 +7,9 @@ import numpy as np
 
 from schemas import IncidentKind, IncidentStatus
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
-from streams.processors.drift import DriftConfig, DriftEngine
+from streams.processors.drift import Alarm, DriftConfig, DriftEngine
 from streams.processors.incidents import IncidentManager, TraceContext
+from streams.processors.metrics import CATEGORICAL
 from streams.state import DictBackend
 
 T0 = 1_790_000_000_000
@@ -164,3 +165,36 @@ def test_platform_incidents_with_two_workers_are_decided_once_from_both_workers_
                   first_seen=s["first_seen"] + 3 * owner.mgr.platform_window_ms) for s in alarms]
     second = [e for e in owner.mgr.on_signals(later, partition=2) if e.status == IncidentStatus.open]
     assert len(second) == 1 and second[0].incident_id != opened[0].incident_id
+
+
+def _mix_alarm(r: Run, layer: str, workflow: str | None, pos: int) -> Alarm:
+    row = r.engine.row_for(layer, "acme", None, workflow, None, 0)
+    return Alarm(row=row, metric=CATEGORICAL[0], pos=pos, statistic=90.0, threshold=60.0, baseline=0.0,
+                 observed=0.05, ci_low=0.05, ci_high=0.05, effect=0.05, samples=300, direction=0,
+                 evidence=[pos], slice_index=3000)
+
+
+def test_a_batchs_alarms_bridged_by_a_wider_slice_are_one_incident():
+    """One tenant's input mix moved: in one batch, the windows of two workflows and of the tenant
+    slice alarm. The workflows do not overlap each other, the tenant slice overlaps both: one
+    episode, one incident (before: one per workflow, the tenant alarm folded last joined only
+    the first; through the worker one tenant's change opened 4). A workflow that alarms in a
+    later batch joins it too (it overlaps the tenant slice now in the incident)."""
+    r = Run()
+    ctx = TraceContext(trace_id=lambda p: f"t{p}", event_time_ms=lambda p: T0 + p * 100)
+    events = r.mgr.on_alarms([_mix_alarm(r, "tenant_workflow", "soap_note", 10),
+                              _mix_alarm(r, "tenant_workflow", "prior_auth", 12),
+                              _mix_alarm(r, "tenant", None, 15)], ctx)
+    assert [e.status for e in events] == [IncidentStatus.open]
+    assert events[0].slice.workflow == "soap_note" and len(events[0].also_seen) == 2
+    later = r.mgr.on_alarms([_mix_alarm(r, "tenant_workflow", "discharge_summary", 400)], ctx)
+    assert all(e.incident_id == events[0].incident_id for e in later)
+
+
+def test_without_a_bridge_two_workflows_are_two_incidents():
+    """The episode rule still separates what does not overlap: two workflows, no tenant alarm."""
+    r = Run()
+    ctx = TraceContext(trace_id=lambda p: f"t{p}", event_time_ms=lambda p: T0 + p * 100)
+    events = r.mgr.on_alarms([_mix_alarm(r, "tenant_workflow", "soap_note", 10),
+                              _mix_alarm(r, "tenant_workflow", "prior_auth", 12)], ctx)
+    assert len({e.incident_id for e in events}) == 2

@@ -12,6 +12,9 @@ from streams.processors.metrics import Metric
 #: a young slice does not absorb a regression before it is detected (see the engine's _learn_baselines)
 HOLD_WEIGHT = 0.1
 HOLD_AT = 0.25
+#: a Bernoulli baseline is held only once it rests on this many events (rate x weight), or is a release's
+#: inherited prior; below, its relative error (~1/sqrt(events)) is the likelier cause of the evidence
+HOLD_MIN_EVENTS = 20.0
 
 
 @dataclass(slots=True)

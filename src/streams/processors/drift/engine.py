@@ -49,7 +49,7 @@ from streams.processors.baselines import (
     slice_key,
 )
 from streams.processors.columns import TraceColumns
-from streams.processors.drift.base import HOLD_AT, HOLD_WEIGHT, Alarm, DriftConfig
+from streams.processors.drift.base import HOLD_AT, HOLD_MIN_EVENTS, HOLD_WEIGHT, Alarm, DriftConfig
 from streams.processors.drift.cusum import ChangePoints, segmented_cusum
 from streams.processors.drift.delayed import DelayedMetrics
 from streams.processors.drift.families import (
@@ -103,6 +103,8 @@ STATE_COLS = (
 )
 #: Bernoulli metrics monitored downward (success rate): their detectors see the complement
 DOWN = BERNOULLI_DIRECTION < 0
+#: the latency tail metrics among the Bernoulli ones
+TAIL_MASK = np.isin(np.arange(N_BERNOULLI), [TAIL_P95, TAIL_P99])
 #: the four tail detector columns (p95, p99 in both tunings): a coarse slice holding tail evidence
 TAIL_DETECTOR_COLS = [TAIL_P95, TAIL_P99, N_BERNOULLI + TAIL_P95, N_BERNOULLI + TAIL_P99]
 
@@ -452,8 +454,8 @@ class DriftEngine:
         (:meth:`_baseline_at_start`); sorted per-trace events (:meth:`_layer_events`); increments
         of every detector column (:meth:`_increments`) and their CUSUMs; first crossings
         (:meth:`_first_crossings`); detector state carried to the next batch
-        (:meth:`_carry_detector_state`); input-mix windows (:meth:`_count_input_mix`,
-        :meth:`_check_mix`); the baselines learn the batch (:meth:`_learn_baselines`).
+        (:meth:`_carry_detector_state`); input-mix windows (:meth:`_input_mix_windows`); the baselines
+        learn the batch (:meth:`_learn_baselines`).
         Returns the alarms, positions indexing ``cols``.
         """
         sg = self._segments(rows, fresh)
@@ -475,8 +477,8 @@ class DriftEngine:
         )
         alarms, fired = self._first_crossings(cols, sg, base, s, cp)
         s_end = self._carry_detector_state(sg, s, cp, fired)
-        mix_counts = self._count_input_mix(sg, inputs.mix_codes)
-        alarms.extend(self._check_mix(sg.srow, sg.armed, sg.ends, sg.order))
+        mix_counts, mix_alarms = self._input_mix_windows(sg, inputs.mix_codes)
+        alarms.extend(mix_alarms)
         self._learn_baselines(sg, base, ev, s_end, mix_counts, cols, tail_hold)
         return alarms
 
@@ -616,27 +618,28 @@ class DriftEngine:
             f[since_k][sg.srow] = k_end[:, cols]
         return s_end
 
-    def _count_input_mix(self, sg: _Segments, mix_codes: np.ndarray) -> np.ndarray:
-        """Add the batch's input-mix buckets to the slices' open windows; returns the batch's
-        counts per slice, ``(u, N_CAT)``."""
-        counts = np.zeros((sg.u, N_CAT))
-        np.add.at(counts, (sg.seg, mix_codes[sg.order]), 1.0)
-        self.store.f["c_win"][sg.srow] += counts
-        return counts
-
     def _learn_baselines(self, sg: _Segments, base: _LayerBaseline, ev: _LayerEvents, s_end: np.ndarray,
                          mix_counts: np.ndarray, cols: TraceColumns, tail_hold: np.ndarray | None) -> None:
         """Merge the batch into the slices' EW baselines and advance their counters.
 
         Frozen per open incident group; learning slowed to ``HOLD_WEIGHT`` for a metric whose
         CUSUM holds evidence of a change (S > h/4), so a young slice does not absorb a regression
-        before it is detected, while a baseline that started off low still converges (a full
-        freeze would lock such an estimate in). Under the null P(S > h/4) ~ exp(-4.5).
+        before it is detected. Under the null P(S > h/4) ~ exp(-4.5). A Bernoulli rate is held only
+        once its baseline rests on ``HOLD_MIN_EVENTS`` events or is a release's inherited prior: a
+        rare rate estimated low from a few events converges instead (the hold locked such estimates
+        in; a common event's estimate that is low after ~1,000 traces still can be, BENCHMARKS.md).
         """
         cfg, st = self.cfg, self.store
         f, srow, starts, m, open_g = st.f, sg.srow, sg.starts, sg.size, sg.open_groups
         hold_at = cfg.threshold * HOLD_AT
-        held_b = (s_end[:, :N_BERNOULLI] > hold_at) | (s_end[:, N_BERNOULLI:N_BERNOULLI_COLS] > hold_at)
+        # a rate is held only once its baseline rests on HOLD_MIN_EVENTS events, or is a release's
+        # inherited prior: a young slice's rate estimated low from a few events must converge, not
+        # be locked in by the evidence its own error builds up (measured: fallback 0.0019 from 1
+        # event in 537 traces, true 0.01, held from trace 1,100, alarm at 3,600)
+        # (the latency tails are 5 % / 1 % by construction of their edges: always held, as before)
+        established = (f["b_rate"][srow] * f["b_w"][srow] >= HOLD_MIN_EVENTS) \
+            | (f["born"][srow] >= cfg.warmup_traces) | TAIL_MASK
+        held_b = ((s_end[:, :N_BERNOULLI] > hold_at) | (s_end[:, N_BERNOULLI:N_BERNOULLI_COLS] > hold_at)) & established
         held_g = (s_end[:, GAUSSIAN_UP_COLS] > hold_at) | (s_end[:, GAUSSIAN_DOWN_COLS] > hold_at)
         scale_b = np.where(held_b, HOLD_WEIGHT, 1.0)
         scale_g = np.where(held_g, HOLD_WEIGHT, 1.0)
@@ -730,27 +733,56 @@ class DriftEngine:
                      effect=(mean_t - base_t) / max(sdv, 1e-9),
                      direction=+1 if col < N_BERNOULLI_COLS + N_GAUSSIAN else -1, **common)
 
-    def _check_mix(self, srow: np.ndarray, armed: np.ndarray, ends: np.ndarray, order: np.ndarray) -> list[Alarm]:
-        """Test every slice whose input-mix window is full (:func:`~streams.processors.drift.mix.mix_test`)
-        and start its next window; armed slices with a baseline mix can alarm."""
-        cfg, f = self.cfg, self.store.f
-        win = f["c_win"][srow]
-        tot = win.sum(axis=1)
-        ready = np.flatnonzero(tot >= cfg.cat_window)
-        alarms: list[Alarm] = []
-        for j in ready:
-            row = int(srow[j])
-            base = f["c_base"][row]
-            if armed[j] and base.sum() > 0:
-                t = mix_test(win[j], tot[j], base)
-                if t.rejects(cfg.cat_alpha, cfg.cat_min_js):
-                    at = int(order[ends[j]])
-                    alarms.append(Alarm(row=row, metric=CATEGORICAL[0], pos=at, statistic=t.x2,
-                                        slice_index=int(f["own"][row, 0] + tot[j]),
-                                        threshold=chi2_threshold(cfg.cat_alpha),
-                                        baseline=0.0, observed=t.js, ci_low=t.js, ci_high=t.js, effect=t.js,
-                                        samples=int(tot[j]), direction=0,
-                                        evidence=order[max(0, ends[j] - cfg.evidence + 1): ends[j] + 1].tolist()))
-            f["c_win"][row] = 0.0
-        return alarms
+    def _input_mix_windows(self, sg: _Segments, mix_codes: np.ndarray) -> tuple[np.ndarray, list[Alarm]]:
+        """Add the batch's input-mix buckets to the slices' tumbling windows; every window that
+        reaches exactly ``cat_window`` traces of its slice is tested
+        (:func:`~streams.processors.drift.mix.mix_test`, two-sample) against the traffic before
+        it: the baseline mix at batch start less the window's own traces of earlier batches, plus
+        the batch's windows closed before it (weight ~1 per trace, as the EW baseline learns them).
+        The next window starts with the following trace.
 
+        Window boundaries are counted in the slice's traces, so they do not depend on where
+        batches end. A worker's batches depend on timing: before, a window was tested at the end
+        of the batch that filled it (300-680 traces measured through the worker), and one
+        tenant's input-mix incident was detected at trace w1-16201 in one run and w1-19986 in
+        the next on the same input. A window is tested when its slice had ``warmup_traces``
+        before the window's first trace (and a baseline mix). Returns the batch's counts per
+        slice ``(u, N_CAT)`` and the alarms.
+        """
+        cfg, f = self.cfg, self.store.f
+        codes = mix_codes[sg.order]
+        counts = np.zeros((sg.u, N_CAT))
+        np.add.at(counts, (sg.seg, codes), 1.0)
+        fill = f["c_win"][sg.srow].sum(axis=1)
+        # traces of the batch that complete each open window (at least one: an older state may hold more)
+        need = np.maximum(cfg.cat_window - fill, 1.0)
+        closing = need <= sg.size
+        f["c_win"][sg.srow[~closing]] += counts[~closing]
+        alarms: list[Alarm] = []
+        for j in np.flatnonzero(closing).tolist():
+            row, a, e = int(sg.srow[j]), int(sg.starts[j]), int(sg.ends[j])
+            win = f["c_win"][row].copy()
+            # the baseline without the window's traces of earlier batches (learnt with EW weight ~1
+            # each): the window is compared with the traffic before it, whatever the batches were
+            frozen = sg.open_groups[j, INPUT_MIX_GROUP]
+            base = f["c_base"][row] if frozen else np.maximum(f["c_base"][row] - win, 0.0)
+            count0, own0 = float(f["count"][row, 0]), float(f["own"][row, 0])
+            pos, close = a, a + int(need[j]) - 1
+            while close <= e:
+                win += np.bincount(codes[pos:close + 1], minlength=N_CAT)
+                tot = float(win.sum())
+                if count0 + (close - a + 1) - cfg.cat_window >= cfg.warmup_traces and base.sum() > 0:
+                    t = mix_test(win, tot, base, two_sample=True)
+                    if t.rejects(cfg.cat_alpha, cfg.cat_min_js):
+                        alarms.append(Alarm(row=row, metric=CATEGORICAL[0], pos=int(sg.order[close]), statistic=t.x2,
+                                            slice_index=int(own0 + close - a + 1),
+                                            threshold=chi2_threshold(cfg.cat_alpha),
+                                            baseline=0.0, observed=t.js, ci_low=t.js, ci_high=t.js, effect=t.js,
+                                            samples=int(tot), direction=0,
+                                            evidence=sg.order[max(a, close - cfg.evidence + 1): close + 1].tolist()))
+                if not frozen:  # the next window of this batch is compared with this one too
+                    base = base + win
+                win = np.zeros(N_CAT)
+                pos, close = close + 1, close + cfg.cat_window
+            f["c_win"][row] = win + np.bincount(codes[pos:e + 1], minlength=N_CAT)
+        return counts, alarms

@@ -46,12 +46,17 @@ def chi2_threshold(alpha: float) -> float:
     return float(stats.chi2.isf(alpha, N_CAT - 1))
 
 
-def mix_test(window: np.ndarray, total: float, baseline: np.ndarray) -> MixTest:
+def mix_test(window: np.ndarray, total: float, baseline: np.ndarray, two_sample: bool = False) -> MixTest:
     """Test one window's counts against the baseline mix.
 
     Args:
         window: counts per bucket, shape ``(N_CAT,)``; ``total`` their sum (> 0).
         baseline: EW baseline weights per bucket, shape ``(N_CAT,)`` (not all zero).
+        two_sample: the baseline is itself a sample of ``W = baseline.sum()`` traces disjoint from
+            the window: X² is scaled by ``W / (W + total)``, the ratio of the variance of a
+            window share against a known mix (``p(1-p)/n``) to that of a difference of two
+            estimated shares (``p(1-p)(1/n + 1/W)``), so a young baseline of a few hundred traces
+            does not make chance differences significant.
 
     Examples
     --------
@@ -73,6 +78,9 @@ def mix_test(window: np.ndarray, total: float, baseline: np.ndarray) -> MixTest:
     p = (baseline + 0.5) / (baseline.sum() + 0.5 * N_CAT)
     exp = p * total
     x2 = float(((window - exp) ** 2 / exp).sum())
+    if two_sample:
+        w = float(baseline.sum())
+        x2 *= w / (w + total)
     pval = float(stats.chi2.sf(x2, N_CAT - 1))
     q = window / total
     mid = 0.5 * (p + q)

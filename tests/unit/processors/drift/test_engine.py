@@ -8,6 +8,7 @@ import numpy as np
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
 from streams.processors.baselines import ROW_BYTES, ROW_HEADER, ROW_MASK_BYTES, SliceStore
 from streams.processors.drift import Z_CLIP, DriftConfig, DriftEngine
+from streams.processors.metrics import BERNOULLI_INDEX, N_BERNOULLI
 
 T0 = 1_790_000_000_000
 
@@ -192,3 +193,82 @@ def test_a_release_cut_inside_one_message_counts_every_trace_once():
     assert engine.store.f["own"][parent, 0] == per_workflow
     engine.process_traces(batch)  # at-least-once redelivery of the same message
     assert engine.store.f["own"][tenant, 0] == batch.n
+
+
+def _one_slice(n, seed, off, fallback_p):
+    """``n`` traces of one tenant x cohort whose fallback rate is ``fallback_p`` (other metrics synthetic)."""
+    cols, _ = synthetic_columns(np.random.default_rng(seed), [Slice("acme", "oncology", 1.0)], n, off,
+                                T0 + off * 100)
+    cols.fallback_used = np.random.default_rng(seed + 1).random(n) < fallback_p
+    return cols
+
+
+def test_a_rare_rate_warmed_up_low_converges_instead_of_alarming():
+    """A young slice whose rare rate came out low in its first traces (here 2 fallbacks in 1,100
+    traces, true 1%, then 11 in the next 500) must learn the true rate: the evidence its own error
+    builds up does not hold (nearly freeze) the baseline. Measured through the real worker before
+    the fix (bench-drift-worker, stationary): "fallback_rate rose from 0.004073 to 0.01563 (2239
+    traces) on tenant-000/oncology"."""
+    engine = DriftEngine(DriftConfig())
+    alarms, off = [], 0
+    for k in range(11):
+        warm = _one_slice(100, 1 + k, off, 0.0)
+        warm.fallback_used[50] = k in (3, 8)  # two events in 1,100 traces
+        alarms += engine.process_traces(warm)
+        off += 100
+    for k in range(5):
+        alarms += engine.process_traces(_one_slice(100, 20 + k, off, 0.022))
+        off += 100
+    row = engine.store.index["tenant_cohort|acme|oncology|*|*"]
+    col = BERNOULLI_INDEX["fallback_rate"]
+    f = engine.store.f
+    rates, stats = [], []
+    for k in range(200):  # batches of 150 slice traces, as a worker sees 40 slices in its batches
+        alarms += engine.process_traces(_one_slice(150, 40 + k, off, 0.01))
+        off += 150
+        rates.append(f["b_rate"][row, col])
+        stats.append(max(f["b_s"][row, col], f["b_s"][row, N_BERNOULLI + col]))
+    fallback = [a for a in alarms if a.metric.name == "fallback_rate"]
+    assert fallback == [], [(a.baseline, a.observed, a.samples) for a in fallback]
+    # before the fix: 0.0041 after 3,000 more traces, 0.0098 only after 27,000; CUSUM up to 14.9 (h = 18)
+    assert 0.007 < rates[20] < 0.013, rates[20]
+    assert max(stats[20:]) < DriftConfig().threshold / 2, max(stats[20:])
+
+
+def test_an_established_rate_is_still_held_against_a_regression():
+    """The hold still keeps an established slice from absorbing a regression before detection:
+    failures x2.5 after 30,000 traces are detected, with the baseline near the old level."""
+    engine = DriftEngine(DriftConfig())
+    run(engine, fleet(), 30_000)
+    alarms = run(engine, fleet(Effect(failure=2.5)), 30_000, offset0=30_000, seed=4)
+    fail = [a for a, _, k in alarms if a.metric.name == "failure_rate" and "|acme|cardiology|" in k]
+    assert fail and fail[0].baseline < 0.026  # synthetic failure rate 0.02 before the change
+
+
+def test_input_mix_windows_do_not_depend_on_batch_sizes():
+    """The same traffic in batches of 97 or 1,500 traces gives the same input-mix alarms (same
+    slices, same traces; the statistic within 2 %: the baseline mix is learnt per batch):
+    windows hold exactly ``cat_window`` traces of their slice. Before, a window was tested at the
+    end of the batch that filled it (here: first alarms on different slices at traces 16,499 and
+    15,576), so through the worker one tenant's input-mix change was detected at different
+    traces on two runs of the same input."""
+    rng = np.random.default_rng(7)
+    before, _ = synthetic_columns(rng, fleet(), 15_000, 0, T0)
+    after, _ = synthetic_columns(rng, fleet(Effect(intent_p=(0.15, 0.25, 0.30, 0.30))), 6_000, 15_000,
+                                 T0 + 15_000 * 100)
+
+    def mix_alarms(batch: int) -> list[tuple]:
+        engine = DriftEngine(DriftConfig())
+        out = []
+        for cols in (before, after):
+            for lo in range(0, cols.n, batch):
+                part = cols.slice(lo, min(lo + batch, cols.n))
+                out += [(engine.store.info[a.row].key, int(part.offset[a.pos]), a.statistic)
+                        for a in engine.process_traces(part) if a.metric.name == "input_mix"]
+        return sorted(out)
+
+    small = mix_alarms(97)
+    assert small and all(off >= 15_000 for _, off, _ in small)  # detected, and only after the change
+    large = mix_alarms(1500)
+    assert [a[:2] for a in large] == [a[:2] for a in small]
+    assert all(abs(x[2] / y[2] - 1) < 0.02 for x, y in zip(large, small, strict=True))
