@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -57,7 +58,7 @@ def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int =
 
     from schemas import default_codec
     from streams.devtools.launcher import WorkerProcess
-    from streams.devtools.simulate import DEMO_BENIGN_SHIFT, DEMO_ROLLOUTS, FleetSimulator
+    from streams.devtools.simulate import DEMO_BENIGN_SHIFT, DEMO_FEEDBACK_DELAY, DEMO_ROLLOUTS, FleetSimulator
     from streams.sdk import SelfhealProducer
     from streams.sinks.clickhouse import ClickHouseSink
     from streams.topics import check_broker, delete_topics, ensure_topics, group_lag
@@ -81,9 +82,12 @@ def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int =
             time.sleep(1)
     # the user's own SELFHEAL_SNAPSHOT_INTERVAL_S wins over the demo's 5 s
     snapshots = {} if "SELFHEAL_SNAPSHOT_INTERVAL_S" in os.environ else {"SELFHEAL_SNAPSHOT_INTERVAL_S": "5"}
+    if "SELFHEAL_STATS_INTERVAL_S" not in os.environ:  # a stats line soon after the catch-up (detector counters)
+        snapshots["SELFHEAL_STATS_INTERVAL_S"] = "1"
     worker = WorkerProcess.for_settings(settings, demo_dir / "worker.log", snapshots, truncate_log=True).start()
     console.print(f"worker started (pid {worker.pid}, log {worker.log})")
-    sim = FleetSimulator(traces=traces, seed=seed, rollouts=DEMO_ROLLOUTS, benign_shift=DEMO_BENIGN_SHIFT)
+    sim = FleetSimulator(traces=traces, seed=seed, rollouts=DEMO_ROLLOUTS, benign_shift=DEMO_BENIGN_SHIFT,
+                         feedback_delay_s=DEMO_FEEDBACK_DELAY)
     codec = default_codec()
     t0 = time.perf_counter()
     try:
@@ -121,12 +125,13 @@ def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int =
                     break
                 time.sleep(0.5)
             progress.update(task, completed=max(sent, 1))
+            stats = last_stats(worker.log, timeout_s=15.0)
     finally:
         worker.stop(timeout=60)
     elapsed = time.perf_counter() - t0
     sink = ClickHouseSink(settings)
     try:
-        s = summary(sink, rep, elapsed, caught_up)
+        s = summary(sink, rep, elapsed, caught_up, stats)
     finally:
         sink.close()
     out.write_text(json.dumps(s, indent=2))
@@ -139,6 +144,46 @@ def run_demo(base: Settings, console: Console, traces: int = 50_000, seed: int =
         console.print("[bold red]The staged rollout got NO verdict.")
         return 1
     return 0
+
+
+def last_stats(log: Path, timeout_s: float) -> dict[str, Any]:
+    """The worker's counters (its ``stats {...}`` log line, :meth:`streams.worker.app.Worker.stats`)
+    from the first stats line logged after the call (``log`` polled for up to
+    ``timeout_s`` seconds); the last line logged so far when none comes in time,
+    ``{}`` when there is none."""
+    def lines() -> list[str]:
+        return [ln.split("stats ", 1)[1] for ln in log.read_text(errors="replace").splitlines() if "stats {" in ln]
+
+    seen = len(lines())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(lines()) <= seen:
+        time.sleep(0.2)
+    got = lines()
+    if not got:
+        return {}
+    try:
+        return {k: v for k, v in json.loads(got[-1]).items() if k != "flow"}
+    except ValueError:
+        return {}
+
+
+def delay_figures(delays_s: list[float], not_yet_due: int) -> dict[str, Any]:
+    """Median, p99 and max (seconds, nearest rank) of the event-time delays of the feedback sent
+    after its trace, how many were sent, and how many were still due after the run (not sent)."""
+    d = sorted(delays_s)
+    if not d:
+        return {"sent": 0, "not_yet_due": not_yet_due, "median_s": None, "p99_s": None, "max_s": None}
+
+    def rank(q: float) -> float:
+        return round(d[min(len(d) - 1, max(0, math.ceil(q * len(d)) - 1))], 1)
+
+    return {"sent": len(d), "not_yet_due": not_yet_due, "median_s": rank(0.5), "p99_s": rank(0.99),
+            "max_s": round(d[-1], 1)}
+
+
+#: the worker's delayed-label counters shown in the summary (:mod:`streams.processors.drift.delayed`)
+DETECTOR_COUNTERS = ("feedback_events", "late_feedback", "unmatched_feedback", "folded_feedback",
+                     "folded_buckets", "coarsened_buckets")
 
 
 def read_incidents(settings: Settings, codec: Any, timeout_s: float = 60.0) -> list[Any]:
@@ -228,11 +273,15 @@ def lifecycle(sink: Any) -> list[dict[str, Any]]:
     return out
 
 
-def summary(sink: Any, rep: Any, elapsed_s: float, caught_up: bool) -> dict[str, Any]:
+def summary(sink: Any, rep: Any, elapsed_s: float, caught_up: bool,
+            worker_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """The demo summary (what ``demo-summary.json`` holds) from ClickHouse and the simulation's
     report ``rep`` (:class:`~streams.devtools.simulate.SimulationReport`): counts in and out,
     incidents with the traces after the injected change that each needed, rollout verdicts,
-    feedback aggregation figures. ``elapsed_s`` in seconds."""
+    feedback aggregation figures, the feedback delays sent (:func:`delay_figures`) and the worker's
+    delayed-label counters (``worker_stats``: :func:`last_stats`; :data:`DETECTOR_COUNTERS`, each
+    ``None`` when the worker logged no stats line). ``elapsed_s`` in seconds."""
+    worker_stats = worker_stats or {}
     q = sink.query
     change = rep.injected[0]
     incidents = []
@@ -269,6 +318,8 @@ def summary(sink: Any, rep: Any, elapsed_s: float, caught_up: bool) -> dict[str,
         "feedback_near_duplicates_sent": rep.feedback_near_duplicates,
         "feedback_conflicts_sent": rep.feedback_conflicts,
         **feedback_summary(q),
+        "feedback_delay": delay_figures(getattr(rep, "feedback_delays_s", []), getattr(rep, "feedback_not_yet_due", 0)),
+        "detector_counters": {k: worker_stats.get(k) for k in DETECTOR_COUNTERS},
         "clickhouse": counts,
         "injected_changes": [{"tenant_id": change.tenant_id, "cohort": change.cohort,
                               "workflow": None if change.workflow == "*" else change.workflow,
@@ -343,6 +394,14 @@ def print_summary(s: dict[str, Any], out: Path, console: Console) -> None:
     for k in ("traces_produced", "traces_ingested", "deadlettered", "feedback_produced", "feedback_unique_expected",
               "feedback_rows_raw", "feedback_rows_deduped", "first_detection_after_traces", "elapsed_s"):
         t.add_row(k, str(s[k]))
+    d = s.get("feedback_delay") or {}
+    if d.get("sent"):
+        t.add_row("feedback delay (event time)",
+                  f"median {d['median_s'] / 60:.0f} min, p99 {d['p99_s'] / 3600:.1f} h, max {d['max_s'] / 3600:.1f} h"
+                  f"\n{d['sent']} sent, {d['not_yet_due']} due after the run")
+    c = s.get("detector_counters") or {}
+    if c.get("feedback_events") is not None:
+        t.add_row("delayed-label detector", _lines(*(f"{k} {c[k]}" for k in DETECTOR_COUNTERS if c.get(k) is not None)))
     console.print(t)
     it = narrow_table("incident", "slice", "metric", title="incidents")
     for i in s["incidents"]:

@@ -8,7 +8,10 @@ Fleet (deterministic for a given seed):
   (log-normal latency and tokens, Beta confidence), so slices legitimately differ;
 - release manifests (model, prompt, tool schema, policy, retrieval index versions);
 - clinician feedback on ~12% of runs (edits, reviewer corrections, policy denials) arriving a few
-  hundred runs later, with >= 10% exact replays (same feedback_id resent) and >= 5% resubmits
+  hundred runs later (``feedback_lag``, in trace indexes: lock-step with the traces) or, with
+  ``feedback_delay_s``, after a log-normal delay in event time (clinician review: the demo's
+  :data:`DEMO_FEEDBACK_DELAY` has median 20 min, p99 3 h); feedback not due by the run's last trace
+  has not arrived yet and is not sent; with >= 10% exact replays (same feedback_id resent) and >= 5% resubmits
   (new id, same correction re-typed with different case/spacing);
 - near-duplicates (``near_dup_rate``: a second reviewer sends the same correction worded
   differently, :data:`PARAPHRASES`) and conflicting reviews (``conflict_rate``: a second reviewer
@@ -27,6 +30,7 @@ Fleet (deterministic for a given seed):
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 import time
@@ -163,6 +167,10 @@ class RolloutPlan:
         return pct
 
 
+#: the demo's clinician review delay of feedback after its trace, event time: log-normal with median
+#: 1,200 s (20 min) and sigma 0.95, so p99 = 1,200 s x exp(2.326 x 0.95) = 10,900 s (3.0 h)
+DEMO_FEEDBACK_DELAY = (1200.0, 0.95)
+
 #: the demo's rollouts: one candidate release in two cohorts of the injected tenant, harmless in
 #: primary care, with twice the corrections in oncology (rolled back there only), 5 % -> 25 % -> 50 %
 DEMO_ROLLOUTS = (
@@ -194,6 +202,11 @@ class SimulationReport:
     benign_shift: BenignShift | None = None
     #: traces per rollout "tenant/cohort" and arm
     rollout_traces: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: event-time delay of each first feedback sent after its trace, seconds (replays, resubmits and
+    #: second opinions follow their feedback by 0-2 s)
+    feedback_delays_s: list[float] = field(default_factory=list)
+    #: feedback drawn but due after the run's last trace: not arrived yet, not sent
+    feedback_not_yet_due: int = 0
 
 
 def _lognormal(rng: random.Random, median: float, sigma: float) -> float:
@@ -224,6 +237,11 @@ class FleetSimulator:
         rollouts: staged rollouts to run (none by default; the demo runs ``DEMO_ROLLOUTS``).
         benign_shift: a release-free latency change (none by default; the demo runs
             ``DEMO_BENIGN_SHIFT``).
+        feedback_lag: feedback comes this many traces (uniform, inclusive) after its trace.
+        feedback_delay_s: ``(median_s, sigma)``: instead, feedback comes a log-normal delay in
+            event time after its trace (seconds; own RNG, so the rest of the traffic for a seed
+            is the same), and is sent at the first trace at or after its event time; ``None``
+            (default) keeps ``feedback_lag``. The demo runs :data:`DEMO_FEEDBACK_DELAY`.
     """
 
     def __init__(self, traces: int = 50_000, seed: int = 7, inject_at: float = 0.45,
@@ -232,8 +250,11 @@ class FleetSimulator:
                  bad_input: bool = True, replay_rate: float = 0.12, resubmit_rate: float = 0.07,
                  feedback_lag: tuple[int, int] = (50, 600), near_dup_rate: float = 0.04,
                  conflict_rate: float = 0.02, rollouts: Sequence[RolloutPlan] = (),
-                 benign_shift: BenignShift | None = None) -> None:
+                 benign_shift: BenignShift | None = None,
+                 feedback_delay_s: tuple[float, float] | None = None) -> None:
         self.benign_shift = benign_shift
+        self.feedback_delay_s = feedback_delay_s
+        self.delay_rng = random.Random(f"{seed}-delays")  # own stream: other traffic unchanged
         self.n = traces
         self.rng = random.Random(seed)
         self.seed = seed
@@ -339,7 +360,7 @@ class FleetSimulator:
         rep.rollout_traces = self.rollout_traces
         start_ms = int(time.time() * 1000) - self.span_ms - 60_000
         step = self.span_ms / max(self.n, 1)
-        pending: list[tuple[int, dict[str, Any]]] = []  # (emit at trace index, feedback)
+        pending: list[tuple[int, int, dict[str, Any]]] = []  # heap of (emit at trace index, seq, feedback)
         sent_fb: list[dict[str, Any]] = []
         slice_count = 0
         t0 = time.perf_counter()
@@ -359,32 +380,42 @@ class FleetSimulator:
             rep.traces_produced += 1
             if rng.random() < p_corr:
                 lag = rng.randint(*self.feedback_lag)
-                pending.append((i + lag, self._feedback(trace, t_ms + int(lag * step))))
-            # emit due feedback (and its replays/resubmits)
-            if (pending and pending[0][0] <= i) or (pending and i == self.n - 1):
-                due = [p for p in pending if p[0] <= i or i == self.n - 1]
-                pending = [p for p in pending if not (p[0] <= i or i == self.n - 1)]
-                for _, fb in due:
-                    fb["event_time"] = min(fb["event_time"], int(time.time() * 1000))
-                    sdk.send_feedback(fb)
+                if self.feedback_delay_s is None:
+                    delay_ms = int(lag * step)
+                else:
+                    delay_ms = int(_lognormal(self.delay_rng, *self.feedback_delay_s) * 1000)
+                    lag = max(1, math.ceil(delay_ms / step))
+                fb = self._feedback(trace, t_ms + delay_ms)
+                if self.feedback_delay_s is not None and i + lag >= self.n:
+                    rep.feedback_not_yet_due += 1  # arrives after the run: the labels a live system lacks
+                else:
+                    heapq.heappush(pending, (i + lag, len(sent_fb) + len(pending), fb))
+                    fb["_delay_s"] = delay_ms / 1000
+            # emit due feedback (and its replays/resubmits); lock-step mode sends the rest at the end
+            last = i == self.n - 1 and self.feedback_delay_s is None
+            while pending and (pending[0][0] <= i or last):
+                fb = heapq.heappop(pending)[2]
+                rep.feedback_delays_s.append(fb.pop("_delay_s"))
+                fb["event_time"] = min(fb["event_time"], int(time.time() * 1000))
+                sdk.send_feedback(fb)
+                rep.feedback_produced += 1
+                rep.feedback_unique_expected += 1
+                sent_fb.append(fb)
+                if fb["trace_id"] in rep.slice_ordinal:
+                    rep.feedback_ordinal[fb["trace_id"]] = slice_count
+                r = rng.random()
+                if r < self.replay_rate:
+                    sdk.send_feedback(fb)  # exact replay
                     rep.feedback_produced += 1
-                    rep.feedback_unique_expected += 1
-                    sent_fb.append(fb)
-                    if fb["trace_id"] in rep.slice_ordinal:
-                        rep.feedback_ordinal[fb["trace_id"]] = slice_count
-                    r = rng.random()
-                    if r < self.replay_rate:
-                        sdk.send_feedback(fb)  # exact replay
-                        rep.feedback_produced += 1
-                        rep.feedback_replays += 1
-                    elif r < self.replay_rate + self.resubmit_rate:
-                        again = dict(fb, feedback_id=uuid.UUID(int=rng.getrandbits(128)).hex,
-                                     corrected_text="  " + fb["corrected_text"].upper().replace(" ", "  ") + " ",
-                                     event_time=fb["event_time"] + 1000)
-                        sdk.send_feedback(again)
-                        rep.feedback_produced += 1
-                        rep.feedback_resubmits += 1
-                    self._second_opinion(fb, sdk, rep)
+                    rep.feedback_replays += 1
+                elif r < self.replay_rate + self.resubmit_rate:
+                    again = dict(fb, feedback_id=uuid.UUID(int=rng.getrandbits(128)).hex,
+                                 corrected_text="  " + fb["corrected_text"].upper().replace(" ", "  ") + " ",
+                                 event_time=fb["event_time"] + 1000)
+                    sdk.send_feedback(again)
+                    rep.feedback_produced += 1
+                    rep.feedback_resubmits += 1
+                self._second_opinion(fb, sdk, rep)
             if progress and (i + 1) % 1000 == 0:
                 progress(i + 1, self.n)
         sdk.flush()
