@@ -28,6 +28,17 @@ def test_demo_detects_the_injected_regression_and_dedups_feedback(settings, tmp_
     change = s["injected_changes"][0]
     on_slice = [i for i in s["incidents"] if i["tenant_id"] == change["tenant_id"]]
     assert any(i["kind"] == "release_regression" and i["release_id"] == change["release_id"] for i in on_slice)
+    # corrections come with clinician-like delays in event time (log-normal, median 20 min, p99 3 h;
+    # the sent ones are cut at the run's end), and the delayed-label detector still names the
+    # injected release on correction_rate
+    delay = s["feedback_delay"]
+    assert 900 < delay["median_s"] < 1800 and delay["p99_s"] > 3600 and delay["not_yet_due"] > 0, delay
+    assert any(i["metric"] == "correction_rate" and i["release_id"] == change["release_id"] for i in on_slice), \
+        on_slice
+    # ... and the worker counted them: every feedback's trace was sent before it, so none is unmatched
+    counters = s["detector_counters"]
+    assert counters["feedback_events"] >= delay["sent"] and counters["unmatched_feedback"] == 0, counters
+    assert counters["late_feedback"] is not None, counters
     shift = s["benign_shift"]
     elsewhere = [i for i in s["incidents"] if i["tenant_id"] != change["tenant_id"]]
     assert all((i["tenant_id"], i["kind"], i["release_id"]) == (shift["tenant_id"], "output_drift", None)

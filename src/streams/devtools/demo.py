@@ -3,7 +3,8 @@ embedded ClickHouse of its own.
 
 :func:`run_demo` starts a worker (:mod:`streams.devtools.launcher`), simulates a multi-tenant
 clinical fleet (:class:`~streams.devtools.simulate.FleetSimulator` with one injected release
-regression and the staged rollouts ``DEMO_ROLLOUTS``), waits until the worker's consumer group
+regression, the staged rollouts ``DEMO_ROLLOUTS`` and clinician feedback delayed in event time by
+``DEMO_FEEDBACK_DELAY``, log-normal with median 20 min and p99 3 h), waits until the worker's consumer group
 has committed everything, stops the worker, reads ClickHouse and writes a JSON summary
 (:func:`summary`), then prints it (:func:`print_summary`).
 
