@@ -974,8 +974,7 @@ class IncidentManager:
         action = self._action(inc)
         where = "/".join(p for p in (tenant, cohort, workflow, release) if p) or \
             f"the platform ({len(inc.also_seen)} slices)"
-        summary = (f"{inc.metric} {'rose' if b['observed'] >= b['baseline'] else 'fell'} from {b['baseline']:.4g} to "
-                   f"{b['observed']:.4g} ({b['samples']} traces) on {where}"
+        summary = (f"{_moved(inc.metric, b)} on {where}"
                    + (f" after release {inc.release_id}" if inc.release_id else "")
                    + f": {inc.kind.replace('_', ' ')}, {action.value.replace('_', ' ')}"
                    + (f"; {note}" if note else ""))
@@ -1005,17 +1004,34 @@ def _worse(alarm: Alarm, best: dict[str, Any]) -> bool:
     reported interval relative to its baseline, in the incident's direction (a rise: the alarm's
     ``ci_low / baseline`` above the incident's ``ci_high / baseline``; a fall: mirrored). Ratios
     make slices of one metric comparable (a workflow's latency differs from its tenant's)."""
-    if best.get("detector") == "canary_msprt" or alarm.baseline <= 0 or best["baseline"] <= 0:
+    if best.get("detector") == "canary_msprt" or alarm.baseline <= 0 or best["baseline"] <= 0 \
+            or alarm.category != best.get("category"):  # shares of two input-mix categories do not compare
         return False
     if best["observed"] >= best["baseline"]:
         return alarm.ci_low / alarm.baseline > best["ci_high"] / best["baseline"]
     return alarm.ci_high / alarm.baseline < best["ci_low"] / best["baseline"]
 
 
+def _moved(metric: str, b: dict[str, Any]) -> str:
+    """What an incident's figures say moved: ``"latency_p95 rose from 0.05 to 0.2 (900 traces)"``;
+    for the input mix, the category whose share moved most and the divergence, ``"input_mix:
+    workflow/intent 'soap_note/inpatient' share rose from 0.051 to 0.3 (300 traces, Jensen-Shannon
+    divergence 0.09 nats)"`` (platform incidents, whose signals carry no category, say "the
+    most-moved category")."""
+    verb = "rose" if b["observed"] >= b["baseline"] else "fell"
+    if b["detector"] != DETECTORS["categorical"]:
+        return f"{metric} {verb} from {b['baseline']:.4g} to {b['observed']:.4g} ({b['samples']} traces)"
+    return (f"{metric}: {b.get('category', 'the most-moved category')} share {verb} from {b['baseline']:.2g} to "
+            f"{b['observed']:.2g} ({b['samples']} traces, Jensen-Shannon divergence {b['effect']:.2g} nats)")
+
+
 def _figures(alarm: Alarm) -> dict[str, Any]:
-    return {"baseline": alarm.baseline, "observed": alarm.observed, "ci_low": alarm.ci_low, "ci_high": alarm.ci_high,
-            "effect": alarm.effect, "samples": alarm.samples, "statistic": alarm.statistic,
-            "threshold": alarm.threshold, "detector": alarm.metric.detector}
+    figures = {"baseline": alarm.baseline, "observed": alarm.observed, "ci_low": alarm.ci_low,
+               "ci_high": alarm.ci_high, "effect": alarm.effect, "samples": alarm.samples,
+               "statistic": alarm.statistic, "threshold": alarm.threshold, "detector": alarm.metric.detector}
+    if alarm.category is not None:
+        figures["category"] = alarm.category
+    return figures
 
 
 def _verdict_figures(verdict: RolloutVerdict, entry: Any) -> dict[str, Any]:
@@ -1079,7 +1095,7 @@ def _alarm_signal(alarm: Alarm, info: SliceInfo, ctx: TraceContext, evidence: in
             "slice_key": info.key, "metric_group": alarm.metric.group, "metric": alarm.metric.name,
             "detector": alarm.metric.detector, "trace_id": _trace(alarm, ctx), "event_time": _time(alarm, ctx),
             "first_seen": _first_ms(alarm, ctx), **{k: _finite(v) for k, v in _figures(alarm).items()
-                                                  if k not in ("samples", "detector")},
+                                                  if k not in ("samples", "detector", "category")},
             "samples": int(alarm.samples), "evidence_trace_ids": _evidence(alarm, ctx)[-evidence:]}
 
 

@@ -3,6 +3,8 @@ resolution only after recovery, state that survives a restart."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from schemas import IncidentKind, IncidentStatus
@@ -198,3 +200,39 @@ def test_without_a_bridge_two_workflows_are_two_incidents():
     events = r.mgr.on_alarms([_mix_alarm(r, "tenant_workflow", "soap_note", 10),
                               _mix_alarm(r, "tenant_workflow", "prior_auth", 12)], ctx)
     assert len({e.incident_id for e in events}) == 2
+
+
+def test_an_input_mix_incident_says_which_category_moved():
+    """The incident of an input-mix change says what moved, from what share to what share: the
+    'inpatient' intent goes from 5 % to 30 % of one tenant's traffic. Before, its summary read
+    "input_mix rose from 0 to 0.0139" (baseline 0.0, the divergence as observed)."""
+    r = Run()
+    r.feed(base(), 20_000)
+    shifted = [Slice("acme", "cardiology", 0.5, effect=Effect(intent_p=(0.15, 0.25, 0.30, 0.30))),
+               Slice("acme", "oncology", 0.2), Slice("globex", "cardiology", 0.3, partition=1)]
+    r.feed(shifted, 10_000)
+    opened = [e for e in r.events if e.status == IncidentStatus.open and e.metric == "input_mix"]
+    assert opened, [(e.metric, e.summary) for e in r.events]
+    for e in opened:
+        assert e.summary.startswith("input_mix: workflow/intent '"), e.summary
+        assert " share rose from " in e.summary or " share fell from " in e.summary, e.summary
+        assert "Jensen-Shannon divergence" in e.summary and e.kind == IncidentKind.input_drift
+        assert 0.0 < e.baseline < 1.0 and e.observed_ci_low <= e.observed <= e.observed_ci_high
+    assert any("inpatient'" in e.summary and e.observed > e.baseline for e in opened), \
+        [e.summary for e in opened]
+
+
+def test_an_input_mix_alarm_of_another_category_is_not_a_worsening():
+    """Shares of two input-mix categories do not compare: an alarm on a second category with a
+    larger share ratio (30x against 4x) does not replace the incident's figures as a worsening
+    (only a stronger statistic on its primary slice does)."""
+    r = Run()
+    ctx = TraceContext(trace_id=lambda p: f"t{p}", event_time_ms=lambda p: T0 + p * 100)
+    first = replace(_mix_alarm(r, "tenant", None, 10), baseline=0.05, observed=0.2, ci_low=0.17, ci_high=0.23,
+                    category="workflow/intent 'a/x'")
+    r.mgr.on_alarms([first], ctx)
+    other = replace(_mix_alarm(r, "tenant", None, 20), statistic=61.0,  # weaker than the incident's
+                    baseline=0.01, observed=0.3, ci_low=0.27, ci_high=0.33, category="workflow/intent 'b/y'")
+    r.mgr.on_alarms([other], ctx)
+    (inc,) = r.mgr.open.values()
+    assert inc.best["category"] == "workflow/intent 'a/x'" and inc.best["observed"] == 0.2

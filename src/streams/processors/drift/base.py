@@ -53,8 +53,9 @@ class Alarm:
     """A detector crossed its threshold at one trace.
 
     ``pos`` indexes the batch (``TraceColumns`` order, or feedback order for Poisson metrics);
-    ``baseline``/``observed`` are in the metric's unit; ``samples`` counts slice traces since the
-    estimated change point (last time the CUSUM was at zero).
+    ``baseline``/``observed`` are in the metric's unit (the input mix: one category's share, see
+    ``category``); ``samples`` counts slice traces since the estimated change point (last time
+    the CUSUM was at zero).
     """
 
     row: int
@@ -80,3 +81,6 @@ class Alarm:
     evidence_ids: list[str] = field(default_factory=list)
     #: label-delayed alarms: trace event time (ms) of the first traces after the change point
     cp_event_time_ms: int | None = None
+    #: input-mix alarms: the category whose share moved most (``baseline``/``observed`` are its
+    #: shares of the baseline and of the window, 0..1; ``effect`` the Jensen-Shannon divergence, nats)
+    category: str | None = None

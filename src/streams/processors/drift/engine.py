@@ -477,7 +477,7 @@ class DriftEngine:
         )
         alarms, fired = self._first_crossings(cols, sg, base, s, cp)
         s_end = self._carry_detector_state(sg, s, cp, fired)
-        mix_counts, mix_alarms = self._input_mix_windows(sg, inputs.mix_codes)
+        mix_counts, mix_alarms = self._input_mix_windows(sg, inputs.mix_codes, cols)
         alarms.extend(mix_alarms)
         self._learn_baselines(sg, base, ev, s_end, mix_counts, cols, tail_hold)
         return alarms
@@ -733,7 +733,22 @@ class DriftEngine:
                      effect=(mean_t - base_t) / max(sdv, 1e-9),
                      direction=+1 if col < N_BERNOULLI_COLS + N_GAUSSIAN else -1, **common)
 
-    def _input_mix_windows(self, sg: _Segments, mix_codes: np.ndarray) -> tuple[np.ndarray, list[Alarm]]:
+    def _mix_category(self, bucket: int, cols: TraceColumns, rows: np.ndarray) -> str:
+        """The input-mix category of ``bucket`` for an incident: the ``workflow/intent`` pairs of the
+        slice's traces ``rows`` (batch positions) that hash to it
+        (:func:`~streams.processors.drift.mix.input_mix_code`), else of any trace this engine has
+        seen, e.g. ``"workflow/intent 'soap_note/inpatient'"``; several pairs sharing the bucket
+        are joined with ``or``; ``"input-mix bucket 5"`` when none was seen since start-up."""
+        cache = self._mix_code_cache
+        pairs = {(cols.workflow[p], cols.intent[p]) for p in rows.tolist()}
+        names = sorted(f"{w}/{i}" if i else w for w, i in pairs if cache[(w, i)] == bucket) or \
+            sorted(f"{w}/{i}" if i else w for (w, i), code in cache.items() if code == bucket)
+        if not names:
+            return f"input-mix bucket {bucket}"
+        return "workflow/intent " + " or ".join(f"'{n}'" for n in names)
+
+    def _input_mix_windows(self, sg: _Segments, mix_codes: np.ndarray,
+                           cols: TraceColumns) -> tuple[np.ndarray, list[Alarm]]:
         """Add the batch's input-mix buckets to the slices' tumbling windows; every window that
         reaches exactly ``cat_window`` traces of its slice is tested
         (:func:`~streams.processors.drift.mix.mix_test`, two-sample) against the traffic before
@@ -746,8 +761,9 @@ class DriftEngine:
         of the batch that filled it (300-680 traces measured through the worker), and one
         tenant's input-mix incident was detected at trace w1-16201 in one run and w1-19986 in
         the next on the same input. A window is tested when its slice had ``warmup_traces``
-        before the window's first trace (and a baseline mix). Returns the batch's counts per
-        slice ``(u, N_CAT)`` and the alarms.
+        before the window's first trace (and a baseline mix). An alarm's figures are the shares
+        of the category that moved most (:meth:`_mix_category`, named from ``cols``). Returns the
+        batch's counts per slice ``(u, N_CAT)`` and the alarms.
         """
         cfg, f = self.cfg, self.store.f
         codes = mix_codes[sg.order]
@@ -774,12 +790,18 @@ class DriftEngine:
                 if count0 + (close - a + 1) - cfg.cat_window >= cfg.warmup_traces and base.sum() > 0:
                     t = mix_test(win, tot, base, two_sample=True)
                     if t.rejects(cfg.cat_alpha, cfg.cat_min_js):
+                        # the figures say what moved: the category's share of the baseline and of
+                        # the window (Wald 95 % interval of the window's share), the JS divergence as effect
+                        half = 1.96 * math.sqrt(t.share_window * (1.0 - t.share_window) / tot)
                         alarms.append(Alarm(row=row, metric=CATEGORICAL[0], pos=int(sg.order[close]), statistic=t.x2,
                                             slice_index=int(own0 + close - a + 1),
                                             threshold=chi2_threshold(cfg.cat_alpha),
-                                            baseline=0.0, observed=t.js, ci_low=t.js, ci_high=t.js, effect=t.js,
+                                            baseline=t.share_baseline, observed=t.share_window,
+                                            ci_low=max(t.share_window - half, 0.0),
+                                            ci_high=min(t.share_window + half, 1.0), effect=t.js,
                                             samples=int(tot), direction=0,
-                                            evidence=sg.order[max(a, close - cfg.evidence + 1): close + 1].tolist()))
+                                            evidence=sg.order[max(a, close - cfg.evidence + 1): close + 1].tolist(),
+                                            category=self._mix_category(t.bucket, cols, sg.order[a:e + 1])))
                 if not frozen:  # the next window of this batch is compared with this one too
                     base = base + win
                 win = np.zeros(N_CAT)

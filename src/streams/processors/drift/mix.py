@@ -30,11 +30,17 @@ def input_mix_code(workflow: str, intent: str | None) -> int:
 @dataclass(frozen=True, slots=True)
 class MixTest:
     """Outcome of one window's test: Pearson's ``x2`` (``N_CAT - 1`` degrees of freedom), its
-    ``p_value``, and the Jensen-Shannon divergence ``js`` (nats) of the window from the baseline."""
+    ``p_value``, the Jensen-Shannon divergence ``js`` (nats) of the window from the baseline,
+    and what moved most: ``bucket`` (``0..N_CAT-1``), the bucket whose share changed most in
+    absolute terms, with its baseline share ``share_baseline`` (add-half smoothed, as tested) and
+    its share of the window ``share_window`` (fractions of traces, 0..1)."""
 
     x2: float
     p_value: float
     js: float
+    bucket: int = 0
+    share_baseline: float = 0.0
+    share_window: float = 0.0
 
     def rejects(self, alpha: float, min_js: float) -> bool:
         """Whether the window's mix differs: ``p_value < alpha`` and ``js >= min_js``."""
@@ -74,6 +80,11 @@ def mix_test(window: np.ndarray, total: float, baseline: np.ndarray, two_sample:
     >>> t = mix_test(window, window.sum(), base)
     >>> round(t.x2, 1), round(t.js, 3), t.rejects(alpha=1e-7, min_js=0.01)
     (100.0, 0.054, True)
+
+    The bucket that moved most (the first of equal moves), from its baseline share to the window's:
+
+    >>> t.bucket, round(t.share_baseline, 4), round(t.share_window, 4)
+    (0, 0.0625, 0.0)
     """
     p = (baseline + 0.5) / (baseline.sum() + 0.5 * N_CAT)
     exp = p * total
@@ -86,4 +97,5 @@ def mix_test(window: np.ndarray, total: float, baseline: np.ndarray, two_sample:
     mid = 0.5 * (p + q)
     js = float(0.5 * np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1) / mid), 0))
                + 0.5 * np.sum(p * np.log(p / mid)))
-    return MixTest(x2, pval, js)
+    moved = int(np.argmax(np.abs(q - p)))
+    return MixTest(x2, pval, js, moved, float(p[moved]), float(q[moved]))
