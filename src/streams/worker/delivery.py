@@ -464,7 +464,10 @@ class RecoveryWatchdog:
         except Exception:  # a rebalance changing the state under us: next tick
             log.debug("recovery watchdog could not read the recovery state", exc_info=True)
             return
-        todo = {tp: o for tp, o in stuck.items() if now - self.last_seek.get(tp, -1e18) >= self.idle_s}
+        # a partition never sought is sought now; one sought before, once idle_s has passed (a
+        # monotonic clock's reference point is undefined: no sentinel time stands for "never")
+        todo = {tp: o for tp, o in stuck.items()
+                if tp not in self.last_seek or now - self.last_seek[tp] >= self.idle_s}
         if not todo:
             return
         log.warning("table recovery received nothing for %.0f s from changelog partitions fetched past their "

@@ -342,3 +342,17 @@ def test_recovery_watchdog_seeks_stuck_partitions_back_at_most_every_idle_s():
     app.in_recovery = False
     asyncio.run(dog.tick())
     assert dog.reseeks == 2 and dog.last_seek == {}
+
+
+def test_recovery_watchdog_seeks_a_partition_never_sought_whatever_the_clock_reads():
+    """time.monotonic's reference point is undefined, so its readings may be any float: a stuck
+    partition never sought is sought on the first tick even at -2e18 s. Before, "never sought"
+    was the sentinel time -1e18 s, and a clock reading below it never sought anything."""
+    consumer = FakeConsumer(owned=[])
+    app = SimpleNamespace(in_recovery=True, consumer=consumer)
+    now = [-2e18]
+    dog = RecoveryWatchdog(app, idle_s=15, clock=lambda: now[0], find=lambda a, idle, t: {TP(CL, 0): 7})
+    asyncio.run(dog.tick())
+    assert consumer.seeks == [{0: 7}] and dog.reseeks == 1
+    asyncio.run(dog.tick())
+    assert dog.reseeks == 1  # sought 0 s ago
