@@ -1,9 +1,11 @@
-"""Every touch of faust's (and mode's) private internals, in one place, checked against the version.
+"""Every touch of the private internals of faust, mode and aiokafka, in one place, checked against the version.
 
 selfheal's worker relies on a few faust internals. Each one is named here with why it is needed,
 and :func:`check_faust_version` refuses to start on a faust-streaming release they were not
-verified on (:data:`VERIFIED_FAUST_VERSIONS`): a private method can change in any release, and a
-commit-offset patch that silently stops applying loses data. To verify a new release, run the
+verified on (:data:`VERIFIED_FAUST_VERSIONS`), or on an aiokafka release other than those whose
+private consumer state fixes 6 and 7 read (:data:`VERIFIED_AIOKAFKA_VERSIONS`): a private method
+can change in any release, and a commit-offset patch that silently stops applying loses data.
+To verify a new release, run the
 worker's integration tests (tests/integration/test_restart.py, test_scale_out.py, test_faults.py,
 test_chaos.py) against it, re-read the patched methods below against its source, then add it.
 
@@ -71,6 +73,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, cast
 
+import aiokafka
 import faust
 from faust.transport import consumer as faust_consumer
 from faust.transport.producer import ProducerBuffer
@@ -82,6 +85,9 @@ log = logging.getLogger(__name__)
 
 #: faust-streaming releases whose internals this module was verified against (see the docstring)
 VERIFIED_FAUST_VERSIONS: tuple[str, ...] = ("0.15.3",)
+#: aiokafka releases whose private consumer state (``_fetcher``, ``_subscription``: fixes 6 and 7)
+#: this module was verified against
+VERIFIED_AIOKAFKA_VERSIONS: tuple[str, ...] = ("0.14.0",)
 
 # faust's own methods, kept to call for other topics and to restore (:func:`uninstall`)
 _ORIGINAL_DRAIN = faust_consumer.Consumer._drain_messages
@@ -92,23 +98,29 @@ _ORIGINAL_SEND_PENDING = ProducerBuffer._send_pending
 _recovery_drops_left = 0
 
 
-def check_faust_version(installed: str | None = None) -> None:
-    """Refuse an unverified faust-streaming release (call before the worker builds its app).
+def check_faust_version(installed: str | None = None, aiokafka_installed: str | None = None) -> None:
+    """Refuse an unverified faust-streaming or aiokafka release (call before the worker builds its app).
 
     Args:
-        installed: the version to check; default ``faust.__version__``.
+        installed: the faust-streaming version to check; default ``faust.__version__``.
+        aiokafka_installed: the aiokafka version to check; default ``aiokafka.__version__``.
 
     Raises:
-        FrameworkVersionError: ``installed`` is not in :data:`VERIFIED_FAUST_VERSIONS` (the
-            message names both).
+        FrameworkVersionError: ``installed`` is not in :data:`VERIFIED_FAUST_VERSIONS`, or
+            ``aiokafka_installed`` not in :data:`VERIFIED_AIOKAFKA_VERSIONS` (the message names
+            the package, the installed and the verified versions).
     """
     installed = faust.__version__ if installed is None else installed
-    if installed not in VERIFIED_FAUST_VERSIONS:
-        raise FrameworkVersionError(
-            f"faust-streaming {installed} is installed, but the worker's patches of faust internals "
-            f"(streams.worker.faust_fixes) are verified on {', '.join(VERIFIED_FAUST_VERSIONS)} only; "
-            f"install faust-streaming=={VERIFIED_FAUST_VERSIONS[-1]}, or verify {installed} as that "
-            "module's docstring describes")
+    aiokafka_installed = aiokafka.__version__ if aiokafka_installed is None else aiokafka_installed
+    for package, version, verified, reads in (
+            ("faust-streaming", installed, VERIFIED_FAUST_VERSIONS, "patches of faust internals"),
+            ("aiokafka", aiokafka_installed, VERIFIED_AIOKAFKA_VERSIONS, "reads of aiokafka's private consumer state")):
+        if version not in verified:
+            raise FrameworkVersionError(
+                f"{package} {version} is installed, but the worker's {reads} "
+                f"(streams.worker.faust_fixes) are verified on {', '.join(verified)} only; "
+                f"install {package}=={verified[-1]}, or verify {version} as that "
+                "module's docstring describes")
 
 
 class ProcessedOffsets:

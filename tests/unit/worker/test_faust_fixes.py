@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
+import aiokafka
 import faust
 import pytest
 from faust.transport import consumer as faust_consumer
@@ -87,6 +88,21 @@ def test_an_unverified_version_is_refused_naming_both_versions(version):
     assert f"faust-streaming {version} is installed" in str(err.value)
     assert "verified on 0.15.3" in str(err.value)
     assert isinstance(err.value, SelfhealError)
+
+
+def test_the_installed_aiokafka_is_verified():
+    assert aiokafka.__version__ in faust_fixes.VERIFIED_AIOKAFKA_VERSIONS  # the venv runs what was verified
+    faust_fixes.check_faust_version("0.15.3", "0.14.0")
+
+
+@pytest.mark.parametrize("version", ["0.14.1", "0.13.0", "0.15.0", ""])
+def test_an_unverified_aiokafka_is_refused_naming_both_versions(version):
+    """Fixes 6 and 7 read aiokafka's private consumer state (``_fetcher``, ``_subscription``):
+    an aiokafka release they were not verified on is refused like an unverified faust."""
+    with pytest.raises(FrameworkVersionError) as err:
+        faust_fixes.check_faust_version("0.15.3", version)
+    assert f"aiokafka {version} is installed" in str(err.value)
+    assert "verified on 0.14.0" in str(err.value) and "aiokafka==0.14.0" in str(err.value)
 
 
 def test_topic_with_maxsize_repairs_what_app_topic_drops():
