@@ -47,9 +47,10 @@ test_chaos.py) against it, re-read the patched methods below against its source,
    consumer's paused and buffer-full partitions (``Consumer._paused_partitions``,
    ``_buffered_partitions``): :func:`channel_depth`, :func:`consumer_flow`.
 
-5. Test hooks only: :func:`drop_recovery_records` (in the patched drain loop) and
-   :func:`delay_changelog_sends`, which wraps ``ProducerBuffer._send_pending`` (used by
-   :mod:`streams.worker.faults`).
+5. Test hooks only: :func:`drop_recovery_records`, which wraps ``Consumer.getmany`` (the drain
+   loop's source of records), and :func:`delay_changelog_sends`, which wraps
+   ``ProducerBuffer._send_pending`` (used by :mod:`streams.worker.faults`). Each is installed only
+   when its fault is set: unset, the hot path runs faust's own methods and no check.
 
 6. Diagnostics of a stalled rebalance or recovery: :func:`recovery_diagnostics` reads faust's
    consumer thread (``Consumer._thread``) and the aiokafka consumer inside it (``_fetcher``,
@@ -93,9 +94,7 @@ VERIFIED_AIOKAFKA_VERSIONS: tuple[str, ...] = ("0.14.0",)
 _ORIGINAL_DRAIN = faust_consumer.Consumer._drain_messages
 _ORIGINAL_NEW_OFFSET = faust_consumer.Consumer._new_offset
 _ORIGINAL_SEND_PENDING = ProducerBuffer._send_pending
-
-#: TEST HOOK (fix 5): changelog records still to lose during a table recovery (:func:`drop_recovery_records`)
-_recovery_drops_left = 0
+_ORIGINAL_GETMANY = faust_consumer.Consumer.getmany
 
 
 def check_faust_version(installed: str | None = None, aiokafka_installed: str | None = None) -> None:
@@ -238,9 +237,6 @@ async def drain_messages(ours_topics: frozenset[str], self: Any, fetcher: Any) -
                     offset = message.offset
                     r_offset = get_read_offset(tp)
                     ours = message.topic in ours_topics
-                    if _recovery_drops_left and not ours and _drop_for_recovery(self.app, message):
-                        set_read_offset(tp, offset)  # lost after the fetch, as in the stall
-                        continue
                     if ours or r_offset is None or offset >= r_offset:
                         gap = offset - (r_offset or 0)
                         if not ours and gap > 1 and r_offset and acks_enabled_for(message.topic):
@@ -328,20 +324,29 @@ def drop_recovery_records(n: int) -> None:
     """TEST HOOK (fix 5): the next ``n`` changelog records the consumer delivers while a table
     recovery runs are lost between the fetch and the recovery (their read offset advances, nothing
     reaches the recovery): the state of the scale-out stall (docs/reliability.md), for
-    :class:`streams.worker.delivery.RecoveryWatchdog`'s test. Call before the app starts."""
-    global _recovery_drops_left
-    _recovery_drops_left = n
+    :class:`streams.worker.delivery.RecoveryWatchdog`'s test. Wraps ``Consumer.getmany`` (all
+    consumers of the process); call before the app starts (the drain loop binds ``getmany`` at
+    start), and only when the fault is set: the drain loop itself never checks for it.
+    :func:`restore_recovery_records` undoes it."""
+    left = n
+
+    async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        nonlocal left
+        async for tp, message in _ORIGINAL_GETMANY(self, timeout):
+            if left and self.app.in_recovery and message.topic in self.app.tables.changelog_topics:
+                left -= 1
+                self._read_offset[tp] = message.offset  # lost after the fetch, as in the stall
+                log.warning("TEST HOOK: changelog record %s[%d]@%d dropped before the recovery", message.topic,
+                            message.partition, message.offset)
+                continue
+            yield tp, message
+
+    faust_consumer.Consumer.getmany = getmany  # type: ignore[method-assign]
 
 
-def _drop_for_recovery(app: Any, message: Any) -> bool:
-    """Whether the drop hook takes ``message`` (a changelog record during a recovery)."""
-    global _recovery_drops_left
-    if not app.in_recovery or message.topic not in app.tables.changelog_topics:
-        return False
-    _recovery_drops_left -= 1
-    log.warning("TEST HOOK: changelog record %s[%d]@%d dropped before the recovery", message.topic,
-                message.partition, message.offset)
-    return True
+def restore_recovery_records() -> None:
+    """Undo :func:`drop_recovery_records` (tests)."""
+    faust_consumer.Consumer.getmany = _ORIGINAL_GETMANY  # type: ignore[method-assign]
 
 
 def restore_changelog_sends() -> None:

@@ -1,11 +1,13 @@
 """Fault-injection hooks (streams.worker.faults): read from SELFHEAL_FAULT_* on their own, installed
 only when set, and failing sink writes like a refused connection inside the sink's retry loop."""
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
+from faust.transport import consumer as faust_consumer
 from faust.transport.producer import ProducerBuffer
 
 from streams.config import Settings
@@ -39,14 +41,16 @@ def test_fault_settings_come_from_their_own_env_names_not_the_product_settings(m
 
 
 def test_nothing_is_installed_without_a_fault(monkeypatch):
-    for name in ("SINK_FAIL_FILE", "SINK_FAIL_WRITES", "CHANGELOG_HOLD_FILE"):
+    for name in ("SINK_FAIL_FILE", "SINK_FAIL_WRITES", "CHANGELOG_HOLD_FILE", "DROP_RECOVERY_RECORDS"):
         monkeypatch.delenv(f"SELFHEAL_FAULT_{name}", raising=False)
     before = ProducerBuffer._send_pending
+    getmany = faust_consumer.Consumer.getmany
     prepare = faults.install(faults.FaultSettings())
     sink = SimpleNamespace(client=RecordingClient())
     client = sink.client
     assert prepare(sink) is sink and sink.client is client
     assert ProducerBuffer._send_pending is before
+    assert faust_consumer.Consumer.getmany is getmany  # the drain loop reads faust's own records
 
 
 def test_the_changelog_hold_is_installed_when_set(tmp_path: Path):
@@ -57,6 +61,35 @@ def test_the_changelog_hold_is_installed_when_set(tmp_path: Path):
     finally:
         faust_fixes.restore_changelog_sends()
     assert ProducerBuffer._send_pending is before
+
+
+def test_the_recovery_drop_is_installed_when_set_and_loses_n_changelog_records(monkeypatch):
+    """SELFHEAL_FAULT_DROP_RECOVERY_RECORDS=2 wraps ``Consumer.getmany``: the first 2 changelog
+    records delivered during a table recovery are lost (their read offset advances), other
+    records pass. Before, the drain loop checked a module global for every record, set or not."""
+    cl, src = "app-table-changelog", "agent.traces.v1"
+
+    async def fetched(self, timeout):
+        for topic, offset in [(src, 0), (cl, 5), (cl, 6), (cl, 7)]:
+            yield (topic, 0), SimpleNamespace(topic=topic, partition=0, offset=offset)
+
+    monkeypatch.setattr(faust_fixes, "_ORIGINAL_GETMANY", fetched)
+    consumer = SimpleNamespace(app=SimpleNamespace(in_recovery=True, tables=SimpleNamespace(changelog_topics={cl})),
+                               _read_offset={})
+
+    async def drain():
+        return [(m.topic, m.offset) async for _, m in faust_consumer.Consumer.getmany(consumer, 1.0)]
+
+    before = faust_consumer.Consumer.getmany
+    try:
+        faults.install(faults.FaultSettings(drop_recovery_records=2))
+        assert asyncio.run(drain()) == [(src, 0), (cl, 7)]
+        assert consumer._read_offset == {(cl, 0): 6}
+        assert asyncio.run(drain()) == [(src, 0), (cl, 5), (cl, 6), (cl, 7)]  # 2 lost, no more
+    finally:
+        monkeypatch.undo()
+        faust_fixes.restore_recovery_records()
+    assert faust_consumer.Consumer.getmany is before
 
 
 def test_the_first_n_writes_fail_and_reads_pass():
