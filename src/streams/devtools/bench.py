@@ -512,13 +512,16 @@ def steady_rate(samples: list[tuple[float, int, float]], traces: int, warmup_sha
 
 
 def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: float = 30.0,
-            regressions: int = 30, workers: int = 1, catch_up_s: float = 180.0) -> dict[str, Any]:
+            regressions: int = 30, workers: int = 1, catch_up_s: float = 180.0,
+            worker_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Trace-to-incident latency at a paced offered load with injected regressions.
 
     ``workers`` ``selfheal worker`` processes in one consumer group (each with its own state
     directory and embedded chDB, as one process owns a chDB directory) split the trace topic's
     partitions; the clock starts once their assignments cover every partition. ``rate`` traces/s
-    are offered for ``seconds`` s in AgentTraceBatch messages of 64 traces over 80 slices.
+    are offered for ``seconds`` s in AgentTraceBatch messages of 64 traces over 80 slices. The
+    workers run with :data:`LATENCY_WORKER_ENV`, updated with ``worker_env`` (to compare settings,
+    e.g. ``{"SELFHEAL_TAKE_WITHIN_S": "0.5"}``).
 
     Returns (besides ``p50_ms`` / ``p99_ms`` over the incidents opened on injected regressions):
     ``offered_traces_per_s`` (asked), ``sent_traces_per_s`` (what the paced producer achieved),
@@ -528,7 +531,10 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
     it, so late detections count), ``committed_lag_traces_at_end`` (not yet committed: offsets
     commit after the state checkpoint, ``checkpoint_interval_s``), ``worker_cpu_s`` and
     ``producer_cpu_s`` (CPU seconds over the paced send, per worker process and of this process:
-    the producer), ``machine_busy_share`` (busy share of all cores over the send, /proc/stat).
+    the producer), ``machine_busy_share`` (busy share of all cores over the send, /proc/stat),
+    ``processed_traces_per_s`` (traces the workers processed during the send per wall-second:
+    below the offered rate when they queue), ``worker_cpu_share`` (the workers' CPU-s per
+    wall-second of the send: the share of a core they got).
 
     Raises:
         RuntimeError: a worker exited, or the group never covered every partition (60 s).
@@ -540,7 +546,7 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
     total = int(rate * seconds)
     sent: dict[str, float] = {}
     effect_for = _regressions(total, regressions, len(slices))
-    fast = LATENCY_WORKER_ENV
+    fast = {**LATENCY_WORKER_ENV, **(worker_env or {})}
     logs = [log] if workers == 1 else [log.with_name(f"{log.stem}-{i}{log.suffix}") for i in range(workers)]
     procs = []
     for i, wlog in enumerate(logs):
@@ -610,6 +616,7 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
             "catch_up_s": catch_up,
             "send_wall_s": wall, "worker_cpu_s": worker_cpu, "producer_cpu_s": producer_cpu,
             "machine_busy_share": (busy1 - busy0) / max(all1 - all0, 1e-9),
+            "processed_traces_per_s": (total - lag_traces) / wall, "worker_cpu_share": sum(worker_cpu) / wall,
             # CPU per trace the workers processed during the send (all sent minus the lag) and per
             # trace sent; with them, the rate this machine's cores could carry for both at most
             "worker_cpu_s_per_1k_traces": 1000 * sum(worker_cpu) / max(total - lag_traces, 1),
