@@ -22,6 +22,8 @@ def test_two_workers_in_one_group_process_everything_and_find_incidents(settings
     assert 0 <= out["lag_traces_at_end"] <= out["traces"]
     assert out["incidents"] > 0 and out["p99_ms"] >= out["p50_ms"] > 0, out
     assert len(out["worker_cpu_s"]) == 2 and all(c > 0 for c in out["worker_cpu_s"]), out
+    assert 0 < out["processed_traces_per_s"] <= out["sent_traces_per_s"], out
+    assert out["worker_cpu_share"] == pytest.approx(sum(out["worker_cpu_s"]) / out["send_wall_s"]), out
     for i in range(2):  # each worker logged its own share of the partitions
         assert "owning partitions" in (tmp_path / f"lat-{i}.log").read_text()
     rows = changelog_messages(settings, "baselines")
