@@ -8,8 +8,9 @@ One run measures, with the same data:
    every baseline layer and detector, incidents, ClickHouse (chDB) sink, changelog, acks:
    traces per CPU-second of the worker process (``/proc/<pid>/stat`` utime + stime between the
    first consumed and the last committed message), and its ratio to (1);
-3. **trace-to-incident latency** at a paced offered load (default 10,000 traces/s): regressions
-   injected on a rotating set of slices; latency = incident message timestamp on
+3. **trace-to-incident latency** at a paced offered load: one worker at 80 % of its capacity in
+   the latency configuration (measured first, :func:`capacity`), two workers at 10,000 traces/s;
+   regressions injected on a rotating set of slices; latency = incident message timestamp on
    ``agent.incidents.v1`` minus the wall-clock time the detecting trace was handed to the SDK;
 4. **sink rows/s**: ``ClickHouseSink.write_traces`` / ``write_feedback`` (arrow inserts), next
    to the engine's own ``insert_arrow`` rate of the same trace table prebuilt (same run);
@@ -384,14 +385,143 @@ def _machine_busy_s() -> tuple[float, float]:
     return (sum(vals) - idle) / CLK_TCK, sum(vals) / CLK_TCK
 
 
+#: the worker settings of both latency scenarios and of their capacity measurement: batches cut
+#: after 0.1 s (``take_within_s``; ``take_max_messages`` stays at its default, 64 messages),
+#: slices trusted after 100 traces, a stats line every 0.2 s (how the bench follows progress)
+LATENCY_WORKER_ENV = {"SELFHEAL_TAKE_WITHIN_S": "0.1", "SELFHEAL_WARMUP_TRACES": "100",
+                      "SELFHEAL_FAUST_LOGLEVEL": "info", "SELFHEAL_STATS_INTERVAL_S": "0.2"}
+#: traces per AgentTraceBatch message in the latency scenarios (the throughput step sends 256)
+LATENCY_MESSAGE_TRACES = 64
+
+
+def _regressions(total: int, regressions: int, slices: int) -> Callable[[int], dict[int, tuple[Effect, str]]]:
+    """The latency scenarios' injected regressions, as ``produce``'s ``effect_for``: none in the
+    first third of ``total`` traces (baselines warm up), then one more slice of ``slices`` regresses
+    (latency × 3, failures × 5, its own release) every ``(total - total // 3) // regressions`` traces."""
+    warm = total // 3
+    every = max((total - warm) // regressions, 1)
+
+    def effect_for(off: int) -> dict[int, tuple[Effect, str]]:
+        k = (off - warm) // every if off >= warm else -1
+        return {i: (Effect(latency=3.0, failure=5.0), f"rel-bad-{i}") for i in range(min(k + 1, slices))}
+
+    return effect_for
+
+
+def capacity(settings: Settings, log: Path, traces: int = 150_000, warmup_share: float = 0.15,
+             min_warmup_s: float = 2.0, end_share: float = 0.95, min_steady_s: float = 3.0,
+             timeout_s: float = 600.0) -> dict[str, Any]:
+    """One worker's capacity in the latency configuration: traces per wall-second it processes
+    from a backlog.
+
+    What is measured: ``traces`` traces in the latency scenarios' messages (AgentTraceBatch of 64
+    traces over the same 80 slices, the same regressions, the same seed) are written to the trace
+    topic unpaced, then one ``selfheal worker`` with the latency settings
+    (:data:`LATENCY_WORKER_ENV`) drains them; its cumulative ``traces`` count is read from its
+    stats lines (every 0.2 s) and sampled here every 0.1 s with this process's clock. Warm-up is
+    excluded: the steady window starts at the first sample with at least ``warmup_share`` of the
+    backlog processed and ``min_warmup_s`` s after the first processed trace (start-up, first
+    batches, slice creation), and ends at the first sample with ``end_share`` processed (before
+    the backlog runs dry and batches shrink). Capacity = traces processed in the window / its wall
+    seconds.
+
+    Why: the offered rate of the one-worker latency run is a share of this capacity. The
+    throughput step's rate does not serve: its messages of 256 traces cost less CPU per trace than
+    these of 64 (an earlier bench offered 80 % of that rate, which was 100 % of the worker's
+    capacity in this configuration, and measured queueing). A backlog keeps every batch full
+    (64 messages), so this is the most the worker sustains with these settings on the CPU it gets
+    now; a paced load at a share of it cuts batches by time (0.1 s), with fewer messages each.
+
+    Returns: ``traces_per_wall_s`` (the capacity), ``steady_s`` and ``steady_traces`` (the window),
+    ``window_rates_traces_per_s`` (p10 / p50 / p90 of the rate over 1 s sub-windows: its spread on
+    a shared machine), ``worker_cpu_s`` and ``worker_cpu_share`` (CPU-s of the worker in the
+    window, and per wall-second: the share of a core it got), ``worker_cpu_s_per_1k_traces``,
+    ``drain_s`` (first to last trace), ``traces``.
+
+    Raises:
+        RuntimeError: the worker exited, did not drain the backlog within ``timeout_s`` s, or the
+            steady window is shorter than ``min_steady_s`` s (give it a larger backlog).
+    """
+    from streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    slices = fleet(40)  # 80 slices, as in latency()
+    produce(settings, traces, slices, batch=LATENCY_MESSAGE_TRACES, effect_for=_regressions(traces, 30, len(slices)),
+            seed=9)
+    worker = WorkerProcess.for_settings(settings, log, dict(LATENCY_WORKER_ENV), truncate_log=True).start()
+    samples: list[tuple[float, int, float]] = []  # (monotonic s, traces processed, worker CPU-s) at each change
+    try:
+        deadline = time.monotonic() + timeout_s
+        last = 0
+        while last < traces:
+            if not worker.alive():
+                raise RuntimeError(f"the capacity worker exited with {worker.proc.returncode}; see {log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the capacity worker processed {last} of {traces} traces in {timeout_s} s; "
+                                   f"see {log}")
+            n = _processed_traces(log)
+            if n != last:
+                samples.append((time.monotonic(), n, _cpu_s(worker.pid)))
+                last = n
+            time.sleep(0.1)
+    finally:
+        worker.stop(timeout=60)
+    return {"traces": traces, **steady_rate(samples, traces, warmup_share=warmup_share, min_warmup_s=min_warmup_s,
+                                            end_share=end_share, min_steady_s=min_steady_s)}
+
+
+def steady_rate(samples: list[tuple[float, int, float]], traces: int, warmup_share: float = 0.15,
+                min_warmup_s: float = 2.0, end_share: float = 0.95, min_steady_s: float = 3.0) -> dict[str, Any]:
+    """The steady-state drain rate of a backlog of ``traces`` traces from progress samples.
+
+    ``samples``: ``(wall s, traces processed so far, worker CPU-s)``, in time order, one at each
+    change of the count (the first is the first processed batch). The window starts at the first
+    sample with at least ``warmup_share`` of the backlog processed and at least ``min_warmup_s``
+    s after the first sample, and ends at the first with ``end_share`` processed; see
+    :func:`capacity` for why. Returns ``traces_per_wall_s`` (processed in the window / its wall
+    s), ``steady_s``, ``steady_traces``, ``window_rates_traces_per_s`` (p10 / p50 / p90 over 1 s
+    sub-windows, the count interpolated linearly between samples), ``worker_cpu_s``,
+    ``worker_cpu_share`` (CPU-s per wall-s in the window), ``worker_cpu_s_per_1k_traces``,
+    ``drain_s`` (first to last sample).
+
+    Raises:
+        RuntimeError: no samples, the backlog never reached ``end_share``, or the window is
+            shorter than ``min_steady_s`` s.
+    """
+    if not samples:
+        raise RuntimeError("capacity: no progress samples")
+    t_first = samples[0][0]
+    lo = next((s for s in samples if s[1] >= warmup_share * traces and s[0] >= t_first + min_warmup_s), None)
+    hi = next((s for s in samples if s[1] >= end_share * traces), None)
+    if lo is None or hi is None or hi[0] - lo[0] < min_steady_s:
+        got = 0.0 if lo is None or hi is None else hi[0] - lo[0]
+        raise RuntimeError(f"capacity: steady window {got:.1f} s < {min_steady_s} s (warm-up {min_warmup_s} s or "
+                           f"{warmup_share:.0%} of {traces} traces excluded, ends at {end_share:.0%}); "
+                           f"use a larger backlog")
+    steady_s = hi[0] - lo[0]
+    window = [s for s in samples if lo[0] <= s[0] <= hi[0]]
+    ts, ns = np.array([s[0] for s in window]), np.array([s[1] for s in window], dtype=float)
+    counts = np.interp(np.arange(lo[0], hi[0] + 1e-9, 1.0), ts, ns)  # processed at whole seconds into the window
+    sub = np.diff(counts) if len(counts) > 1 else np.array([(hi[1] - lo[1]) / steady_s])
+    cpu = hi[2] - lo[2]
+    steady_traces = hi[1] - lo[1]
+    return {"traces_per_wall_s": steady_traces / steady_s, "steady_s": steady_s, "steady_traces": steady_traces,
+            "window_rates_traces_per_s": {q: float(np.percentile(sub, int(q[1:]))) for q in ("p10", "p50", "p90")},
+            "worker_cpu_s": cpu, "worker_cpu_share": cpu / steady_s,
+            "worker_cpu_s_per_1k_traces": 1000 * cpu / max(steady_traces, 1), "drain_s": samples[-1][0] - t_first}
+
+
 def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: float = 30.0,
-            regressions: int = 30, workers: int = 1, catch_up_s: float = 180.0) -> dict[str, Any]:
+            regressions: int = 30, workers: int = 1, catch_up_s: float = 180.0,
+            worker_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Trace-to-incident latency at a paced offered load with injected regressions.
 
     ``workers`` ``selfheal worker`` processes in one consumer group (each with its own state
     directory and embedded chDB, as one process owns a chDB directory) split the trace topic's
     partitions; the clock starts once their assignments cover every partition. ``rate`` traces/s
-    are offered for ``seconds`` s in AgentTraceBatch messages of 64 traces over 80 slices.
+    are offered for ``seconds`` s in AgentTraceBatch messages of 64 traces over 80 slices. The
+    workers run with :data:`LATENCY_WORKER_ENV`, updated with ``worker_env`` (to compare settings,
+    e.g. ``{"SELFHEAL_TAKE_WITHIN_S": "0.5"}``).
 
     Returns (besides ``p50_ms`` / ``p99_ms`` over the incidents opened on injected regressions):
     ``offered_traces_per_s`` (asked), ``sent_traces_per_s`` (what the paced producer achieved),
@@ -401,7 +531,10 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
     it, so late detections count), ``committed_lag_traces_at_end`` (not yet committed: offsets
     commit after the state checkpoint, ``checkpoint_interval_s``), ``worker_cpu_s`` and
     ``producer_cpu_s`` (CPU seconds over the paced send, per worker process and of this process:
-    the producer), ``machine_busy_share`` (busy share of all cores over the send, /proc/stat).
+    the producer), ``machine_busy_share`` (busy share of all cores over the send, /proc/stat),
+    ``processed_traces_per_s`` (traces the workers processed during the send per wall-second:
+    below the offered rate when they queue), ``worker_cpu_share`` (the workers' CPU-s per
+    wall-second of the send: the share of a core they got).
 
     Raises:
         RuntimeError: a worker exited, or the group never covered every partition (60 s).
@@ -411,16 +544,9 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
     ensure_topics(settings)
     slices = fleet(40)  # 80 slices
     total = int(rate * seconds)
-    warm = total // 3
-    every = max((total - warm) // regressions, 1)
     sent: dict[str, float] = {}
-
-    def effect_for(off: int) -> dict[int, tuple[Effect, str]]:
-        k = (off - warm) // every if off >= warm else -1
-        return {i: (Effect(latency=3.0, failure=5.0), f"rel-bad-{i}") for i in range(min(k + 1, len(slices)))}
-
-    fast = {"SELFHEAL_TAKE_WITHIN_S": "0.1", "SELFHEAL_WARMUP_TRACES": "100", "SELFHEAL_FAUST_LOGLEVEL": "info",
-            "SELFHEAL_STATS_INTERVAL_S": "0.2"}
+    effect_for = _regressions(total, regressions, len(slices))
+    fast = {**LATENCY_WORKER_ENV, **(worker_env or {})}
     logs = [log] if workers == 1 else [log.with_name(f"{log.stem}-{i}{log.suffix}") for i in range(workers)]
     procs = []
     for i, wlog in enumerate(logs):
@@ -444,7 +570,7 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
         cpu0 = [_cpu_s(p.pid) for p in procs]
         busy0, all0 = _machine_busy_s()
         pcpu0 = time.process_time()
-        wall = produce(settings, total, slices, batch=64, pace_per_s=rate, effect_for=effect_for,
+        wall = produce(settings, total, slices, batch=LATENCY_MESSAGE_TRACES, pace_per_s=rate, effect_for=effect_for,
                        on_send=lambda ids, t: sent.update(dict.fromkeys(ids, t)), seed=9)
         producer_cpu = time.process_time() - pcpu0
         busy1, all1 = _machine_busy_s()
@@ -490,6 +616,7 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
             "catch_up_s": catch_up,
             "send_wall_s": wall, "worker_cpu_s": worker_cpu, "producer_cpu_s": producer_cpu,
             "machine_busy_share": (busy1 - busy0) / max(all1 - all0, 1e-9),
+            "processed_traces_per_s": (total - lag_traces) / wall, "worker_cpu_share": sum(worker_cpu) / wall,
             # CPU per trace the workers processed during the send (all sent minus the lag) and per
             # trace sent; with them, the rate this machine's cores could carry for both at most
             "worker_cpu_s_per_1k_traces": 1000 * sum(worker_cpu) / max(total - lag_traces, 1),
@@ -498,13 +625,16 @@ def latency(settings: Settings, log: Path, rate: float = 10_000.0, seconds: floa
 
 def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: bool = False,
         progress: Callable[[str], None] | None = None, latency_rate: float | None = None,
-        latency_capacity_share: float = 0.8, two_workers_rate: float | None = 10_000.0) -> dict[str, Any]:
+        latency_capacity_share: float = 0.8, two_workers_rate: float | None = 10_000.0,
+        capacity_traces: int = 150_000) -> dict[str, Any]:
     """The whole benchmark; returns the JSON report (keys of issue 6 at the top level).
 
     Latency runs (unless ``skip_latency``): one worker at ``latency_capacity_share`` (0.8) of its
-    capacity measured in this run (the pipeline's traces per wall-second), or at ``latency_rate``
-    traces/s when given (report key ``latency``); then two workers in one group at
-    ``two_workers_rate`` traces/s (``latency_two_workers``; ``None`` or 0 skips it)."""
+    capacity in the latency configuration, measured just before by :func:`capacity` over a
+    backlog of ``capacity_traces`` traces (report key ``latency_capacity``; ``latency`` gets
+    ``capacity_traces_per_s`` and ``capacity_share``), or at ``latency_rate`` traces/s when given
+    (no capacity run); then two workers in one group at ``two_workers_rate`` traces/s
+    (``latency_two_workers``; ``None`` or 0 skips it)."""
     from streams.topics import delete_topics, ensure_topics
 
     base = settings or Settings()
@@ -546,20 +676,32 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
                               "print(json.dumps(memory()))"], capture_output=True, text=True, check=True)
         report["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
         if not skip_latency:
-            rate = latency_rate or latency_capacity_share * pipe["traces_per_wall_s"]
+            def scenario(name: str) -> Settings:
+                (root / name).mkdir(parents=True, exist_ok=True)
+                return s.model_copy(update={"topic_prefix": f"bench-{name}-{run_id}.", "state_dir": root / name,
+                                            "clickhouse_path": root / name / "clickhouse"})
+
+            rate = latency_rate
+            if not rate:
+                say(f"latency: one worker's capacity, a backlog of {capacity_traces:,} traces")
+                cs = scenario("cap")
+                try:
+                    report["latency_capacity"] = capacity(cs, root / "cap-worker.log", traces=capacity_traces)
+                finally:
+                    delete_topics(cs)
+                rate = latency_capacity_share * report["latency_capacity"]["traces_per_wall_s"]
             runs = [("latency", "lat", 1, rate)] + ([("latency_two_workers", "lat2", 2, two_workers_rate)]
                                                    if two_workers_rate else [])
             for key, name, n_workers, r in runs:
                 say(f"latency: {n_workers} worker(s) at {r:,.0f} traces/s")
-                ls = s.model_copy(update={"topic_prefix": f"bench-{name}-{run_id}.", "state_dir": root / name,
-                                          "clickhouse_path": root / name / "clickhouse"})
-                (root / name).mkdir(parents=True, exist_ok=True)
+                ls = scenario(name)
                 try:
                     report[key] = latency(ls, root / f"{name}-worker.log", rate=r, workers=n_workers)
                 finally:
                     delete_topics(ls)
             if "latency" in report and not latency_rate:
                 report["latency"]["capacity_share"] = latency_capacity_share
+                report["latency"]["capacity_traces_per_s"] = report["latency_capacity"]["traces_per_wall_s"]
             if "latency_two_workers" in report:
                 two = report["latency_two_workers"]
                 # what the cores could carry if the workers and the producer had them to themselves
@@ -576,6 +718,10 @@ def run(traces: int = 300_000, settings: Settings | None = None, skip_latency: b
         "incident_latency_ms_p50": (report.get("latency") or {}).get("p50_ms"),
         "incident_latency_ms_p99": (report.get("latency") or {}).get("p99_ms"),
         "incident_latency_offered_traces_per_s": (report.get("latency") or {}).get("offered_traces_per_s"),
+        "incident_latency_capacity_traces_per_s": (report.get("latency") or {}).get("capacity_traces_per_s"),
+        "incident_latency_lag_traces_at_end": (report.get("latency") or {}).get("lag_traces_at_end"),
+        "incident_latency_worker_cpu_s_per_1k_traces":
+            (report.get("latency") or {}).get("worker_cpu_s_per_1k_traces"),
         "two_workers_incident_latency_ms_p99": (report.get("latency_two_workers") or {}).get("p99_ms"),
         "two_workers_offered_traces_per_s": (report.get("latency_two_workers") or {}).get("offered_traces_per_s"),
         "two_workers_lag_traces_at_end": (report.get("latency_two_workers") or {}).get("lag_traces_at_end"),

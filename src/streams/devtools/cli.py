@@ -93,7 +93,10 @@ def bench(
     latency_rate: Annotated[float | None, typer.Option(
         help="offered load of the one-worker latency run, traces/s (default: --latency-capacity)")] = None,
     latency_capacity: Annotated[float, typer.Option(
-        help="one-worker latency run at this share of the worker's capacity measured in the run")] = 0.8,
+        help="one-worker latency run at this share of the worker's capacity in the latency configuration, "
+             "measured in the run (a drained backlog of --capacity-traces traces)")] = 0.8,
+    capacity_traces: Annotated[int, typer.Option(
+        help="backlog the one-worker capacity is measured on, traces (messages of 64)")] = 150_000,
     two_workers_rate: Annotated[float, typer.Option(
         help="offered load of the two-worker latency run (two workers, one group), traces/s; 0 skips it")] = 10_000.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
@@ -105,11 +108,13 @@ def bench(
     check_broker(get_settings())
     report = run(traces=traces, skip_latency=not latency, progress=lambda m: console.print(f"[dim]{m}"),
                  latency_rate=latency_rate, latency_capacity_share=latency_capacity,
-                 two_workers_rate=two_workers_rate or None)
+                 two_workers_rate=two_workers_rate or None, capacity_traces=capacity_traces)
     t = Table("figure", "value", title="bench")
     for k in ("raw_traces_per_s", "pipeline_traces_per_s_per_core", "ratio_to_raw", "core_traces_per_cpu_s",
-              "incident_latency_offered_traces_per_s", "incident_latency_ms_p50",
-              "incident_latency_ms_p99", "two_workers_offered_traces_per_s", "two_workers_incident_latency_ms_p99",
+              "incident_latency_capacity_traces_per_s", "incident_latency_offered_traces_per_s",
+              "incident_latency_ms_p50", "incident_latency_ms_p99", "incident_latency_lag_traces_at_end",
+              "incident_latency_worker_cpu_s_per_1k_traces",
+              "two_workers_offered_traces_per_s", "two_workers_incident_latency_ms_p99",
               "two_workers_lag_traces_at_end", "two_workers_cpu_bound_traces_per_s",
               "changelog_bytes_per_trace", "sink_rows_per_s", "sink_engine_rows_per_s",
               "sink_share_of_engine",
