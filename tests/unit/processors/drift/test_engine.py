@@ -245,6 +245,42 @@ def test_an_established_rate_is_still_held_against_a_regression():
     assert fail and fail[0].baseline < 0.026  # synthetic failure rate 0.02 before the change
 
 
+def _misses(n, seed, off, misses):
+    """``n`` traces of one tenant x cohort with exactly ``misses`` retrieval misses (other metrics synthetic)."""
+    cols, _ = synthetic_columns(np.random.default_rng(seed), [Slice("acme", "oncology", 1.0)], n, off,
+                                T0 + off * 100)
+    hit = np.zeros(n, dtype=bool)
+    hit[np.random.default_rng(seed + 1).choice(n, misses, replace=False)] = True
+    cols.retrieval_miss = hit
+    return cols
+
+
+def test_a_young_common_rate_its_own_traffic_contradicts_is_not_held():
+    """A young slice whose common rate came out 25 % low (75 retrieval misses in its first 1,000
+    traces, synthetic truth 0.10), a burst that lifts the CUSUM over h/4 (30 in 150), then 11 %:
+    the traffic since the change point soon outweighs the baseline, so the baseline learns it
+    instead of being held at its young estimate. Before the fix the hold kept the baseline at
+    0.082-0.089 for 4,500 traces with the CUSUM up to 10.4 (h = 18): the mechanism of
+    ``retrieval_miss_rate rose from 0.07527 to 0.1191 (2208 traces) on tenant-001/cardiology``
+    through the worker (bench-drift-worker tenant_change, pass 1 at 2d20612)."""
+    engine = DriftEngine(DriftConfig())
+    alarms = engine.process_traces(_misses(1000, 1, 0, 75))
+    alarms += engine.process_traces(_misses(150, 2, 1000, 30))
+    row = engine.store.index["tenant_cohort|acme|oncology|*|*"]
+    col = BERNOULLI_INDEX["retrieval_miss_rate"]
+    f, off = engine.store.f, 1150
+    rates, stats = [], []
+    for k in range(60):
+        alarms += engine.process_traces(_misses(150, 1000 + k, off, 17))
+        off += 150
+        rates.append(f["b_rate"][row, col])
+        stats.append(max(f["b_s"][row, col], f["b_s"][row, N_BERNOULLI + col]))
+    assert [a for a in alarms if a.metric.name == "retrieval_miss_rate"] == []
+    # before the fix: 0.086 after 3,000 more traces, CUSUM 10.0 then
+    assert rates[20] > 0.095, rates[20]
+    assert max(stats[15:]) < DriftConfig().threshold / 2, max(stats[15:])
+
+
 def test_input_mix_windows_do_not_depend_on_batch_sizes():
     """The same traffic in batches of 97 or 1,500 traces gives the same input-mix alarms (same
     slices, same traces; the statistic within 2 %: the baseline mix is learnt per batch):
