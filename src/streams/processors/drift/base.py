@@ -80,5 +80,6 @@ class Alarm:
     trace_id: str | None = None
     event_time_ms: int | None = None
     evidence_ids: list[str] = field(default_factory=list)
-    #: label-delayed alarms: trace event time (ms) of the first traces after the change point
+    #: trace event time (ms) of the first trace after the change point (label-delayed alarms: of the
+    #: first traces; CUSUM alarms: the change point's trace; input mix: the window's first trace)
     cp_event_time_ms: int | None = None

@@ -476,8 +476,8 @@ class DriftEngine:
             carry_k=np.concatenate([f["b_k"][sg.srow], f["g_xu"][sg.srow], f["g_xd"][sg.srow]], axis=1),
         )
         alarms, fired = self._first_crossings(cols, sg, base, s, cp)
-        s_end = self._carry_detector_state(sg, s, cp, fired)
-        mix_counts, mix_alarms = self._input_mix_windows(sg, inputs.mix_codes)
+        s_end = self._carry_detector_state(cols, sg, s, cp, fired)
+        mix_counts, mix_alarms = self._input_mix_windows(sg, inputs.mix_codes, cols.event_time_ms)
         alarms.extend(mix_alarms)
         self._learn_baselines(sg, base, ev, s_end, mix_counts, cols, tail_hold)
         return alarms
@@ -594,24 +594,61 @@ class DriftEngine:
             _, first = np.unique(keys, return_index=True)
             at, colx = hr[first], hc[first]
             n_since, k_since, cpos = cp.at(at, colx)
+            cp_ms = self._cp_times(cols, sg, cpos, seg[at], colx)
             for j in range(len(at)):
-                alarms.append(self._make_alarm(cols, int(at[j]), int(colx[j]), sg, base, float(s[at[j], colx[j]]),
-                                               float(n_since[j]), float(k_since[j]), int(cpos[j])))
+                alarm = self._make_alarm(cols, int(at[j]), int(colx[j]), sg, base, float(s[at[j], colx[j]]),
+                                         float(n_since[j]), float(k_since[j]), int(cpos[j]))
+                alarm.cp_event_time_ms = int(cp_ms[j])
+                alarms.append(alarm)
             fired[seg[at], colx] = True
         return alarms, fired
 
-    def _carry_detector_state(self, sg: _Segments, s: np.ndarray, cp: ChangePoints, fired: np.ndarray) -> np.ndarray:
-        """Store each slice's statistic and change-point counts at its last trace; detectors that
+    def _cp_times(self, cols: TraceColumns, sg: _Segments, cpos: np.ndarray, segs: np.ndarray,
+                  colx: np.ndarray) -> np.ndarray:
+        """Trace event time (ms) of the change point of detector columns ``colx`` in segments
+        ``segs`` (arrays of one shape), given ``cpos`` from :meth:`ChangePoints.at` (sorted row of
+        the change point, -1 when it lies before the batch): the change point's own trace when it
+        is in this batch, else the time carried in ``cp_ms`` from the batch that held it, else (the
+        statistic left zero at the batch's first trace) the segment's first trace. Depends on the
+        data only, not on where batches end (before, a change point in an earlier batch was
+        reported at the batch's first trace: an incident's ``first_seen`` moved by seconds between
+        two runs of one input through the worker)."""
+        f, srow = self.store.f, sg.srow[segs]
+        t_sorted = cols.event_time_ms[sg.order]
+        carried = f["cp_ms"][srow, colx]
+        carry_n = self._carried_n(srow, colx)
+        first = t_sorted[sg.starts[segs]]
+        at_cp = t_sorted[np.maximum(cpos, 0)]
+        return np.where(cpos >= 0, at_cp, np.where((carry_n > 0) & (carried >= 0), carried, first))
+
+    def _carried_n(self, srow: np.ndarray, colx: np.ndarray) -> np.ndarray:
+        """Samples since the change point carried into this batch for (row, detector column) pairs."""
+        f = self.store.f
+        out = np.empty(len(srow))
+        for (_, since_n, _), cols in STATE_COLS:
+            lo, hi = cols.start, cols.stop
+            m = (colx >= lo) & (colx < hi)
+            out[m] = f[since_n][srow[m], colx[m] - lo]
+        return out
+
+    def _carry_detector_state(self, cols: TraceColumns, sg: _Segments, s: np.ndarray, cp: ChangePoints,
+                              fired: np.ndarray) -> np.ndarray:
+        """Store each slice's statistic, change-point counts and change-point time (``cp_ms``, see
+        :meth:`_cp_times`) at its last trace; detectors that
         fired restart (the incident tracks the episode), unarmed ones stay at zero. Returns the
         statistics stored, ``(u, N_DETECTOR_COLS)``."""
         f, u = self.store.f, sg.u
-        n_end, k_end, _ = cp.at(np.repeat(sg.ends, N_DETECTOR_COLS), np.tile(np.arange(N_DETECTOR_COLS), u))
+        all_cols = np.tile(np.arange(N_DETECTOR_COLS), u)
+        n_end, k_end, cp_end = cp.at(np.repeat(sg.ends, N_DETECTOR_COLS), all_cols)
+        # the change points' trace times (before the carried counts are overwritten below)
+        cp_ms = self._cp_times(cols, sg, cp_end, np.repeat(np.arange(u), N_DETECTOR_COLS), all_cols)
         n_end, k_end = n_end.reshape(u, N_DETECTOR_COLS), k_end.reshape(u, N_DETECTOR_COLS)
         s_end = s[sg.ends]
         reset = fired | ~sg.armed[:, None]
         s_end[reset] = 0.0
         n_end[reset] = 0.0
         k_end[reset] = 0.0
+        f["cp_ms"][sg.srow] = np.where(reset | (s_end <= 0.0), -1.0, cp_ms.reshape(u, N_DETECTOR_COLS))
         for (stat, since_n, since_k), cols in STATE_COLS:
             f[stat][sg.srow] = s_end[:, cols]
             f[since_n][sg.srow] = n_end[:, cols]
@@ -755,7 +792,8 @@ class DriftEngine:
                      effect=(mean_t - base_t) / max(sdv, 1e-9),
                      direction=+1 if col < N_BERNOULLI_COLS + N_GAUSSIAN else -1, **common)
 
-    def _input_mix_windows(self, sg: _Segments, mix_codes: np.ndarray) -> tuple[np.ndarray, list[Alarm]]:
+    def _input_mix_windows(self, sg: _Segments, mix_codes: np.ndarray,
+                           event_time_ms: np.ndarray) -> tuple[np.ndarray, list[Alarm]]:
         """Add the batch's input-mix buckets to the slices' tumbling windows; every window that
         reaches exactly ``cat_window`` traces of its slice is tested
         (:func:`~streams.processors.drift.mix.mix_test`, two-sample) against the traffic before
@@ -768,14 +806,21 @@ class DriftEngine:
         of the batch that filled it (300-680 traces measured through the worker), and one
         tenant's input-mix incident was detected at trace w1-16201 in one run and w1-19986 in
         the next on the same input. A window is tested when its slice had ``warmup_traces``
-        before the window's first trace (and a baseline mix). Returns the batch's counts per
-        slice ``(u, N_CAT)`` and the alarms.
+        before the window's first trace (and a baseline mix). An alarm's change point
+        (``cp_event_time_ms``) is the event time of its window's first trace, kept in ``c_win_ms``
+        while the window spans batches (before, the first of its last ``evidence`` traces within
+        the batch: an incident's ``first_seen`` moved by 4.5 s between two runs of one input
+        through the worker). Returns the batch's counts per slice ``(u, N_CAT)`` and the alarms.
         """
         cfg, f = self.cfg, self.store.f
         codes = mix_codes[sg.order]
+        t_sorted = event_time_ms[sg.order]
         counts = np.zeros((sg.u, N_CAT))
         np.add.at(counts, (sg.seg, codes), 1.0)
         fill = f["c_win"][sg.srow].sum(axis=1)
+        # a window that starts in this batch starts at the slice's first trace of the batch
+        starting = (fill == 0) | (f["c_win_ms"][sg.srow, 0] < 0)
+        f["c_win_ms"][sg.srow[starting], 0] = t_sorted[sg.starts[starting]]
         # traces of the batch that complete each open window (at least one: an older state may hold more)
         need = np.maximum(cfg.cat_window - fill, 1.0)
         closing = need <= sg.size
@@ -784,6 +829,7 @@ class DriftEngine:
         for j in np.flatnonzero(closing).tolist():
             row, a, e = int(sg.srow[j]), int(sg.starts[j]), int(sg.ends[j])
             win = f["c_win"][row].copy()
+            win_ms = int(f["c_win_ms"][row, 0])
             # the baseline without the window's traces of earlier batches (learnt with EW weight ~1
             # each): the window is compared with the traffic before it, whatever the batches were
             frozen = sg.open_groups[j, INPUT_MIX_GROUP]
@@ -801,10 +847,13 @@ class DriftEngine:
                                             threshold=chi2_threshold(cfg.cat_alpha),
                                             baseline=0.0, observed=t.js, ci_low=t.js, ci_high=t.js, effect=t.js,
                                             samples=int(tot), direction=0,
-                                            evidence=sg.order[max(a, close - cfg.evidence + 1): close + 1].tolist()))
+                                            evidence=sg.order[max(a, close - cfg.evidence + 1): close + 1].tolist(),
+                                            cp_event_time_ms=win_ms))
                 if not frozen:  # the next window of this batch is compared with this one too
                     base = base + win
                 win = np.zeros(N_CAT)
                 pos, close = close + 1, close + cfg.cat_window
+                win_ms = int(t_sorted[pos]) if pos <= e else -1
             f["c_win"][row] = win + np.bincount(codes[pos:e + 1], minlength=N_CAT)
+            f["c_win_ms"][row, 0] = win_ms
         return counts, alarms
