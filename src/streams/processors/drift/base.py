@@ -9,9 +9,9 @@ from streams.processors.baselines import LAYER_PARTS
 from streams.processors.metrics import Metric
 
 #: learning weight of a baseline while its metric's CUSUM holds evidence of a change (S > HOLD_AT * h):
-#: a young slice does not absorb a regression before it is detected; a rate without an inherited prior is
-#: held only while S * w0 / (w0 + n) > HOLD_AT * h (w0 its baseline's weight, n samples since the change
-#: point: see the engine's _learn_baselines)
+#: a young slice does not absorb a regression before it is detected; a rate without an inherited prior whose
+#: samples since the change point n reach its baseline's weight w0 is held only while
+#: S * w0 / (w0 + n) > HOLD_AT * h (see the engine's _learn_baselines)
 HOLD_WEIGHT = 0.1
 HOLD_AT = 0.25
 #: a Bernoulli baseline is held only once it rests on this many events (rate x weight), or is a release's
