@@ -676,10 +676,9 @@ class DriftEngine:
         slice whose baseline outweighs the traffic since the change point is held as before (a
         discount applied there too missed 1 of 5 ``release_policy_blocks_x4`` runs of bench-drift).
         Before, a young common rate estimated 25 % low after ~1,000 traces was held at its estimate
-        while the slice's own
-        traffic contradicted it (``retrieval_miss_rate rose from 0.07527 to 0.1191 (2208 traces)``,
-        synthetic truth 0.10, through the worker; BENCHMARKS.md). The hold is decided at batch
-        ends (the statistic and counts at the batch's last trace of the slice).
+        while the slice's own traffic contradicted it (``retrieval_miss_rate rose from 0.07527 to
+        0.1191 (2208 traces)``, synthetic truth 0.10, through the worker; BENCHMARKS.md). The hold
+        is decided at batch ends (the statistic and counts at the batch's last trace of the slice).
         """
         cfg, st = self.cfg, self.store
         f, srow, starts, m, open_g = st.f, sg.srow, sg.starts, sg.size, sg.open_groups
