@@ -186,7 +186,7 @@ FIELDS: dict[str, tuple[int, float]] = {
     # CUSUM last left zero; -1: none), columns as b_s then g_su then g_sd: an alarm's change point in
     # time whatever batch it lies in
     "cp_ms": (2 * N_BERNOULLI + 2 * N_GAUSSIAN, -1.0),
-    "c_win_ms": (1, -1.0),  # trace event time (ms) of the current input-mix window's first trace (-1: empty)
+    "c_win_ms": (1, -1.0),  # event time (ms) of the current input-mix window's first evidence trace (-1: not yet)
 }
 ROW_COLS = sum(c for c, _ in FIELDS.values())
 #: first column of each field in a row (the serialisation order of :data:`FIELDS`)

@@ -809,10 +809,12 @@ class DriftEngine:
         tenant's input-mix incident was detected at trace w1-16201 in one run and w1-19986 in
         the next on the same input. A window is tested when its slice had ``warmup_traces``
         before the window's first trace (and a baseline mix). An alarm's change point
-        (``cp_event_time_ms``) is the event time of its window's first trace, kept in ``c_win_ms``
-        while the window spans batches (before, the first of its last ``evidence`` traces within
-        the batch: an incident's ``first_seen`` moved by 4.5 s between two runs of one input
-        through the worker). Returns the batch's counts per slice ``(u, N_CAT)`` and the alarms.
+        (``cp_event_time_ms``) is the event time of the first of the window's last ``evidence``
+        traces (its evidence), kept in ``c_win_ms`` once reached while the window spans batches
+        (before, the first of those within the batch that closed the window: an incident's
+        ``first_seen`` moved by 4.5 s between two runs of one input through the worker; the
+        window's first trace instead lies up to 40 min before the change in a slice of 1/160 of the
+        traffic). Returns the batch's counts per slice ``(u, N_CAT)`` and the alarms.
         """
         cfg, f = self.cfg, self.store.f
         codes = mix_codes[sg.order]
@@ -820,9 +822,12 @@ class DriftEngine:
         counts = np.zeros((sg.u, N_CAT))
         np.add.at(counts, (sg.seg, codes), 1.0)
         fill = f["c_win"][sg.srow].sum(axis=1)
-        # a window that starts in this batch starts at the slice's first trace of the batch
-        starting = (fill == 0) | (f["c_win_ms"][sg.srow, 0] < 0)
-        f["c_win_ms"][sg.srow[starting], 0] = t_sorted[sg.starts[starting]]
+        # the window's evidence starts at its trace number k0 (1-based): its time once reached
+        k0 = max(cfg.cat_window - cfg.evidence + 1, 1)
+        reach = (fill < k0) & (fill + sg.size >= k0)
+        at_k0 = sg.starts + np.maximum(k0 - fill - 1, 0).astype(np.intp)
+        f["c_win_ms"][sg.srow[reach], 0] = t_sorted[np.minimum(at_k0, sg.ends)[reach]]
+        f["c_win_ms"][sg.srow[(fill < k0) & ~reach], 0] = -1.0  # not reached yet: none
         # traces of the batch that complete each open window (at least one: an older state may hold more)
         need = np.maximum(cfg.cat_window - fill, 1.0)
         closing = need <= sg.size
@@ -855,7 +860,7 @@ class DriftEngine:
                     base = base + win
                 win = np.zeros(N_CAT)
                 pos, close = close + 1, close + cfg.cat_window
-                win_ms = int(t_sorted[pos]) if pos <= e else -1
+                win_ms = int(t_sorted[pos + k0 - 1]) if pos + k0 - 1 <= e else -1
             f["c_win"][row] = win + np.bincount(codes[pos:e + 1], minlength=N_CAT)
             f["c_win_ms"][row, 0] = win_ms
         return counts, alarms

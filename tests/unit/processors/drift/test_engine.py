@@ -314,7 +314,8 @@ def test_change_points_in_time_do_not_depend_on_batch_sizes():
     """An alarm's change point in event time (``cp_event_time_ms``, an incident's
     ``first_seen``) depends on the traffic only: the same traffic with an input-mix change and
     failures x3 in one slice, in batches of 97 or 1,500 traces, gives the same input-mix alarms
-    with the same change-point times (their window's first trace), and the first CUSUM alarm of
+    with the same change-point times (the first of their window's last ``evidence`` traces), and
+    the first CUSUM alarm of
     each slice and metric the same change-point time even where the alarm itself comes at another
     trace (the baselines are merged per batch). Before, a change point in an earlier batch (an
     input-mix window spanning two batches, a CUSUM that left zero before the batch) was reported
@@ -335,6 +336,8 @@ def test_change_points_in_time_do_not_depend_on_batch_sizes():
                     assert a.cp_event_time_ms is not None and a.cp_event_time_ms <= int(part.event_time_ms[a.pos])
                     key = (engine.store.info[a.row].key, a.metric.name)
                     if a.metric.name == "input_mix":
+                        if len(a.evidence) == DriftConfig().evidence:  # the evidence within this batch
+                            assert a.cp_event_time_ms == int(part.event_time_ms[a.evidence[0]])
                         mix.append((*key, int(part.offset[a.pos]), a.cp_event_time_ms))
                     elif key not in first or int(part.offset[a.pos]) < first[key][0]:
                         first[key] = (int(part.offset[a.pos]), a.cp_event_time_ms)
