@@ -181,11 +181,19 @@ FIELDS: dict[str, tuple[int, float]] = {
     "c_base": (N_CAT, 0.0),  # EW input-mix distribution (weights)
     "c_win": (N_CAT, 0.0),  # current window counts
     "i_open": (len(GROUPS), 0.0),  # 1 while an incident of the group is open on this slice
+    # appended fields (a row written before they existed is a prefix of today's: decode_row pads it)
+    # trace event time (ms) of the change point each detector column holds (the first trace after its
+    # CUSUM last left zero; -1: none), columns as b_s then g_su then g_sd: an alarm's change point in
+    # time whatever batch it lies in
+    "cp_ms": (2 * N_BERNOULLI + 2 * N_GAUSSIAN, -1.0),
+    "c_win_ms": (1, -1.0),  # event time (ms) of the current input-mix window's first evidence trace (-1: not yet)
 }
 ROW_COLS = sum(c for c, _ in FIELDS.values())
 #: first column of each field in a row (the serialisation order of :data:`FIELDS`)
 FIELD_COLUMN: dict[str, int] = {name: int(sum(c for c, _ in list(FIELDS.values())[:i]))
                                 for i, name in enumerate(FIELDS)}
+#: columns of a row before the change-point times (``cp_ms``, ``c_win_ms``) were appended: such rows still load
+ROW_COLS_BEFORE_CP = FIELD_COLUMN["cp_ms"]
 ROW_HEADER = struct.Struct("<4sI")
 #: dense layout (every column), read for changelogs written before the sparse one
 ROW_MAGIC = b"SHB1"
@@ -209,23 +217,28 @@ def decode_row(data: bytes) -> np.ndarray:
     if len(data) < ROW_HEADER.size:
         raise ValueError(f"baseline row has {len(data)} B, shorter than its {ROW_HEADER.size}-byte header")
     magic, cols = ROW_HEADER.unpack_from(data)
-    if cols != ROW_COLS or magic not in (ROW_MAGIC, ROW_MAGIC_SPARSE):
+    if cols > ROW_COLS or cols < ROW_COLS_BEFORE_CP or magic not in (ROW_MAGIC, ROW_MAGIC_SPARSE):
         raise ValueError(f"baseline row has layout {magic!r}/{cols} cols; expected {ROW_MAGIC_SPARSE!r} or "
                          f"{ROW_MAGIC!r} with {ROW_COLS} cols")
+    # a row written before fields were appended to FIELDS holds their prefix: the rest is initial
+    values = ROW_INIT.copy()
     if magic == ROW_MAGIC:
-        if len(data) != ROW_BYTES:
-            raise ValueError(f"dense baseline row has {len(data)} B; expected {ROW_BYTES} B")
-        return np.frombuffer(data, dtype="<f8", offset=ROW_HEADER.size).copy()
-    start = ROW_HEADER.size + ROW_MASK_BYTES
+        dense = ROW_HEADER.size + 8 * cols
+        if len(data) != dense:
+            raise ValueError(f"dense baseline row has {len(data)} B; expected {dense} B")
+        values[:cols] = np.frombuffer(data, dtype="<f8", offset=ROW_HEADER.size)
+        return values
+    mask_bytes = (cols + 7) // 8
+    start = ROW_HEADER.size + mask_bytes
     if len(data) < start:
         raise ValueError(f"sparse baseline row has {len(data)} B, shorter than header and bitmap ({start} B)")
-    mask = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=ROW_MASK_BYTES, offset=ROW_HEADER.size),
-                         count=ROW_COLS).astype(bool)
+    mask = np.zeros(ROW_COLS, dtype=bool)
+    mask[:cols] = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=mask_bytes, offset=ROW_HEADER.size),
+                                count=cols).astype(bool)
     n = int(mask.sum())
     if len(data) != start + 8 * n:
         raise ValueError(f"sparse baseline row has {len(data)} B; its bitmap names {n} columns, so "
                          f"{start + 8 * n} B were expected")
-    values = ROW_INIT.copy()
     values[mask] = np.frombuffer(data, dtype="<f8", offset=start)
     return values
 
@@ -371,6 +384,7 @@ class SliceStore:
         p = group == POISSON_GROUP
         for name in ("b_s", "b_n", "b_k"):
             f[name][row, b] = 0.0
+        f["cp_ms"][row, np.concatenate([b, g, g])] = -1.0
         for name in ("g_su", "g_sd", "g_nu", "g_xu", "g_nd", "g_xd"):
             f[name][row, g] = 0.0
         for name in ("p_s", "p_n", "p_k"):

@@ -1057,12 +1057,15 @@ def _evidence(alarm: Alarm, ctx: TraceContext) -> list[str]:
 
 
 def _first_ms(alarm: Alarm, ctx: TraceContext) -> int:
-    """Event time of the alarm's estimated change point, ms: for a feedback alarm the change
-    point in trace time (``Alarm.cp_event_time_ms``, the delayed-label detectors) or else its own
-    time."""
+    """Event time of the alarm's estimated change point, ms: ``Alarm.cp_event_time_ms`` when the
+    detector set it (the delayed-label detectors: the change point in trace time; the CUSUMs and
+    input-mix windows: the change point's trace, whatever batch it was in), else the change point
+    or first evidence trace within the batch, else the alarm's own time."""
     now_ms = _time(alarm, ctx)
     if alarm.pos < 0:
         return alarm.cp_event_time_ms or now_ms
+    if alarm.cp_event_time_ms is not None and alarm.cp_event_time_ms >= 0:
+        return min(now_ms, int(alarm.cp_event_time_ms))
     return min(now_ms, ctx.event_time_ms(alarm.cp_pos if alarm.cp_pos is not None else alarm.evidence[0]))
 
 

@@ -11,6 +11,7 @@ from streams.processors.baselines import (
     FIELDS,
     ROW_BYTES,
     ROW_COLS,
+    ROW_COLS_BEFORE_CP,
     ROW_HEADER,
     ROW_INIT,
     ROW_MAGIC,
@@ -74,6 +75,23 @@ def test_dense_rows_of_an_older_worker_still_load():
     store.load_row(0, dense)
     np.testing.assert_array_equal(_row(store, 0), _row(store, 1))
     assert store.row_bytes(0) == store.row_bytes(1)  # and it is written back in the sparse layout
+
+
+def test_rows_written_before_the_change_point_times_still_load():
+    """A row of a worker that had no ``cp_ms``/``c_win_ms`` columns (appended at the end of FIELDS)
+    holds today's prefix: it loads, dense or sparse, with those columns at their initial value."""
+    store = _store(2)
+    rng = np.random.default_rng(2)
+    for name in FIELDS:
+        store.f[name][1] = rng.normal(size=store.f[name][1].shape)
+    old = _row(store, 1)[:ROW_COLS_BEFORE_CP]
+    dense = ROW_HEADER.pack(ROW_MAGIC, ROW_COLS_BEFORE_CP) + old.astype("<f8").tobytes()
+    mask = np.packbits(np.ones(ROW_COLS_BEFORE_CP, dtype=bool)).tobytes()
+    sparse = ROW_HEADER.pack(b"SHB2", ROW_COLS_BEFORE_CP) + mask + old.astype("<f8").tobytes()
+    for data in (dense, sparse):
+        row = decode_row(data)
+        np.testing.assert_array_equal(row[:ROW_COLS_BEFORE_CP], old)
+        assert (row[ROW_COLS_BEFORE_CP:] == -1.0).all()  # no change point held, no window open
 
 
 @pytest.mark.parametrize(("data", "message"), [

@@ -9,7 +9,9 @@ from streams.processors.baselines import LAYER_PARTS
 from streams.processors.metrics import Metric
 
 #: learning weight of a baseline while its metric's CUSUM holds evidence of a change (S > HOLD_AT * h):
-#: a young slice does not absorb a regression before it is detected (see the engine's _learn_baselines)
+#: a young slice does not absorb a regression before it is detected; a rate without an inherited prior whose
+#: samples since the change point n reach its baseline's weight w0 is held only while
+#: S * w0 / (w0 + n) > HOLD_AT * h (see the engine's _learn_baselines)
 HOLD_WEIGHT = 0.1
 HOLD_AT = 0.25
 #: a Bernoulli baseline is held only once it rests on this many events (rate x weight), or is a release's
@@ -79,7 +81,8 @@ class Alarm:
     trace_id: str | None = None
     event_time_ms: int | None = None
     evidence_ids: list[str] = field(default_factory=list)
-    #: label-delayed alarms: trace event time (ms) of the first traces after the change point
+    #: trace event time (ms) of the first trace after the change point (label-delayed alarms: of the
+    #: first traces; CUSUM alarms: the change point's trace; input mix: the window's first trace)
     cp_event_time_ms: int | None = None
     #: input-mix alarms: the category whose share moved most (``baseline``/``observed`` are its
     #: shares of the baseline and of the window, 0..1; ``effect`` the Jensen-Shannon divergence, nats)

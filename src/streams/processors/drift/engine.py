@@ -476,7 +476,7 @@ class DriftEngine:
             carry_k=np.concatenate([f["b_k"][sg.srow], f["g_xu"][sg.srow], f["g_xd"][sg.srow]], axis=1),
         )
         alarms, fired = self._first_crossings(cols, sg, base, s, cp)
-        s_end = self._carry_detector_state(sg, s, cp, fired)
+        s_end = self._carry_detector_state(cols, sg, s, cp, fired)
         mix_counts, mix_alarms = self._input_mix_windows(sg, inputs.mix_codes, cols)
         alarms.extend(mix_alarms)
         self._learn_baselines(sg, base, ev, s_end, mix_counts, cols, tail_hold)
@@ -594,24 +594,61 @@ class DriftEngine:
             _, first = np.unique(keys, return_index=True)
             at, colx = hr[first], hc[first]
             n_since, k_since, cpos = cp.at(at, colx)
+            cp_ms = self._cp_times(cols, sg, cpos, seg[at], colx)
             for j in range(len(at)):
-                alarms.append(self._make_alarm(cols, int(at[j]), int(colx[j]), sg, base, float(s[at[j], colx[j]]),
-                                               float(n_since[j]), float(k_since[j]), int(cpos[j])))
+                alarm = self._make_alarm(cols, int(at[j]), int(colx[j]), sg, base, float(s[at[j], colx[j]]),
+                                         float(n_since[j]), float(k_since[j]), int(cpos[j]))
+                alarm.cp_event_time_ms = int(cp_ms[j])
+                alarms.append(alarm)
             fired[seg[at], colx] = True
         return alarms, fired
 
-    def _carry_detector_state(self, sg: _Segments, s: np.ndarray, cp: ChangePoints, fired: np.ndarray) -> np.ndarray:
-        """Store each slice's statistic and change-point counts at its last trace; detectors that
+    def _cp_times(self, cols: TraceColumns, sg: _Segments, cpos: np.ndarray, segs: np.ndarray,
+                  colx: np.ndarray) -> np.ndarray:
+        """Trace event time (ms) of the change point of detector columns ``colx`` in segments
+        ``segs`` (arrays of one shape), given ``cpos`` from :meth:`ChangePoints.at` (sorted row of
+        the change point, -1 when it lies before the batch): the change point's own trace when it
+        is in this batch, else the time carried in ``cp_ms`` from the batch that held it, else (the
+        statistic left zero at the batch's first trace) the segment's first trace. Depends on the
+        data only, not on where batches end (before, a change point in an earlier batch was
+        reported at the batch's first trace: an incident's ``first_seen`` moved by seconds between
+        two runs of one input through the worker)."""
+        f, srow = self.store.f, sg.srow[segs]
+        t_sorted = cols.event_time_ms[sg.order]
+        carried = f["cp_ms"][srow, colx]
+        carry_n = self._carried_n(srow, colx)
+        first = t_sorted[sg.starts[segs]]
+        at_cp = t_sorted[np.maximum(cpos, 0)]
+        return np.where(cpos >= 0, at_cp, np.where((carry_n > 0) & (carried >= 0), carried, first))
+
+    def _carried_n(self, srow: np.ndarray, colx: np.ndarray) -> np.ndarray:
+        """Samples since the change point carried into this batch for (row, detector column) pairs."""
+        f = self.store.f
+        out = np.empty(len(srow))
+        for (_, since_n, _), cols in STATE_COLS:
+            lo, hi = cols.start, cols.stop
+            m = (colx >= lo) & (colx < hi)
+            out[m] = f[since_n][srow[m], colx[m] - lo]
+        return out
+
+    def _carry_detector_state(self, cols: TraceColumns, sg: _Segments, s: np.ndarray, cp: ChangePoints,
+                              fired: np.ndarray) -> np.ndarray:
+        """Store each slice's statistic, change-point counts and change-point time (``cp_ms``, see
+        :meth:`_cp_times`) at its last trace; detectors that
         fired restart (the incident tracks the episode), unarmed ones stay at zero. Returns the
         statistics stored, ``(u, N_DETECTOR_COLS)``."""
         f, u = self.store.f, sg.u
-        n_end, k_end, _ = cp.at(np.repeat(sg.ends, N_DETECTOR_COLS), np.tile(np.arange(N_DETECTOR_COLS), u))
+        all_cols = np.tile(np.arange(N_DETECTOR_COLS), u)
+        n_end, k_end, cp_end = cp.at(np.repeat(sg.ends, N_DETECTOR_COLS), all_cols)
+        # the change points' trace times (before the carried counts are overwritten below)
+        cp_ms = self._cp_times(cols, sg, cp_end, np.repeat(np.arange(u), N_DETECTOR_COLS), all_cols)
         n_end, k_end = n_end.reshape(u, N_DETECTOR_COLS), k_end.reshape(u, N_DETECTOR_COLS)
         s_end = s[sg.ends]
         reset = fired | ~sg.armed[:, None]
         s_end[reset] = 0.0
         n_end[reset] = 0.0
         k_end[reset] = 0.0
+        f["cp_ms"][sg.srow] = np.where(reset | (s_end <= 0.0), -1.0, cp_ms.reshape(u, N_DETECTOR_COLS))
         for (stat, since_n, since_k), cols in STATE_COLS:
             f[stat][sg.srow] = s_end[:, cols]
             f[since_n][sg.srow] = n_end[:, cols]
@@ -626,8 +663,22 @@ class DriftEngine:
         CUSUM holds evidence of a change (S > h/4), so a young slice does not absorb a regression
         before it is detected. Under the null P(S > h/4) ~ exp(-4.5). A Bernoulli rate is held only
         once its baseline rests on ``HOLD_MIN_EVENTS`` events or is a release's inherited prior: a
-        rare rate estimated low from a few events converges instead (the hold locked such estimates
-        in; a common event's estimate that is low after ~1,000 traces still can be, BENCHMARKS.md).
+        rare rate estimated low from a few events converges instead.
+
+        Other than a release's prior, once the samples since the CUSUM's change point ``n`` reach
+        the baseline's EW weight ``w0``, a rate is held only while ``S * w0 / (w0 + n) > h/4``: the
+        evidence discounted by the variance ratio of a rate tested against a known one and a
+        difference of two estimated rates (the same W/(W+n) scaling as the two-sample input-mix test,
+        :func:`~streams.processors.drift.mix.mix_test`; Agresti, *Categorical Data Analysis*, 3rd
+        ed., 2013, sec. 3.1 on the variance of a difference of proportions). A one-sample CUSUM takes
+        the baseline as exact; once the traffic since the change point outweighs the baseline, the
+        baseline's own sampling error is the likelier cause of the evidence, and the hold ends. A
+        slice whose baseline outweighs the traffic since the change point is held as before (a
+        discount applied there too missed 1 of 5 ``release_policy_blocks_x4`` runs of bench-drift).
+        Before, a young common rate estimated 25 % low after ~1,000 traces was held at its estimate
+        while the slice's own traffic contradicted it (``retrieval_miss_rate rose from 0.07527 to
+        0.1191 (2208 traces)``, synthetic truth 0.10, through the worker; BENCHMARKS.md). The hold
+        is decided at batch ends (the statistic and counts at the batch's last trace of the slice).
         """
         cfg, st = self.cfg, self.store
         f, srow, starts, m, open_g = st.f, sg.srow, sg.starts, sg.size, sg.open_groups
@@ -637,9 +688,19 @@ class DriftEngine:
         # be locked in by the evidence its own error builds up (measured: fallback 0.0019 from 1
         # event in 537 traces, true 0.01, held from trace 1,100, alarm at 3,600)
         # (the latency tails are 5 % / 1 % by construction of their edges: always held, as before)
-        established = (f["b_rate"][srow] * f["b_w"][srow] >= HOLD_MIN_EVENTS) \
-            | (f["born"][srow] >= cfg.warmup_traces) | TAIL_MASK
-        held_b = ((s_end[:, :N_BERNOULLI] > hold_at) | (s_end[:, N_BERNOULLI:N_BERNOULLI_COLS] > hold_at)) & established
+        prior = (f["born"][srow] >= cfg.warmup_traces) | TAIL_MASK
+        enough = f["b_rate"][srow] * f["b_w"][srow] >= HOLD_MIN_EVENTS
+        # ... and, once the traffic since the change point outweighs the baseline (n >= w0, w0 the
+        # baseline's EW weight, n the samples since the change point), only while the evidence
+        # discounted by the variance ratio w0 / (w0 + n) of a rate against a known one and a
+        # difference of two estimated rates holds: the baseline's own error is then the likelier
+        # cause, and it learns
+        w0 = np.tile(f["b_w"][srow], 2)
+        n_cp = f["b_n"][srow]
+        evidence = s_end[:, BERNOULLI_COLS] > hold_at
+        tested = evidence & ((n_cp < w0) | (s_end[:, BERNOULLI_COLS] * w0 / np.maximum(w0 + n_cp, 1e-12) > hold_at))
+        held_b = ((evidence[:, :N_BERNOULLI] | evidence[:, N_BERNOULLI:]) & prior) \
+            | ((tested[:, :N_BERNOULLI] | tested[:, N_BERNOULLI:]) & enough & ~prior)
         held_g = (s_end[:, GAUSSIAN_UP_COLS] > hold_at) | (s_end[:, GAUSSIAN_DOWN_COLS] > hold_at)
         scale_b = np.where(held_b, HOLD_WEIGHT, 1.0)
         scale_g = np.where(held_g, HOLD_WEIGHT, 1.0)
@@ -762,14 +823,26 @@ class DriftEngine:
         tenant's input-mix incident was detected at trace w1-16201 in one run and w1-19986 in
         the next on the same input. A window is tested when its slice had ``warmup_traces``
         before the window's first trace (and a baseline mix). An alarm's figures are the shares
-        of the category that moved most (:meth:`_mix_category`, named from ``cols``). Returns the
-        batch's counts per slice ``(u, N_CAT)`` and the alarms.
+        of the category that moved most (:meth:`_mix_category`, named from ``cols``). An alarm's
+        change point (``cp_event_time_ms``) is the event time of the first of the window's last
+        ``evidence`` traces (its evidence), kept in ``c_win_ms`` once reached while the window spans batches
+        (before, the first of those within the batch that closed the window: an incident's
+        ``first_seen`` moved by 4.5 s between two runs of one input through the worker; the
+        window's first trace instead lies up to 40 min before the change in a slice of 1/160 of the
+        traffic). Returns the batch's counts per slice ``(u, N_CAT)`` and the alarms.
         """
         cfg, f = self.cfg, self.store.f
         codes = mix_codes[sg.order]
+        t_sorted = cols.event_time_ms[sg.order]
         counts = np.zeros((sg.u, N_CAT))
         np.add.at(counts, (sg.seg, codes), 1.0)
         fill = f["c_win"][sg.srow].sum(axis=1)
+        # the window's evidence starts at its trace number k0 (1-based): its time once reached
+        k0 = max(cfg.cat_window - cfg.evidence + 1, 1)
+        reach = (fill < k0) & (fill + sg.size >= k0)
+        at_k0 = sg.starts + np.maximum(k0 - fill - 1, 0).astype(np.intp)
+        f["c_win_ms"][sg.srow[reach], 0] = t_sorted[np.minimum(at_k0, sg.ends)[reach]]
+        f["c_win_ms"][sg.srow[(fill < k0) & ~reach], 0] = -1.0  # not reached yet: none
         # traces of the batch that complete each open window (at least one: an older state may hold more)
         need = np.maximum(cfg.cat_window - fill, 1.0)
         closing = need <= sg.size
@@ -778,6 +851,7 @@ class DriftEngine:
         for j in np.flatnonzero(closing).tolist():
             row, a, e = int(sg.srow[j]), int(sg.starts[j]), int(sg.ends[j])
             win = f["c_win"][row].copy()
+            win_ms = int(f["c_win_ms"][row, 0])
             # the baseline without the window's traces of earlier batches (learnt with EW weight ~1
             # each): the window is compared with the traffic before it, whatever the batches were
             frozen = sg.open_groups[j, INPUT_MIX_GROUP]
@@ -801,10 +875,13 @@ class DriftEngine:
                                             ci_high=min(t.share_window + half, 1.0), effect=t.js,
                                             samples=int(tot), direction=0,
                                             evidence=sg.order[max(a, close - cfg.evidence + 1): close + 1].tolist(),
-                                            category=self._mix_category(t.bucket, cols, sg.order[a:e + 1])))
+                                            category=self._mix_category(t.bucket, cols, sg.order[a:e + 1]),
+                                            cp_event_time_ms=win_ms))
                 if not frozen:  # the next window of this batch is compared with this one too
                     base = base + win
                 win = np.zeros(N_CAT)
                 pos, close = close + 1, close + cfg.cat_window
+                win_ms = int(t_sorted[pos + k0 - 1]) if pos + k0 - 1 <= e else -1
             f["c_win"][row] = win + np.bincount(codes[pos:e + 1], minlength=N_CAT)
+            f["c_win_ms"][row, 0] = win_ms
         return counts, alarms

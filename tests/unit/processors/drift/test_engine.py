@@ -245,6 +245,42 @@ def test_an_established_rate_is_still_held_against_a_regression():
     assert fail and fail[0].baseline < 0.026  # synthetic failure rate 0.02 before the change
 
 
+def _misses(n, seed, off, misses):
+    """``n`` traces of one tenant x cohort with exactly ``misses`` retrieval misses (other metrics synthetic)."""
+    cols, _ = synthetic_columns(np.random.default_rng(seed), [Slice("acme", "oncology", 1.0)], n, off,
+                                T0 + off * 100)
+    hit = np.zeros(n, dtype=bool)
+    hit[np.random.default_rng(seed + 1).choice(n, misses, replace=False)] = True
+    cols.retrieval_miss = hit
+    return cols
+
+
+def test_a_young_common_rate_its_own_traffic_contradicts_is_not_held():
+    """A young slice whose common rate came out 25 % low (75 retrieval misses in its first 1,000
+    traces, synthetic truth 0.10), a burst that lifts the CUSUM over h/4 (30 in 150), then 11 %:
+    the traffic since the change point soon outweighs the baseline, so the baseline learns it
+    instead of being held at its young estimate. Before the fix the hold kept the baseline at
+    0.082-0.089 for 4,500 traces with the CUSUM up to 10.4 (h = 18): the mechanism of
+    ``retrieval_miss_rate rose from 0.07527 to 0.1191 (2208 traces) on tenant-001/cardiology``
+    through the worker (bench-drift-worker tenant_change, pass 1 at 2d20612)."""
+    engine = DriftEngine(DriftConfig())
+    alarms = engine.process_traces(_misses(1000, 1, 0, 75))
+    alarms += engine.process_traces(_misses(150, 2, 1000, 30))
+    row = engine.store.index["tenant_cohort|acme|oncology|*|*"]
+    col = BERNOULLI_INDEX["retrieval_miss_rate"]
+    f, off = engine.store.f, 1150
+    rates, stats = [], []
+    for k in range(60):
+        alarms += engine.process_traces(_misses(150, 1000 + k, off, 17))
+        off += 150
+        rates.append(f["b_rate"][row, col])
+        stats.append(max(f["b_s"][row, col], f["b_s"][row, N_BERNOULLI + col]))
+    assert [a for a in alarms if a.metric.name == "retrieval_miss_rate"] == []
+    # before the fix: 0.086 after 3,000 more traces, CUSUM 10.0 then
+    assert rates[20] > 0.095, rates[20]
+    assert max(stats[15:]) < DriftConfig().threshold / 2, max(stats[15:])
+
+
 def test_input_mix_windows_do_not_depend_on_batch_sizes():
     """The same traffic in batches of 97 or 1,500 traces gives the same input-mix alarms (same
     slices, same traces; the statistic within 2 %: the baseline mix is learnt per batch):
@@ -297,3 +333,45 @@ def test_an_input_mix_alarm_says_which_category_moved_and_from_what_share_to_wha
     first = alarms[0]
     assert f"/{INTENTS[3]}'" in first.category and first.observed > 1.5 * first.baseline, \
         (first.category, first.baseline, first.observed)
+
+
+def test_change_points_in_time_do_not_depend_on_batch_sizes():
+    """An alarm's change point in event time (``cp_event_time_ms``, an incident's
+    ``first_seen``) depends on the traffic only: the same traffic with an input-mix change and
+    failures x3 in one slice, in batches of 97 or 1,500 traces, gives the same input-mix alarms
+    with the same change-point times (the first of their window's last ``evidence`` traces), and
+    the first CUSUM alarm of
+    each slice and metric the same change-point time even where the alarm itself comes at another
+    trace (the baselines are merged per batch). Before, a change point in an earlier batch (an
+    input-mix window spanning two batches, a CUSUM that left zero before the batch) was reported
+    at the detecting batch's first trace, so through the worker an incident's ``first_seen`` moved
+    by 4.5 s between two runs of one input."""
+    rng = np.random.default_rng(11)
+    before, _ = synthetic_columns(rng, fleet(), 15_000, 0, T0)
+    after, _ = synthetic_columns(rng, fleet(Effect(intent_p=(0.15, 0.25, 0.30, 0.30), failure=3.0)), 6_000,
+                                 15_000, T0 + 15_000 * 100)
+
+    def alarms(batch: int) -> tuple[list[tuple], dict[tuple, int]]:
+        engine = DriftEngine(DriftConfig())
+        mix, first = [], {}
+        for cols in (before, after):
+            for lo in range(0, cols.n, batch):
+                part = cols.slice(lo, min(lo + batch, cols.n))
+                for a in engine.process_traces(part):
+                    assert a.cp_event_time_ms is not None and a.cp_event_time_ms <= int(part.event_time_ms[a.pos])
+                    key = (engine.store.info[a.row].key, a.metric.name)
+                    if a.metric.name == "input_mix":
+                        if len(a.evidence) == DriftConfig().evidence:  # the evidence within this batch
+                            assert a.cp_event_time_ms == int(part.event_time_ms[a.evidence[0]])
+                        mix.append((*key, int(part.offset[a.pos]), a.cp_event_time_ms))
+                    elif key not in first or int(part.offset[a.pos]) < first[key][0]:
+                        first[key] = (int(part.offset[a.pos]), a.cp_event_time_ms)
+        return sorted(mix), {k: t for k, (_, t) in first.items()}
+
+    (mix_small, first_small), (mix_large, first_large) = alarms(97), alarms(1500)
+    assert mix_small and mix_small == mix_large
+    assert any(k[1] == "failure_rate" for k in first_small)
+    assert first_small == first_large
+    # the CUSUMs' change points lie at the change (event time T0 + 1,500 s), not at the first trace
+    # of the detecting batch (up to 330 s later here)
+    assert all(abs(t - (T0 + 15_000 * 100)) < 60_000 for t in first_small.values()), first_small
