@@ -411,7 +411,9 @@ def print_summary(s: dict[str, Any], out: Path, console: Console) -> None:
                   f"\n{d['sent']} sent, {d['not_yet_due']} due after the run")
     c = s.get("detector_counters") or {}
     if c.get("feedback_events") is not None:
-        t.add_row("delayed-label detector", _lines(*(f"{k} {c[k]}" for k in DETECTOR_COUNTERS if c.get(k) is not None)))
+        share = s.get("late_feedback_share")
+        t.add_row("delayed-label detector", _lines(*(f"{k} {c[k]}" for k in DETECTOR_COUNTERS if c.get(k) is not None),
+                                                   *([f"late share {share:.2%}"] if share is not None else [])))
     console.print(t)
     it = narrow_table("incident", "slice", "metric", title="incidents")
     for i in s["incidents"]:
