@@ -40,8 +40,11 @@ corrections x1.5 and x2 on a new release, one trace every 10 s (days of event ti
 delayed log-normally (median 2 h, p99 48 h), or by fast reviewers plus office hours with a
 weekend backlog, or read by a feedback consumer an hour behind the trace consumer; every input is
 read twice on two schedules of batch sizes and interleaving, and the incidents must be the same.
-Scores: recall, release attribution, delay in affected-slice traces and in hours after the first
-post-change correction arrived, change-point error in trace time, false incidents per million,
+Scores: recall, release attribution, delay in affected-slice traces from the injection (the
+slice's first post-change trace) to the detection (the incident's ``detected_at``, a feedback time
+for a delayed-label alarm; never from its change point, which may precede the injection) and in
+hours after the first correction of a post-change trace of the slice arrived, change-point error
+in trace time, false incidents per million,
 corrections uncounted (events not in a live bucket, folded, late or unmatched).
 """
 

@@ -31,8 +31,9 @@ the worker's join lets feedback through only after the traces up to its event ti
 (:mod:`streams.worker.join_wait`), so the input of every evaluation is fixed by the data. The
 delay CDF learns on a grid (``LEARN_EVERY_MS``) of the same clock, for the same reason. What is
 left to chance: a full ring coarsens when traces arrive, so which buckets merge can depend on how
-far the trace consumer runs ahead (measured: the first detection identical, but 3 of 6 runs
-with a different list of incidents on a second schedule; see BENCHMARKS.md).
+far the trace consumer runs ahead (measured: 3 of 6 timed runs with a different list of
+incidents on a second schedule, 2 of 6 since buckets fold only at a supported age, which keeps
+rings fuller; see BENCHMARKS.md).
 
 **Bounded memory, nothing dropped.** A bucket whose traces are all past the delay distribution
 (``G >= FOLD_AT``) is *folded*: its ``L_b`` goes into the folded CUSUM ``p_s`` (Page's recursion)
