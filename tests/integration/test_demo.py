@@ -39,6 +39,12 @@ def test_demo_detects_the_injected_regression_and_dedups_feedback(settings, tmp_
     counters = s["detector_counters"]
     assert counters["feedback_events"] >= delay["sent"] and counters["unmatched_feedback"] == 0, counters
     assert counters["late_feedback"] is not None, counters
+    # a bucket folds only once the learned delay distribution supports its age: about 0.1 % of
+    # the feedback may come after its bucket folded (47 % / 17 % before, when the maturity step
+    # folded buckets 5 minutes after their traces)
+    assert s["late_feedback_share"] < 0.01, counters
+    corr = [i for i in on_slice if i["metric"] == "correction_rate" and i["release_id"] == change["release_id"]]
+    assert any(i["detected_after_traces"] is not None and i["detected_after_traces"] >= 0 for i in corr), corr
     shift = s["benign_shift"]
     elsewhere = [i for i in s["incidents"] if i["tenant_id"] != change["tenant_id"]]
     assert all((i["tenant_id"], i["kind"], i["release_id"]) == (shift["tenant_id"], "output_drift", None)

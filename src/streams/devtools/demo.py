@@ -278,28 +278,35 @@ def summary(sink: Any, rep: Any, elapsed_s: float, caught_up: bool,
             worker_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """The demo summary (what ``demo-summary.json`` holds) from ClickHouse and the simulation's
     report ``rep`` (:class:`~streams.devtools.simulate.SimulationReport`): counts in and out,
-    incidents with the traces after the injected change that each needed, rollout verdicts,
-    feedback aggregation figures, the feedback delays sent (:func:`delay_figures`) and the worker's
-    delayed-label counters (``worker_stats``: :func:`last_stats`; :data:`DETECTOR_COUNTERS`, each
-    ``None`` when the worker logged no stats line). ``elapsed_s`` in seconds."""
+    incidents with the traces of the injected slice after the change that each needed (for a
+    delayed-label alarm, ``detector`` ``poisson_cusum``: the injected release's traces with event
+    time up to its detection, a feedback time), rollout verdicts, feedback aggregation figures, the
+    feedback delays sent (:func:`delay_figures`) and the worker's delayed-label counters
+    (``worker_stats``: :func:`last_stats`; :data:`DETECTOR_COUNTERS`, each ``None`` when the worker
+    logged no stats line; ``late_feedback_share``: late / feedback events). ``elapsed_s`` in seconds."""
     worker_stats = worker_stats or {}
     q = sink.query
     change = rep.injected[0]
     incidents = []
     for row in q("SELECT incident_id, kind, tenant_id, cohort, workflow, metric, release_id, action, severity, "
-                 "detected_at_trace_id, detector, status, layer, summary, revision "
+                 "detected_at_trace_id, detector, status, layer, summary, revision, detected_at "
                  "FROM {db}.incidents FINAL ORDER BY first_seen"):
         iid, kind, tenant, cohort, workflow, metric, release, action, sev, at_tid, detector, status, layer, \
-            text, rev = row
+            text, rev, detected_at = row
         on_slice = tenant == change.tenant_id and cohort in ("", change.cohort)
-        ordinal = None
-        if on_slice:
-            ordinal = (rep.feedback_ordinal.get(at_tid) if detector == "poisson_cusum" else None) \
-                or rep.slice_ordinal.get(at_tid)
+        after = None
+        if on_slice and detector == "poisson_cusum":
+            # a delayed-label alarm comes at a feedback time and its evidence traces may predate the
+            # injection: count the injected slice's traces of the new release run by then
+            after = q("SELECT count() FROM {db}.traces FINAL WHERE tenant_id = {t:String} AND cohort = {c:String} "
+                      "AND release_id = {r:String} AND event_time <= {at:DateTime64(3, 'UTC')}",
+                      {"t": change.tenant_id, "c": change.cohort, "r": change.release_id, "at": detected_at})[0][0]
+        elif on_slice and at_tid in rep.slice_ordinal:
+            after = rep.slice_ordinal[at_tid] - rep.slice_ordinal_at_injection
         incidents.append({
             "incident_id": iid, "kind": kind, "tenant_id": tenant, "cohort": cohort or None,
             "workflow": workflow or None, "layer": layer, "metric": metric, "release_id": release or None,
-            "detected_after_traces": (ordinal - rep.slice_ordinal_at_injection) if ordinal is not None else None,
+            "detected_after_traces": after,
             "action": action, "severity": sev, "status": status, "revision": rev, "summary": text,
         })
     injected_hits = [i for i in incidents if i["detected_after_traces"] is not None and i["detected_after_traces"] >= 0]
@@ -321,6 +328,8 @@ def summary(sink: Any, rep: Any, elapsed_s: float, caught_up: bool,
         **feedback_summary(q),
         "feedback_delay": delay_figures(getattr(rep, "feedback_delays_s", []), getattr(rep, "feedback_not_yet_due", 0)),
         "detector_counters": {k: worker_stats.get(k) for k in DETECTOR_COUNTERS},
+        "late_feedback_share": (round(worker_stats["late_feedback"] / worker_stats["feedback_events"], 4)
+                                if worker_stats.get("feedback_events") and "late_feedback" in worker_stats else None),
         "clickhouse": counts,
         "injected_changes": [{"tenant_id": change.tenant_id, "cohort": change.cohort,
                               "workflow": None if change.workflow == "*" else change.workflow,
@@ -402,7 +411,9 @@ def print_summary(s: dict[str, Any], out: Path, console: Console) -> None:
                   f"\n{d['sent']} sent, {d['not_yet_due']} due after the run")
     c = s.get("detector_counters") or {}
     if c.get("feedback_events") is not None:
-        t.add_row("delayed-label detector", _lines(*(f"{k} {c[k]}" for k in DETECTOR_COUNTERS if c.get(k) is not None)))
+        share = s.get("late_feedback_share")
+        t.add_row("delayed-label detector", _lines(*(f"{k} {c[k]}" for k in DETECTOR_COUNTERS if c.get(k) is not None),
+                                                   *([f"late share {share:.2%}"] if share is not None else [])))
     console.print(t)
     it = narrow_table("incident", "slice", "metric", title="incidents")
     for i in s["incidents"]:
