@@ -81,8 +81,9 @@ class Alarm:
     trace_id: str | None = None
     event_time_ms: int | None = None
     evidence_ids: list[str] = field(default_factory=list)
-    #: trace event time (ms) of the first trace after the change point (label-delayed alarms: of the
-    #: first traces; CUSUM alarms: the change point's trace; input mix: the window's first trace)
+    #: trace event time (ms) of the change point (label-delayed alarms: of the first traces after it;
+    #: CUSUM alarms: the change point's trace; input mix: the first of the window's last ``evidence``
+    #: traces), whatever batch it lay in
     cp_event_time_ms: int | None = None
     #: input-mix alarms: the category whose share moved most (``baseline``/``observed`` are its
     #: shares of the baseline and of the window, 0..1; ``effect`` the Jensen-Shannon divergence, nats)
