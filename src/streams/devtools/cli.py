@@ -262,7 +262,7 @@ def bench_drift_worker(
     console.print(t)
     for k, r in enumerate(report["runs"]):
         for i in r["incidents"]:
-            console.print(f"pass {k + 1}: {i['incident_id']} {i['kind']} {i['slice']} {i['metric']}: {i['summary']}")
+            console.print(f"pass {k + 1}: {i['incident_id']} {i['kind']} {i['slice']}: {i['summary']}")
     if report["same_incidents"] is not None:
         console.print(f"same incidents on every pass: {report['same_incidents']}")
     if json_out:
