@@ -24,7 +24,9 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from schemas import default_codec
 from streams.devtools.chaos import read_topic
 from streams.devtools.launcher import WorkerProcess
+from streams.errors import TenantScopeError
 from streams.sinks.clickhouse import ClickHouseSink
+from streams.sinks.queries import stored_traces_by_tenant
 from streams.topics import ensure_topics
 from tests.conftest import kafka_producer, settings_env, wait_caught_up
 from tests.factories import now_ms, trace
@@ -203,5 +205,13 @@ def test_the_stored_trace_lookup_finds_ids_of_any_content_and_only_the_tenants(s
             found = q.stored_traces([*asked, "tr-unknown"])
             assert sorted(r[0] for r in found) == sorted(asked)
             assert {(r[1], r[4], r[6]) for r in found} <= {(1_700_000_000_000 + i, "success", 2) for i in range(5)}
+            # the worker's one lookup per batch: both tenants store every id, each gets only what it asked
+            split = {"acme": asked[:2], "globex": [*asked[2:], "tr-unknown"], "initech": ["tr-plain"]}
+            by_tenant = stored_traces_by_tenant(sink, split)
+            assert {t: sorted(r[0] for r in rows) for t, rows in by_tenant.items()} == {
+                "acme": sorted(asked[:2]), "globex": sorted(asked[2:])}
+            assert sorted(by_tenant["acme"]) == sorted(r for r in q.stored_traces(asked) if r[0] in asked[:2])
+        with pytest.raises(TenantScopeError):
+            stored_traces_by_tenant(sink, {"Not A Tenant": ["tr-plain"]})
     finally:
         sink.close()

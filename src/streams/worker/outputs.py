@@ -21,6 +21,7 @@ from streams.pipeline import StoredTraces, trace_fingerprint
 from streams.processors.deadletters import seal
 from streams.processors.feedback import TraceRef
 from streams.sinks.clickhouse import ClickHouseSink
+from streams.sinks.queries import stored_traces_by_tenant
 from streams.worker.delivery import Abandoned
 
 log = logging.getLogger("selfheal.worker")
@@ -150,8 +151,8 @@ class Outputs:
         found: StoredTraces = {}
 
         def look() -> None:
-            for tenant, tids in ids.items():
-                for tid, t_ms, lat, out_tok, outcome, rel, part, off in sink.for_tenant(tenant).stored_traces(tids):
+            for tenant, rows in stored_traces_by_tenant(sink, ids).items():
+                for tid, t_ms, lat, out_tok, outcome, rel, part, off in rows:
                     found.setdefault((tenant, tid), []).append(
                         (trace_fingerprint(t_ms, lat, out_tok, outcome, rel, tenant), int(part), int(off)))
 
