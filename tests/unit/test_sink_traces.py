@@ -69,3 +69,52 @@ def test_a_stored_trace_reads_back_as_the_reference_built_from_its_batch(tmp_pat
     assert stored == built
     assert [built[t].tool for t in cols.trace_id] == ["", "", "a"]
     assert [built[t].rollout_arm for t in cols.trace_id] == [1, -1, 1]
+
+
+def _varied_batch():
+    """Traces with everything a row can vary in: content references (some, with a missing uri),
+    no confidence, no intent, no output hash, no rollout, empty and unicode attribute maps, 0-2
+    tool calls."""
+    recs = []
+    for i in range(6):
+        r = copy.deepcopy(BASE)
+        r.update(trace_id=f"tr-{i}", intent=None if i % 3 == 0 else "summarise",
+                 confidence=None if i % 2 else 0.8123, output_sha256=None if i == 4 else "b" * 64,
+                 rollout=None if i % 2 else r["rollout"],
+                 attributes={} if i == 0 else {"channel": "ambient", "note": f"é{i}"},
+                 tool_calls=[{"name": "ehr_lookup", "status": "ok", "latency_ms": 120.5}] * (i % 3))
+        if i in (1, 4):
+            r["input_ref"] = {"uri": f"s3://notes/{i}.json", "text": "Transcript.", "sha256": "c" * 64}
+            r["output_ref"] = {"uri": None, "text": "Draft note.", "sha256": "d" * 64}
+        recs.append(r)
+    codec = default_codec()
+    msg = RawMessage("agent.traces.v1", 2, 11, b"acme-health", codec.encode(
+        "selfheal.v1.AgentTraceBatch", {"batch_id": "b2", "producer_id": "p", "sent_at": BASE["event_time"],
+                                        "traces": recs}))
+    decoded = Ingest(codec, "traces").decode([msg])
+    assert not decoded.dead_letters
+    return trace_columns(decoded.records, decoded.partitions, decoded.offsets)
+
+
+def test_content_references_are_stored_where_traces_carry_them_and_empty_elsewhere(tmp_path):
+    # trace_table reads only the traces with a content reference and builds the rest of each
+    # column as empty strings without a Python object per row (BENCHMARKS.md, issue 16 sink)
+    cols = _varied_batch()
+    sink = ClickHouseSink(Settings(state_dir=tmp_path, clickhouse_path=tmp_path / "ch"))
+    try:
+        sink.migrate()
+        assert sink.write_traces(cols, batch_seq=5) == cols.n
+        stored = sink.query("SELECT trace_id, input_ref_uri, input_ref_text, input_ref_sha256, output_ref_uri, "
+                            "output_ref_text, output_ref_sha256, attributes FROM {db}.traces ORDER BY batch_pos")
+        ids = sink.query("SELECT trace_id, outcome, source_partition, source_offset FROM {db}.trace_ids "
+                         "ORDER BY trace_id")
+    finally:
+        sink.close()
+    by_id = {r[0]: r for r in stored}
+    assert len(stored) == cols.n
+    for i in (1, 4):
+        assert by_id[f"tr-{i}"][1:7] == (f"s3://notes/{i}.json", "Transcript.", "c" * 64, "", "Draft note.", "d" * 64)
+    for i in (0, 2, 3, 5):
+        assert by_id[f"tr-{i}"][1:7] == ("",) * 6
+    assert by_id["tr-0"][7] == {} and by_id["tr-3"][7] == {"channel": "ambient", "note": "é3"}
+    assert [r[0] for r in ids] == cols.trace_id and {r[2:] for r in ids} == {(2, 11)}  # the view saw the insert

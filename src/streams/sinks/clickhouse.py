@@ -147,8 +147,8 @@ def trace_table(cols: TraceColumns, attributes: Sequence[dict[str, str]] | None 
     tool_off = pa.array(d.tool_offsets, type=pa.int32())
     attr_off = np.zeros(len(attrs) + 1, dtype=np.int32)
     np.cumsum(np.fromiter(map(len, attrs), dtype=np.int32, count=len(attrs)), out=attr_off[1:])
-    keys = [k for a in attrs for k in a]
-    values = [v for a in attrs for v in a.values()]
+    keys = list(itertools.chain.from_iterable(attrs))
+    values = list(itertools.chain.from_iterable(map(dict.values, attrs)))
     return pa.table({
         "tenant_id": pa.array(cols.tenant_id, type=pa.string()),
         "cohort": pa.array(cols.cohort, type=pa.string()),
@@ -608,16 +608,28 @@ class ClickHouseSink:
         self.close()
 
 
+def _empty_strings(n: int) -> pa.Array:
+    """``n`` empty strings as an arrow string array (offsets all 0, no data), no Python object per row."""
+    return pa.StringArray.from_buffers(n, pa.py_buffer(np.zeros(n + 1, dtype=np.int32)), pa.py_buffer(b""))
+
+
 def _content_ref_columns(input_refs: Sequence[dict[str, Any] | None],
-                         output_refs: Sequence[dict[str, Any] | None]) -> dict[str, list[str]]:
+                         output_refs: Sequence[dict[str, Any] | None]) -> dict[str, pa.Array]:
     """``input_ref_*`` / ``output_ref_*`` columns (migration 0041) of the traces' content
     references (``TraceDetail.input_ref`` / ``output_ref``), ``""`` where absent (the pipeline
-    has redacted the texts)."""
-    out: dict[str, list[str]] = {}
+    has redacted the texts). Only the traces that carry a reference are read (most carry none):
+    the rest of a column is empty strings built without a Python object per row."""
+    out: dict[str, pa.Array] = {}
     for k, column in (("input_ref", input_refs), ("output_ref", output_refs)):
-        refs = [r or {} for r in column]
+        n = len(column)
+        rows = list(itertools.compress(range(n), column))  # the traces with a reference
         for part in ("uri", "text", "sha256"):
-            out[f"{k}_{part}"] = [ref.get(part) or "" for ref in refs]
+            if not rows:
+                out[f"{k}_{part}"] = _empty_strings(n)
+                continue
+            values = np.full(n, "", dtype=object)
+            values[rows] = [column[i].get(part) or "" for i in rows]
+            out[f"{k}_{part}"] = pa.array(values, type=pa.string())
     return out
 
 
