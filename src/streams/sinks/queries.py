@@ -203,6 +203,47 @@ ID_SEPARATOR = "\x1f"  # ASCII unit separator
 STORED_TRACES_JOINED = "(SELECT arrayJoin(splitByChar('\\x1f', {ids:String})))"
 
 
+#: the duplicate check's lookup for every tenant of a batch in one query (:func:`stored_traces_of`)
+STORED_TRACES_OF_QUERY = (
+    "SELECT tenant_id, trace_id, toUnixTimestamp64Milli(event_time), latency_ms, output_tokens, outcome, release_id, "
+    "source_partition, source_offset FROM {db}.trace_ids WHERE tenant_id IN {tenants:Array(String)} "
+    "AND trace_id IN " + STORED_TRACES_JOINED)
+
+
+def stored_traces_of(sink: ClickHouseSink, ids: dict[str, Sequence[str]]) -> dict[str, list[tuple]]:
+    """:meth:`TenantQueries.stored_traces` for several tenants in one query: ``{tenant: rows}``,
+    each row ``(trace_id, event_time_ms, latency_ms, output_tokens, outcome, release_id,
+    source_partition, source_offset)``, only rows whose (tenant, trace id) pair was asked.
+
+    Worker-internal (the duplicate check, once per batch): a chDB query has a fixed cost of about
+    a millisecond, and a batch of the trace agent holds traces of many tenants, so one query per
+    tenant made the lookup cost per batch grow with the tenants in it (BENCHMARKS.md, issue 16).
+    Each tenant id is checked as :class:`TenantQueries` does; a row of another tenant that shares
+    a trace id is filtered out here.
+
+    Raises:
+        TenantScopeError: an invalid tenant slug, more than ``TenantQueries.MAX_IDS`` ids in all,
+            or an id that is not a string.
+    """
+    for tenant in ids:
+        if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
+            raise TenantScopeError(f"tenant_id={tenant!r:.80} is not a valid tenant slug ({TENANT_RE.pattern})")
+    wanted = {t: set(v) for t, v in ids.items() if v}
+    every = sorted(set().union(*wanted.values())) if wanted else []
+    if len(every) > TenantQueries.MAX_IDS or not all(isinstance(t, str) for t in every):
+        raise TenantScopeError(f"trace_ids must be at most {TenantQueries.MAX_IDS} strings")
+    out: dict[str, list[tuple]] = {}
+    if not every:
+        return out
+    if any(ID_SEPARATOR in t for t in every):  # never in practice: one query per tenant, the general form
+        return {t: TenantQueries(sink, t).stored_traces(sorted(v)) for t, v in wanted.items()}
+    for tenant, *row in sink.query(STORED_TRACES_OF_QUERY, {"tenants": sorted(wanted),
+                                                            "ids": ID_SEPARATOR.join(every)}):
+        if row[0] in wanted.get(tenant, ()):
+            out.setdefault(tenant, []).append(tuple(row))
+    return out
+
+
 def release_scorecards(sink: ClickHouseSink, release_id: str, tenant: str) -> tuple[list[tuple], list[tuple]]:
     """Latest verdicts of ``release_id`` (``tenant = ''``: every tenant) and their metric rows:
     ``(verdict rows, scorecard metric rows)``, columns as :meth:`TenantQueries.scorecards` lists them.
