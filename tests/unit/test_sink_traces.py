@@ -12,10 +12,11 @@ from streams.processors.columns import RawMessage, trace_columns
 from streams.processors.feedback import TraceRef
 from streams.processors.ingest import Ingest
 from streams.sinks.clickhouse import ClickHouseSink
+from streams.sinks.queries import stored_traces_by_tenant
 from tests.unit.processors.test_fast_check import BASE
 
 
-def _batch():
+def _batch(tenant: str | None = None):
     calls = [[], [{"name": "ehr_lookup", "status": "ok", "latency_ms": 120.0}],
              [{"name": "a", "status": "error", "latency_ms": 5.0},
               {"name": "b", "status": "timeout", "latency_ms": 9.5}]]
@@ -24,9 +25,11 @@ def _batch():
         r = copy.deepcopy(BASE)
         r.update(trace_id=f"tr-{i}", tool_calls=tc, attributes={"k": str(i)} if i else {},
                  rollout=None if i == 1 else r["rollout"])
+        if tenant is not None:
+            r["tenant_id"] = tenant
         recs.append(r)
     codec = default_codec()
-    msg = RawMessage("agent.traces.v1", 0, 7, b"acme-health", codec.encode(
+    msg = RawMessage("agent.traces.v1", 0, 7, (tenant or BASE["tenant_id"]).encode(), codec.encode(
         "selfheal.v1.AgentTraceBatch", {"batch_id": "b1", "producer_id": "p", "sent_at": BASE["event_time"],
                                         "traces": recs}))
     decoded = Ingest(codec, "traces").decode([msg])
@@ -118,3 +121,22 @@ def test_content_references_are_stored_where_traces_carry_them_and_empty_elsewhe
         assert by_id[f"tr-{i}"][1:7] == ("",) * 6
     assert by_id["tr-0"][7] == {} and by_id["tr-3"][7] == {"channel": "ambient", "note": "é3"}
     assert [r[0] for r in ids] == cols.trace_id and {r[2:] for r in ids} == {(2, 11)}  # the view saw the insert
+
+
+def test_the_batch_lookup_of_stored_traces_equals_the_per_tenant_lookups(tmp_path):
+    # stored_traces_by_tenant (one query for a batch's tenants) returns per tenant exactly what
+    # TenantQueries.stored_traces returns, and never another tenant's row of a shared trace id
+    acme, other = _batch(), _batch("other-clinic")
+    sink = ClickHouseSink(Settings(state_dir=tmp_path, clickhouse_path=tmp_path / "ch"))
+    try:
+        sink.migrate()
+        sink.write_traces(acme)
+        sink.write_traces(other)
+        asked = {acme.tenant_id[0]: ["tr-0", "tr-2", "tr-9"], "other-clinic": ["tr-1"], "quiet": ["tr-0"]}
+        batch = stored_traces_by_tenant(sink, asked)
+        single = {t: sink.for_tenant(t).stored_traces(ids) for t, ids in asked.items()}
+    finally:
+        sink.close()
+    assert {t: sorted(rows) for t, rows in batch.items()} == {t: sorted(rows) for t, rows in single.items() if rows}
+    assert sorted(r[0] for r in batch[acme.tenant_id[0]]) == ["tr-0", "tr-2"]
+    assert [r[0] for r in batch["other-clinic"]] == ["tr-1"]
