@@ -73,7 +73,7 @@ def test_the_delay_cdf_is_learned_from_truncated_feedback_before_the_horizon():
     t = rng.uniform(0, now, 200_000)
     d = LOGNORMAL_MEDIAN_MS * np.exp(rng.normal(0, LOGNORMAL_SIGMA, t.size))
     seen = t + d <= now
-    cdf = DelayCDF(half_life=1e9, max_pending=1_000_000)
+    cdf = DelayCDF(half_life=1e9)
     cdf.observe(t[seen].astype(np.int64), np.zeros(seen.sum(), np.int64), d[seen])
     cdf.release({0: float(now)})
     for hours in (0.5, 2.0, 12.0, 48.0):
