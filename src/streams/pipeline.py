@@ -194,11 +194,13 @@ class Pipeline:
     def counters(self) -> dict[str, int]:
         """Cumulative counters of the pipeline and its processors, by stats key: :attr:`stats`, the
         label-delayed detectors' feedback events by fate and their buckets folded / coarsened
-        (:attr:`DelayedMetrics.counters`: nothing is discarded), the canary
+        (:attr:`DelayedMetrics.counters`: nothing is discarded), feedback delays of 7 days or more
+        that the delay distributions cannot learn (``delays_beyond_horizon``), the canary
         monitor's (``canary_*``), feedback submissions by dedup status (``feedback_<status>``).
         The worker's stats line and its Prometheus metrics (:data:`streams.telemetry.STATS_COUNTERS`)
         both read them here."""
         return {**self.stats, **{k: int(v) for k, v in self.engine.delayed.counters.items()},
+                "delays_beyond_horizon": self.engine.delayed.delays.beyond_horizon,
                 **{f"canary_{k}": int(v) for k, v in self.canary.stats.items()},
                 **{f"feedback_{k}": int(v) for k, v in self.feedback_statuses.items()}}
 
@@ -209,6 +211,8 @@ class Pipeline:
         self.flush_state()
         self._snapshot_dirty = set()  # row numbers change when partitions are dropped
         self.engine.store.drop_partitions(owned - partitions)
+        delays = self.engine.delayed.delays
+        delays.drop_partitions(set(delays.partition_of.values()) - partitions)
         self.incidents.load(partitions)
         self.canary.on_assigned(partitions)
 
@@ -220,8 +224,9 @@ class Pipeline:
         return store.snapshot_rows(rows, at_ms if at_ms is not None else now_ms())
 
     def flush_state(self) -> int:
-        """Persist dirty slice rows to the baselines backend and changed canary scorecards to
-        theirs; returns slice rows written."""
+        """Persist dirty slice rows and changed delay distributions (``delay|<tenant>``,
+        :class:`~streams.processors.drift.delayed.DelayModel`) to the baselines backend and
+        changed canary scorecards to theirs; returns slice rows written."""
         store = self.engine.store
         dirty = store.dirty
         self._snapshot_dirty |= dirty
@@ -231,6 +236,10 @@ class Pipeline:
             self.baselines.put(info.key, value, info.partition)
         n = len(dirty)
         store.dirty = set()
+        # the delay distributions changed since the last flush: same checkpoint as the slice rows
+        # their learned counts belong with (docs/reliability.md)
+        for key, value, partition in self.engine.delayed.delays.take_dirty():
+            self.baselines.put(key, value, partition)
         self.canary.flush()
         return n
 

@@ -92,6 +92,8 @@ STATS_COUNTERS: dict[str, tuple[str, str] | tuple[str, str, dict[str, str]]] = {
                       "there, not in the CUSUM."),
     "unmatched_feedback": ("selfheal_detector_unmatched_feedback_total",
                            "Feedback events with no event-time bucket of their slice (counted in the baseline)."),
+    "delays_beyond_horizon": ("selfheal_detector_delays_beyond_horizon_total",
+                              "Feedback delays of 7 days or more, beyond what the delay distributions learn."),
     "folded_feedback": ("selfheal_detector_folded_feedback_total",
                         "Feedback events folded into the baseline with their matured bucket."),
     "folded_buckets": ("selfheal_detector_folded_buckets_total",

@@ -29,7 +29,9 @@ ticks without feedback every ``L_b`` only falls, so no alarm is missed. The feed
 is complete when a later one arrives (feedback is consumed in event-time order per partition) and
 the worker's join lets feedback through only after the traces up to its event time
 (:mod:`streams.worker.join_wait`), so the input of every evaluation is fixed by the data. The
-delay CDF learns on a grid (``LEARN_EVERY_MS``) of the same clock, for the same reason. What is
+delay CDF learns on a grid (``LEARN_EVERY_MS``) of the same clock, for the same reason; it
+learns every delay below 7 days from a bounded aggregate (:class:`DelayCDF`) and is persisted per
+tenant with the slice rows (:class:`DelayModel`), so a restart does not relearn it. What is
 left to chance: a full ring coarsens when traces arrive, so which buckets merge can depend on how
 far the trace consumer runs ahead (measured: 3 of 6 timed runs with a different list of
 incidents on a second schedule, 2 of 6 since buckets fold only at a supported age, which keeps
@@ -60,8 +62,11 @@ same way. :attr:`DelayedMetrics.counters` holds every count; the identity
 
 from __future__ import annotations
 
+import io
+import json
 import math
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -535,87 +540,205 @@ def step_average(age_lo_ms: np.ndarray, age_hi_ms: np.ndarray, maturity_ms: floa
 class DelayCDF:
     """One feedback-delay distribution, learned online from right-truncated observations.
 
-    Delays are log-binned (``EDGES_MS``: 0, then 1 s to 7 days). A feedback is seen only once it
-    has happened, so the recent traces show only their short delays; instead of waiting until
-    every trace is 7 days old, the CDF is the product of *reverse-time hazards* (J. D.
-    Kalbfleisch & J. F. Lawless, "Regression models for right truncated data with applications
-    to AIDS incubation times and reporting lags", Statistica Sinica 1(1), 1991):
-    ``F(e_j) = prod_{i >= j} q_i`` with ``q_i = P(D < e_i | D < e_{i+1})``, and ``q_i`` is estimated
-    from the feedback of traces at least ``e_{i+1}`` old (for those, every delay below
-    ``e_{i+1}`` has been observed). Bins with no such trace yet have ``q = 1`` (no mass), so
-    early on ``F`` is optimistic: expected counts are too high, which delays detection but never
-    fakes it; buckets must not fold on it, hence :meth:`support_ms`. Counts are EW (half-life
-    ``half_life`` feedback). The queue keeps a delay until its trace is 7 days old, at most
-    ``max_pending`` of them (later ones are not learned, :attr:`skipped`).
+    Delays are log-binned (``EDGES_MS``: 0, then 1 s to 7 days, 64 bins each 23.5 % wider than the
+    last). A feedback is seen only once it has happened, so the recent traces show only their
+    short delays; instead of waiting until every trace is 7 days old, the CDF is the product of
+    *reverse-time hazards* (J. D. Kalbfleisch & J. F. Lawless, "Regression models for right
+    truncated data with applications to AIDS incubation times and reporting lags", Statistica
+    Sinica 1(1), 1991): ``F(e_j) = prod_{i >= j} q_i`` with ``q_i = P(D < e_i | D < e_{i+1})``, and
+    ``q_i`` is estimated from the feedback of traces at least ``e_{i+1}`` old (for those, every
+    delay below ``e_{i+1}`` has been observed). Bins with no such trace yet have ``q = 1`` (no
+    mass), so early on ``F`` is optimistic: expected counts are too high, which delays detection
+    but never fakes it; buckets must not fold on it, hence :meth:`support_ms`. Counts are EW
+    (half-life ``half_life`` feedback).
+
+    **The pending aggregate.** A delay is learned edge by edge as its trace ages past the bin
+    edges, until the trace is 7 days old. Instead of one entry per delay, the delays waiting are
+    counted per (trace partition, trace time *rounded up* to a grid, delay bin, last bin learned):
+    a delay then counts no earlier than it really could, so the estimate stays the conditional
+    one above (a trace counted later than it could be is still a trace whose delays below the
+    edge have all been seen), only slightly later. The grid is a power of two of milliseconds, at
+    most ``grid_share`` of the next edge the entry waits for and at least ``grid_floor_ms`` (below
+    the learning grid ``LEARN_EVERY_MS``, which delays every edge that much anyway); powers of two
+    nest, so an entry re-rounded to a coarser grid as it ages is rounded once from its true time.
+    Once an entry has learned its own bin its delay bin no longer matters (``bin = -1``), so
+    entries of every delay merge. Memory is bounded by partitions x about a dozen cells per edge x
+    64 edges (x 2 while the bin matters), whatever the traffic; every delay below 7 days is
+    learned. Delays of 7 days or more cannot be learned (the support ends there) and are counted
+    in :attr:`beyond_horizon`.
+
+    Args:
+        half_life: EW half-life of the counts, in feedback (delays learned at their own bin).
+        grid_share: the trace-time grid as a share of the next edge (``0``: only the floor).
+        grid_floor_ms: the smallest grid, ms (``1``: exact trace times, one entry per distinct
+            trace time: the per-event estimate).
     """
 
     EDGES_MS = np.concatenate(([0.0], np.exp(np.linspace(np.log(1_000.0), np.log(7 * 86_400_000.0), 64))))
     K = 64  # bins [e_j, e_{j+1}), j = 0..63
+    #: the defaults of ``grid_share`` / ``grid_floor_ms`` (BENCHMARKS.md, issue 17, "the pending aggregate")
+    GRID_SHARE = 1.0 / 64.0
+    GRID_FLOOR_MS = 65_536
+    #: the pending aggregate's columns (name, dtype as serialised)
+    PENDING = (("t", "<i8"), ("part", "<i4"), ("bin", "<i2"), ("done", "<i2"), ("n", "<i8"))
+    #: serialisation layout tag (:meth:`to_arrays`)
+    FORMAT = 1
 
-    def __init__(self, half_life: float, max_pending: int) -> None:
+    def __init__(self, half_life: float, grid_share: float = GRID_SHARE, grid_floor_ms: int = GRID_FLOOR_MS) -> None:
         self.a = np.zeros(self.K)  # feedback with D < e_{j+1} of traces >= e_{j+1} old
         self.b = np.zeros(self.K)  # the same with D < e_j
         self.seen = 0.0  # EW count of feedback learned at its own bin
         #: longest delay learned so far (lower edge of its bin, ms)
         self.longest_ms = 0.0
+        self.half_life = half_life
         self.lam = 0.5 ** (1.0 / half_life)
-        self.max_pending = max_pending
+        self.grid_share = grid_share
+        self.grid_floor_ms = int(grid_floor_ms)
+        #: the pending aggregate: per entry the trace time rounded up (ms), trace partition, delay
+        #: bin (-1 once learned at it), last bin learned (-1 .. K-2), number of delays
         self.t = np.zeros(0, dtype=np.int64)
         self.part = np.zeros(0, dtype=np.int64)
         self.bin = np.zeros(0, dtype=np.int64)
         self.done = np.zeros(0, dtype=np.int64)
-        self.skipped = 0
+        self.n = np.zeros(0, dtype=np.int64)
+        #: delays of 7 days or more (not learnable), and delays observed (both since creation)
+        self.beyond_horizon = 0
+        self.observed = 0
         #: trace partitions it has learned from
         self.partitions: set[int] = set()
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
 
-    def observe(self, trace_ms: np.ndarray, partitions: np.ndarray, delays_ms: np.ndarray) -> None:
-        """Queue observed delays (ms; beyond 7 days they are not learned)."""
-        keep = delays_ms < self.EDGES_MS[-1]
-        room = max(self.max_pending - len(self.t), 0)
-        idx = np.flatnonzero(keep)
-        if len(idx) > room:
-            self.skipped += len(idx) - room
-            idx = idx[:room]
-        b = np.searchsorted(self.EDGES_MS, np.maximum(delays_ms[idx], 0.0), side="right") - 1
-        self.partitions.update(np.unique(partitions[idx]).tolist())
-        self.t = np.concatenate([self.t, trace_ms[idx].astype(np.int64)])
-        self.part = np.concatenate([self.part, partitions[idx].astype(np.int64)])
-        self.bin = np.concatenate([self.bin, b.astype(np.int64)])
-        self.done = np.concatenate([self.done, b.astype(np.int64) - 1])
+    @property
+    def pending(self) -> int:
+        """Delays waiting to be learned at a later edge (all entries' counts)."""
+        return int(self.n.sum())
 
-    def release(self, clock_ms: dict[int, float]) -> None:
-        """Learn what the partitions' clocks make observable (see the class docstring)."""
-        if not len(self.t):
+    def _rounded(self, t_ms: np.ndarray, done: np.ndarray) -> np.ndarray:
+        """``t_ms`` rounded up to the grid of the next edge ``e[done + 2]`` (module docstring)."""
+        target = np.maximum(self.EDGES_MS[np.minimum(done + 2, self.K)] * self.grid_share, float(self.grid_floor_ms))
+        grid = np.exp2(np.floor(np.log2(target))).astype(np.int64)
+        return -((-t_ms) // grid) * grid
+
+    def _merge(self) -> None:
+        """Sum the entries that have the same (time, partition, bin, done)."""
+        if len(self.t) < 2:
             return
-        c = np.array([clock_ms.get(int(p), -1.0) for p in self.part.tolist()])
+        keys = np.stack([self.t, self.part, self.bin, self.done], axis=1)
+        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        if len(uniq) == len(self.t):
+            return
+        self.n = np.bincount(inv.ravel(), weights=self.n, minlength=len(uniq)).astype(np.int64)
+        self.t, self.part, self.bin, self.done = (uniq[:, i].copy() for i in range(4))
+
+    def observe(self, trace_ms: np.ndarray, partitions: np.ndarray, delays_ms: np.ndarray) -> None:
+        """Add observed delays to the pending aggregate.
+
+        Args:
+            trace_ms: event time of each delay's trace, ms, ``(k,)``.
+            partitions: the trace's partition, ``(k,)``.
+            delays_ms: feedback event time minus trace event time, ms, ``(k,)``; negative ones
+                count as 0, those of 7 days or more (or NaN) only in :attr:`beyond_horizon`.
+        """
+        delays_ms = np.asarray(delays_ms, dtype=np.float64)
+        keep = delays_ms < self.EDGES_MS[-1]
+        self.observed += len(delays_ms)
+        self.beyond_horizon += int((~keep).sum())
+        if not keep.any():
+            return
+        b = np.searchsorted(self.EDGES_MS, np.maximum(delays_ms[keep], 0.0), side="right") - 1
+        parts = np.asarray(partitions)[keep].astype(np.int64)
+        self.partitions.update(np.unique(parts).tolist())
+        done = b.astype(np.int64) - 1
+        t = self._rounded(np.asarray(trace_ms)[keep].astype(np.int64), done)
+        self.t = np.concatenate([self.t, t])
+        self.part = np.concatenate([self.part, parts])
+        self.bin = np.concatenate([self.bin, b.astype(np.int64)])
+        self.done = np.concatenate([self.done, done])
+        self.n = np.concatenate([self.n, np.ones(len(t), dtype=np.int64)])
+        self._merge()
+
+    def release(self, clock_ms: dict[int, float]) -> bool:
+        """Learn what the partitions' clocks (feedback event time, ms) make observable (see the
+        class docstring); one vectorised pass over the pending aggregate. Returns whether
+        anything was learned."""
+        if not len(self.t):
+            return False
+        parts = np.unique(self.part)
+        c = np.array([clock_ms.get(int(p), -1.0) for p in parts.tolist()])[np.searchsorted(parts, self.part)]
         jmax = np.minimum(np.searchsorted(self.EDGES_MS, c - self.t, side="right") - 2, self.K - 1)
         lo = self.done + 1
         new = jmax >= lo
         if not new.any():
-            return
+            return False
         first = new & (lo == self.bin)
-        if first.any():
+        n_first = int(self.n[first].sum())
+        if n_first:
             self.longest_ms = max(self.longest_ms, float(self.EDGES_MS[self.bin[first]].max()))
-        decay = self.lam ** int(first.sum())
+        decay = self.lam ** n_first
         self.a *= decay
         self.b *= decay
-        self.seen = self.seen * decay + int(first.sum())
+        self.seen = self.seen * decay + n_first
         da = np.zeros(self.K + 1)
         db = np.zeros(self.K + 1)
-        s, e = lo[new], jmax[new]
-        np.add.at(da, s, 1.0)
-        np.add.at(da, e + 1, -1.0)
+        s, e, w = lo[new], jmax[new], self.n[new].astype(np.float64)
+        np.add.at(da, s, w)
+        np.add.at(da, e + 1, -w)
         sb = np.maximum(s, self.bin[new] + 1)
         okb = sb <= e
-        np.add.at(db, sb[okb], 1.0)
-        np.add.at(db, e[okb] + 1, -1.0)
+        np.add.at(db, sb[okb], w[okb])
+        np.add.at(db, e[okb] + 1, -w[okb])
         self.a += np.cumsum(da)[: self.K]
         self.b += np.cumsum(db)[: self.K]
         self.done = np.where(new, jmax, self.done)
+        self.bin = np.where(new, -1, self.bin)  # every delay of its bin is now counted
         keep = self.done < self.K - 1
-        self.t, self.part, self.bin, self.done = self.t[keep], self.part[keep], self.bin[keep], self.done[keep]
+        self.t, self.part, self.bin, self.done, self.n = (x[keep] for x in (self.t, self.part, self.bin, self.done,
+                                                                              self.n))
+        self.t = np.where(new[keep], self._rounded(self.t, self.done), self.t)
+        self._merge()
         self._cache = None
+        return True
+
+    # ------------------------------------------------------------------ persistence
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """The whole state (counts, pending aggregate, partitions, settings) as named arrays for
+        ``numpy.savez_compressed`` (names prefixed by ``prefix``)."""
+        out = {"format": np.array(self.FORMAT), "a": self.a, "b": self.b,
+               "scalars": np.array([self.seen, self.longest_ms, self.half_life, self.grid_share,
+                                    float(self.grid_floor_ms), float(self.beyond_horizon), float(self.observed)]),
+               "partitions": np.array(sorted(self.partitions), dtype="<i4"),
+               **{f"pending_{name}": getattr(self, name).astype(dt) for name, dt in self.PENDING}}
+        return {prefix + k: v for k, v in out.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "") -> DelayCDF:
+        """Inverse of :meth:`to_arrays`.
+
+        Raises:
+            ValueError: an array missing, another ``format``, or arrays of the wrong shape.
+        """
+        try:
+            fmt = int(arrays[prefix + "format"])
+            scalars = arrays[prefix + "scalars"].tolist()
+            a, b = arrays[prefix + "a"], arrays[prefix + "b"]
+            parts = arrays[prefix + "partitions"]
+            cols = [arrays[f"{prefix}pending_{name}"].astype(np.int64) for name, _ in cls.PENDING]
+        except KeyError as exc:
+            raise ValueError(f"delay distribution state lacks array {exc.args[0]!r}") from exc
+        if fmt != cls.FORMAT or len(scalars) != 7:
+            raise ValueError(f"delay distribution state has format {fmt} with {len(scalars)} scalars; "
+                             f"expected format {cls.FORMAT} with 7")
+        if a.shape != (cls.K,) or b.shape != (cls.K,) or len({len(c) for c in cols}) != 1:
+            raise ValueError(f"delay distribution state has hazard counts {a.shape} / {b.shape} and pending "
+                             f"columns of lengths {[len(c) for c in cols]}; expected ({cls.K},) and equal lengths")
+        seen, longest, half_life, share, floor, beyond, observed = scalars
+        cdf = cls(half_life, share, int(floor))
+        cdf.a, cdf.b = a.astype(np.float64), b.astype(np.float64)
+        cdf.seen, cdf.longest_ms = seen, longest
+        cdf.beyond_horizon, cdf.observed = int(beyond), int(observed)
+        cdf.partitions = set(parts.tolist())
+        cdf.t, cdf.part, cdf.bin, cdf.done, cdf.n = cols
+        return cdf
 
     def _tables(self) -> tuple[np.ndarray, np.ndarray]:
         """``F`` at the edges and its integral ``I(e) = int_0^e F`` (trapezoid, exact for a
@@ -670,42 +793,89 @@ class DelayModel:
     A slice uses its tenant x workflow distribution once it has learned ``min_samples`` delays,
     else its tenant's, else none (the detector then counts a bucket only once it is
     ``feedback_maturity`` old, events and exposure together).
+
+    **Persistence.** A tenant's distributions are one state value, ``delay|<tenant>`` in the
+    slice-state backend (the worker's ``baselines`` changelog table), on the tenant's trace
+    partition: :meth:`take_dirty` gives the tenants changed since the last call, which
+    ``Pipeline.flush_state`` writes in the same checkpoint as the slice rows, and a tenant's
+    value is read (``loader``) the first time the process needs one of its distributions. The
+    value is a NumPy ``.npz`` archive (:meth:`encode`); docs/reliability.md says what a restart
+    keeps.
+
+    Args:
+        half_life: EW half-life of every distribution, in feedback.
+        min_samples: EW feedback a distribution needs before a slice uses it.
+        loader: ``state key -> bytes | None`` (``None``: nothing persisted).
     """
 
-    def __init__(self, half_life: float = 20_000.0, min_samples: float = 200.0, max_pending: int = 50_000) -> None:
-        self.half_life, self.min_samples, self.max_pending = half_life, min_samples, max_pending
+    #: state-key prefix of a tenant's distributions in the slice-state backend
+    KEY_PREFIX = "delay|"
+
+    def __init__(self, half_life: float = 20_000.0, min_samples: float = 200.0,
+                 loader: Callable[[str], bytes | None] | None = None) -> None:
+        self.half_life, self.min_samples = half_life, min_samples
+        self.loader = loader
         self.cdfs: dict[tuple[str, str | None], DelayCDF] = {}
+        #: tenants whose persisted value was read (or found absent), and those changed since
+        #: :meth:`take_dirty`
+        self._loaded: set[str] = set()
+        self.dirty: set[str] = set()
+        #: per tenant: the trace partition its state is written to (its traces' partition)
+        self.partition_of: dict[str, int] = {}
+
+    @classmethod
+    def state_key(cls, tenant: str) -> str:
+        """The state key of ``tenant``'s distributions: ``delay|<tenant>`` (not a slice key)."""
+        return f"{cls.KEY_PREFIX}{tenant}"
+
+    def _load(self, tenant: str) -> None:
+        """Read ``tenant``'s persisted distributions once (nothing happens if none)."""
+        if tenant in self._loaded:
+            return
+        self._loaded.add(tenant)
+        data = self.loader(self.state_key(tenant)) if self.loader is not None else None
+        if data is None:
+            return
+        for workflow, cdf in self.decode(data, tenant).items():
+            self.cdfs.setdefault((tenant, workflow), cdf)
+            if cdf.partitions:
+                self.partition_of.setdefault(tenant, min(cdf.partitions))
 
     def _get(self, key: tuple[str, str | None]) -> DelayCDF:
+        self._load(key[0])
         cdf = self.cdfs.get(key)
         if cdf is None:
-            cdf = self.cdfs[key] = DelayCDF(self.half_life, self.max_pending)
+            cdf = self.cdfs[key] = DelayCDF(self.half_life)
         return cdf
 
     def observe(self, keys: Sequence[tuple[str, str]], trace_ms: np.ndarray, partitions: np.ndarray,
                 delays_ms: np.ndarray) -> None:
-        """Queue delays (ms) of feedback on traces of ``keys`` = ``(tenant, workflow)``."""
+        """Add delays (ms) of feedback on traces of ``keys`` = ``(tenant, workflow)`` (trace event
+        time ms and partition of each) to their distributions' pending aggregates."""
         groups: dict[tuple[str, str | None], list[int]] = {}
         for i, (t, w) in enumerate(keys):
             groups.setdefault((t, w), []).append(i)
             groups.setdefault((t, None), []).append(i)
+        parts = np.asarray(partitions)
         for key, idx in groups.items():
             ix = np.asarray(idx)
-            self._get(key).observe(np.asarray(trace_ms)[ix], np.asarray(partitions)[ix],
-                                   np.asarray(delays_ms, dtype=np.float64)[ix])
+            self._get(key).observe(np.asarray(trace_ms)[ix], parts[ix], np.asarray(delays_ms, dtype=np.float64)[ix])
+            self.dirty.add(key[0])
+            self.partition_of.setdefault(key[0], int(parts[ix].min()))
 
     def release(self, clock_ms: dict[int, float], partition: int | None = None) -> None:
-        """Learn the delays the partitions' clocks make observable (the queues are scanned whole);
-        with ``partition``, only the distributions that learned from its traces."""
-        for cdf in self.cdfs.values():
-            if partition is None or partition in cdf.partitions:
-                cdf.release(clock_ms)
+        """Learn the delays the partitions' clocks make observable (each pending aggregate in one
+        pass); with ``partition``, only the distributions that learned from its traces."""
+        for (tenant, _), cdf in self.cdfs.items():
+            if (partition is None or partition in cdf.partitions) and cdf.release(clock_ms):
+                self.dirty.add(tenant)
 
     def step_support_ms(self, tenant: str, maturity_ms: float) -> float:
         """Until ``tenant``'s distribution is learned: the trace age (ms) up to which its feedback
         has been watched (:meth:`DelayCDF.support_ms`) while the maturity step (every feedback
         within ``maturity_ms``) still stands, 0.0 once a longer delay has been learned (the step
         would fold buckets whose feedback is still coming) or before any feedback."""
+        self._load(tenant)
         cdf = self.cdfs.get((tenant, None))
         if cdf is None or cdf.longest_ms > maturity_ms:
             return 0.0
@@ -713,8 +883,63 @@ class DelayModel:
 
     def model_for(self, tenant: str, workflow: str | None) -> DelayCDF | None:
         """The learned distribution a slice of ``tenant`` (x ``workflow``) uses, or ``None``."""
+        self._load(tenant)
         for key in ((tenant, workflow), (tenant, None)):
             cdf = self.cdfs.get(key)
             if cdf is not None and cdf.seen >= self.min_samples:
                 return cdf
         return None
+
+    @property
+    def beyond_horizon(self) -> int:
+        """Delays of 7 days or more seen by this process's tenant distributions (not learnable;
+        each counted once, in its tenant's distribution, since the distribution was created)."""
+        return sum(c.beyond_horizon for (_, w), c in self.cdfs.items() if w is None)
+
+    # ------------------------------------------------------------------ persistence
+    def encode(self, tenant: str) -> bytes:
+        """``tenant``'s distributions as one value: a NumPy ``.npz`` archive
+        (``numpy.savez_compressed``) of ``workflows`` (a JSON list, ``null`` for the tenant's
+        own) and each distribution's :meth:`DelayCDF.to_arrays` prefixed ``<i>_``."""
+        items = sorted(((w, c) for (t, w), c in self.cdfs.items() if t == tenant),
+                       key=lambda x: (x[0] is not None, x[0] or ""))
+        arrays = {"workflows": np.array(json.dumps([w for w, _ in items]))}
+        for i, (_, c) in enumerate(items):
+            arrays.update(c.to_arrays(f"{i}_"))
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @staticmethod
+    def decode(data: bytes, tenant: str = "?") -> dict[str | None, DelayCDF]:
+        """Inverse of :meth:`encode` (read with ``allow_pickle=False``): workflow (``None``: the
+        tenant's own) -> distribution.
+
+        Raises:
+            ValueError: not such a value (names the tenant and the cause).
+        """
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            workflows = json.loads(str(arrays["workflows"]))
+            return {w: DelayCDF.from_arrays(arrays, f"{i}_") for i, w in enumerate(workflows)}
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"delay model state of tenant {tenant!r} ({len(data)} B) does not load: {exc}") from exc
+
+    def take_dirty(self) -> list[tuple[str, bytes, int]]:
+        """``(state key, value, partition)`` of every tenant changed since the last call (to be
+        written with the slice rows of the same checkpoint)."""
+        out = [(self.state_key(t), self.encode(t), self.partition_of.get(t, 0)) for t in sorted(self.dirty)]
+        self.dirty = set()
+        return out
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget the tenants written to ``partitions`` (revoked; reloaded if they come back).
+        Returns the number of tenants dropped. Flush first: their unwritten changes are lost."""
+        gone = {t for t, p in self.partition_of.items() if p in partitions}
+        self.cdfs = {k: c for k, c in self.cdfs.items() if k[0] not in gone}
+        self._loaded -= gone
+        self.dirty -= gone
+        for t in gone:
+            self.partition_of.pop(t, None)
+        return len(gone)

@@ -209,7 +209,9 @@ class DriftEngine:
         config: detector settings.
         store: the slice state (a fresh one by default).
         loader: ``key -> bytes | None``; called when a slice is first seen in this process, to
-            resume its state from the changelog table (``None`` = new slice).
+            resume its state from the changelog table (``None`` = new slice); also when a
+            tenant's delay distributions are first needed (:class:`DelayModel
+            <streams.processors.drift.delayed.DelayModel>`, key ``delay|<tenant>``).
     """
 
     def __init__(self, config: DriftConfig | None = None, store: SliceStore | None = None,
@@ -220,6 +222,8 @@ class DriftEngine:
         self._mix_code_cache: dict[tuple[str, str | None], int] = {}
         #: the label-delayed (Poisson) detectors of the same slices
         self.delayed = DelayedMetrics(self.cfg, self.store)
+        # the delay distributions persist beside the slice rows (DelayModel: ``delay|<tenant>``)
+        self.delayed.delays.loader = loader
         #: replay-guard floor while a trace batch runs: last offset applied by each row that existed
         #: at batch start, and (``_added_floor``) by each row added since, as loaded or created
         self._batch_floor: np.ndarray | None = None

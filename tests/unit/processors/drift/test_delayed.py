@@ -73,7 +73,7 @@ def test_the_delay_cdf_is_learned_from_truncated_feedback_before_the_horizon():
     t = rng.uniform(0, now, 200_000)
     d = LOGNORMAL_MEDIAN_MS * np.exp(rng.normal(0, LOGNORMAL_SIGMA, t.size))
     seen = t + d <= now
-    cdf = DelayCDF(half_life=1e9, max_pending=1_000_000)
+    cdf = DelayCDF(half_life=1e9)
     cdf.observe(t[seen].astype(np.int64), np.zeros(seen.sum(), np.int64), d[seen])
     cdf.release({0: float(now)})
     for hours in (0.5, 2.0, 12.0, 48.0):
@@ -191,3 +191,133 @@ def test_feedback_slower_than_the_maturity_is_not_folded_away():
     assert c["late_feedback"] <= 0.01 * c["feedback_events"], c
     assert r.uncounted == 0 and c["unmatched_feedback"] == 0
     assert r.false_incidents == 0, r.opened
+
+
+def _lognormal_stream(rng, hours: float, rate: float, median_ms: float, t0: int = 0):
+    """Traces at ``rate``/s over ``hours``, one feedback each after a log-normal delay; the
+    feedback seen by the end, in feedback-time order: (trace ms, delay ms, feedback ms)."""
+    h_ms = int(hours * 3_600_000)
+    tr = np.sort(rng.integers(0, h_ms, int(rate * hours * 3600))) + t0
+    d = median_ms * np.exp(rng.normal(0, LOGNORMAL_SIGMA, tr.size))
+    fb = tr + d
+    keep = fb < t0 + h_ms
+    order = np.argsort(fb[keep], kind="stable")
+    return tr[keep][order], d[keep][order], fb[keep][order]
+
+
+def _learn(cdf: DelayCDF, tr, d, fb, learn_every_ms: int = 300_000, batch_ms: int = 60_000) -> None:
+    """Feed ``cdf`` as DelayedMetrics does: batches of ``batch_ms`` feedback time, learning on the grid."""
+    sec = (fb // batch_ms).astype(np.int64)
+    learned = -1
+    for idx in np.split(np.arange(len(fb)), np.flatnonzero(np.diff(sec)) + 1):
+        cdf.observe(tr[idx], np.zeros(len(idx), np.int64), d[idx])
+        grid = (int(fb[idx[-1]]) // learn_every_ms) * learn_every_ms
+        if grid > learned:
+            learned = grid
+            cdf.release({0: float(grid)})
+
+
+def test_the_pending_aggregate_matches_the_per_event_estimate_and_stays_bounded():
+    """The same stream learned exactly (1 ms grid: one entry per trace time, the per-event
+    estimate) and with the default grid (trace times rounded up): the CDFs agree within 0.01
+    within the support, and the aggregate holds a few thousand entries, not one per delay."""
+    rng = np.random.default_rng(5)
+    tr, d, fb = _lognormal_stream(rng, 3.0, 4.0, 600_000.0)
+    exact = DelayCDF(20_000.0, grid_share=0.0, grid_floor_ms=1)
+    agg = DelayCDF(20_000.0)
+    _learn(exact, tr, d, fb)
+    _learn(agg, tr, d, fb)
+    ages = np.exp(np.linspace(np.log(10_000.0), np.log(exact.support_ms()), 100))
+    assert exact.support_ms() > 3_600_000
+    assert np.abs(agg.cdf(ages) - exact.cdf(ages)).max() < 0.01
+    assert agg.pending == exact.pending  # every delay is held, none dropped
+    assert len(agg.t) < 2_000 < len(exact.t)
+    # on trace times already on the grid the two are identical
+    on_grid = DelayCDF(20_000.0, grid_share=0.0, grid_floor_ms=1)
+    coarse = DelayCDF(20_000.0, grid_share=0.0, grid_floor_ms=65_536)
+    t_grid = (tr // 65_536 + 1) * 65_536
+    _learn(on_grid, t_grid, d, fb)
+    _learn(coarse, t_grid, d, fb)
+    assert np.array_equal(on_grid.a, coarse.a) and np.array_equal(on_grid.b, coarse.b)
+
+
+def test_a_busy_tenant_keeps_learning_past_fifty_thousand_pending_delays():
+    """100 feedback/s (the old queue's cap of 50,000 is reached in minutes): every delay below
+    7 days stays pending, and when the delays double the CDF moves with them."""
+    rng = np.random.default_rng(6)
+    tr, d, fb = _lognormal_stream(rng, 1.0, 100.0, 120_000.0)
+    cdf = DelayCDF(20_000.0)
+    _learn(cdf, tr, d, fb)
+    assert cdf.observed == len(d) > 150_000 and cdf.beyond_horizon == 0
+    assert cdf.pending > 50_000
+    before = float(cdf.cdf(np.array([120_000.0]))[0])
+    assert abs(before - 0.5) < 0.05
+    t0 = int(fb[-1]) + 1
+    tr2, d2, fb2 = _lognormal_stream(rng, 1.0, 100.0, 480_000.0, t0=t0)
+    _learn(cdf, tr2, d2, fb2)
+    after = float(cdf.cdf(np.array([120_000.0]))[0])
+    assert cdf.pending > 100_000
+    assert after < before - 0.15  # four times longer delays: F(2 min) falls
+    cdf.observe(np.array([0]), np.array([0]), np.array([8 * 86_400_000.0]))
+    assert cdf.beyond_horizon == 1
+
+
+def test_the_delay_model_survives_a_restart_and_a_redelivered_batch_counts_once():
+    """Through the pipeline's checkpoint path (``flush_state`` into the state backends, a new
+    ``Pipeline`` on the same backends): the restored delay model gives the same CDF and support,
+    a feedback batch delivered again after the restart learns nothing twice, and state written
+    before the delay model existed (no ``delay|`` key) still loads."""
+    import time
+
+    from streams.devtools.bench_canary import CohortPlan, rollout_records, rollout_steps
+    from streams.processors.drift import DelayModel
+    from streams.state import DictBackend
+    from tests.unit.test_canary_pipeline import _messages
+
+    now = int(time.time() * 1000)
+    n = 1500
+    steps = rollout_steps(np.random.default_rng(3), [CohortPlan("cardiology", 50.0)], n,
+                          t0_ms=now - n * 2000 - 3_600_000)
+    msgs = list(_messages(rollout_records(steps), now))
+    backends = {k: DictBackend() for k in ("baselines", "incidents", "feedback_state", "canary_state")}
+
+    def pipeline() -> Pipeline:
+        return Pipeline(Settings(state_dir="/nonexistent"), default_codec(), **backends)
+
+    pipe = pipeline()
+    last_feedback = None
+    for kind, msg in msgs:
+        if kind == "trace":
+            pipe.on_traces([msg])
+        else:
+            pipe.on_feedback([msg])
+            last_feedback = msg
+    pipe.flush_state()  # the checkpoint
+    model = pipe.engine.delayed.delays
+    tenants = {t for t, _ in model.cdfs}
+    assert tenants and all(backends["baselines"].get(DelayModel.state_key(t)) for t in tenants)
+    learned = model.cdfs[(next(iter(tenants)), None)]
+    assert learned.observed > 100
+
+    restarted = pipeline()
+    # a batch redelivered after the restart: its feedback is known (feedback-seen), nothing relearned
+    restarted.on_feedback([last_feedback])
+    restored = restarted.engine.delayed.delays
+    ages = np.exp(np.linspace(0.0, np.log(7 * 86_400_000.0), 50))
+    for key, cdf in model.cdfs.items():
+        restored.model_for(*key)  # read from the backend when first needed
+        got = restored.cdfs[key]
+        assert got.observed == cdf.observed and got.pending == cdf.pending and got.seen == cdf.seen
+        assert np.array_equal(got.a, cdf.a) and np.array_equal(got.b, cdf.b)
+        assert got.support_ms() == cdf.support_ms() and np.array_equal(got.cdf(ages), cdf.cdf(ages))
+    assert restored.model_for(*next(iter(model.cdfs))) is not None or learned.seen < restored.min_samples
+
+    # old state: the same slice rows without the delay model load, and the model starts empty
+    old = {k: v for k, v in backends["baselines"].data.items() if not k.startswith(DelayModel.KEY_PREFIX)}
+    backends["baselines"] = DictBackend()
+    backends["baselines"].data.update(old)
+    fresh = pipeline()
+    fresh.on_feedback([last_feedback])
+    assert all(c.observed == 0 for c in fresh.engine.delayed.delays.cdfs.values())
+    with pytest.raises(ValueError, match="delay model state of tenant 'acme'"):
+        DelayModel.decode(b"not an archive", "acme")
