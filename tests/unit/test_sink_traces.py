@@ -28,10 +28,16 @@ def _batch(tenant: str | None = None):
         if tenant is not None:
             r["tenant_id"] = tenant
         recs.append(r)
+    return _columns(recs, 0, 7, tenant or BASE["tenant_id"])
+
+
+def _columns(recs: list[dict], partition: int, offset: int, key: str):
+    """``recs`` as one AgentTraceBatch message at ``partition``/``offset``, through the real
+    ingest, as the sink's trace columns."""
     codec = default_codec()
-    msg = RawMessage("agent.traces.v1", 0, 7, (tenant or BASE["tenant_id"]).encode(), codec.encode(
-        "selfheal.v1.AgentTraceBatch", {"batch_id": "b1", "producer_id": "p", "sent_at": BASE["event_time"],
-                                        "traces": recs}))
+    msg = RawMessage("agent.traces.v1", partition, offset, key.encode(), codec.encode(
+        "selfheal.v1.AgentTraceBatch", {"batch_id": f"b{partition}-{offset}", "producer_id": "p",
+                                        "sent_at": BASE["event_time"], "traces": recs}))
     decoded = Ingest(codec, "traces").decode([msg])
     assert not decoded.dead_letters
     return trace_columns(decoded.records, decoded.partitions, decoded.offsets)
@@ -90,13 +96,7 @@ def _varied_batch():
             r["input_ref"] = {"uri": f"s3://notes/{i}.json", "text": "Transcript.", "sha256": "c" * 64}
             r["output_ref"] = {"uri": None, "text": "Draft note.", "sha256": "d" * 64}
         recs.append(r)
-    codec = default_codec()
-    msg = RawMessage("agent.traces.v1", 2, 11, b"acme-health", codec.encode(
-        "selfheal.v1.AgentTraceBatch", {"batch_id": "b2", "producer_id": "p", "sent_at": BASE["event_time"],
-                                        "traces": recs}))
-    decoded = Ingest(codec, "traces").decode([msg])
-    assert not decoded.dead_letters
-    return trace_columns(decoded.records, decoded.partitions, decoded.offsets)
+    return _columns(recs, 2, 11, "acme-health")
 
 
 def test_content_references_are_stored_where_traces_carry_them_and_empty_elsewhere(tmp_path):
