@@ -38,7 +38,7 @@ from streams.processors.incidents import IncidentManager, TraceContext
 from streams.processors.ingest import Decoded, Ingest, make_dead_letter
 from streams.processors.metrics import POISSON, is_safety_feedback
 from streams.signing import verifying_keys
-from streams.state import DictBackend, StateBackend
+from streams.state import CheckpointedBackend, DictBackend, StateBackend
 
 #: what the store holds of trace ids outside the in-memory index: ``{(tenant_id, trace_id):
 #: [(fingerprint, source partition, source offset)]}`` (:meth:`Pipeline.unindexed_trace_ids`)
@@ -177,8 +177,11 @@ class Pipeline:
         self._census_ms: dict[int, int] = {}
         self.redactor = Redactor(enabled=settings.redact)
         self.index = TraceIndex(settings.trace_index_size)
+        # written at the checkpoint with the slice rows that count the same feedback (a crash
+        # between the two lost the redelivered corrections: CheckpointedBackend)
+        self.feedback_state = CheckpointedBackend(feedback_state or DictBackend())
         self.feedback = FeedbackProcessor(
-            feedback_state or DictBackend(), self.index, self.redactor,
+            self.feedback_state, self.index, self.redactor,
             settings.tenant_hmac_key.get_secret_value().encode(), lookup=trace_lookup,
             near_dup_threshold=settings.feedback_near_dup_threshold,
             max_corrections_per_trace=settings.feedback_max_corrections_per_trace,
@@ -225,8 +228,9 @@ class Pipeline:
 
     def flush_state(self) -> int:
         """Persist dirty slice rows and changed delay distributions (``delay|<tenant>``,
-        :class:`~streams.processors.drift.delayed.DelayModel`) to the baselines backend and
-        changed canary scorecards to theirs; returns slice rows written."""
+        :class:`~streams.processors.drift.delayed.DelayModel`) to the baselines backend, then the
+        feedback dedup state written since the last call (:class:`~streams.state.CheckpointedBackend`)
+        and changed canary scorecards to theirs; returns slice rows written."""
         store = self.engine.store
         dirty = store.dirty
         self._snapshot_dirty |= dirty
@@ -240,6 +244,8 @@ class Pipeline:
         # their learned counts belong with (docs/reliability.md)
         for key, value, partition in self.engine.delayed.delays.take_dirty():
             self.baselines.put(key, value, partition)
+        # the feedback ids and dedup keys whose corrections these rows count, after them
+        self.feedback_state.flush()
         self.canary.flush()
         return n
 

@@ -37,7 +37,10 @@ reviewers, counters, conflict outcome; bounded by ``max_corrections_per_trace`` 
 ``feedback_limit``); ``fr|<tenant>|<dedup_key>`` the correction's latest row (redacted text only);
 ``fid|<tenant>|<feedback_id>`` the trace of every id seen. The trace record is written last, so
 after a crash either it and the rows it refers to are in the changelog or the submission is
-processed again from scratch: a restarted worker behaves as if it had never stopped.
+processed again from scratch: a restarted worker behaves as if it had never stopped. The
+pipeline holds these writes until its state checkpoint (:class:`streams.state.CheckpointedBackend`),
+which writes them after the slice rows counting the same corrections: a crash takes both back
+to the same checkpoint, so a redelivered correction is new again and counted once.
 
 Trace join (which trace a feedback item belongs to, and how long it waits for it):
 :mod:`streams.processors.feedback.traces`.

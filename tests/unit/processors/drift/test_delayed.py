@@ -173,6 +173,56 @@ def test_redelivered_feedback_counts_once():
     assert _counted(twice) == twice.counters["feedback_events"]
 
 
+def test_a_crash_between_checkpoints_counts_the_redelivered_corrections_once():
+    """A worker killed between two checkpoints: its slice rows come back from the last one, so the
+    feedback it processed since must be counted again when it is redelivered, once. The feedback
+    dedup state is written at the same checkpoint (``CheckpointedBackend``); before, its ids
+    reached the changelog at once, the restarted worker found them seen, and the corrections since
+    the checkpoint were never counted (the chaos run's false correction-rate incidents)."""
+    import time
+
+    from streams.devtools.bench_canary import CohortPlan, rollout_records, rollout_steps
+    from streams.state import DictBackend
+    from tests.unit.test_canary_pipeline import _messages
+
+    now = int(time.time() * 1000)
+    n = 1500
+    steps = rollout_steps(np.random.default_rng(5), [CohortPlan("cardiology", 50.0)], n,
+                          t0_ms=now - n * 2000 - 3_600_000)
+    msgs = list(_messages(rollout_records(steps), now))
+    checkpoint, crash = len(msgs) // 2, 3 * len(msgs) // 4
+
+    def pipeline(backends, stored=None) -> Pipeline:
+        # ``stored``: the traces ClickHouse holds (the crashed worker's index stands for it)
+        lookup = None if stored is None else (
+            lambda tenant, ids: {i: stored.refs[i] for i in ids if i in stored.refs})
+        return Pipeline(Settings(state_dir="/nonexistent"), default_codec(), trace_lookup=lookup, **backends)
+
+    def feed(pipe: Pipeline, part) -> None:
+        for kind, msg in part:
+            pipe.on_traces([msg]) if kind == "trace" else pipe.on_feedback([msg])
+
+    # never crashed: what the feedback after the checkpoint adds
+    ref = pipeline({})
+    feed(ref, msgs[:checkpoint])
+    at_checkpoint = ref.engine.delayed.counters["feedback_events"]
+    new_at_checkpoint = ref.feedback_statuses["new"]
+    feed(ref, msgs[checkpoint:])
+    since = ref.engine.delayed.counters["feedback_events"] - at_checkpoint
+    assert since > 100
+
+    backends = {k: DictBackend() for k in ("baselines", "incidents", "feedback_state", "canary_state")}
+    first = pipeline(backends)
+    feed(first, msgs[:checkpoint])
+    first.flush_state()
+    feed(first, msgs[checkpoint:crash])  # then SIGKILL: nothing more is written
+    restarted = pipeline(backends, stored=first.index)
+    feed(restarted, msgs[checkpoint:])  # redelivered from the committed offsets on
+    assert restarted.engine.delayed.counters["feedback_events"] == since
+    # and the redelivered submissions are new again, as they were the first time
+    assert restarted.feedback_statuses.get("new", 0) == ref.feedback_statuses["new"] - new_at_checkpoint
+
+
 #: the demo's clinicians (``simulate.DEMO_FEEDBACK_DELAY``): log-normal, median 20 min, p99 about 3 h
 DEMO_TIMING = Timing("demo_clinicians", "lognormal", median_ms=1_200_000.0, sigma=0.95)
 
