@@ -23,7 +23,8 @@ What it does (:func:`run_chaos`):
    - traces: every id sent is stored, none twice after ``FINAL`` (lost / duplicated);
    - feedback submissions (per feedback id, replays included) and unique corrections;
    - dead letters: one per malformed message or invalid record sent;
-   - incidents: the injected regression is detected, no incident on another tenant, and no
+   - incidents: the injected regression is detected, no incident on another tenant that the
+     same batches without faults do not give (:func:`reproduced_without_faults`), and no
      episode was re-opened: on ``agent.incidents.v1`` no incident opens while an earlier one of
      the same tenant, metric group and overlapping slice is still open;
    - state: each slice's trace count in the ``baselines`` changelog equals its traces in
@@ -650,10 +651,15 @@ def verify(settings: Settings, rep: Any, sdk: RecordingSDK) -> dict[str, Any]:
                 "rows_before_final": q("SELECT count() FROM {db}.dead_letters")[0][0],
                 "by_reason": dict(q("SELECT error_class, count() FROM {db}.dead_letters FINAL GROUP BY 1"))}
         change = rep.injected[0]
-        incidents = q("SELECT incident_id, tenant_id, kind, release_id, metric_group, status FROM {db}.incidents FINAL")
+        incidents = q("SELECT incident_id, tenant_id, kind, release_id, metric_group, status, summary "
+                      "FROM {db}.incidents FINAL")
         detected = any(r[1] == change.tenant_id and r[2] == "release_regression" and r[3] == change.release_id
                        for r in incidents)
-        elsewhere = [r[0] for r in incidents if r[1] != change.tenant_id]
+        # what each one was (id, tenant, kind, metric group, summary): the id alone says nothing
+        elsewhere = [(r[0], r[1], r[2], r[4], r[6]) for r in incidents if r[1] != change.tenant_id]
+        # one is the faults' doing only if the same batches without them do not give it
+        without_faults = reproduced_without_faults(sink, settings, sorted({e[1] for e in elsewhere}))
+        caused = [e for e in elsewhere if e[0] not in without_faults]
         events = []
         for p, o, _, v in read_topic(settings, settings.topic("incidents")):
             _, inc = codec.decode(v)
@@ -674,8 +680,9 @@ def verify(settings: Settings, rep: Any, sdk: RecordingSDK) -> dict[str, Any]:
         problems.append(f"feedback dedup status {statuses} differs from what was sent {status_expected}")
     if not detected:
         problems.append("injected regression not detected")
-    if elsewhere:
-        problems.append(f"incidents on tenants without an injected change: {elsewhere}")
+    if caused:
+        problems.append(f"incidents on tenants without an injected change that the same batches give "
+                        f"without faults do not: {caused}")
     if reopened:
         problems.append(f"re-opened episodes: {reopened}")
     if topic_ids != {r[0] for r in incidents}:
@@ -687,10 +694,36 @@ def verify(settings: Settings, rep: Any, sdk: RecordingSDK) -> dict[str, Any]:
         "lost": sum(s["lost"] for s in streams.values()),
         "duplicated": sum(s["duplicated"] for s in streams.values()),
         "incidents": {"in_clickhouse": len(incidents), "injected_detected": detected,
-                      "on_other_tenants": len(elsewhere), "reopened_episodes": len(reopened), **ev_counts},
+                      "on_other_tenants": len(elsewhere), "on_other_tenants_by_faults": len(caused),
+                      "other_tenants": elsewhere, "reopened_episodes": len(reopened), **ev_counts},
         "state": {"slices_compared": slices, "mismatches": len(state_bad)},
         "problems": problems,
     }
+
+
+def reproduced_without_faults(sink: Any, settings: Settings, tenants: list[str]) -> set[str]:
+    """Incident ids that ``tenants``' recorded traffic gives in a run without faults: the worker's
+    own batches, in its order, rebuilt from ClickHouse (``batch_seq``) and replayed through a fresh
+    in-process pipeline with the same settings (:mod:`streams.replay`); empty for no tenants.
+
+    Why: an incident on a tenant with no injected change is a fault's doing (a lost or doubled
+    count across a crash) only if this replay does not give it. One it does give comes from the
+    detector on that batch schedule: after a restart the worker catches up in larger batches and
+    the trace-side CUSUMs step once per batch (measured: ``summit-medical`` retrieval_miss_rate,
+    whose realised rate rises from 0.054 to 0.10 in this traffic, peaks at 15-16 nats in
+    64-message batches and passes 18 in the worker's post-restart ones; the replay gives it too).
+    Detector false alarms are measured by ``make bench-drift``, not here.
+    """
+    if not tenants:
+        return set()
+    from streams.replay import load_recorded, recorded_range
+    from streams.replay import run as replay_run
+
+    span = recorded_range(sink, tenants)
+    if span is None:
+        return set()
+    recorded = load_recorded(sink, settings, tenants, span[0], span[1])
+    return {i.incident_id for i in replay_run(recorded, settings, sink).incidents}
 
 
 def print_report(report: dict[str, Any], console: Any) -> None:
@@ -727,7 +760,8 @@ def print_report(report: dict[str, Any], console: Any) -> None:
     inc, st = report["incidents"], report["state"]
     console.print(f"incidents: {inc['incidents']} ({inc['events']} events, {inc['redelivered_events']} redelivered), "
                   f"injected regression detected: {inc['injected_detected']}, re-opened episodes: "
-                  f"{inc['reopened_episodes']}, on other tenants: {inc['on_other_tenants']}")
+                  f"{inc['reopened_episodes']}, on other tenants: {inc['on_other_tenants']} "
+                  f"({inc['on_other_tenants_by_faults']} not given by the same batches without faults)")
     console.print(f"state: {st['slices_compared']} slices, {st['mismatches']} with a trace count different from "
                   "ClickHouse")
     console.print(("[bold green]PASSED" if report["passed"] else "[bold red]FAILED: " + "; ".join(report["problems"]))
