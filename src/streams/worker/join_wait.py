@@ -5,8 +5,9 @@ read its trace partition up to where the consumer stood when the batch began to 
 after a restart, a broker outage: the partition's event-time watermark mixes tenants, so it alone
 may pass a trace not read yet; measured: 6 false ``unknown_trace`` dead letters in the demo before
 this rule); then while the trace watermark is below its event time
-(the pipeline's ``FeedbackProcessor.resolve`` reports those as waiting), for
-``feedback_grace_s``; only then is the trace unknown.
+(the pipeline's ``FeedbackProcessor.resolve`` reports those as waiting), or while the consumer
+has not reported the partition's high watermark since its assignment (no target can be set),
+for ``feedback_grace_s``; only then is the trace unknown.
 
 Meanwhile the feedback channel fills and faust's flow control stops fetching feedback
 (``on_buffer_full``), while traces keep coming. (Pausing the partitions here instead lost
@@ -93,11 +94,17 @@ class JoinWait:
             waiting: indexes of records whose trace watermark is still below their event time.
 
         Returns:
-            True when every record is resolved or may be given up (no trace partition behind and
-            nothing waiting, or the grace period passed); False to wait another round.
+            True when every record is resolved or may be given up (no trace partition behind or
+            of unknown position and nothing waiting, or the grace period passed); False to wait
+            another round.
         """
-        behind = self.traces_behind({partitions[i] for i, r in enumerate(refs) if r is None})
-        if not waiting and not behind:
+        parts = {partitions[i] for i, r in enumerate(refs) if r is None}
+        behind = self.traces_behind(parts)
+        # a partition whose consumer position is not known yet (no fetch answered since the
+        # assignment: right after a restart, a rebalance or a broker restart) has no target; its
+        # watermark may be another tenant's, so it gets the grace period, not an immediate verdict
+        unknown = [p for p in sorted(parts) if p not in self.targets]
+        if not waiting and not behind and not unknown:
             return True
         if self.clock() > self.next_note:
             self.next_note += self.note_every_s

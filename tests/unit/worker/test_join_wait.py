@@ -57,6 +57,26 @@ def test_records_waiting_on_the_watermark_get_the_grace_period_then_go_on():
     assert wait.settled([None], partitions=[0], waiting=[0])
 
 
+def test_a_partition_of_unknown_position_gets_the_grace_period_not_an_immediate_verdict():
+    """Right after an assignment the consumer has no high watermark for the trace partition, and
+    its trace watermark (another tenant's traces) may already be past the feedback: the batch
+    waits for a target, or the grace period, before its traces are called unknown."""
+    fake = Fake({0: (5, None)})
+    wait = JoinWait(30.0, fake.position, clock=fake.clock)
+    assert not wait.settled([None], partitions=[0], waiting=[])
+    assert wait.targets == {} and wait.deadline == 130.0
+    fake.positions[0] = (5, 9)  # the first fetch answers: a target, held without time limit
+    assert not wait.settled([None], partitions=[0], waiting=[])
+    assert wait.targets == {0: 9} and wait.deadline is None
+    fake.positions[0] = (9, 9)
+    assert wait.settled([None], partitions=[0], waiting=[])
+    never = JoinWait(30.0, Fake({}).position, clock=fake.clock)  # never known: given up after the grace
+    assert never.traces_behind({1}) == []  # not held without time limit
+    assert not never.settled([None], partitions=[1], waiting=[])
+    fake.now += 30.1
+    assert never.settled([None], partitions=[1], waiting=[])
+
+
 def test_falling_behind_again_restarts_the_grace_period():
     fake = Fake({0: (9, 9)})
     wait = JoinWait(30.0, fake.position, clock=fake.clock)
@@ -71,13 +91,6 @@ def test_falling_behind_again_restarts_the_grace_period():
     assert wait.deadline == 155.0  # a fresh grace period from now
     fake.now = 140.0
     assert not wait.settled([None], partitions=[0], waiting=[0])
-
-
-def test_a_partition_without_a_high_watermark_is_not_held():
-    fake = Fake({0: (None, None)})
-    wait = JoinWait(30.0, fake.position, clock=fake.clock)
-    assert wait.traces_behind({0}) == []
-    assert wait.settled([None], partitions=[0], waiting=[])
 
 
 def test_a_long_wait_logs_progress_after_ten_seconds_then_every_thirty(caplog):
