@@ -27,7 +27,7 @@ _TRACE_REF_SQL = {
     "trace_id": "trace_id", "cohort": "cohort", "workflow": "workflow", "release_id": "release_id",
     "partition": "source_partition", "session_id": "session_id", "event_time_ms": "toUnixTimestamp64Milli(event_time)",
     "tool": "arrayFirst((n, s) -> s != 'ok', tool_names, tool_statuses)", "rollout_arm": "rollout_arm",
-    "candidate_release_id": "candidate_release_id", "stage_pct": "rollout_stage_pct",
+    "candidate_release_id": "candidate_release_id", "stage_pct": "rollout_stage_pct", "offset": "source_offset",
 }
 TRACE_REFS_QUERY = ("SELECT " + ", ".join(_TRACE_REF_SQL[c] for c in TRACE_REF_COLUMNS)
                     + " FROM {db}.traces WHERE tenant_id = {tenant:String} AND trace_id IN {ids:Array(String)}")

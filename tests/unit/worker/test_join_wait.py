@@ -77,6 +77,31 @@ def test_a_partition_of_unknown_position_gets_the_grace_period_not_an_immediate_
     assert never.settled([None], partitions=[1], waiting=[])
 
 
+def test_a_stored_trace_the_trace_agent_has_not_passed_holds_its_record():
+    """After a crash ClickHouse holds traces the restored state does not count yet: a record
+    resolved from the store waits, without time limit, until the trace agent has passed the
+    trace's offset; one resolved from this process's batches (offset -1) goes on at once."""
+    from streams.processors.feedback import TraceRef
+
+    def stored(offset: int, partition: int = 0) -> TraceRef:
+        return TraceRef("acme", "cardiology", "soap_note", "rel-1", partition, offset=offset)
+
+    fake = Fake({0: (5, 9)})
+    wait = JoinWait(30.0, fake.position, clock=fake.clock)
+    assert wait.settled([stored(-1), stored(4)], partitions=[0, 0], waiting=[])  # passed: counted
+    assert not wait.settled([stored(7)], partitions=[0], waiting=[])
+    assert wait.deadline is None
+    fake.now += 3600
+    assert not wait.settled([stored(7)], partitions=[0], waiting=[])
+    fake.positions[0] = (8, 9)  # the trace agent counted offset 7 again
+    assert wait.settled([stored(7)], partitions=[0], waiting=[])
+    # no position at all on the trace's partition: the grace period, then on
+    unplaced = JoinWait(30.0, fake.position, clock=fake.clock)
+    assert not unplaced.settled([stored(3, partition=4)], partitions=[4], waiting=[])
+    fake.now += 30.1
+    assert unplaced.settled([stored(3, partition=4)], partitions=[4], waiting=[])
+
+
 def test_falling_behind_again_restarts_the_grace_period():
     fake = Fake({0: (9, 9)})
     wait = JoinWait(30.0, fake.position, clock=fake.clock)

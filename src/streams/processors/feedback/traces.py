@@ -16,6 +16,7 @@ cannot be filled from the wrong column.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -26,7 +27,7 @@ from streams.processors.columns import ARM_CODES, TraceColumns
 #: the columns of a stored trace reference row, in order: what ``ClickHouseSink.trace_refs``
 #: selects (an SQL expression per name) and :meth:`TraceRef.from_row` reads
 TRACE_REF_COLUMNS = ("trace_id", "cohort", "workflow", "release_id", "partition", "session_id", "event_time_ms",
-                     "tool", "rollout_arm", "candidate_release_id", "stage_pct")
+                     "tool", "rollout_arm", "candidate_release_id", "stage_pct", "offset")
 
 
 class TraceRef(NamedTuple):
@@ -47,6 +48,11 @@ class TraceRef(NamedTuple):
     rollout_arm: int = -1
     candidate_release_id: str = ""
     stage_pct: float = 0.0
+    #: source offset of a trace loaded from the store (-1: built from a batch of this process,
+    #: so already counted here). After a restart a stored trace may not be counted in the
+    #: restored state yet: the worker's join waits until the trace agent has passed this offset
+    #: (:mod:`streams.worker.join_wait`)
+    offset: int = -1
 
     @classmethod
     def from_columns(cls, cols: TraceColumns, fingerprints: Sequence[int]) -> list[TraceRef]:
@@ -77,6 +83,7 @@ class TraceRef(NamedTuple):
             "rollout_arm": cols.rollout_arm.tolist(),
             "candidate_release_id": [c or "" for c in cols.candidate_release_id],
             "stage_pct": np.nan_to_num(cols.stage_pct, nan=0.0).tolist(),
+            "offset": itertools.repeat(-1),  # counted by this process
         }
         return list(map(cls, *(columns[name] for name in cls._fields)))
 
@@ -92,7 +99,8 @@ class TraceRef(NamedTuple):
         return cls(tenant_id=tenant_id, cohort=r["cohort"], workflow=r["workflow"], release_id=r["release_id"],
                    partition=int(r["partition"]), session_id=r["session_id"], event_time_ms=int(r["event_time_ms"]),
                    tool=r["tool"], rollout_arm=ARM_CODES.get(r["rollout_arm"], -1),
-                   candidate_release_id=r["candidate_release_id"], stage_pct=float(r["stage_pct"]))
+                   candidate_release_id=r["candidate_release_id"], stage_pct=float(r["stage_pct"]),
+                   offset=int(r["offset"]))
 
     @classmethod
     def by_trace_id(cls, tenant_id: str, rows: Iterable[Sequence[Any]]) -> dict[str, TraceRef]:
