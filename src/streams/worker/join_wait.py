@@ -97,7 +97,8 @@ class JoinWait:
         correction counted before its trace lands in a bucket without that trace's exposure
         (measured in a chaos run once the dedup state moved to the checkpoint: ``correction_rate
         rose from 0.67 to 164.6`` on a tenant with no change), so it waits like an unknown trace.
-        References built by this process (``offset`` -1) are counted already.
+        References built by this process (``offset`` -1) are counted already, and an offset at
+        or past the consumer's high watermark never will be (the topic was recreated).
         """
         behind: set[int] = set()
         unknown: set[int] = set()
@@ -105,11 +106,13 @@ class JoinWait:
             offset = getattr(r, "offset", -1)
             if r is None or offset < 0:
                 continue
-            nxt, _ = self.position(r.partition)
+            nxt, high = self.position(r.partition)
             if nxt is None:
                 unknown.add(r.partition)
-            elif nxt <= offset:
+            elif nxt <= offset and (high is None or offset < high):
                 behind.add(r.partition)
+            # an offset at or past the partition's end was stored from an earlier life of the
+            # topic (recreated, offsets reset): no read will reach it, so it does not hold
         return sorted(behind), sorted(unknown - behind)
 
     def settled(self, refs: Sequence[Any | None], partitions: Sequence[int], waiting: Sequence[int]) -> bool:

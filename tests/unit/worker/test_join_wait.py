@@ -95,6 +95,7 @@ def test_a_stored_trace_the_trace_agent_has_not_passed_holds_its_record():
     assert not wait.settled([stored(7)], partitions=[0], waiting=[])
     fake.positions[0] = (8, 9)  # the trace agent counted offset 7 again
     assert wait.settled([stored(7)], partitions=[0], waiting=[])
+    assert wait.settled([stored(12)], partitions=[0], waiting=[])  # past the end: an older topic's
     # no position at all on the trace's partition: the grace period, then on
     unplaced = JoinWait(30.0, fake.position, clock=fake.clock)
     assert not unplaced.settled([stored(3, partition=4)], partitions=[4], waiting=[])
