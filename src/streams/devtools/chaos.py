@@ -53,6 +53,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.config import ROOT, Settings
 from streams.devtools.launcher import WorkerProcess, worker_env
+from streams.replay import load_recorded, recorded_range
+from streams.replay import run as replay_run
 from streams.topics import GroupLag
 
 SCRIPTS = ROOT / "scripts"
@@ -713,12 +715,12 @@ def reproduced_without_faults(sink: Any, settings: Settings, tenants: list[str])
     whose realised rate rises from 0.054 to 0.10 in this traffic, peaks at 15-16 nats in
     64-message batches and passes 18 in the worker's post-restart ones; the replay gives it too).
     Detector false alarms are measured by ``make bench-drift``, not here.
+
+    Raises:
+        SinkError, clickhouse errors: the store cannot be read (:func:`streams.replay.load_recorded`).
     """
     if not tenants:
         return set()
-    from streams.replay import load_recorded, recorded_range
-    from streams.replay import run as replay_run
-
     span = recorded_range(sink, tenants)
     if span is None:
         return set()

@@ -102,11 +102,14 @@ class JoinWait:
         """
         behind: set[int] = set()
         unknown: set[int] = set()
+        positions: dict[int, Position] = {}  # one position read per partition, not per record
         for r in refs:
-            offset = getattr(r, "offset", -1)
-            if r is None or offset < 0:
+            offset = getattr(r, "offset", -1)  # -1 also for unresolved records (None)
+            if offset < 0:
                 continue
-            nxt, high = self.position(r.partition)
+            if r.partition not in positions:
+                positions[r.partition] = self.position(r.partition)
+            nxt, high = positions[r.partition]
             if nxt is None:
                 unknown.add(r.partition)
             elif nxt <= offset and (high is None or offset < high):

@@ -200,7 +200,10 @@ def test_a_crash_between_checkpoints_counts_the_redelivered_corrections_once():
 
     def feed(pipe: Pipeline, part) -> None:
         for kind, msg in part:
-            pipe.on_traces([msg]) if kind == "trace" else pipe.on_feedback([msg])
+            if kind == "trace":
+                pipe.on_traces([msg])
+            else:
+                pipe.on_feedback([msg])
 
     # never crashed: what the feedback after the checkpoint adds
     ref = pipeline({})
