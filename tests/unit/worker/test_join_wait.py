@@ -42,8 +42,12 @@ def test_a_partition_read_short_of_its_target_holds_the_batch_without_time_limit
     fake.now += 3600  # no grace deadline runs while a partition is behind
     assert not wait.settled([None, None], partitions=[0, 1], waiting=[])
     fake.positions[0] = (9, 20)  # read up to the target; the watermark moved on meanwhile
-    assert wait.settled([None, None], partitions=[0, 1], waiting=[])  # unknown traces now
     assert wait.targets == {0: 9, 1: 7}  # the target is where the consumer stood when the wait began
+    # the target may be a fetch older than the trace: the grace period, then unknown traces
+    assert not wait.settled([None, None], partitions=[0, 1], waiting=[])
+    assert wait.deadline == fake.now + 30.0
+    fake.now += 30.1
+    assert wait.settled([None, None], partitions=[0, 1], waiting=[])
 
 
 def test_records_waiting_on_the_watermark_get_the_grace_period_then_go_on():
@@ -68,7 +72,9 @@ def test_a_partition_of_unknown_position_gets_the_grace_period_not_an_immediate_
     fake.positions[0] = (5, 9)  # the first fetch answers: a target, held without time limit
     assert not wait.settled([None], partitions=[0], waiting=[])
     assert wait.targets == {0: 9} and wait.deadline is None
-    fake.positions[0] = (9, 9)
+    fake.positions[0] = (9, 9)  # read up to it: then the grace period
+    assert not wait.settled([None], partitions=[0], waiting=[])
+    fake.now += 30.1
     assert wait.settled([None], partitions=[0], waiting=[])
     never = JoinWait(30.0, Fake({}).position, clock=fake.clock)  # never known: given up after the grace
     assert never.traces_behind({1}) == []  # not held without time limit
