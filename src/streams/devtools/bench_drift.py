@@ -629,6 +629,7 @@ def run_timed_suite(seeds: int = 3, stationary_traces: int = 1_000_000, settings
                 "late": sum(r.counters.get("late_feedback", 0) for r in rs),
                 "unmatched": sum(r.counters.get("unmatched_feedback", 0) for r in rs),
                 "coarsened_buckets": sum(r.counters.get("coarsened_buckets", 0) for r in rs),
+                "admitted_ahead": sum(r.counters.get("admitted_ahead", 0) for r in rs),
                 "same_incidents_other_schedule": all(r.counters["same_incidents_other_schedule"] for r in rs)
                 if s.affected is not None else None,
             })

@@ -184,7 +184,7 @@ def delay_figures(delays_s: list[float], not_yet_due: int) -> dict[str, Any]:
 
 #: the worker's delayed-label counters shown in the summary (:mod:`streams.processors.drift.delayed`)
 DETECTOR_COUNTERS = ("feedback_events", "late_feedback", "unmatched_feedback", "folded_feedback",
-                     "folded_buckets", "coarsened_buckets")
+                     "folded_buckets", "coarsened_buckets", "admitted_ahead")
 
 
 def read_incidents(settings: Settings, codec: Any, timeout_s: float = 60.0) -> list[Any]:

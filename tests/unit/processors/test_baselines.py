@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from streams.processors.baselines import (
+    FIELD_COLUMN,
     FIELDS,
     ROW_BYTES,
     ROW_COLS,
@@ -91,7 +92,8 @@ def test_rows_written_before_the_change_point_times_still_load():
     for data in (dense, sparse):
         row = decode_row(data)
         np.testing.assert_array_equal(row[:ROW_COLS_BEFORE_CP], old)
-        assert (row[ROW_COLS_BEFORE_CP:] == -1.0).all()  # no change point held, no window open
+        assert (row[ROW_COLS_BEFORE_CP:] == ROW_INIT[ROW_COLS_BEFORE_CP:]).all()  # appended fields initial
+        assert (row[FIELD_COLUMN["cp_ms"]:FIELD_COLUMN["pa_tick"]] == -1.0).all()  # no change point, no window
 
 
 @pytest.mark.parametrize(("data", "message"), [

@@ -134,7 +134,8 @@ class DelayedMetrics:
         #: every feedback event, by fate (stats line): counted in a live bucket, folded with its
         #: bucket, late (its bucket had folded), unmatched (no bucket); buckets folded / coarsened
         self.counters = {"feedback_events": 0, "late_feedback": 0, "unmatched_feedback": 0,
-                         "folded_feedback": 0, "folded_buckets": 0, "coarsened_buckets": 0}
+                         "folded_feedback": 0, "folded_buckets": 0, "coarsened_buckets": 0,
+                         "admitted_ahead": 0}
         self.delays = DelayModel()
         self._ln_rho = math.log(cfg.rate_shift)
 
@@ -156,10 +157,88 @@ class DelayedMetrics:
         w = self.cfg.bucket_ms
         bucket = cols.event_time_ms // w
         t_ms = cols.event_time_ms
+        f = self.store.f
         for layer in self.cfg.layers:
             ok = fresh[layer]
-            self._count_traces(rows_by_layer[layer][ok], bucket[ok], t_ms[ok])
+            rows = rows_by_layer[layer][ok]
+            if not len(rows):
+                continue
+            b, t = bucket[ok], t_ms[ok]
+            self._admit_to_clock(np.unique(rows))
+            now = b <= f["pa_tick"][rows, 0]
+            self._count_traces(rows[now], b[now], t[now])
+            if not now.all():
+                self._hold(rows[~now], b[~now], t[~now])
         return []
+
+    def _admit_to_clock(self, rows: np.ndarray) -> None:
+        """Admit the rows' held traces up to their partition's evaluated clock (a row is admitted
+        to a tick lazily, when its traces or feedback come; the ring is the same as if at once)."""
+        f, w = self.store.f, self.cfg.bucket_ms
+        parts = f["partition"][rows, 0].astype(np.int64)
+        tick = np.array([self.clock[p] // w if p in self.clock else -1 for p in parts.tolist()], dtype=np.int64)
+        for row, tk in zip(rows[tick > f["pa_tick"][rows, 0]].tolist(), tick[tick > f["pa_tick"][rows, 0]].tolist(),
+                           strict=True):
+            self._admit(row, tk)
+
+    def _hold(self, rows: np.ndarray, bucket: np.ndarray, t_ms: np.ndarray) -> None:
+        """Hold traces of ticks after their row's admitted tick (``pa_*`` slots) out of the ring.
+
+        The ring then holds a slice's traces only up to its partition's feedback clock, so which
+        buckets merge when it is full depends on the data up to that clock, never on how far the
+        trace consumer has run ahead of the feedback. A row with ``baselines.N_AHEAD`` ticks held and a new
+        one to hold admits its oldest first (counted ``admitted_ahead``: from there its ring can
+        depend on the read order)."""
+        f = self.store.f
+        key = rows.astype(np.int64) * (1 << 40) + bucket.astype(np.int64)
+        uniq, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+        lo = np.full(len(uniq), np.inf)
+        hi = np.full(len(uniq), -np.inf)
+        np.minimum.at(lo, inv, t_ms.astype(np.float64))
+        np.maximum.at(hi, inv, t_ms.astype(np.float64))
+        for kv, c, lo_ms, hi_ms in zip(uniq.tolist(), counts.tolist(), lo.tolist(), hi.tolist(), strict=True):
+            row, b = kv >> 40, kv & ((1 << 40) - 1)
+            ids = f["pa_id"][row]
+            hit = np.flatnonzero(ids == b)
+            if hit.size:
+                s = int(hit[0])
+            else:
+                free = np.flatnonzero(ids < 0)
+                if not free.size:
+                    self.counters["admitted_ahead"] += 1
+                    self._admit(row, int(ids.min()))
+                    free = np.flatnonzero(ids < 0)
+                s = int(free[0])
+                ids[s] = b
+                f["pa_n"][row, s] = 0.0
+                f["pa_lo"][row, s] = np.inf
+                f["pa_hi"][row, s] = -np.inf
+            f["pa_n"][row, s] += c
+            f["pa_lo"][row, s] = min(f["pa_lo"][row, s], lo_ms)
+            f["pa_hi"][row, s] = max(f["pa_hi"][row, s], hi_ms)
+
+    def _admit(self, row: int, tick: int) -> None:
+        """Move ``row``'s held traces of ticks up to ``tick`` into its ring, oldest first, and
+        admit its later traces up to ``tick`` straight to the ring."""
+        f = self.store.f
+        if f["pa_tick"][row, 0] >= tick:
+            return
+        f["pa_tick"][row, 0] = tick
+        self.store.dirty.add(row)
+        ids = f["pa_id"][row]
+        due = np.flatnonzero((ids >= 0) & (ids <= tick))
+        for s in due[np.argsort(ids[due], kind="stable")].tolist():
+            b = int(ids[s])
+            slot = self._slot_of(row, b)
+            if slot < 0:
+                slot = self._new_slot(row, b)
+            f["pb_n"][row, slot] += f["pa_n"][row, s]
+            f["pb_lo"][row, slot] = min(f["pb_lo"][row, slot], f["pa_lo"][row, s])
+            f["pb_hi"][row, slot] = max(f["pb_hi"][row, slot], f["pa_hi"][row, s])
+            ids[s] = -1.0
+            f["pa_n"][row, s] = 0.0
+            f["pa_lo"][row, s] = 0.0
+            f["pa_hi"][row, s] = 0.0
 
     def _count_traces(self, rows: np.ndarray, bucket: np.ndarray, t_ms: np.ndarray) -> None:
         """Add traces to their (row, bucket): ``n`` and the bucket's trace-time range."""
@@ -290,6 +369,8 @@ class DelayedMetrics:
                 info = self.store.info
                 self._pending_rows.setdefault(p, set()).update(info[r].key for r in set(rows[idx].tolist()))
                 self._pending_at[p] = max(self._pending_at.get(p, -1), int(fb[idx].max()))
+                for row in np.unique(rows[idx]).tolist():  # the ring holds every trace up to the tick
+                    self._admit(row, tk)
                 self._count_events(rows[idx], metric_idx[idx], t_tr[idx], w)
         keys = [self.store.info[r].key for r in rows.tolist()]
         for key, tid, t in zip(keys, trace_ids, t_tr.tolist(), strict=True):
@@ -393,6 +474,8 @@ class DelayedMetrics:
         out: list[Alarm] = []
         fold = self._fold_mask(rg)
         n_live = int(rg.live.sum(axis=1).max())
+        # the slices' traces up to the clock (those held for later ticks are not yet in the ring)
+        held_count = f["count"][rows, 0] - f["pa_n"][rows].sum(axis=1)
         for j in range(N_POISSON):
             kj = rg.k[:, :, j]
             # baseline: folded EW counts plus live buckets before the previous evaluation's change point
@@ -400,7 +483,7 @@ class DelayedMetrics:
             num = f["p_num"][rows, j] + np.where(pre, kj, 0.0).sum(axis=1)
             den = f["p_den"][rows, j] + np.where(pre, expo, 0.0).sum(axis=1)
             r0, r0g = guarded_poisson_rate(num, den, cfg.guard_z)
-            armed = (f["count"][rows, 0] >= cfg.warmup_traces) & (num >= MIN_POISSON_EVENTS)
+            armed = (held_count >= cfg.warmup_traces) & (num >= MIN_POISSON_EVENTS)
             use = rg.usable & after_reset
             llr = np.where(use, kj * self._ln_rho - (cfg.rate_shift - 1.0) * r0g[:, None] * expo, 0.0)
             s = f["p_s"][rows, j].copy()
@@ -512,9 +595,10 @@ class DelayedMetrics:
         if cp_ms is not None:
             ev = [e for e in ev if e[1] >= cp_ms] or ev
         ids_ = [tid for tid, _ in ev]
+        own = f["own"][row, 0] - f["pa_n"][row].sum()  # its traces up to the clock (not those held)
         return Alarm(row=row, metric=POISSON[j], pos=-1, statistic=stat, threshold=cfg.threshold, baseline=r0,
                      observed=obs, ci_low=lo, ci_high=hi, effect=obs / max(r0, 1e-9), samples=int(traces_since),
-                     direction=+1, slice_index=int(f["own"][row, 0]), trace_id=ids_[-1] if ids_ else "",
+                     direction=+1, slice_index=int(own), trace_id=ids_[-1] if ids_ else "",
                      event_time_ms=int(clock_ms), evidence_ids=ids_[-cfg.evidence:], cp_event_time_ms=cp_ms)
 
     def live_events(self) -> int:
