@@ -480,10 +480,11 @@ class TimedResult:
 
 
 def run_timed(s: Scenario, timing: Timing, seed: int, settings: Settings, schedule: int = 0,
-              step_ms: float = TIMED_STEP_MS) -> TimedResult:
+              step_ms: float = TIMED_STEP_MS, trace_batch_max: int = 3000) -> TimedResult:
     """Run ``s`` with feedback under ``timing``: the same input (traces and feedback, fixed by
     ``seed``) is read by two consumers on their own schedules (``schedule`` seeds the batch sizes:
-    traces 50-3,000 per batch, feedback 1-500), the feedback one ``feedback_behind_ms`` late and
+    traces 50 to ``trace_batch_max`` per batch (3,000 = 8.3 h of event time at the default
+    ``step_ms``), feedback 1-500), the feedback one ``feedback_behind_ms`` late and
     never ahead of the traces it refers to (the worker's join); one fleet trace every ``step_ms``
     of event time. Feedback not due by the last trace is never read. Scores the incidents."""
     rng = np.random.default_rng(seed)
@@ -537,7 +538,7 @@ def run_timed(s: Scenario, timing: Timing, seed: int, settings: Settings, schedu
         fb_ready = fi < len(fbs) and fbs[fi][0] <= trace_wm
         if ci < len(chunks) and (t_trace <= t_fb or not fb_ready):
             c = chunks[ci]
-            m = min(int(sched.integers(50, 3000)), c.n - cpos)
+            m = min(int(sched.integers(50, trace_batch_max)), c.n - cpos)
             part = c.slice(cpos, cpos + m)
             cpos += m
             if cpos >= c.n:
@@ -589,19 +590,20 @@ def _ms(t) -> int:
 
 
 def run_timed_suite(seeds: int = 3, stationary_traces: int = 1_000_000, settings: Settings | None = None,
-                    progress=None) -> dict[str, Any]:
+                    progress=None, trace_batch_max: int = 3000) -> dict[str, Any]:
     """Every delayed-label scenario under every timing (``seeds`` runs each, each also replayed
     with a second schedule of batch interleaving), plus one stationary run per timing of
-    ``stationary_traces`` (not replayed). Returns the JSON-able report."""
+    ``stationary_traces`` (not replayed); trace batches of 50 to ``trace_batch_max`` traces.
+    Returns the JSON-able report."""
     settings = settings or Settings()
     jobs = [(s, t, seed) for t in TIMINGS for s in TIMED_SCENARIOS for seed in range(seeds)]
     jobs += [(replace(TIMED_STATIONARY, after=stationary_traces), t, 100) for t in TIMINGS]
     runs: list[TimedResult] = []
     t0 = time.perf_counter()
     for i, (s, t, seed) in enumerate(jobs):
-        a = run_timed(s, t, seed, settings, schedule=0)
+        a = run_timed(s, t, seed, settings, schedule=0, trace_batch_max=trace_batch_max)
         if s.affected is not None:
-            b = run_timed(s, t, seed, settings, schedule=1)
+            b = run_timed(s, t, seed, settings, schedule=1, trace_batch_max=trace_batch_max)
             a.counters["same_incidents_other_schedule"] = int(a.opened == b.opened)
         runs.append(a)
         if progress:

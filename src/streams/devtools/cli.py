@@ -168,6 +168,8 @@ def bench_drift(
     timed: Annotated[bool, typer.Option(help="instead: the delayed-label scenarios with real feedback timing "
                                              "(log-normal delays, reviewers, a lagging feedback consumer)")] = False,
     stationary_traces: Annotated[int, typer.Option(help="--timed: stationary traces per timing")] = 1_000_000,
+    trace_batch_max: Annotated[int, typer.Option(help="--timed: most traces per trace batch (batches are 50 to "
+                                                      "this; 3,000 = 8.3 h of event time)")] = 3000,
 ) -> None:
     """Detection quality on the scenario suite (recall, delay, false incidents, attribution)."""
     from streams.cli import narrow_table  # at call time: streams.cli mounts this module
@@ -175,7 +177,7 @@ def bench_drift(
     from streams.devtools.bench_drift import dumps, headline, run_suite, run_timed_suite
 
     if timed:
-        report = run_timed_suite(seeds=seeds, stationary_traces=stationary_traces,
+        report = run_timed_suite(seeds=seeds, stationary_traces=stationary_traces, trace_batch_max=trace_batch_max,
                                  progress=lambda d, i, n: console.print(f"[dim]{i}/{n} {d}"))
         cols = ("timing", "scenario", "recall", "release_attribution", "median_delay_slice_traces",
                 "median_delay_h_after_first_correction", "false_incidents_per_million", "uncounted",

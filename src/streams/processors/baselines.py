@@ -101,10 +101,10 @@ HIST_EDGES_MS = np.exp(HIST_LOG_LO + HIST_LOG_STEP * np.arange(N_HIST + 1))
 N_CAT = 16
 #: ring of event-time buckets per slice for label-delayed metrics (corrections arrive after traces)
 N_BUCKETS = 32
-#: tick buckets of traces per slice held out of the ring until the feedback clock reaches them
-#: (``streams.processors.drift.delayed``): the trace consumer may run this many of a slice's ticks
-#: ahead of the feedback (96 ticks = 1 h at the default 37.5 s tick, every tick occupied)
-N_AHEAD = 96
+#: ticks of traces per slice held out of the ring until the feedback clock reaches them
+#: (``streams.processors.drift.delayed``): the trace consumer may run this many ticks ahead of the
+#: feedback clock (192 ticks = 2 h of event time at the default 37.5 s tick)
+N_AHEAD = 192
 
 LAYER_PARTS = {
     "tenant": (True, False, False, False),
@@ -193,10 +193,7 @@ FIELDS: dict[str, tuple[int, float]] = {
     "c_win_ms": (1, -1.0),  # event time (ms) of the current input-mix window's first evidence trace (-1: not yet)
     # the label-delay ring holds traces up to its partition's feedback clock; later ticks wait here
     "pa_tick": (1, -1.0),  # tick bucket up to which the ring holds this slice's traces (-1: none yet)
-    "pa_id": (N_AHEAD, -1.0),  # tick bucket of each held slot, all after pa_tick (-1 empty)
-    "pa_n": (N_AHEAD, 0.0),  # traces held in the slot
-    "pa_lo": (N_AHEAD, 0.0),  # earliest trace event time in it, ms
-    "pa_hi": (N_AHEAD, 0.0),  # latest trace event time in it, ms
+    "pa_n": (N_AHEAD, 0.0),  # traces held of tick pa_tick + 1 + i, i = 0 .. N_AHEAD - 1
 }
 ROW_COLS = sum(c for c, _ in FIELDS.values())
 #: first column of each field in a row (the serialisation order of :data:`FIELDS`)

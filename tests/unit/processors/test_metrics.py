@@ -42,8 +42,8 @@ def test_family_columns_and_groups_are_the_persisted_layout():
         "safety_feedback_rate"]
     # 4016 before issue 17 (delayed labels: bucket spans and trace-time ranges, fold and reset times)
     # 4064 before the change-point times (cp_ms per detector column, c_win_ms), appended at the end
-    # 4296 before the held ticks of the label-delay ring (pa_tick, pa_id/n/lo/hi per N_AHEAD), appended
-    assert ROW_BYTES == 7376 and FIELDS["b_s"][0] == 2 * M.N_BERNOULLI
+    # 4296 before the held ticks of the label-delay ring (pa_tick, pa_n per N_AHEAD), appended
+    assert ROW_BYTES == 5840 and FIELDS["b_s"][0] == 2 * M.N_BERNOULLI
     # Gaussian sides that may alarm: up for latency, both token counts, cost; down for both token counts, confidence
     assert N_DETECTOR_COLS == 2 * M.N_BERNOULLI + 2 * M.N_GAUSSIAN and ALARM_COLS.sum() == 2 * M.N_BERNOULLI + 7
 

@@ -31,11 +31,15 @@ the worker's join lets feedback through only after the traces up to its event ti
 (:mod:`streams.worker.join_wait`), so the input of every evaluation is fixed by the data. The
 delay CDF learns on a grid (``LEARN_EVERY_MS``) of the same clock, for the same reason; it
 learns every delay below 7 days from a bounded aggregate (:class:`DelayCDF`) and is persisted per
-tenant with the slice rows (:class:`DelayModel`), so a restart does not relearn it. What is
-left to chance: a full ring coarsens when traces arrive, so which buckets merge can depend on how
-far the trace consumer runs ahead (measured: 3 of 6 timed runs with a different list of
-incidents on a second schedule, 2 of 6 since buckets fold only at a supported age, which keeps
-rings fuller; see BENCHMARKS.md).
+tenant with the slice rows (:class:`DelayModel`), so a restart does not relearn it. A ring
+holds a slice's traces only up to its partition's evaluated clock: traces of later ticks are
+*held* in the row's ``pa_*`` slots (``baselines.N_AHEAD`` ticks) and admitted in tick order when
+the clock reaches them (:meth:`DelayedMetrics._admit`), so which buckets merge when the ring is
+full depends on the data up to the clock, not on how far the trace consumer ran ahead of the
+feedback (it did before: 2-3 of 6 timed runs gave a different list of incidents on a second
+schedule; BENCHMARKS.md). What is left to chance: a slice that holds ``N_AHEAD`` ticks and
+gets traces of a new one admits its oldest early (counted ``admitted_ahead``), and traces that
+arrive after their tick was admitted (out of event-time order) go into the ring when they come.
 
 **Bounded memory, nothing dropped.** A bucket whose traces are all past the delay distribution
 (``G >= FOLD_AT``) is *folded*: its ``L_b`` goes into the folded CUSUM ``p_s`` (Page's recursion)
@@ -71,7 +75,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.processors.baselines import N_BUCKETS, SliceStore
+from streams.processors.baselines import N_AHEAD, N_BUCKETS, SliceStore
 from streams.processors.columns import TraceColumns
 from streams.processors.drift.base import HOLD_AT, HOLD_WEIGHT, Alarm, DriftConfig
 from streams.processors.drift.families import MIN_POISSON_EVENTS, guarded_poisson_rate, poisson_rate_interval
@@ -182,63 +186,62 @@ class DelayedMetrics:
             self._admit(row, tk)
 
     def _hold(self, rows: np.ndarray, bucket: np.ndarray, t_ms: np.ndarray) -> None:
-        """Hold traces of ticks after their row's admitted tick (``pa_*`` slots) out of the ring.
+        """Hold traces of ticks after their row's admitted tick out of the ring: ``pa_n[i]``
+        counts the row's traces of tick ``pa_tick + 1 + i``.
 
         The ring then holds a slice's traces only up to its partition's feedback clock, so which
         buckets merge when it is full depends on the data up to that clock, never on how far the
-        trace consumer has run ahead of the feedback. A row with ``baselines.N_AHEAD`` ticks held and a new
-        one to hold admits its oldest first (counted ``admitted_ahead``: from there its ring can
-        depend on the read order)."""
+        trace consumer has run ahead of the feedback. A trace more than ``baselines.N_AHEAD`` ticks
+        ahead first admits the row's oldest held ticks (counted ``admitted_ahead`` when they hold
+        traces: from there its ring can depend on the read order). A row that never held or
+        admitted anything starts its window at its earliest trace of the batch."""
         f = self.store.f
-        key = rows.astype(np.int64) * (1 << 40) + bucket.astype(np.int64)
-        uniq, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
-        lo = np.full(len(uniq), np.inf)
-        hi = np.full(len(uniq), -np.inf)
-        np.minimum.at(lo, inv, t_ms.astype(np.float64))
-        np.maximum.at(hi, inv, t_ms.astype(np.float64))
-        for kv, c, lo_ms, hi_ms in zip(uniq.tolist(), counts.tolist(), lo.tolist(), hi.tolist(), strict=True):
-            row, b = kv >> 40, kv & ((1 << 40) - 1)
-            ids = f["pa_id"][row]
-            hit = np.flatnonzero(ids == b)
-            if hit.size:
-                s = int(hit[0])
-            else:
-                free = np.flatnonzero(ids < 0)
-                if not free.size:
-                    self.counters["admitted_ahead"] += 1
-                    self._admit(row, int(ids.min()))
-                    free = np.flatnonzero(ids < 0)
-                s = int(free[0])
-                ids[s] = b
-                f["pa_n"][row, s] = 0.0
-                f["pa_lo"][row, s] = np.inf
-                f["pa_hi"][row, s] = -np.inf
-            f["pa_n"][row, s] += c
-            f["pa_lo"][row, s] = min(f["pa_lo"][row, s], lo_ms)
-            f["pa_hi"][row, s] = max(f["pa_hi"][row, s], hi_ms)
+        fresh = f["pa_tick"][rows, 0] < 0
+        if fresh.any():
+            first = np.full(self.store.n, np.iinfo(np.int64).max)
+            np.minimum.at(first, rows[fresh], bucket[fresh])
+            new_rows = np.unique(rows[fresh])
+            f["pa_tick"][new_rows, 0] = first[new_rows] - 1
+        off = bucket - f["pa_tick"][rows, 0].astype(np.int64) - 1
+        beyond = off >= N_AHEAD
+        if beyond.any():
+            last = np.full(self.store.n, -1, dtype=np.int64)
+            np.maximum.at(last, rows[beyond], bucket[beyond])
+            for row in np.unique(rows[beyond]).tolist():
+                self._admit(row, int(last[row]) - N_AHEAD, early=True)
+            off = bucket - f["pa_tick"][rows, 0].astype(np.int64) - 1
+        late = off < 0  # the row was admitted past these ticks meanwhile
+        if late.any():
+            self._count_traces(rows[late], bucket[late], t_ms[late])
+        ok = ~late
+        np.add.at(f["pa_n"], (rows[ok], off[ok]), 1.0)
+        self.store.dirty.update(np.unique(rows).tolist())
 
-    def _admit(self, row: int, tick: int) -> None:
-        """Move ``row``'s held traces of ticks up to ``tick`` into its ring, oldest first, and
-        admit its later traces up to ``tick`` straight to the ring."""
-        f = self.store.f
-        if f["pa_tick"][row, 0] >= tick:
+    def _admit(self, row: int, tick: int, early: bool = False) -> None:
+        """Move ``row``'s held traces of ticks up to ``tick`` into its ring, oldest first (their
+        trace-time range is their tick's), and admit its later traces up to ``tick`` straight to
+        the ring. ``early``: admitted before the feedback clock reached ``tick`` (counted)."""
+        f, w = self.store.f, self.cfg.bucket_ms
+        start = int(f["pa_tick"][row, 0])
+        if start >= tick:
             return
-        f["pa_tick"][row, 0] = tick
-        self.store.dirty.add(row)
-        ids = f["pa_id"][row]
-        due = np.flatnonzero((ids >= 0) & (ids <= tick))
-        for s in due[np.argsort(ids[due], kind="stable")].tolist():
-            b = int(ids[s])
+        k = min(tick - start, N_AHEAD)
+        held = f["pa_n"][row]
+        due = np.flatnonzero(held[:k] > 0)
+        if early:
+            self.counters["admitted_ahead"] += int(due.size)
+        for i in due.tolist():
+            b = start + 1 + i
             slot = self._slot_of(row, b)
             if slot < 0:
                 slot = self._new_slot(row, b)
-            f["pb_n"][row, slot] += f["pa_n"][row, s]
-            f["pb_lo"][row, slot] = min(f["pb_lo"][row, slot], f["pa_lo"][row, s])
-            f["pb_hi"][row, slot] = max(f["pb_hi"][row, slot], f["pa_hi"][row, s])
-            ids[s] = -1.0
-            f["pa_n"][row, s] = 0.0
-            f["pa_lo"][row, s] = 0.0
-            f["pa_hi"][row, s] = 0.0
+            f["pb_n"][row, slot] += held[i]
+            f["pb_lo"][row, slot] = min(f["pb_lo"][row, slot], float(b * w))
+            f["pb_hi"][row, slot] = max(f["pb_hi"][row, slot], float((b + 1) * w - 1))
+        held[: N_AHEAD - k] = held[k:].copy()
+        held[N_AHEAD - k:] = 0.0
+        f["pa_tick"][row, 0] = tick
+        self.store.dirty.add(row)
 
     def _count_traces(self, rows: np.ndarray, bucket: np.ndarray, t_ms: np.ndarray) -> None:
         """Add traces to their (row, bucket): ``n`` and the bucket's trace-time range."""
