@@ -101,8 +101,8 @@ STATS_COUNTERS: dict[str, tuple[str, str] | tuple[str, str, dict[str, str]]] = {
     "coarsened_buckets": ("selfheal_detector_coarsened_buckets_total",
                           "Label-delay buckets merged with a neighbour to bound memory (never dropped)."),
     "admitted_ahead": ("selfheal_detector_admitted_ahead_total",
-                       "Label-delay ticks let into a ring before the feedback clock reached them (the slice "
-                       "held N_AHEAD ticks): from there its buckets can depend on the read order."),
+                       "Label-delay ticks let into a ring before the feedback clock reached them (traces more "
+                       "than N_AHEAD ticks ahead): from there its buckets can depend on the read order."),
     "canary_rollout_traces": ("selfheal_canary_rollout_traces_total",
                               "Traces of staged rollouts counted in scorecards."),
     "canary_replayed_traces": ("selfheal_canary_replayed_traces_total",

@@ -33,13 +33,14 @@ delay CDF learns on a grid (``LEARN_EVERY_MS``) of the same clock, for the same 
 learns every delay below 7 days from a bounded aggregate (:class:`DelayCDF`) and is persisted per
 tenant with the slice rows (:class:`DelayModel`), so a restart does not relearn it. A ring
 holds a slice's traces only up to its partition's evaluated clock: traces of later ticks are
-*held* in the row's ``pa_*`` slots (``baselines.N_AHEAD`` ticks) and admitted in tick order when
+*held* in the row's ``pa_n`` counts (``baselines.N_AHEAD`` ticks) and admitted in tick order when
 the clock reaches them (:meth:`DelayedMetrics._admit`), so which buckets merge when the ring is
 full depends on the data up to the clock, not on how far the trace consumer ran ahead of the
 feedback (it did before: 2-3 of 6 timed runs gave a different list of incidents on a second
-schedule; BENCHMARKS.md). What is left to chance: a slice that holds ``N_AHEAD`` ticks and
-gets traces of a new one admits its oldest early (counted ``admitted_ahead``), and traces that
-arrive after their tick was admitted (out of event-time order) go into the ring when they come.
+schedule; BENCHMARKS.md). What is left to chance: a trace more than ``N_AHEAD`` ticks ahead of
+its slice's admitted tick admits the oldest held ticks early (counted ``admitted_ahead``), and
+traces that arrive after their tick was admitted (out of event-time order) go into the ring when
+they come.
 
 **Bounded memory, nothing dropped.** A bucket whose traces are all past the delay distribution
 (``G >= FOLD_AT``) is *folded*: its ``L_b`` goes into the folded CUSUM ``p_s`` (Page's recursion)
