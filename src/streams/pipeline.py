@@ -32,7 +32,7 @@ from streams.privacy import Redactor
 from streams.processors.baselines import LAYER_PARTS, SliceStore
 from streams.processors.canary import CanaryConfig, CanaryMonitor, Emitted
 from streams.processors.columns import RawMessage, TraceColumns, trace_columns
-from streams.processors.drift import DriftConfig, DriftEngine
+from streams.processors.drift import Alarm, DriftConfig, DriftEngine
 from streams.processors.feedback import STATUSES, FeedbackProcessor, TraceIndex, TraceRef
 from streams.processors.incidents import IncidentManager, TraceContext
 from streams.processors.ingest import Decoded, Ingest, make_dead_letter
@@ -170,6 +170,11 @@ class Pipeline:
             update_interval_s=settings.incident_update_interval_s, evidence=settings.evidence_traces,
             drained_nats=settings.cusum_threshold / 2, warmup_traces=settings.warmup_traces,
             platform_signals=platform_signals)
+        # label-delayed alarms become incidents tick by tick of the feedback clock, and their
+        # incidents resolve there (IncidentManager.sweep_delayed): the same input gives the same
+        # episodes however feedback and trace batches interleave
+        self._tick_incidents: list[Incident] = []
+        self.engine.delayed.tick_hook = self._on_feedback_tick
         # platform signals are the workers' own records (keyed "platform", no tenant's key signs them)
         self.signal_ingest = Ingest(codec, "signals", **{**kw, "tenant_keys": None})
         #: source partition -> tenants seen there, and the event time of its last census (ms)
@@ -437,7 +442,15 @@ class Pipeline:
                                       np.asarray(t_ms, dtype=np.int64), tids, fb_clock, lags,
                                       np.asarray(fb_ms, dtype=np.int64), lag_keys)
         self.stats.update(eng.delayed.counters)
-        return self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else []
+        incidents, self._tick_incidents = self._tick_incidents, []
+        return incidents + (self.incidents.on_alarms(alarms, _NO_CONTEXT) if alarms else [])
+
+    def _on_feedback_tick(self, partition: int, clock_ms: int, alarms: list[Alarm]) -> None:
+        """One evaluation tick of a partition's feedback clock: its alarms become incidents, then
+        the label-delayed incidents that are quiet resolve (kept for :meth:`apply_corrections`)."""
+        if alarms:
+            self._tick_incidents += self.incidents.on_alarms(alarms, _NO_CONTEXT)
+        self._tick_incidents += self.incidents.sweep_delayed(partition, int(clock_ms))
 
     # ------------------------------------------------------------------ feedback
     def decode_feedback(self, messages: Sequence[RawMessage], now_ms: int | None = None) -> Decoded:

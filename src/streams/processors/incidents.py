@@ -63,6 +63,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from schemas import (
     ActionKind,
     ActionTaken,
@@ -78,7 +80,7 @@ from schemas.common import from_ms, to_ms
 from streams.processors.baselines import SliceInfo, SliceStore, parse_slice_key, slice_key
 from streams.processors.drift import Alarm
 from streams.processors.matrix import changed_components, matrix_row
-from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, DETECTORS, GROUP_INDEX
+from streams.processors.metrics import CANARY_INDEX, CANARY_METRICS, DETECTORS, GROUP_INDEX, POISSON, POISSON_GROUP
 from streams.state import StateBackend
 
 SEVERITIES = (Severity.low, Severity.medium, Severity.high, Severity.critical)
@@ -115,6 +117,8 @@ ACTION_KINDS = frozenset(a.value for a in ActionKind)
 MITIGATIONS = frozenset(("rollback_executed", "accept_new_baseline", "mark_false_positive"))
 #: actions shown in an incident event (the latest); the incident's state keeps all of them
 ACTIONS_SHOWN = 32
+#: label-delayed metrics: their incidents resolve on the feedback clock (:meth:`IncidentManager.sweep_delayed`)
+DELAYED_METRICS = frozenset(m.name for m in POISSON)
 #: resolved incidents kept per tenant (state ``done|``) so that later actions still apply to them;
 #: an action on an older one is refused as ``unknown_incident``
 CLOSED_KEPT = 256
@@ -515,7 +519,7 @@ class IncidentManager:
         """Remember traffic counts at this alarm (resolution counts traffic after the last one)."""
         f = self.store.f
         inc.marks[self.store.info[row].key] = float(f["own"][row, 0])
-        inc.tenant_mark = self._tenant_traffic(inc.tenant_id)
+        inc.tenant_mark = self._tenant_traffic(inc.tenant_id, admitted=inc.metric in DELAYED_METRICS)
 
     def _match(self, info: SliceInfo, group: str) -> OpenIncident | None:
         for inc in self.open.values():
@@ -793,7 +797,8 @@ class IncidentManager:
 
     # ------------------------------------------------------------------ resolution
     def sweep(self, ctx_time_ms: int) -> list[Incident]:
-        """Resolve incidents whose slices have all been quiet for ``resolve_after_traces``.
+        """Resolve incidents whose slices have all been quiet for ``resolve_after_traces``
+        (label-delayed incidents are left to :meth:`sweep_delayed`).
 
         Args:
             ctx_time_ms: event time (ms) stamped on the resolution (latest trace of the batch).
@@ -805,6 +810,8 @@ class IncidentManager:
                 if not self.platform_signals and ctx_time_ms - inc.last_seen_ms >= self.platform_window_ms:
                     out.append(self._resolve(inc, ctx_time_ms, None))
                 continue
+            if inc.metric in DELAYED_METRICS:
+                continue
             g = GROUP_INDEX[inc.group]
             if self._tenant_traffic(inc.tenant_id) - inc.tenant_mark < self.resolve_after:
                 continue
@@ -814,6 +821,32 @@ class IncidentManager:
             if any(self.store.group_statistic(r, g) > self.drained for r in active):
                 continue
             out.append(self._resolve(inc, ctx_time_ms, None))
+        return out
+
+    def sweep_delayed(self, partition: int, clock_ms: int) -> list[Incident]:
+        """Resolve the label-delayed incidents (correction and unsafe-feedback rates) of trace
+        partition ``partition`` once their tenant's traces up to the feedback clock number
+        ``resolve_after_traces`` more than at the last alarm and their slices' label-delayed
+        CUSUMs have drained. Called after every evaluation tick of the feedback clock
+        (``DelayedMetrics.tick_hook``), so when such an incident resolves, and so whether a later
+        alarm joins it or opens a new episode and when its slices' baselines learn again, depends
+        on the feedback and trace event times, not on how the two topics' batches interleave.
+
+        Args:
+            partition: the trace partition whose feedback clock ticked.
+            clock_ms: that clock, feedback event time (ms), stamped on the resolution.
+        """
+        out = []
+        f = self.store.f
+        for inc in list(self.open.values()):
+            if not inc.tenant_id or inc.partition != partition or inc.metric not in DELAYED_METRICS:
+                continue
+            if self._tenant_traffic(inc.tenant_id, admitted=True) - inc.tenant_mark < self.resolve_after:
+                continue
+            cols = np.flatnonzero(POISSON_GROUP == GROUP_INDEX[inc.group]).tolist()  # noqa: SIM300
+            if any(float(f["p_s"][r, j]) > self.drained for r in inc.rows for j in cols):
+                continue
+            out.append(self._resolve(inc, clock_ms, None))
         return out
 
     def _resolve(self, inc: OpenIncident, now_ms: int, note: str | None, resolution: str = "recovered") -> Incident:
@@ -952,14 +985,19 @@ class IncidentManager:
                 return "" if owner == PLATFORM else owner
         return None
 
-    def _tenant_traffic(self, tenant: str) -> float:
-        """Traces of ``tenant`` seen so far (its tenant-layer slice, else its busiest slice)."""
+    def _tenant_traffic(self, tenant: str, admitted: bool = False) -> float:
+        """Traces of ``tenant`` seen so far (its tenant-layer slice, else its busiest slice);
+        ``admitted``: only those its label-delay ring holds (up to the feedback clock)."""
         f = self.store.f
+
+        def own(r: int) -> float:
+            return float(f["own"][r, 0] - (f["pa_n"][r].sum() if admitted else 0.0))
+
         row = self.store.index.get(slice_key("tenant", tenant, None, None, None))
         if row is not None:
-            return float(f["own"][row, 0])
+            return own(row)
         rows = [i for i, si in enumerate(self.store.info) if si.tenant_id == tenant]
-        return float(max((f["own"][r, 0] for r in rows), default=0.0))
+        return max((own(r) for r in rows), default=0.0)
 
     # ------------------------------------------------------------------ events
     def _event(self, inc: OpenIncident, status: IncidentStatus, ctx: TraceContext) -> Incident:

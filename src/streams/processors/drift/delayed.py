@@ -142,6 +142,9 @@ class DelayedMetrics:
                          "folded_feedback": 0, "folded_buckets": 0, "coarsened_buckets": 0,
                          "admitted_ahead": 0}
         self.delays = DelayModel()
+        #: ``(partition, clock ms, alarms)`` after every evaluation tick, before the next one: the
+        #: incidents take the tick's alarms and resolve on the feedback clock there (``Pipeline``)
+        self.tick_hook: Callable[[int, int, list[Alarm]], None] | None = None
         self._ln_rho = math.log(cfg.rate_shift)
 
     # ------------------------------------------------------------------ compatibility figures
@@ -368,7 +371,7 @@ class DelayedMetrics:
                 tk = int(tick[grp[0]])
                 pend = self._pending_tick.get(p)
                 if pend is not None and tk > pend:
-                    alarms += self._evaluate_pending(p)
+                    alarms += self._tick(p)
                 self._pending_tick[p] = tk
                 info = self.store.info
                 self._pending_rows.setdefault(p, set()).update(info[r].key for r in set(rows[idx].tolist()))
@@ -384,7 +387,7 @@ class DelayedMetrics:
                 del ev[: len(ev) - self.cfg.evidence]
         for p in list(self._pending_tick):  # a tick is complete once feedback past its end is read
             if self.feedback_wm.get(p, -1) >= (self._pending_tick[p] + 1) * w:
-                alarms += self._evaluate_pending(p)
+                alarms += self._tick(p)
         return alarms
 
     def _count_events(self, rows: np.ndarray, j: np.ndarray, t_ms: np.ndarray, w: int) -> None:
@@ -408,6 +411,15 @@ class DelayedMetrics:
             ok = f["i_open"][r, POISSON_GROUP[jj]] == 0
             np.add.at(f["p_num"], (r[ok], jj[ok]), 1.0)
             self.store.dirty.update(r.tolist())
+
+    def _tick(self, p: int) -> list[Alarm]:
+        """Evaluate partition ``p``'s pending tick; its alarms go to :attr:`tick_hook` when set
+        (then ``[]`` is returned), else back to the caller."""
+        alarms = self._evaluate_pending(p)
+        if self.tick_hook is None:
+            return alarms
+        self.tick_hook(p, self.clock[p], alarms)
+        return []
 
     def _evaluate_pending(self, p: int) -> list[Alarm]:
         """Evaluate partition ``p``'s pending tick at its latest feedback time."""
