@@ -20,7 +20,11 @@ Rules (this docstring is their reference; README "Detection in one paragraph" su
   last alarm *and* every slice of the incident that still gets traffic has drained the group's
   CUSUM statistics below h/2 (the data look like the baseline again, not merely between two
   refires; a rolled-back release gets no traffic and is not waited for), the incident is
-  ``resolved`` and the slices' baselines for the group unfreeze.
+  ``resolved`` and the slices' baselines for the group unfreeze. A label-delayed incident
+  (correction or unsafe-feedback rate) resolves on the feedback clock instead
+  (:meth:`IncidentManager.sweep_delayed`, after every evaluation tick): its tenant's traces are
+  counted up to that clock and only its label-delayed CUSUMs must drain, so the episodes do not
+  depend on how the trace and feedback batches interleave.
 - **Storm guard**: at most ``max_open_per_tenant`` open incidents per tenant; further alarms of
   that tenant are folded into its most severe open incident as ``also_seen``.
 

@@ -11,7 +11,7 @@ from schemas import IncidentKind, IncidentStatus
 from streams.devtools.synthetic import Effect, Slice, synthetic_columns
 from streams.processors.drift import Alarm, DriftConfig, DriftEngine
 from streams.processors.incidents import IncidentManager, TraceContext
-from streams.processors.metrics import CATEGORICAL
+from streams.processors.metrics import CATEGORICAL, POISSON
 from streams.state import DictBackend
 
 T0 = 1_790_000_000_000
@@ -236,3 +236,34 @@ def test_an_input_mix_alarm_of_another_category_is_not_a_worsening():
     r.mgr.on_alarms([other], ctx)
     (inc,) = r.mgr.open.values()
     assert inc.best["category"] == "workflow/intent 'a/x'" and inc.best["observed"] == 0.2
+
+
+def test_a_label_delayed_incident_resolves_on_the_feedback_clock_not_at_trace_batches():
+    """A correction-rate incident: the trace sweep leaves it open however many traces pass (whether
+    a later correction alarm joins it must not depend on how far the trace consumer ran ahead);
+    it resolves at a feedback tick once the tenant's traces up to the feedback clock number
+    ``resolve_after_traces`` more than at its alarm and its correction CUSUMs have drained."""
+    r = Run()
+    r.feed(base(), 6_000)
+    row = r.engine.row_for("tenant", "acme", None, None, None, 0)
+    alarm = Alarm(row=row, metric=POISSON[0], pos=-1, statistic=20.0, threshold=18.0, baseline=0.1, observed=0.2,
+                  ci_low=0.15, ci_high=0.25, effect=2.0, samples=500, direction=+1, slice_index=4_000,
+                  trace_id="t-1", event_time_ms=T0 + 500_000, evidence_ids=["t-1"], cp_event_time_ms=T0 + 100_000)
+    opened = r.mgr.on_alarms([alarm], TraceContext(trace_id=lambda p: "", event_time_ms=lambda p: 0))
+    assert [e.status for e in opened] == [IncidentStatus.open]
+    iid = opened[0].incident_id
+    f = r.engine.store.f
+    r.events = []
+    r.feed(base(), 10_000)  # far more than resolve_after_traces, no feedback clock moving
+    assert iid in r.mgr.open and not [e for e in r.events if e.incident_id == iid]
+    # the ring holds none of those traces yet: a feedback tick before them does not resolve it
+    held = float(f["pa_n"][row].sum())
+    assert held > 2_000
+    assert r.mgr.sweep_delayed(0, T0 + 600_000) == [] and iid in r.mgr.open
+    f["pa_n"][row] = 0.0  # the clock has reached them (admitted to the ring)
+    f["p_s"][row] = 10.0  # but the correction CUSUM still holds evidence
+    assert r.mgr.sweep_delayed(0, T0 + 700_000) == []
+    f["p_s"][row] = 0.0
+    assert r.mgr.sweep_delayed(1, T0 + 800_000) == []  # another partition's clock
+    done = r.mgr.sweep_delayed(0, T0 + 900_000)
+    assert [(e.incident_id, e.status) for e in done] == [(iid, IncidentStatus.resolved)]
