@@ -55,9 +55,6 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(5.0, ge=0, description=(
         "how often changed slice state is written to its changelog, after which the batches processed "
         "meanwhile become committable, s (0: after every batch; a crash redelivers at most this much more)"))
-    trace_write_overlap: bool = Field(True, description=(
-        "insert a trace batch into ClickHouse while the next batch is processed (at most one insert in "
-        "flight; the batch is emitted, checkpointed and acknowledged after its insert)"))
     web_port: int = Field(6066, description="faust web server port (/metrics, read API /v1/...)")
     web_enabled: bool = False
     web_bind: str = Field("127.0.0.1", description="interface the web server binds (0.0.0.0 in containers)")

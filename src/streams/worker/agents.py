@@ -11,14 +11,6 @@ traces to ClickHouse), :class:`FeedbackStep` (decode, wait for the traces the fe
 to (:mod:`streams.worker.join_wait`), ``Pipeline.on_feedback``, feedback rows to ClickHouse) and
 :class:`ActionStep` (incident actions: wait likewise for the incidents they name,
 ``Pipeline.on_actions``, ledger rows to ClickHouse).
-A trace batch's ClickHouse insert may overlap the processing of the next batch
-(``Settings.trace_write_overlap``, issue 16): the step hands the insert to the skeleton as a
-deferred write; the skeleton starts it (taking the sink lock, so later sink calls queue behind it)
-and finishes the batch in a task: insert done ─► emit ─► checkpoint ─► ack, while the loop takes
-the next batch. At most one such task is in flight: the next batch waits for it before its own
-write and before anything of it is emitted, checkpointed or acknowledged, so writes, marks and
-acks keep the batch order and a batch's offsets still become committable only after its insert.
-A failure in the task exits the process as in the loop (nothing of the batch acknowledged).
 An exception inside a batch exits the process without acknowledging it, or, after a stop signal,
 leaves it uncommitted and exits 0 (:class:`~streams.worker.delivery.Shutdown`); either way the
 batch is redelivered. An error of the pipeline's computation is first recorded for its
@@ -31,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -67,9 +59,6 @@ class StepOutput:
     written: int = 0
     #: platform signals to publish (``Pipeline.take_signals``, taken right after the batch's pipeline call)
     signals: list[Any] = field(default_factory=list)
-    #: the batch's sink write, not started yet (:meth:`Outputs.start_write_traces`): the skeleton
-    #: starts it and may let it overlap the next batch; ``None``: the step wrote already
-    write: Callable[[], Awaitable[asyncio.Task[None]]] | None = None
 
 
 class Step(Protocol):
@@ -84,26 +73,18 @@ class Step(Protocol):
 
 
 class TraceStep:
-    """Traces: the pipeline's detection chain, then the trace rows to ClickHouse.
-
-    Args:
-        pipeline: the worker's pipeline.
-        outputs: the sink.
-        overlap: leave the insert to the skeleton (:attr:`StepOutput.write`), which overlaps it
-            with the next batch (``Settings.trace_write_overlap``); else write before returning.
-    """
+    """Traces: the pipeline's detection chain, then the trace rows to ClickHouse."""
 
     what = "trace batch"
 
-    def __init__(self, pipeline: Pipeline, outputs: Outputs, overlap: bool = False) -> None:
+    def __init__(self, pipeline: Pipeline, outputs: Outputs) -> None:
         self.pipeline = pipeline
         self.outputs = outputs
-        self.overlap = overlap
 
     async def __call__(self, messages: list[RawMessage]) -> StepOutput:
         """Decode, look up in ClickHouse the trace ids the in-memory index does not hold (the
         duplicate check survives restarts, rebalances and evictions), run ``Pipeline.on_traces``;
-        write the valid traces (or leave the write to the skeleton). ``written``: traces written."""
+        write the valid traces. ``written``: traces written."""
         pipe = self.pipeline
         await self.outputs.ready()
         with processing():
@@ -113,16 +94,10 @@ class TraceStep:
         with processing():
             out = pipe.on_traces(messages, decoded=decoded, stored=stored)
             signals = pipe.take_signals()
-        write = None
         if out.cols is not None:
-            cols, attributes, batch_seq = out.cols, out.attributes, out.batch_seq
-            if self.overlap:
-                def write() -> Awaitable[asyncio.Task[None]]:
-                    return self.outputs.start_write_traces(cols, attributes, batch_seq)
-            else:
-                await self.outputs.write_traces(cols, attributes, batch_seq)
+            await self.outputs.write_traces(out.cols, out.attributes, out.batch_seq)
         return StepOutput(out.incidents, out.dead_letters, out.verdicts, out.cols.n if out.cols is not None else 0,
-                          signals, write)
+                          signals)
 
 
 class FeedbackStep:
@@ -314,10 +289,6 @@ class BatchLoop:
         self.written = 0
         #: messages quarantined as poison (``processing_error`` dead letters)
         self.quarantined = 0
-        #: the previous batch's finish (insert ─► emit ─► checkpoint ─► ack) while it overlaps this one
-        self.inflight: asyncio.Task[None] | None = None
-        #: the loop holds a batch (between receiving and acknowledging or handing it to :attr:`inflight`)
-        self.in_batch = False
 
     async def run(self, stream: Any) -> None:
         """Process ``stream`` (a faust stream of the agent's topic) until the agent stops.
@@ -327,111 +298,50 @@ class BatchLoop:
         is recorded there before the worker exits."""
         s = self.settings
         delivery = self.delivery
-        try:
-            async for batch in stream.noack_take(s.take_max_messages, within=s.take_within_s):
-                delivery.busy = self.in_batch = True
-                events: list[Any] = []
-                ack_after: list[Any] = []
-                current: list[Any] = []
-                handed_over = False
-                try:
-                    self.assignment.check()
-                    events, ack_after = await delivery.order(batch)
-                    raws = raw_messages(events)
-                    if self.quarantine is not None and self.quarantine.careful(raws):
-                        await self.drain()
-                        for e, raw in zip(events, raws, strict=True):
-                            current = [e]
-                            await self.process(current, [raw])
-                    else:
-                        current = events
-                        handed_over = await self.process(events, raws, stream=stream, acks=events + ack_after)
-                except asyncio.CancelledError:
-                    raise  # shutting down: the batch stays unacknowledged and is redelivered
-                except BaseException as exc:
-                    if self.shutdown.stopping:
-                        await self.shutdown.abandon(self.step.what)
-                    await self.record_failure(current, exc)
-                    self.shutdown.crash(self.step.what)
-                if not handed_over:
-                    for e in events + ack_after:  # duplicates only after the originals are done
-                        await stream.ack(e)
-                self.in_batch = False
-                delivery.busy = self.inflight is not None and not self.inflight.done()
-        except asyncio.CancelledError:
-            if self.inflight is not None:  # its batch stays unacknowledged and is redelivered
-                self.inflight.cancel()
-            raise
-        await self.drain()
+        async for batch in stream.noack_take(s.take_max_messages, within=s.take_within_s):
+            delivery.busy = True
+            events: list[Any] = []
+            ack_after: list[Any] = []
+            current: list[Any] = []
+            try:
+                self.assignment.check()
+                events, ack_after = await delivery.order(batch)
+                raws = raw_messages(events)
+                if self.quarantine is not None and self.quarantine.careful(raws):
+                    for e, raw in zip(events, raws, strict=True):
+                        current = [e]
+                        await self.process(current, [raw])
+                else:
+                    current = events
+                    await self.process(events, raws)
+            except asyncio.CancelledError:
+                raise  # shutting down: the batch stays unacknowledged and is redelivered
+            except BaseException as exc:
+                if self.shutdown.stopping:
+                    await self.shutdown.abandon(self.step.what)
+                await self.record_failure(current, exc)
+                self.shutdown.crash(self.step.what)
+            for e in events + ack_after:  # duplicates only after the originals are done
+                await stream.ack(e)
+            delivery.busy = False
 
-    async def drain(self) -> None:
-        """Wait until the batch in flight (if any) is written, emitted, checkpointed and
-        acknowledged. (A failure there exits the process from the task itself.)"""
-        task, self.inflight = self.inflight, None
-        if task is not None:
-            await task
-
-    async def process(self, events: list[Any], raws: list[RawMessage], *, stream: Any = None,
-                      acks: list[Any] | None = None) -> bool:
-        """One unit of work: step (or the quarantine of a condemned message), then (after the
-        batch in flight, if any, is done) its sink write, emit, record it as passed in the
-        quarantine, hand it to the state checkpoint (which flushes state, waits for the changelog
-        acknowledgements and marks processed, now or within its interval).
-
-        With ``stream`` and a deferred write from the step (:attr:`StepOutput.write`), everything
-        after the write's start runs in a task (:attr:`inflight`) that also acknowledges ``acks``
-        on ``stream``; returns True then (the caller must not acknowledge them), else False."""
+    async def process(self, events: list[Any], raws: list[RawMessage]) -> None:
+        """One unit of work: step (or the quarantine of a condemned message), emit, record it as
+        passed in the quarantine, hand it to the state checkpoint (which flushes state, waits for
+        the changelog acknowledgements and marks processed, now or within its interval)."""
         condemned = self.quarantine.verdict(raws[0]) if self.quarantine is not None and len(raws) == 1 else None
         if condemned is not None:
             out = StepOutput([], [self.quarantine.dead_letter(raws[0], condemned)], [])
             self.quarantined += 1
         else:
             out = await self.step(raws)
-        generation = self.checkpoint.generation()  # the batch's, even if a rebalance comes during its write
-        await self.drain()  # writes, marks and acks in batch order; at most one write in flight
-        if out.write is not None:
-            write = await out.write()
-            if stream is not None:
-                self.inflight = asyncio.create_task(self.finish(write, events, raws, out, generation, stream,
-                                                                acks or []))
-                return True
-            await write
-        await self.complete(events, raws, out, generation)
-        return False
-
-    async def finish(self, write: asyncio.Task[None], events: list[Any], raws: list[RawMessage], out: StepOutput,
-                     generation: int, stream: Any, acks: list[Any]) -> None:
-        """The rest of a batch whose write overlaps the next one: wait for the write, complete
-        the batch, acknowledge ``acks``. A failure exits the process as in :meth:`run` (nothing
-        acknowledged); cancelled (the agent stops): the batch stays unacknowledged."""
-        try:
-            try:
-                await write
-            except asyncio.CancelledError:
-                write.cancel()
-                raise
-            await self.complete(events, raws, out, generation)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            if self.shutdown.stopping:
-                await self.shutdown.abandon(self.step.what)
-            await self.record_failure(events, exc)
-            self.shutdown.crash(self.step.what)
-        for e in acks:  # duplicates only after the originals are done
-            await stream.ack(e)
-        if not self.in_batch:
-            self.delivery.busy = False
-
-    async def complete(self, events: list[Any], raws: list[RawMessage], out: StepOutput, generation: int) -> None:
-        """A batch whose sink write is done: emit, quarantine pass, state checkpoint, stats."""
         await self.outputs.emit(out.incidents, out.dead_letters, out.verdicts, self.pipeline.redactor.redact,
                                 out.signals)
         if self.quarantine is not None:
             self.quarantine.passed(raws)
         t = self.telemetry
         with t.changelog_ack_wait(self.delivery.name) if t is not None else nullcontext():
-            await self.checkpoint.done(events, generation)  # state flushed and acknowledged before the mark
+            await self.checkpoint.done(events)  # state flushed and acknowledged before the mark
         self.written += out.written
         if t is not None:
             t.on_batch(self.delivery.name, len(events), out.dead_letters, out.incidents, out.verdicts)

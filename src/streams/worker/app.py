@@ -187,8 +187,7 @@ def build_app(settings: Settings, codec: AvroCodec | None = None) -> Worker:
     common = {"pipeline": pipeline, "outputs": outputs, "acks": acks, "processed": processed,
               "assignment": assignment, "shutdown": shutdown, "checkpoint": checkpoint,
               "quarantine": Quarantine(TableBackend(tables["quarantine"], acks), settings.poison_max_attempts)}
-    loops = {"traces": BatchLoop(settings, delivery["traces"],
-                                 TraceStep(pipeline, outputs, settings.trace_write_overlap), **common),
+    loops = {"traces": BatchLoop(settings, delivery["traces"], TraceStep(pipeline, outputs), **common),
              "feedback": BatchLoop(settings, delivery["feedback"],
                                    FeedbackStep(pipeline, outputs, settings.feedback_grace_s,
                                                 delivery["traces"].position, lambda: shutdown.stopping), **common),

@@ -160,16 +160,14 @@ class StateCheckpoint:
         #: checkpoints run, and batches they marked (stats)
         self.checkpoints = 0
 
-    async def done(self, events: list[Any], generation: int | None = None) -> None:
+    async def done(self, events: list[Any]) -> None:
         """A batch's writes are done: its events wait for the next checkpoint, which runs now if
-        ``interval_s`` has passed since the last one. ``generation``: the consumer generation the
-        batch was processed in, when that was earlier than now (a batch whose sink write
-        overlapped the next batch); default the current one.
+        ``interval_s`` has passed since the last one.
 
         Raises:
             ChangelogError: see :meth:`run`.
         """
-        self.pending.append((self.generation() if generation is None else generation, events))
+        self.pending.append((self.generation(), events))
         if self.clock() - self.last >= self.interval_s:
             await self.run()
 

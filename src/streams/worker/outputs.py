@@ -166,30 +166,6 @@ class Outputs:
         sink = await self.ready()
         await self._call((sink.write_traces, cols, attributes, batch_seq))
 
-    async def start_write_traces(self, cols: Any, attributes: Sequence[dict[str, str]],
-                                 batch_seq: int = 0) -> asyncio.Task[None]:
-        """:meth:`write_traces` as a task, the sink lock taken before it returns: sink calls made
-        after this one (the next batch's store lookup, its own write) wait for this insert, so
-        the writes keep their order. The caller awaits the task (it raises what the write
-        raised: ``SinkError`` after ``retry_s`` of failures) before counting the batch written
-        (issue 16: the insert overlaps the next batch's processing)."""
-        sink = await self.ready()
-        await self.lock.acquire()
-
-        async def write() -> None:
-            try:
-                t0 = time.perf_counter()
-                await asyncio.to_thread(sink.write_traces, cols, attributes, batch_seq)
-                self.observe_write(sink.write_traces.__name__, time.perf_counter() - t0)
-            finally:
-                self.lock.release()
-
-        try:
-            return asyncio.create_task(write())
-        except BaseException:
-            self.lock.release()
-            raise
-
     async def write_feedback(self, rows: list[dict[str, Any]], submissions: list[dict[str, Any]]) -> None:
         """Insert feedback rows and submissions (one lock hold), and queue their patterns' refresh."""
         sink = await self.ready()

@@ -136,60 +136,6 @@ def test_cancellation_leaves_the_batch_unacknowledged_and_does_not_exit():
     assert codes == [] and not any(c.startswith("ack") for c in calls)
 
 
-class OverlappingStep:
-    """A trace step whose sink write is deferred (``TraceStep`` with ``overlap``): the write of a
-    batch yields to the event loop a few times, and fails for the batch starting at ``fail_at``."""
-
-    what = "trace batch"
-
-    def __init__(self, calls, fail_at=None):
-        self.calls = calls
-        self.fail_at = fail_at
-
-    async def __call__(self, messages):
-        first = messages[0].offset
-        self.calls.append(f"step {first}")
-
-        async def write():
-            self.calls.append(f"write start {first}")
-            for _ in range(3):
-                await asyncio.sleep(0)
-            if first == self.fail_at:
-                raise ConnectionError("ClickHouse down for longer than sink_retry_s")
-            self.calls.append(f"write done {first}")
-
-        async def start():
-            return asyncio.create_task(write())
-
-        return StepOutput([], [], [], written=len(messages), write=start)
-
-
-def test_an_overlapped_write_runs_while_the_next_batch_is_processed_and_keeps_the_batch_order():
-    calls = []
-    loop, codes, _ = make_loop(calls, OverlappingStep(calls))
-    asyncio.run(loop.run(Stream(calls, [[ev(9), ev(10), ev(11)], [ev(11), ev(12), ev(13)]])))
-    # batch 10's write is in flight while batch 12 is ordered and processed; batch 10 is emitted,
-    # checkpointed and acknowledged only after its write, and before batch 12's write starts
-    assert calls == ["assign", "order", "step 10", "assign", "order", "step 12",
-                     "write start 10", "write done 10", "emit 0 0 0", "flush", "acks 300", "mark",
-                     "ack 10", "ack 11", "ack 9",
-                     "write start 12", "write done 12", "emit 0 0 0", "flush", "acks 300", "mark",
-                     "ack 12", "ack 13", "ack 11"]
-    assert loop.processed.get(TOPIC, 0) == 14 and loop.written == 4
-    assert codes == [] and loop.inflight is None and not loop.delivery.busy
-
-
-def test_a_failed_overlapped_write_exits_70_without_acknowledging_or_marking_its_batch():
-    calls = []
-    loop, codes, commits = make_loop(calls, OverlappingStep(calls, fail_at=10))
-    with pytest.raises(SystemExit):
-        asyncio.run(loop.run(Stream(calls, [[ev(9), ev(10), ev(11)], [ev(11), ev(12), ev(13)]])))
-    assert codes == [CRASH_EXIT_CODE] and commits == []
-    assert "write start 10" in calls and "write start 12" not in calls  # at most one write in flight
-    assert not any(c.startswith(("ack", "mark", "emit")) for c in calls)
-    assert loop.processed.get(TOPIC, 0) is None
-
-
 class Outputs:
     def __init__(self):
         self.calls = []
@@ -234,10 +180,6 @@ def test_the_trace_step_checks_unindexed_ids_in_the_store_then_writes_valid_trac
         stored = ("stored", {"acme": ["t0"]})
         # the batch's processing sequence number is stored with its traces (streams.replay)
         assert outputs.calls == (["ready", stored, ("traces", 3, 7)] if cols else ["ready", stored])
-        # with overlap the step leaves the write to the skeleton: nothing written yet
-        outputs = Outputs()
-        res = asyncio.run(TraceStep(pipeline, outputs, overlap=True)([]))
-        assert outputs.calls == ["ready", stored] and (res.write is not None) == (cols is not None)
 
 
 def test_the_feedback_step_waits_for_its_traces_then_writes_and_queues_patterns():
