@@ -185,8 +185,8 @@ class DelayedMetrics:
         f, w = self.store.f, self.cfg.bucket_ms
         parts = f["partition"][rows, 0].astype(np.int64)
         tick = np.array([self.clock[p] // w if p in self.clock else -1 for p in parts.tolist()], dtype=np.int64)
-        for row, tk in zip(rows[tick > f["pa_tick"][rows, 0]].tolist(), tick[tick > f["pa_tick"][rows, 0]].tolist(),
-                           strict=True):
+        behind = tick > f["pa_tick"][rows, 0]
+        for row, tk in zip(rows[behind].tolist(), tick[behind].tolist(), strict=True):
             self._admit(row, tk)
 
     def _hold(self, rows: np.ndarray, bucket: np.ndarray, t_ms: np.ndarray) -> None:
@@ -491,7 +491,7 @@ class DelayedMetrics:
         fold = self._fold_mask(rg)
         n_live = int(rg.live.sum(axis=1).max())
         # the slices' traces up to the clock (those held for later ticks are not yet in the ring)
-        held_count = f["count"][rows, 0] - f["pa_n"][rows].sum(axis=1)
+        admitted_count = f["count"][rows, 0] - f["pa_n"][rows].sum(axis=1)
         for j in range(N_POISSON):
             kj = rg.k[:, :, j]
             # baseline: folded EW counts plus live buckets before the previous evaluation's change point
@@ -499,7 +499,7 @@ class DelayedMetrics:
             num = f["p_num"][rows, j] + np.where(pre, kj, 0.0).sum(axis=1)
             den = f["p_den"][rows, j] + np.where(pre, expo, 0.0).sum(axis=1)
             r0, r0g = guarded_poisson_rate(num, den, cfg.guard_z)
-            armed = (held_count >= cfg.warmup_traces) & (num >= MIN_POISSON_EVENTS)
+            armed = (admitted_count >= cfg.warmup_traces) & (num >= MIN_POISSON_EVENTS)
             use = rg.usable & after_reset
             llr = np.where(use, kj * self._ln_rho - (cfg.rate_shift - 1.0) * r0g[:, None] * expo, 0.0)
             s = f["p_s"][rows, j].copy()
