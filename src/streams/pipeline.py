@@ -233,9 +233,10 @@ class Pipeline:
 
     def flush_state(self) -> int:
         """Persist dirty slice rows and changed delay distributions (``delay|<tenant>``,
-        :class:`~streams.processors.drift.delayed.DelayModel`) to the baselines backend, then the
-        feedback dedup state written since the last call (:class:`~streams.state.CheckpointedBackend`)
-        and changed canary scorecards to theirs; returns slice rows written."""
+        :class:`~streams.processors.drift.delayed.DelayModel`) to the baselines backend, the open
+        incidents changed without an event (:meth:`IncidentManager.flush`), then the feedback
+        dedup state written since the last call (:class:`~streams.state.CheckpointedBackend`) and
+        changed canary scorecards to theirs; returns slice rows written."""
         store = self.engine.store
         dirty = store.dirty
         self._snapshot_dirty |= dirty
@@ -249,6 +250,8 @@ class Pipeline:
         # their learned counts belong with (docs/reliability.md)
         for key, value, partition in self.engine.delayed.delays.take_dirty():
             self.baselines.put(key, value, partition)
+        # open incidents changed without an event (their marks count these rows' traffic)
+        self.incidents.flush()
         # the feedback ids and dedup keys whose corrections these rows count, after them
         self.feedback_state.flush()
         self.canary.flush()

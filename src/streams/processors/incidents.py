@@ -250,10 +250,15 @@ class IncidentManager:
         self.signals_out: list[dict[str, Any]] = []
         #: the platform detector's state (signals mode; on the worker owning the signals partition)
         self.plat_state: dict[str, Any] | None = None
+        #: open incidents changed without an event (an alarm folded in, traffic marks), written at
+        #: the next :meth:`flush` (the state checkpoint), by incident id
+        self._deferred: dict[str, OpenIncident] = {}
 
     # ------------------------------------------------------------------ persistence
     def load(self, partitions: set[int]) -> None:
-        """(Re)load open incidents of ``partitions`` from the backend (after a rebalance)."""
+        """(Re)load open incidents of ``partitions`` from the backend (after a rebalance); deferred
+        changes are written first (:meth:`flush`)."""
+        self.flush()
         self.open = {k: v for k, v in self.open.items() if v.partition in partitions}
         for key, value in self.backend.items():
             if key.startswith("inc|") and value:
@@ -283,7 +288,35 @@ class IncidentManager:
         return [(inc.kind, SEVERITIES[min(inc.severity, 3)].value) for inc in self.open.values()]
 
     def _persist(self, inc: OpenIncident) -> None:
+        """Write ``inc`` now: a change that goes out as an event (a new revision, a resolution's
+        predecessor) is in the changelog with it, so a restarted worker folds later alarms into
+        the same episode."""
+        self._deferred.pop(inc.incident_id, None)
         self.backend.put(f"inc|{inc.tenant_id or PLATFORM}|{inc.incident_id}", inc.to_json(), inc.partition)
+
+    def _defer(self, inc: OpenIncident) -> None:
+        """Hold a change of open ``inc`` that emits no event until :meth:`flush`."""
+        self._deferred[inc.incident_id] = inc
+
+    def flush(self) -> int:
+        """Write the open incidents changed without an event since the last call, once each, in the
+        order first deferred; returns how many. The worker calls it at every state checkpoint
+        (``Pipeline.flush_state``), with the slice rows whose traffic the incidents' marks count.
+
+        Why (issue 16): an open incident's slices alarm on every batch while it lasts, and each
+        alarm changed its evidence, marks and best figures; written at once, that was one 8.5 KB
+        changelog message per open incident per batch (6,428 messages, 54.6 MB in a 30 s
+        benchmark run with 28 incidents). A crash takes the deferred changes back to the last
+        checkpoint, like the slice rows, and the redelivered batches fold the same alarms in
+        again (evidence, also-seen notes and figures are merged, not counted).
+        """
+        out, self._deferred = self._deferred, {}
+        n = 0
+        for iid, inc in out.items():
+            if self.open.get(iid) is inc:  # resolved meanwhile: _resolve wrote its final state
+                self.backend.put(f"inc|{inc.tenant_id or PLATFORM}|{iid}", inc.to_json(), inc.partition)
+                n += 1
+        return n
 
     def _next_episode(self, slice_key: str, group: str, partition: int) -> int:
         key = f"ep|{slice_key}|{group}"
@@ -524,6 +557,7 @@ class IncidentManager:
         f = self.store.f
         inc.marks[self.store.info[row].key] = float(f["own"][row, 0])
         inc.tenant_mark = self._tenant_traffic(inc.tenant_id, admitted=inc.metric in DELAYED_METRICS)
+        self._defer(inc)
 
     def _match(self, info: SliceInfo, group: str) -> OpenIncident | None:
         for inc in self.open.values():
@@ -622,7 +656,7 @@ class IncidentManager:
             inc.last_emit_ms = now_ms
             self._persist(inc)
             return True
-        self._persist(inc)
+        self._defer(inc)
         return False
 
     # ------------------------------------------------------------------ rollout verdicts
