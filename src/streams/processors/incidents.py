@@ -67,8 +67,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from schemas import (
     ActionKind,
     ActionTaken,
@@ -93,6 +91,10 @@ PLATFORM_KEY = slice_key("platform", "*", None, None, None)
 LAYER_RANK = {"platform": 0, "tenant": 1, "tenant_cohort": 2, "tenant_workflow": 2, "tenant_cohort_workflow": 3,
               "release": 4}
 
+
+#: metric group -> columns of its Poisson (label-delayed rate) detectors in the slice state
+_POISSON_COLS: dict[str, list[int]] = {
+    g: [j for j, pg in enumerate(POISSON_GROUP.tolist()) if pg == gi] for g, gi in GROUP_INDEX.items()}
 
 @dataclass(slots=True)
 class TraceContext:
@@ -873,6 +875,9 @@ class IncidentManager:
         Args:
             partition: the trace partition whose feedback clock ticked.
             clock_ms: that clock, feedback event time (ms), stamped on the resolution.
+
+        Returns:
+            the resolution events (status ``resolved``), in the order of :attr:`open`.
         """
         out = []
         f = self.store.f
@@ -881,8 +886,7 @@ class IncidentManager:
                 continue
             if self._tenant_traffic(inc.tenant_id, admitted=True) - inc.tenant_mark < self.resolve_after:
                 continue
-            cols = np.flatnonzero(POISSON_GROUP == GROUP_INDEX[inc.group]).tolist()  # noqa: SIM300
-            if any(float(f["p_s"][r, j]) > self.drained for r in inc.rows for j in cols):
+            if any(float(f["p_s"][r, j]) > self.drained for r in inc.rows for j in _POISSON_COLS[inc.group]):
                 continue
             out.append(self._resolve(inc, clock_ms, None))
         return out
