@@ -284,13 +284,17 @@ def core(traces: int = 60_000, batch_messages: int = 64) -> dict[str, float]:
     return {"traces": traces, "cpu_s": cpu, "traces_per_cpu_s": traces / cpu}
 
 
-def sink_rate(settings: Settings, rows: int = 100_000, rounds: int = 3) -> dict[str, float]:
+def sink_rate(settings: Settings, rows: int = 100_000, rounds: int = 5) -> dict[str, float]:
     """Arrow-insert throughput of the traces and feedback tables (in-process chDB).
 
-    Traces: ``rounds`` alternating pairs of (a) ``ClickHouseSink.write_traces`` of ``rows`` trace
-    columns (the worker's call: arrow table built from the columns, then one insert), and (b) the
-    engine's own rate, ``insert_arrow`` of the same table prebuilt (same insert settings); medians.
-    ``traces_python_s`` / ``traces_chdb_s`` split (a) into building the table and the insert.
+    Traces: after one warm-up of each call, ``rounds`` alternating pairs of (a)
+    ``ClickHouseSink.write_traces`` of ``rows`` trace columns (the worker's call: arrow table built
+    from the columns, then one insert), and (b) the engine's own rate, ``insert_arrow`` of the
+    same table prebuilt (same insert settings); medians. ``traces_python_s`` / ``traces_chdb_s``
+    split (a) into building the table and the insert. Why the warm-up of (a) itself: a process's
+    first ``write_traces`` took 0.44-0.82 s against 0.28-0.34 s for the next nine (10 calls of
+    100,000 rows, twice, BENCHMARKS.md), and with three rounds that first call was one of the
+    three the median was taken from.
     """
     from streams.processors.columns import trace_columns
     from streams.sinks.clickhouse import TRACE_INSERT_SETTINGS, ClickHouseSink, trace_table
@@ -303,6 +307,7 @@ def sink_rate(settings: Settings, rows: int = 100_000, rounds: int = 3) -> dict[
     tc = trace_columns(recs, cols.partition.tolist(), cols.offset.tolist())
     table = f"{sink.db}.traces"
     sink.client.insert_arrow(table, trace_table(tc), settings=TRACE_INSERT_SETTINGS)  # first part of the table
+    sink.write_traces(tc)  # warm-up of the measured call
     total, python, engine = [], [], []
     for _ in range(rounds):
         t = time.perf_counter()
