@@ -290,9 +290,9 @@ class IncidentManager:
         return [(inc.kind, SEVERITIES[min(inc.severity, 3)].value) for inc in self.open.values()]
 
     def _persist(self, inc: OpenIncident) -> None:
-        """Write ``inc`` now: a change that goes out as an event (a new revision, a resolution's
-        predecessor) is in the changelog with it, so a restarted worker folds later alarms into
-        the same episode."""
+        """Write ``inc`` to the backend now (its changelog record in the worker). Used for changes
+        that go out as an event (an opening, a new revision, an action), so a restarted worker
+        folds later alarms into the same episode; silent changes go through :meth:`_defer`."""
         self._deferred.pop(inc.incident_id, None)
         self.backend.put(f"inc|{inc.tenant_id or PLATFORM}|{inc.incident_id}", inc.to_json(), inc.partition)
 
